@@ -1,0 +1,211 @@
+"""Command line: ``sidecar [serve] [options]`` (the default) and developer subcommands.
+
+Runs in the main thread; see :mod:`sidecar.server` for the threads ``serve`` starts.
+Options override ``SIDECAR_*`` environment variables, which override the defaults. The token
+is never taken from argv (it would show in ``ps``): only from ``SIDECAR_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import select
+import stat
+import sys
+import threading
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from .config import Config, from_env
+
+log = logging.getLogger("sidecar")
+
+SUBCOMMANDS = ("serve",)
+
+
+def _serve_parser(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--host", help="interface to bind (default 127.0.0.1; SIDECAR_HOST)")
+    add("--port", type=int, help="TCP port, 0 picks a free one (default 3008; SIDECAR_PORT)")
+    add(
+        "--allowed-origins",
+        metavar="LIST",
+        help="comma-separated origins allowed to connect, replacing the defaults",
+    )
+    add("--queue-size", type=int, help="frames queued per client before it is dropped (256)")
+    add("--max-message-size", type=int, help="largest client message in bytes (65536)")
+    add("--ping-interval", type=float, help="seconds between keepalive pings, 0 = off (25)")
+    add("--write-deadline", type=float, help="seconds a stalled write may take (10)")
+    add("--history-size", type=int, help="broadcasts kept for resume, 0 = off (1024)")
+    add("--history-bytes", type=int, help="bytes of broadcasts kept for resume (8 MiB)")
+    add("--max-clients", type=int, help="concurrent WebSocket connections (1024)")
+    add("--handshake-timeout", type=float, help="seconds to send a request head (10)")
+    add(
+        "--compression",
+        action="store_true",
+        default=None,
+        help="accept permessage-deflate (costs ~150 KiB per connection)",
+    )
+    add(
+        "--no-auth",
+        action="store_true",
+        help="accept connections without a token (local development only)",
+    )
+    add(
+        "--parent-pid",
+        type=int,
+        metavar="PID",
+        help="exit gracefully within 2 s of process PID ending",
+    )
+    add(
+        "--exit-on-stdin-eof",
+        action="store_true",
+        help="exit gracefully when stdin (a pipe) closes",
+    )
+    add(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="stderr log level (info; SIDECAR_LOG_LEVEL)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="sidecar",
+        description="A WebSocket event hub for desktop apps. Prints one JSON ready line on "
+        "stdout once listening; logs go to stderr.",
+    )
+    parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    _serve_parser(sub.add_parser("serve", help="run the sidecar (the default)"))
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
+    """Defaults, then ``SIDECAR_*``, then options."""
+    config = from_env(os.environ if environ is None else environ)
+    origins = None
+    if args.allowed_origins is not None:
+        origins = tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip())
+    return config.with_options(
+        host=args.host,
+        port=args.port,
+        allowed_origins=origins,
+        queue_size=args.queue_size,
+        max_message_size=args.max_message_size,
+        ping_interval=args.ping_interval,
+        write_deadline=args.write_deadline,
+        history_size=args.history_size,
+        history_bytes=args.history_bytes,
+        max_clients=args.max_clients,
+        handshake_timeout=args.handshake_timeout,
+        compression=args.compression,
+        log_level=args.log_level,
+        auth=False if args.no_auth else None,
+    )
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("werkzeug").setLevel(logging.WARNING if level != "debug" else logging.INFO)
+
+
+def watch_parent(pid: int) -> Callable[[threading.Event], None]:
+    """A watcher that sets ``stop`` when process ``pid`` ends (pidfd, or a 0.5 s poll)."""
+
+    def start(stop: threading.Event) -> None:
+        def wait_pidfd(fd: int) -> None:
+            while not stop.is_set():
+                if select.select([fd], [], [], 1.0)[0]:
+                    log.info("parent process %d ended, shutting down", pid)
+                    stop.set()
+            os.close(fd)
+
+        def poll() -> None:
+            while not stop.wait(0.5):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    log.info("parent process %d ended, shutting down", pid)
+                    stop.set()
+                except PermissionError:
+                    pass
+
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            log.info("parent process %d is gone, shutting down", pid)
+            stop.set()
+            return
+        except (AttributeError, OSError):
+            target: Callable[[], None] = poll
+        else:
+            target = lambda: wait_pidfd(fd)  # noqa: E731
+        threading.Thread(target=target, name="sidecar-parent-watch", daemon=True).start()
+
+    return start
+
+
+def watch_stdin(stop: threading.Event) -> None:
+    """Set ``stop`` when stdin reaches EOF, if stdin is a pipe (``</dev/null`` is ignored)."""
+    try:
+        mode = os.fstat(0).st_mode
+    except OSError:
+        return
+    if not stat.S_ISFIFO(mode) and not stat.S_ISSOCK(mode):
+        log.info("--exit-on-stdin-eof: stdin is not a pipe, not watching it")
+        return
+
+    def read_to_eof() -> None:
+        while os.read(0, 65536):
+            pass
+        log.info("stdin closed, shutting down")
+        stop.set()
+
+    threading.Thread(target=read_to_eof, name="sidecar-stdin-watch", daemon=True).start()
+
+
+def serve(args: argparse.Namespace) -> int:
+    """``sidecar serve``: run until a signal or a watcher stops it."""
+    from .server import run
+
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"sidecar: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(config.log_level)
+    generated = False
+    if config.auth and not config.token:
+        config = config.with_options(token=secrets.token_urlsafe(32))
+        generated = True
+    if not config.auth:
+        log.warning("--no-auth: any local process or web page on an allowed origin can connect")
+    watchers: list[Callable[[threading.Event], None]] = []
+    if args.parent_pid:
+        watchers.append(watch_parent(args.parent_pid))
+    if args.exit_on_stdin_eof:
+        watchers.append(watch_stdin)
+    try:
+        return run(config, show_token=generated, watchers=watchers)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror or exc)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``sidecar`` and ``python -m sidecar``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "serve")
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2  # pragma: no cover - argparse rejects unknown commands

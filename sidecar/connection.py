@@ -1,0 +1,198 @@
+"""One WebSocket connection on the wire: simple-websocket's ``Server`` with every write serialised.
+
+Threads
+    * **reader**: simple-websocket's internal thread (``Connection.thread``, a daemon here)
+      parses frames with wsproto, answers pings and close frames, enforces the inbound size
+      limit and queues messages for :meth:`Connection.receive`;
+    * **any other thread** may write through :class:`SocketWriter`: the hub's non-blocking
+      fast path, the connection's writer thread, the request thread when it closes.
+
+Locks (acquire in this order, never the reverse)
+    * ``Connection.proto_lock`` guards wsproto's connection state: simple-websocket's event
+      handling (which also writes pongs and close replies) and our own close;
+    * ``SocketWriter.lock`` serialises every byte written to the socket, including
+      simple-websocket's internal writes (it writes through the :class:`SocketWriter` proxy),
+      and guards ``SocketWriter.pending``, the unsent tail of a non-blocking write that must go
+      out before anything else.
+    The hub thread never blocks on either: it only try-acquires ``SocketWriter.lock``.
+
+Two defects of the stock stack are fixed here (see the README's "Stack notes"): unsynchronised
+writes with ``send`` (partial writes ignored) become locked ``sendall`` calls with a write
+deadline, and the reader thread always wakes :meth:`receive` when it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import simple_websocket
+from wsproto.connection import ConnectionState
+from wsproto.events import CloseConnection
+from wsproto.utilities import LocalProtocolError
+
+from . import frames
+
+log = logging.getLogger("sidecar.connection")
+
+#: Close codes of the sidecar's protocol (see the README).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_SLOW_CONSUMER = 4008
+
+
+class SocketWriter:
+    """The only path to the socket for writes; a socket-like proxy for simple-websocket.
+
+    simple-websocket calls :meth:`send`, :meth:`recv`, :meth:`fileno` and :meth:`close` on
+    it. ``send`` takes :attr:`lock` and uses ``sendall``; a write that makes no progress for
+    ``write_deadline`` seconds raises ``OSError`` (``SO_SNDTIMEO``, which leaves reads alone).
+    ``close`` does nothing: the request thread shuts the socket down after the session.
+    """
+
+    def __init__(self, sock: socket.socket, write_deadline: float) -> None:
+        self.raw = sock
+        self.lock = threading.Lock()
+        #: Unsent tail of a partial non-blocking write; guarded by :attr:`lock`.
+        self.pending: memoryview | None = None
+        seconds = int(write_deadline)
+        micros = int((write_deadline - seconds) * 1_000_000)
+        try:
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, micros)
+            )
+        except OSError:  # pragma: no cover - not a TCP socket (tests with socketpair)
+            pass
+
+    def write_locked(self, data: bytes | bytearray | memoryview) -> None:
+        """Write ``pending``, then ``data``; blocks up to the deadline. Caller holds the lock."""
+        if self.pending is not None:
+            tail, self.pending = self.pending, None
+            self.raw.sendall(tail)
+        if data:
+            self.raw.sendall(data)
+
+    def try_write_locked(self, data: bytes) -> None:
+        """Write without blocking; keep what did not fit in ``pending``. Caller holds the lock.
+
+        Only call with ``pending`` empty. Raises ``OSError`` if the socket is dead.
+        """
+        try:
+            sent = self.raw.send(data, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(data):
+            self.pending = memoryview(data)[sent:]
+
+    # -- the socket API simple-websocket uses ------------------------------------------
+    def send(self, data: bytes | bytearray) -> int:
+        """Locked ``sendall`` (simple-websocket's handshake, pongs and close replies)."""
+        with self.lock:
+            self.write_locked(data)
+        return len(data)
+
+    def recv(self, size: int) -> bytes:
+        """Read from the socket (only simple-websocket's reader thread reads)."""
+        return self.raw.recv(size)
+
+    def fileno(self) -> int:
+        """The socket's file descriptor."""
+        return self.raw.fileno()
+
+    def close(self) -> None:
+        """Ignored: the request thread shuts the socket down once the session is over."""
+
+    def shutdown(self) -> None:
+        """Shut both directions down, waking any thread blocked on the socket. Never raises."""
+        try:
+            self.raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _daemon_thread(target: Any) -> threading.Thread:
+    return threading.Thread(target=target, daemon=True)
+
+
+class Connection(simple_websocket.Server):
+    """A server-side WebSocket whose writes all go through one :class:`SocketWriter`.
+
+    Create it only after the handshake has been validated (see ``sidecar.security``): its
+    constructor writes the ``101 Switching Protocols`` response.
+    """
+
+    def __init__(
+        self,
+        environ: Mapping[str, Any],
+        sock: socket.socket,
+        *,
+        max_message_size: int,
+        write_deadline: float,
+        subprotocols: list[str] | None = None,
+        receive_bytes: int = 16384,
+    ) -> None:
+        self.writer = SocketWriter(sock, write_deadline)
+        self.proto_lock = threading.Lock()
+        headers: dict[str, Any] = {k: v for k, v in environ.items() if k.startswith("HTTP_")}
+        headers["werkzeug.socket"] = self.writer
+        super().__init__(
+            headers,
+            subprotocols=subprotocols,
+            receive_bytes=receive_bytes,
+            ping_interval=None,  # keepalive is the writer thread's job (sidecar.client)
+            max_message_size=max_message_size,
+            thread_class=_daemon_thread,
+        )
+
+    @property
+    def is_open(self) -> bool:
+        """Whether data frames may still be sent (no close frame sent or received)."""
+        return self.ws.state is ConnectionState.OPEN
+
+    def _handle_events(self) -> bool:
+        with self.proto_lock:
+            return bool(super()._handle_events())
+
+    def _thread(self) -> None:
+        try:
+            super()._thread()
+        except Exception as exc:  # simple-websocket races on close; never let it print a traceback
+            log.debug("reader thread ended: %r", exc)
+        finally:
+            self.connected = False
+            self.event.set()
+
+    def close(self, reason: int | None = None, message: str | None = None) -> None:
+        """Send a close frame (once) and stop :meth:`receive`. Blocks up to the write deadline.
+
+        Never raises. Never call it from the hub thread.
+        """
+        code = reason or CLOSE_NORMAL
+        with self.proto_lock:
+            try:
+                data = self.ws.send(CloseConnection(code, message or None))
+            except LocalProtocolError:
+                data = b""
+            if data:
+                try:
+                    self.writer.send(data)
+                except OSError:
+                    pass
+        self.connected = False
+        self.event.set()
+
+    def send(self, data: bytes | str) -> None:
+        """Send one message now (locked, blocking up to the write deadline); drop it if closing."""
+        opcode = frames.OP_BINARY if isinstance(data, bytes) else frames.OP_TEXT
+        payload = data if isinstance(data, bytes) else data.encode()
+        with self.writer.lock:
+            if self.is_open:
+                self.writer.write_locked(frames.frame(opcode, payload))

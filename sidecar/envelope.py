@@ -1,0 +1,74 @@
+"""The wire envelope: ``{"type", "payload", "timestamp"}`` (plus ``"seq"`` on broadcasts).
+
+Pure functions and immutable values; no thread owns anything here.
+
+An :class:`Event` is encoded to JSON **once** (:func:`encode`); the hub splices the
+broadcast sequence number into those bytes (:func:`with_seq`) and builds one WebSocket frame
+that every recipient shares.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+#: ``namespace:kebab-case``, e.g. ``stream:phase-changed``.
+EVENT_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*:[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def rfc3339_utc(moment: datetime | None = None) -> str:
+    """Format ``moment`` (default: now) as Go's ``time.Time`` marshals it in UTC.
+
+    RFC 3339 with the fraction's trailing zeros removed and a ``Z`` suffix, e.g.
+    ``2026-11-26T08:11:16.5Z`` or ``2026-11-26T08:11:16Z``.
+    """
+    moment = (moment or datetime.now(UTC)).astimezone(UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if moment.microsecond:
+        text += f".{moment.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+def is_event_name(name: object) -> bool:
+    """Whether ``name`` is a ``namespace:kebab-case`` event name."""
+    return isinstance(name, str) and EVENT_NAME_RE.match(name) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event as it goes on the wire (without ``seq``, which only the hub assigns)."""
+
+    type: str
+    payload: Mapping[str, Any]
+    timestamp: str = field(default_factory=rfc3339_utc)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The envelope as a plain dict (``type``, ``payload``, ``timestamp``)."""
+        return {"type": self.type, "payload": dict(self.payload), "timestamp": self.timestamp}
+
+
+def new_event(event_type: str, payload: Mapping[str, Any]) -> Event:
+    """Build an :class:`Event` stamped now; ``event_type`` must be ``namespace:kebab-case``."""
+    if not is_event_name(event_type):
+        raise ValueError(f"event type {event_type!r} is not namespace:kebab-case")
+    return Event(event_type, payload)
+
+
+def encode(event: Event) -> bytes:
+    """Serialise ``event`` to compact UTF-8 JSON (an object ending in ``}``)."""
+    return _ENCODER.encode(event.to_dict()).encode()
+
+
+def with_seq(encoded: bytes, seq: int) -> bytes:
+    """Return the encoded envelope object with ``"seq": seq`` appended as its last key.
+
+    ``encoded`` must be a JSON object as produced by :func:`encode` (or any compact JSON
+    object); this is a byte splice, not a re-encode.
+    """
+    return b'%s,"seq":%d}' % (encoded[:-1], seq)

@@ -1,0 +1,585 @@
+"""Tests for sidecar.events: names, payload shapes, constructors, validation, schema."""
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sidecar import events
+from sidecar.envelope import EVENT_NAME_RE, Event, encode, with_seq
+from sidecar.events import CATALOG, FieldSpec, json_schema, validate_payload
+
+RFC3339_UTC_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
+
+# (id, constructor call, expected type, expected payload exactly as on the wire)
+CONSTRUCTOR_CASES: list[tuple[str, Callable[[], Event], str, dict[str, Any]]] = [
+    (
+        "connection-status-default",
+        lambda: events.new_connection_status_event(),
+        "connection:status",
+        {"status": "connected"},
+    ),
+    (
+        "connection-status-full",
+        lambda: events.new_connection_status_event("connected", epoch="e1", seq=0, recovered=False),
+        "connection:status",
+        {"status": "connected", "epoch": "e1", "seq": 0, "recovered": False},
+    ),
+    (
+        "stream-created",
+        lambda: events.new_stream_created_event("p1", "s1", "Feature A"),
+        "stream:created",
+        {"projectId": "p1", "streamId": "s1", "name": "Feature A"},
+    ),
+    (
+        "stream-archived",
+        lambda: events.new_stream_archived_event("p1", "s1", "merged"),
+        "stream:archived",
+        {"projectId": "p1", "streamId": "s1", "outcome": "merged"},
+    ),
+    (
+        "stream-updated",
+        lambda: events.new_stream_updated_event("p1", "s1", {"name": "B", "flags": [1]}),
+        "stream:updated",
+        {"projectId": "p1", "streamId": "s1", "changes": {"name": "B", "flags": [1]}},
+    ),
+    (
+        "stream-phase-changed",
+        lambda: events.new_stream_phase_changed_event("p1", "s1", "planning", ("prd.md", "ux.md")),
+        "stream:phase-changed",
+        {
+            "projectId": "p1",
+            "streamId": "s1",
+            "phase": "planning",
+            "artifacts": ["prd.md", "ux.md"],
+        },
+    ),
+    (
+        "artifact-created-record",
+        lambda: events.new_artifact_created_event(
+            "a1", "PRD", "prd", "docs/prd.md", "draft", "2", "Planning", True, "a0"
+        ),
+        "artifact:created",
+        {
+            "id": "a1",
+            "name": "PRD",
+            "type": "prd",
+            "path": "docs/prd.md",
+            "status": "draft",
+            "phase": "2",
+            "phaseName": "Planning",
+            "isSharded": True,
+            "parentId": "a0",
+        },
+    ),
+    (
+        "artifact-updated-record",
+        lambda: events.new_artifact_updated_event(
+            "a1", "PRD", "prd", "docs/prd.md", "final", "2", "Planning", False
+        ),
+        "artifact:updated",
+        {
+            "id": "a1",
+            "name": "PRD",
+            "type": "prd",
+            "path": "docs/prd.md",
+            "status": "final",
+            "phase": "2",
+            "phaseName": "Planning",
+            "isSharded": False,
+        },
+    ),
+    (
+        "artifact-created-stream",
+        lambda: events.new_artifact_stream_event(
+            events.ARTIFACT_CREATED, "p1", "s1", "prd.md", phase="planning"
+        ),
+        "artifact:created",
+        {"projectId": "p1", "streamId": "s1", "filename": "prd.md", "phase": "planning"},
+    ),
+    (
+        "artifact-updated-stream",
+        lambda: events.new_artifact_stream_event(events.ARTIFACT_UPDATED, "p1", "s1", "prd.md"),
+        "artifact:updated",
+        {"projectId": "p1", "streamId": "s1", "filename": "prd.md"},
+    ),
+    (
+        "artifact-deleted",
+        lambda: events.new_artifact_deleted_event("a1", "docs/prd.md"),
+        "artifact:deleted",
+        {"id": "a1", "path": "docs/prd.md"},
+    ),
+    (
+        "workflow-status-changed",
+        lambda: events.new_workflow_status_changed_event("p1", "s1", "w1", "running"),
+        "workflow:status-changed",
+        {"projectId": "p1", "streamId": "s1", "workflowId": "w1", "status": "running"},
+    ),
+    (
+        "chat-stream-start",
+        lambda: events.new_chat_stream_start_event("c1", "m1", model="m-large"),
+        "chat:stream-start",
+        {"conversationId": "c1", "messageId": "m1", "model": "m-large"},
+    ),
+    (
+        "chat-stream-start-minimal",
+        lambda: events.new_chat_stream_start_event("c1", "m1"),
+        "chat:stream-start",
+        {"conversationId": "c1", "messageId": "m1"},
+    ),
+    (
+        "chat-text-delta",
+        lambda: events.new_chat_text_delta_event("c1", "m1", "héllo ✓"),
+        "chat:text-delta",
+        {"conversationId": "c1", "messageId": "m1", "delta": "héllo ✓"},
+    ),
+    (
+        "chat-thinking-delta",
+        lambda: events.new_chat_thinking_delta_event("c1", "m1", "hmm"),
+        "chat:thinking-delta",
+        {"conversationId": "c1", "messageId": "m1", "delta": "hmm"},
+    ),
+    (
+        "chat-tool-start",
+        lambda: events.new_chat_tool_start_event("c1", "m1", "t1", "read_file", {"path": "a"}),
+        "chat:tool-start",
+        {
+            "conversationId": "c1",
+            "messageId": "m1",
+            "toolId": "t1",
+            "name": "read_file",
+            "input": {"path": "a"},
+        },
+    ),
+    (
+        "chat-tool-result",
+        lambda: events.new_chat_tool_result_event("c1", "m1", "t1", "boom", is_error=True),
+        "chat:tool-result",
+        {
+            "conversationId": "c1",
+            "messageId": "m1",
+            "toolId": "t1",
+            "output": "boom",
+            "isError": True,
+        },
+    ),
+    (
+        "chat-stream-end",
+        lambda: events.new_chat_stream_end_event("c1", "m1", stop_reason="end_turn"),
+        "chat:stream-end",
+        {"conversationId": "c1", "messageId": "m1", "stopReason": "end_turn"},
+    ),
+    (
+        "chat-stream-end-minimal",
+        lambda: events.new_chat_stream_end_event("c1", "m1"),
+        "chat:stream-end",
+        {"conversationId": "c1", "messageId": "m1"},
+    ),
+    (
+        "chat-error",
+        lambda: events.new_chat_error_event("c1", "rate limited", message_id="m1"),
+        "chat:error",
+        {"conversationId": "c1", "message": "rate limited", "messageId": "m1"},
+    ),
+    (
+        "chat-error-minimal",
+        lambda: events.new_chat_error_event("c1", "rate limited"),
+        "chat:error",
+        {"conversationId": "c1", "message": "rate limited"},
+    ),
+    (
+        "chat-send",
+        lambda: events.new_chat_send_event("c1", "hi"),
+        "chat:send",
+        {"conversationId": "c1", "content": "hi"},
+    ),
+    (
+        "chat-cancel",
+        lambda: events.new_chat_cancel_event("c1"),
+        "chat:cancel",
+        {"conversationId": "c1"},
+    ),
+]
+
+CASE_IDS = [case[0] for case in CONSTRUCTOR_CASES]
+
+
+def _record_kwargs(**overrides: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "id": "a1",
+        "name": "PRD",
+        "type": "prd",
+        "path": "docs/prd.md",
+        "status": "draft",
+        "phase": "2",
+        "phase_name": "Planning",
+        "is_sharded": True,
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
+def _valid_payload(event_type: str) -> dict[str, Any]:
+    """The first constructor case's payload for ``event_type`` (a known-good payload)."""
+    for _, _, case_type, payload in CONSTRUCTOR_CASES:
+        if case_type == event_type:
+            return dict(payload)
+    raise AssertionError(f"no constructor case for {event_type}")
+
+
+# --- constructors ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "event_type", "payload"), [c[1:] for c in CONSTRUCTOR_CASES], ids=CASE_IDS
+)
+def test_constructor_builds_exact_payload(
+    build: Callable[[], Event], event_type: str, payload: dict[str, Any]
+) -> None:
+    event = build()
+    assert isinstance(event, Event)
+    assert event.type == event_type
+    assert dict(event.payload) == payload
+    assert list(event.payload) == list(payload)  # wire key order, too
+    assert RFC3339_UTC_Z.match(event.timestamp), event.timestamp
+
+
+@pytest.mark.parametrize(
+    ("build", "event_type", "payload"), [c[1:] for c in CONSTRUCTOR_CASES], ids=CASE_IDS
+)
+def test_constructor_json_round_trips(
+    build: Callable[[], Event], event_type: str, payload: dict[str, Any]
+) -> None:
+    event = build()
+    decoded = json.loads(encode(event))
+    assert decoded == {"type": event_type, "payload": payload, "timestamp": event.timestamp}
+    assert RFC3339_UTC_Z.match(decoded["timestamp"])
+    assert validate_payload(event_type, decoded["payload"]) is None
+
+
+@pytest.mark.parametrize(
+    ("build", "event_type", "payload"), [c[1:] for c in CONSTRUCTOR_CASES], ids=CASE_IDS
+)
+def test_payload_keys_are_camel_case(
+    build: Callable[[], Event], event_type: str, payload: dict[str, Any]
+) -> None:
+    del event_type, payload
+    for key in build().payload:
+        assert re.fullmatch(r"[a-z][a-zA-Z0-9]*", key), key
+
+
+def test_connection_status_omits_unset_optional_keys() -> None:
+    event = events.new_connection_status_event(seq=5)
+    assert dict(event.payload) == {"status": "connected", "seq": 5}
+    assert b"null" not in encode(event)
+
+
+def test_mutable_arguments_are_copied() -> None:
+    changes = {"name": "A"}
+    artifacts = ["a.md"]
+    tool_input = {"path": "x"}
+    updated = events.new_stream_updated_event("p", "s", changes)
+    phased = events.new_stream_phase_changed_event("p", "s", "dev", artifacts)
+    tool = events.new_chat_tool_start_event("c", "m", "t", "read", tool_input)
+    changes["name"] = "B"
+    artifacts.append("b.md")
+    tool_input["path"] = "y"
+    assert updated.payload["changes"] == {"name": "A"}
+    assert phased.payload["artifacts"] == ["a.md"]
+    assert tool.payload["input"] == {"path": "x"}
+
+
+def test_artifact_stream_event_rejects_other_types() -> None:
+    with pytest.raises(ValueError, match="artifact:deleted"):
+        events.new_artifact_stream_event(events.ARTIFACT_DELETED, "p", "s", "f.md")
+
+
+# --- the fixed artifact tags (story 1.4, task 1.7) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build", [events.new_artifact_created_event, events.new_artifact_updated_event]
+)
+def test_artifact_record_uses_camel_case_tags(build: Callable[..., Event]) -> None:
+    raw = encode(build(**_record_kwargs(parent_id="parent-1")))
+    payload = json.loads(raw)["payload"]
+    assert payload["phaseName"] == "Planning"
+    assert payload["isSharded"] is True
+    assert payload["parentId"] == "parent-1"
+    for snake in (b"phase_name", b"is_sharded", b"parent_id"):
+        assert snake not in raw
+
+
+@pytest.mark.parametrize(
+    "build", [events.new_artifact_created_event, events.new_artifact_updated_event]
+)
+def test_artifact_record_omits_parent_id_when_none(build: Callable[..., Event]) -> None:
+    raw = encode(build(**_record_kwargs(is_sharded=False)))
+    payload = json.loads(raw)["payload"]
+    assert "parentId" not in payload
+    assert payload["isSharded"] is False
+    assert b"null" not in raw
+    assert b"parent" not in raw.lower()
+
+
+# --- the catalog -------------------------------------------------------------------------------
+
+
+def _module_event_constants() -> dict[str, str]:
+    return {
+        name: value
+        for name in events.__all__
+        if name.isupper() and isinstance(value := getattr(events, name), str)
+    }
+
+
+def test_every_constant_is_catalogued_and_well_named() -> None:
+    constants = _module_event_constants()
+    assert len(constants) == 18
+    assert set(constants.values()) == set(CATALOG)
+    for name in CATALOG:
+        assert EVENT_NAME_RE.match(name), name
+        assert CATALOG[name].type == name
+
+
+def test_catalog_directions() -> None:
+    clients = {name for name, spec in CATALOG.items() if spec.direction == "client"}
+    assert clients == {"chat:send", "chat:cancel"}
+    assert all(spec.direction in ("server", "client") for spec in CATALOG.values())
+
+
+def test_every_server_event_has_a_validating_constructor() -> None:
+    covered: dict[str, int] = {}
+    for _, build, event_type, _ in CONSTRUCTOR_CASES:
+        event = build()
+        assert validate_payload(event.type, event.payload) is None, event_type
+        covered[event_type] = covered.get(event_type, 0) + 1
+    server_types = {name for name, spec in CATALOG.items() if spec.direction == "server"}
+    assert server_types <= set(covered)
+    assert set(covered) == set(CATALOG)
+
+
+def test_artifact_shapes_accept_both_forms() -> None:
+    for event_type in ("artifact:created", "artifact:updated"):
+        spec = CATALOG[event_type]
+        assert len(spec.shapes) == 2
+        record, stream = spec.shapes
+        assert record["isSharded"] == FieldSpec("boolean", True)
+        assert record["phaseName"] == FieldSpec("string", True)
+        assert record["parentId"] == FieldSpec("string", False)
+        assert set(stream) == {"projectId", "streamId", "filename", "phase"}
+        assert stream["phase"].required is False
+        assert spec.fields is record
+
+
+def test_catalog_field_types_follow_payload_typed_dicts() -> None:
+    status = CATALOG["connection:status"].fields
+    assert status == {
+        "status": FieldSpec("string", True),
+        "epoch": FieldSpec("string", False),
+        "seq": FieldSpec("integer", False),
+        "recovered": FieldSpec("boolean", False),
+    }
+    assert CATALOG["stream:updated"].fields["changes"] == FieldSpec("object", True)
+    assert CATALOG["stream:phase-changed"].fields["artifacts"] == FieldSpec("array<string>", True)
+    assert set(CATALOG["workflow:status-changed"].fields) == {
+        "projectId",
+        "streamId",
+        "workflowId",
+        "status",
+    }
+
+
+def test_catalog_is_read_only() -> None:
+    with pytest.raises(TypeError):
+        CATALOG["x:y"] = CATALOG["chat:send"]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        CATALOG["chat:send"].fields["content"] = FieldSpec("integer", True)  # type: ignore[index]
+
+
+# --- validate_payload ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event_type", "mutate", "message"),
+    [
+        (
+            "stream:created",
+            lambda p: p.pop("streamId"),
+            "payload.streamId: required field missing",
+        ),
+        (
+            "stream:created",
+            lambda p: p.update(name=7),
+            "payload.name: expected string, got integer",
+        ),
+        (
+            "connection:status",
+            lambda p: p.update(seq=True),
+            "payload.seq: expected integer, got boolean",
+        ),
+        (
+            "connection:status",
+            lambda p: p.update(seq=1.0),
+            "payload.seq: expected integer, got number",
+        ),
+        (
+            "connection:status",
+            lambda p: p.update(recovered=1),
+            "payload.recovered: expected boolean, got integer",
+        ),
+        (
+            "stream:phase-changed",
+            lambda p: p.update(artifacts=["a", 3]),
+            "payload.artifacts[1]: expected string, got integer",
+        ),
+        (
+            "stream:phase-changed",
+            lambda p: p.update(artifacts="a"),
+            "payload.artifacts: expected array<string>, got string",
+        ),
+        (
+            "stream:updated",
+            lambda p: p.update(changes=[]),
+            "payload.changes: expected object, got array",
+        ),
+        (
+            "chat:tool-result",
+            lambda p: p.update(isError="false"),
+            "payload.isError: expected boolean, got string",
+        ),
+        (
+            "artifact:created",
+            lambda p: p.update(isSharded="yes"),
+            "payload.isSharded: expected boolean, got string",
+        ),
+        (
+            "artifact:created",
+            lambda p: p.update(parentId=None),
+            "payload.parentId: expected string, got null",
+        ),
+        (
+            "artifact:updated",
+            lambda p: p.pop("phaseName"),
+            "payload.phaseName: required field missing",
+        ),
+    ],
+)
+def test_validate_payload_names_offending_field(
+    event_type: str, mutate: Callable[[dict[str, Any]], object], message: str
+) -> None:
+    payload = _valid_payload(event_type)
+    mutate(payload)
+    assert validate_payload(event_type, payload) == message
+
+
+def test_validate_payload_multi_shape_reports_closest_shape() -> None:
+    # Looks like the stream-context form (shares projectId/streamId), so blame that shape.
+    stream_like = {"projectId": "p", "streamId": "s"}
+    assert validate_payload("artifact:created", stream_like) == (
+        "payload.filename: required field missing"
+    )
+    # Looks like the record form with a snake_case leftover: blame the record shape.
+    record_like = {
+        "id": "a",
+        "name": "n",
+        "type": "t",
+        "path": "p",
+        "status": "s",
+        "phase": "1",
+        "phase_name": "x",
+        "isSharded": False,
+    }
+    assert validate_payload("artifact:updated", record_like) == (
+        "payload.phaseName: required field missing"
+    )
+
+
+def test_validate_payload_allows_extra_keys_and_missing_optionals() -> None:
+    assert validate_payload("chat:cancel", {"conversationId": "c", "extra": [1, None]}) is None
+    assert validate_payload("connection:status", {"status": "connected"}) is None
+    assert (
+        validate_payload(
+            "stream:phase-changed", _valid_payload("stream:phase-changed") | {"artifacts": []}
+        )
+        is None
+    )
+
+
+def test_validate_payload_rejects_non_object_payload() -> None:
+    assert validate_payload("chat:cancel", ["c"]) == "payload: expected object, got array"
+    assert validate_payload("chat:cancel", None) == "payload: expected object, got null"
+
+
+def test_validate_payload_unknown_type_raises_key_error() -> None:
+    with pytest.raises(KeyError):
+        validate_payload("app:custom-thing", {})
+
+
+# --- JSON Schema ---------------------------------------------------------------------------------
+
+
+def test_json_schema_is_deterministic_and_covers_catalog() -> None:
+    first = json.dumps(json_schema(), sort_keys=True)
+    assert first == json.dumps(json_schema(), sort_keys=True)
+    schema = json.loads(first)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert set(schema["$defs"]) == set(CATALOG)
+    types_ = [branch["properties"]["type"] for branch in schema["oneOf"]]
+    consts = [t["const"] for t in types_ if "const" in t]
+    assert consts == sorted(CATALOG)
+    fallback = schema["oneOf"][-1]["properties"]["type"]["not"]["enum"]
+    assert fallback == sorted(CATALOG)
+    assert schema["properties"]["type"]["pattern"] == EVENT_NAME_RE.pattern
+    record, stream = schema["$defs"]["artifact:created"]["anyOf"]
+    assert "parentId" not in record["required"] and "isSharded" in record["required"]
+    assert record["properties"]["isSharded"] == {"type": "boolean"}
+    assert stream["required"] == ["filename", "projectId", "streamId"]
+    phase_changed = schema["$defs"]["stream:phase-changed"]
+    assert phase_changed["properties"]["artifacts"] == {
+        "type": "array",
+        "items": {"type": "string"},
+    }
+    assert all(
+        shape.get("additionalProperties") is True
+        for definition in schema["$defs"].values()
+        for shape in definition.get("anyOf", [definition])
+    )
+
+
+def test_json_schema_validates_real_events() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    validator_cls = jsonschema.Draft202012Validator
+    schema = json_schema()
+    validator_cls.check_schema(schema)
+    validator = validator_cls(schema)
+
+    for _, build, _, _ in CONSTRUCTOR_CASES:
+        envelope = json.loads(encode(build()))
+        validator.validate(envelope)
+        validator.validate(json.loads(with_seq(encode(build()), 42)))
+
+    custom = {
+        "type": "app:custom-thing",
+        "payload": {"any": 1},
+        "timestamp": "2026-01-01T00:00:00Z",
+    }
+    assert validator.is_valid(custom)
+
+    bad_cases: list[dict[str, Any]] = []
+    missing = json.loads(encode(events.new_stream_created_event("p", "s", "n")))
+    del missing["payload"]["streamId"]
+    bad_cases.append(missing)
+    bool_seq = json.loads(encode(events.new_connection_status_event()))
+    bool_seq["payload"]["seq"] = True
+    bad_cases.append(bool_seq)
+    snake = json.loads(encode(events.new_artifact_created_event(**_record_kwargs())))
+    snake["payload"]["phase_name"] = snake["payload"].pop("phaseName")
+    bad_cases.append(snake)
+    bad_cases.append(custom | {"type": "Bad_Name"})
+    bad_cases.append(custom | {"extra": 1})
+    bad_cases.append(custom | {"timestamp": "2026-01-01T00:00:00+00:00"})
+    for bad in bad_cases:
+        assert not validator.is_valid(bad), bad
