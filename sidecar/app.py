@@ -29,6 +29,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 
 from . import __version__
+from .api import api_blueprint
 from .client import Client, envelope_handler
 from .config import Config
 from .connection import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, Connection
@@ -56,7 +57,8 @@ class Sessions:
         self.limit = limit
         self.active = 0
         self.rejected: dict[str, int] = {}
-        self._cond = threading.Condition()
+        self.lock = threading.Lock()
+        self._cond = threading.Condition(self.lock)
 
     def try_enter(self) -> bool:
         """Take a slot if one is free."""
@@ -150,6 +152,8 @@ def create_app(config: Config | None = None, hub: Hub | None = None) -> Flask:
     def guard_host() -> Response | None:
         rejection = check_host(request.environ, sidecar.hosts)
         return _reject(sidecar, rejection) if rejection else None
+
+    app.register_blueprint(api_blueprint(sidecar))
 
     @app.get("/health")
     def health() -> Response:

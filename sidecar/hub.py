@@ -7,10 +7,10 @@ Threads and what they own
       it in the history and hands the same bytes to every client (:meth:`Client.offer`).
       It never blocks on a client: a client whose queue is full is dropped (close 4008).
     * **any thread** calls the public API. Everything reaches the hub thread through the
-      inbox (a ``queue.Queue``; its own lock is the only lock here). ``broadcast*`` and
-      ``send_to_client`` never block and are refused (``False``) once ``inbox_limit``
-      commands are waiting; register/unregister/stop are always accepted (they are bounded
-      by the number of connections).
+      inbox (a ``queue.Queue``). ``broadcast*`` and ``send_to_client`` never block and are
+      refused (``False``) once ``inbox_limit`` events are waiting; ``_pending_lock`` guards
+      that count (``_pending``). Register/unregister/stop are always accepted (they are
+      bounded by the number of connections).
 
 Consecutive broadcasts waiting in the inbox are handled as one batch: every client gets one
 write (or one queue item) carrying all of their frames, in ``seq`` order.
@@ -108,6 +108,8 @@ class Hub:
         self._running = threading.Event()
         self._stopped = threading.Event()
         self._refusals_logged = 0
+        self._pending_lock = threading.Lock()  # guards _pending (events in the inbox)
+        self._pending = 0
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -164,7 +166,7 @@ class Hub:
             "epoch": self.epoch,
             "historyEvents": len(self._history),
             "historyBytes": self._history_total,
-            "inbox": self._inbox.qsize(),
+            "pending": self._pending,
         }
 
     # -- publishing (any thread, never blocks) --------------------------------------------
@@ -185,20 +187,18 @@ class Hub:
             )
         if "seq" in obj:
             raise ValueError("broadcast data must not carry seq: the hub assigns it")
-        return self._submit((_BROADCAST, raw.strip()))
+        return self._submit((_BROADCAST, [raw.strip()]))
 
     def broadcast_event(self, event: Event) -> bool:
         """Encode ``event`` once and broadcast it to every client."""
-        return self._submit((_BROADCAST, encode(event)))
+        return self._submit((_BROADCAST, [encode(event)]))
 
     def broadcast_many(self, events: Iterable[Event]) -> int:
-        """Broadcast several events in order; returns how many were accepted."""
-        accepted = 0
-        for event in events:
-            if not self._submit((_BROADCAST, encode(event))):
-                break
-            accepted += 1
-        return accepted
+        """Broadcast several events, in order, as one batch: all are accepted or none (0)."""
+        encoded = [encode(event) for event in events]
+        if not encoded:
+            return 0
+        return len(encoded) if self._submit((_BROADCAST, encoded)) else 0
 
     def send_to_client(self, client: Client, event: Event) -> bool:
         """Send ``event`` (without ``seq``) to one client. Never blocks, never raises.
@@ -216,15 +216,23 @@ class Hub:
         return self._submit((_SEND, client, frame))
 
     def _submit(self, command: tuple[Any, ...]) -> bool:
-        if len(command[-1]) > self.max_event_bytes + 16:
-            raise ValueError(f"event larger than {self.max_event_bytes} bytes")
+        payload = command[-1]
+        items = payload if isinstance(payload, list) else (payload,)
+        for data in items:
+            if len(data) > self.max_event_bytes + 16:
+                raise ValueError(f"event larger than {self.max_event_bytes} bytes")
         if not self._running.is_set():
             return False
-        if self._inbox.qsize() >= self.inbox_limit:
+        with self._pending_lock:
+            if self._pending + len(items) > self.inbox_limit:
+                refused = True
+            else:
+                refused = False
+                self._pending += len(items)
+                self._inbox.put(command)
+        if refused:
             self._refused()
-            return False
-        self._inbox.put(command)
-        return True
+        return not refused
 
     def _refused(self) -> None:
         self.stats.refused_broadcasts += 1  # benign race: a monitoring counter
@@ -269,7 +277,7 @@ class Hub:
         while True:
             kind = command[0]
             if kind == _BROADCAST:
-                batch = [command[1]]
+                batch = list(command[1])
                 command = None
                 while len(batch) < _MAX_BATCH:
                     try:
@@ -279,13 +287,17 @@ class Hub:
                         break
                     if command[0] != _BROADCAST:
                         break
-                    batch.append(command[1])
+                    batch.extend(command[1])
                     command = None
                 self._broadcast(batch)
+                with self._pending_lock:
+                    self._pending -= len(batch)
                 if command is None:
                     command = get()
                 continue
             if kind == _SEND:
+                with self._pending_lock:
+                    self._pending -= 1
                 client = command[1]
                 if client in self._clients:
                     self.stats.sent_to_client += 1
