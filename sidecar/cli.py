@@ -22,7 +22,7 @@ from .config import Config, from_env
 
 log = logging.getLogger("sidecar")
 
-SUBCOMMANDS = ("serve",)
+SUBCOMMANDS = ("serve", "publish", "tail", "schema")
 
 
 def _serve_parser(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +81,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
     sub = parser.add_subparsers(dest="command")
     _serve_parser(sub.add_parser("serve", help="run the sidecar (the default)"))
+    publish = sub.add_parser(
+        "publish", help="broadcast one event through a running sidecar's HTTP API"
+    )
+    publish.add_argument("type", help="event type, e.g. stream:created")
+    publish.add_argument("payload", help='payload as JSON, e.g. \'{"projectId": "p1"}\'')
+    _client_options(publish)
+    tail = sub.add_parser("tail", help="connect and print events as they arrive")
+    tail.add_argument("--since", help="resume point <epoch>:<seq>")
+    tail.add_argument("--json", action="store_true", help="print each raw JSON envelope")
+    tail.add_argument("--count", type=int, help="exit after this many events")
+    _client_options(tail)
+    schema = sub.add_parser("schema", help="write the JSON Schema and TypeScript declarations")
+    schema.add_argument("--check", action="store_true", help="exit 1 if the copies are stale")
     return parser
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", help="the sidecar's base URL (SIDECAR_URL; default http://127.0.0.1:3008)"
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds (10)")
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
@@ -208,4 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    if args.command == "schema":
+        from .schema import main as schema_main
+
+        return schema_main(["--check"] if args.check else [])
+    from . import tools
+
+    return tools.publish(args) if args.command == "publish" else tools.tail(args)

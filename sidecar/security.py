@@ -184,16 +184,26 @@ def check_token(environ: Mapping[str, Any], token: str | None) -> Rejection | No
     return None
 
 
-def check_origin(environ: Mapping[str, Any], policy: OriginPolicy) -> Rejection | None:
-    """403 for an Origin not on the allowlist (``null`` included).
+def same_origin(origin: Origin, host_header: str) -> bool:
+    """Whether ``origin`` is the server's own: ``http://`` plus exactly the ``Host`` header."""
+    own = parse_origin("http://" + host_header.strip()) if host_header.strip() else None
+    return own is not None and own == origin
 
-    An absent Origin (a non-browser client) passes; with authentication on, the token check
-    that follows is what admits it.
+
+def check_origin(environ: Mapping[str, Any], policy: OriginPolicy) -> Rejection | None:
+    """403 for an Origin that is neither on the allowlist nor the server's own (``null`` never).
+
+    The server's own origin is ``http://`` + the ``Host`` header, which the Host check has
+    already restricted to loopback names. An absent Origin (a non-browser client) passes;
+    with authentication on, the token check that follows is what admits it.
     """
     origin = environ.get("HTTP_ORIGIN")
     if origin is None:
         return None
-    if not policy.allows(origin):
+    parsed = parse_origin(origin)
+    if parsed is None or not (
+        policy.allows(origin) or same_origin(parsed, environ.get("HTTP_HOST", ""))
+    ):
         return Rejection(403, "Forbidden: origin not allowed", "origin")
     return None
 

@@ -1,0 +1,130 @@
+"""``sidecar publish`` and ``sidecar tail``: developer tools talking to a running sidecar.
+
+Single-threaded (the main thread); ``tail`` uses simple-websocket's client, whose reader
+thread is internal to it. URL and token come from options or ``SIDECAR_URL`` /
+``SIDECAR_TOKEN`` (the token never from argv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+DEFAULT_URL = "http://127.0.0.1:3008"
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    return (args.url or os.environ.get("SIDECAR_URL") or DEFAULT_URL).rstrip("/")
+
+
+def _token() -> str | None:
+    return os.environ.get("SIDECAR_TOKEN") or None
+
+
+def _fail(message: str) -> int:
+    print(f"sidecar: {message}", file=sys.stderr)
+    return 1
+
+
+def publish(args: argparse.Namespace) -> int:
+    """POST one event; print the broadcast envelope; exit 0 on 202, 1 otherwise."""
+    try:
+        payload = json.loads(args.payload)
+    except ValueError as exc:
+        return _fail(f"payload is not JSON: {exc}")
+    body = json.dumps({"type": args.type, "payload": payload}).encode()
+    request = urllib.request.Request(
+        _base_url(args) + "/api/v1/events",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    token = _token()
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace").strip()
+        try:
+            detail = json.loads(detail)["error"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        return _fail(f"{exc.code} {exc.reason}: {detail}")
+    except (urllib.error.URLError, OSError) as exc:
+        return _fail(f"cannot reach {_base_url(args)}: {getattr(exc, 'reason', exc)}")
+    for event in answer.get("events", []):
+        print(json.dumps(event, ensure_ascii=False))
+    return 0
+
+
+def format_event(event: dict[str, Any]) -> str:
+    """One readable line: time, ``#seq``, type, compact payload."""
+    stamp = str(event.get("timestamp", ""))
+    try:
+        stamp = datetime.fromisoformat(stamp.replace("Z", "+00:00")).strftime("%H:%M:%S.%f")[:-3]
+    except ValueError:
+        pass
+    seq = event.get("seq")
+    payload = json.dumps(event.get("payload"), ensure_ascii=False, separators=(",", ":"))
+    number = f"#{seq}" if seq is not None else "-"
+    return f"{stamp}  {number:>7}  {event.get('type')}  {payload}"
+
+
+def tail(args: argparse.Namespace) -> int:
+    """Print events as they arrive until Ctrl-C, ``--count`` events, or the server closes."""
+    import simple_websocket
+
+    base = urlsplit(_base_url(args))
+    scheme = "wss" if base.scheme == "https" else "ws"
+    url = f"{scheme}://{base.netloc}/ws"
+    if args.since:
+        url += "?since=" + quote(args.since)
+    token = _token()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        ws = simple_websocket.Client.connect(url, subprotocols=["sidecar.v1"], headers=headers)
+    except simple_websocket.ConnectionError as exc:
+        return _fail(
+            f"cannot connect to {url}: HTTP {exc.status_code}"
+            if exc.status_code
+            else f"cannot connect to {url}"
+        )
+    except OSError as exc:
+        return _fail(f"cannot connect to {url}: {exc.strerror or exc}")
+    seen = 0
+    try:
+        while args.count is None or seen < args.count:
+            try:
+                message = ws.receive(timeout=1.0)
+            except simple_websocket.ConnectionClosed as closed:
+                return _fail(f"connection closed: {closed.reason} {closed.message or ''}".strip())
+            if message is None:
+                if not ws.connected:
+                    return _fail("connection closed")
+                continue
+            text = message if isinstance(message, str) else message.decode(errors="replace")
+            try:
+                event = json.loads(text)
+            except ValueError:
+                print(text, flush=True)
+                continue
+            print(text if args.json else format_event(event), flush=True)
+            if event.get("type") != "connection:status":
+                seen += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        try:
+            ws.close()
+        except Exception:
+            pass
+    return 0
