@@ -1,0 +1,154 @@
+"""Shared fixtures: an in-process sidecar on an ephemeral port, and WebSocket test clients.
+
+Every server binds 127.0.0.1:0 and is shut down (clients closed with 1001) at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import websocket
+
+from sidecar.app import Sidecar
+from sidecar.config import Config
+from sidecar.server import Server, make_server, shutdown
+
+TOKEN = "test-token-0123456789"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        threading.Event().wait(interval)
+
+
+def recv_json(ws: websocket.WebSocket) -> dict[str, Any]:
+    """Receive one text frame and decode it."""
+    opcode, data = ws.recv_data()
+    assert opcode == websocket.ABNF.OPCODE_TEXT, f"expected a text frame, got opcode {opcode}"
+    return json.loads(data)
+
+
+def recv_close(ws: websocket.WebSocket, timeout: float = 5.0) -> int | None:
+    """Read until a close frame arrives; return its code (None on EOF without close)."""
+    ws.settimeout(timeout)
+    try:
+        while True:
+            frame = ws.recv_frame()
+            if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
+                data = frame.data
+                return int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+    except (websocket.WebSocketConnectionClosedException, ConnectionError):
+        return None
+
+
+@dataclass
+class RunningSidecar:
+    """A sidecar serving in this process."""
+
+    server: Server
+    sidecar: Sidecar
+    thread: threading.Thread
+    clients: list[websocket.WebSocket] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def hub(self) -> Any:
+        return self.sidecar.hub
+
+    @property
+    def token(self) -> str | None:
+        return self.sidecar.token
+
+    def connect(
+        self,
+        query: str = "",
+        *,
+        token: str | None | bool = True,
+        origin: str | None = None,
+        timeout: float = 5.0,
+        **kwargs: Any,
+    ) -> websocket.WebSocket:
+        """Open a WebSocket (bearer token by default; ``token=None`` sends none)."""
+        headers = list(kwargs.pop("header", []))
+        if token is True:
+            token = self.token
+        if token:
+            headers.append(f"Authorization: Bearer {token}")
+        ws = websocket.create_connection(
+            self.ws_url + query,
+            header=headers,
+            timeout=timeout,
+            origin=origin,
+            suppress_origin=origin is None,
+            **kwargs,
+        )
+        self.clients.append(ws)
+        return ws
+
+    def connect_ready(self, query: str = "", **kwargs: Any) -> tuple[websocket.WebSocket, dict]:
+        """Connect and read the ``connection:status`` frame; return both."""
+        ws = self.connect(query, **kwargs)
+        status = recv_json(ws)
+        assert status["type"] == "connection:status", status
+        return ws, status
+
+    def close(self) -> None:
+        for ws in self.clients:
+            try:
+                ws.close(timeout=0.2)
+            except Exception:
+                pass
+        shutdown(self.server, self.sidecar, grace=2.0)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def sidecar_factory() -> Iterator[Callable[..., RunningSidecar]]:
+    """Start sidecars with ``Config`` overrides; all are stopped at teardown."""
+    running: list[RunningSidecar] = []
+
+    def start(**overrides: Any) -> RunningSidecar:
+        options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "token": TOKEN}
+        options.update(overrides)
+        server, sidecar = make_server(Config(**options))
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        thread.start()
+        instance = RunningSidecar(server, sidecar, thread)
+        running.append(instance)
+        return instance
+
+    yield start
+    for instance in running:
+        instance.close()
+
+
+@pytest.fixture
+def sidecar(sidecar_factory: Callable[..., RunningSidecar]) -> RunningSidecar:
+    """A sidecar with default settings (token auth on, token ``TOKEN``)."""
+    return sidecar_factory()
