@@ -192,6 +192,7 @@ class Client:
         get_nowait = self._queue.get_nowait
         interval = self.ping_interval if self.ping_interval > 0 else None
         next_ping = time.monotonic() + interval if interval else None
+        abort = False  # close without waiting for the peer (it stopped answering)
         try:
             while self._close_request is None:
                 timeout = None if next_ping is None else max(0.0, next_ping - time.monotonic())
@@ -214,8 +215,9 @@ class Client:
                         self._dequeued_bytes += sum(map(len, data))
                 if next_ping is not None and time.monotonic() >= next_ping:
                     if not conn.pong_received:
-                        log.info("client %s: no pong within %.0f s, dropping it", self.id, interval)
+                        log.warning("client %s: no pong within %g s, dropped", self.id, interval)
                         self._close_request = (CLOSE_INTERNAL_ERROR, "keepalive timeout")
+                        abort = True
                         break
                     conn.pong_received = False
                     with writer.lock:
@@ -224,11 +226,13 @@ class Client:
                     next_ping = time.monotonic() + interval  # type: ignore[operator]
         except OSError as exc:
             if self._close_request is None:  # an abort already explained itself
-                log.info("client %s: write failed (%s), dropping it", self.id, _describe(exc))
+                log.warning("client %s: write failed (%s), dropped", self.id, _describe(exc))
             writer.shutdown()
         else:
             code, reason = self._close_request or (1000, "")
             conn.close(code, reason)
+            if abort:
+                writer.shutdown()
 
     # -- request thread ------------------------------------------------------------------
     def read_loop(
