@@ -55,7 +55,7 @@ def test_reconnect_registers_again_and_gets_status(sidecar):
     wait_for(lambda: sidecar.hub.client_count() == 1)
     ws.close()
     wait_for(lambda: sidecar.hub.client_count() == 0)
-    ws2, status = sidecar.connect_ready()
+    _ws2, status = sidecar.connect_ready()
     assert status["payload"]["status"] == "connected"
     wait_for(lambda: sidecar.hub.client_count() == 1)
 
@@ -107,7 +107,7 @@ def test_disconnect_lowers_client_count(sidecar):
     ["http://localhost:5173", "http://127.0.0.1:3007", "tauri://localhost", "file://"],
 )
 def test_allowed_origins_connect(sidecar, origin):
-    ws, status = sidecar.connect_ready(origin=origin)
+    _ws, status = sidecar.connect_ready(origin=origin)
     assert status["payload"]["status"] == "connected"
 
 
