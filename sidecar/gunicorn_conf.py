@@ -27,6 +27,8 @@ backlog = 2048
 graceful_timeout = 5
 timeout = 30
 keepalive = 2
+#: gunicorn >= 27 opens a control socket under ~/.gunicorn by default; a sidecar needs none.
+control_socket_disable = True
 
 
 def on_starting(server: Any) -> None:

@@ -92,9 +92,13 @@ def ready_line(server: Server, sidecar: Sidecar, *, show_token: bool) -> dict[st
     return line
 
 
-def shutdown(server: Server, sidecar: Sidecar, grace: float = 2.0) -> None:
-    """Close every client with 1001, wait up to ``grace`` for their sessions, stop serving."""
-    sidecar.hub.stop(timeout=grace / 2)
+def shutdown(server: Server, sidecar: Sidecar, grace: float = 1.0) -> None:
+    """Close every client with 1001, wait up to ``grace`` for their sessions, stop serving.
+
+    Clients that answer the close frame end their sessions at once; the process does not wait
+    longer than ``grace`` for the others (their sockets close when it exits).
+    """
+    sidecar.hub.stop(timeout=grace)
     if not sidecar.sessions.wait_idle(grace):
         log.warning(
             "%d sessions still open after %.1f s; exiting anyway", sidecar.sessions.active, grace
@@ -120,7 +124,12 @@ def run(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    serving = threading.Thread(target=server.serve_forever, name="sidecar-http", daemon=True)
+    serving = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.1},
+        name="sidecar-http",
+        daemon=True,
+    )
     serving.start()
     out = out or sys.stdout
     out.write(json.dumps(ready_line(server, sidecar, show_token=show_token)) + "\n")

@@ -1,7 +1,6 @@
 """``sidecar publish`` and ``sidecar tail``: developer tools talking to a running sidecar.
 
-Single-threaded (the main thread); ``tail`` uses simple-websocket's client, whose reader
-thread is internal to it. URL and token come from options or ``SIDECAR_URL`` /
+Single-threaded (the main thread). URL and token come from options or ``SIDECAR_URL`` /
 ``SIDECAR_TOKEN`` (the token never from argv).
 """
 
@@ -10,12 +9,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import urllib.error
 import urllib.request
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    CloseConnection,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
 
 DEFAULT_URL = "http://127.0.0.1:3008"
 
@@ -80,51 +89,55 @@ def format_event(event: dict[str, Any]) -> str:
 
 
 def tail(args: argparse.Namespace) -> int:
-    """Print events as they arrive until Ctrl-C, ``--count`` events, or the server closes."""
-    import simple_websocket
+    """Print events as they arrive until Ctrl-C, ``--count`` events, or the server closes.
 
+    A small single-threaded wsproto client: it reads, answers pings and prints.
+    """
     base = urlsplit(_base_url(args))
-    scheme = "wss" if base.scheme == "https" else "ws"
-    url = f"{scheme}://{base.netloc}/ws"
-    if args.since:
-        url += "?since=" + quote(args.since)
-    token = _token()
-    headers = {"Authorization": f"Bearer {token}"} if token else None
+    if base.scheme != "http":
+        return _fail("tail supports http:// sidecar URLs only")
+    target = "/ws" + ("?since=" + quote(args.since) if args.since else "")
+    headers = [("Authorization", f"Bearer {token}")] if (token := _token()) else []
     try:
-        ws = simple_websocket.Client.connect(url, subprotocols=["sidecar.v1"], headers=headers)
-    except simple_websocket.ConnectionError as exc:
-        return _fail(
-            f"cannot connect to {url}: HTTP {exc.status_code}"
-            if exc.status_code
-            else f"cannot connect to {url}"
-        )
+        sock = socket.create_connection((base.hostname, base.port or 80), timeout=args.timeout)
     except OSError as exc:
-        return _fail(f"cannot connect to {url}: {exc.strerror or exc}")
+        return _fail(f"cannot connect to {base.netloc}: {exc.strerror or exc}")
+    sock.settimeout(None)
+    ws = WSConnection(ConnectionType.CLIENT)
+    sock.sendall(
+        ws.send(
+            Request(
+                host=base.netloc, target=target, subprotocols=["sidecar.v1"], extra_headers=headers
+            )
+        )
+    )
     seen = 0
     try:
         while args.count is None or seen < args.count:
-            try:
-                message = ws.receive(timeout=1.0)
-            except simple_websocket.ConnectionClosed as closed:
-                return _fail(f"connection closed: {closed.reason} {closed.message or ''}".strip())
-            if message is None:
-                if not ws.connected:
-                    return _fail("connection closed")
-                continue
-            text = message if isinstance(message, str) else message.decode(errors="replace")
-            try:
-                event = json.loads(text)
-            except ValueError:
-                print(text, flush=True)
-                continue
-            print(text if args.json else format_event(event), flush=True)
-            if event.get("type") != "connection:status":
-                seen += 1
+            data = sock.recv(65536)
+            ws.receive_data(data or None)
+            for event in ws.events():
+                if isinstance(event, RejectConnection):
+                    return _fail(f"connection refused: HTTP {event.status_code}")
+                if isinstance(event, Ping):
+                    sock.sendall(ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    return _fail(f"connection closed: {event.code} {event.reason or ''}".strip())
+                elif isinstance(event, TextMessage):
+                    text = event.data
+                    try:
+                        parsed = json.loads(text)
+                    except ValueError:
+                        print(text, flush=True)
+                        continue
+                    print(text if args.json else format_event(parsed), flush=True)
+                    if parsed.get("type") != "connection:status":
+                        seen += 1
+        sock.sendall(ws.send(CloseConnection(code=1000)))
     except KeyboardInterrupt:
         pass
+    except OSError as exc:
+        return _fail(f"connection lost: {exc.strerror or exc}")
     finally:
-        try:
-            ws.close()
-        except Exception:
-            pass
+        sock.close()
     return 0

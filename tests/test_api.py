@@ -1,0 +1,130 @@
+"""The HTTP API: publishing events (single, batch, validation) and the hub's counters."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from sidecar.api import MAX_BODY, Invalid, parse_events
+from tests.conftest import recv_json, wait_for
+
+
+def _post(running, body: bytes | Any, token: str | None = "default", path="/api/v1/events"):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(running.url + path, data=data, method="POST")
+    request.add_header("Content-Type", "application/json")
+    if token == "default":
+        token = running.token
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+STREAM = {"type": "stream:created", "payload": {"projectId": "p", "streamId": "s", "name": "n"}}
+
+
+def test_publish_one_event_broadcasts_it(sidecar):
+    ws, _ = sidecar.connect_ready()
+    wait_for(lambda: sidecar.hub.client_count() == 1)
+    status, answer = _post(sidecar, STREAM)
+    assert status == 202
+    assert answer["accepted"] == 1
+    assert answer["events"][0]["type"] == "stream:created"
+    got = recv_json(ws)
+    assert got["payload"] == STREAM["payload"]
+    assert got["seq"] == 1
+    assert got["timestamp"] == answer["events"][0]["timestamp"]
+
+
+def test_publish_batch_keeps_order(sidecar):
+    ws, _ = sidecar.connect_ready()
+    wait_for(lambda: sidecar.hub.client_count() == 1)
+    batch = [{"type": "app:tick", "payload": {"i": i}} for i in range(50)]
+    status, answer = _post(sidecar, batch)
+    assert (status, answer["accepted"]) == (202, 50)
+    assert [recv_json(ws)["payload"]["i"] for _ in range(50)] == list(range(50))
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"type": "stream:created", "payload": {"projectId": "p", "streamId": "s"}}, "name"),
+        (
+            {"type": "stream:created", "payload": {"projectId": 1, "streamId": "s", "name": "n"}},
+            "projectId",
+        ),
+        ({"type": "Bad Name", "payload": {}}, "type"),
+        ({"type": "app:x"}, "payload"),
+        ({"type": "app:x", "payload": []}, "payload"),
+        ({"type": "app:x", "payload": {}, "seq": 3}, "seq"),
+        (
+            {"type": "chat:send", "payload": {"conversationId": "c", "content": "x"}},
+            "client-to-server",
+        ),
+        ([STREAM, {"type": "artifact:deleted", "payload": {"id": "a"}}], "events[1].payload.path"),
+        ([], "empty"),
+        ("just a string", "object"),
+    ],
+)
+def test_invalid_events_get_422_naming_the_field(sidecar, body, needle):
+    status, answer = _post(sidecar, body)
+    assert status == 422
+    assert needle in answer["error"]
+    assert sidecar.hub.seq == 0  # nothing of a bad batch is broadcast
+
+
+def test_not_json_is_400(sidecar):
+    status, answer = _post(sidecar, b"{nope")
+    assert status == 400
+    assert "not JSON" in answer["error"]
+
+
+def test_body_over_1_mib_is_413(sidecar):
+    big = {"type": "app:big", "payload": {"x": "y" * MAX_BODY}}
+    assert _post(sidecar, big)[0] == 413
+
+
+def test_publish_requires_the_token(sidecar):
+    assert _post(sidecar, STREAM, token=None)[0] == 401
+    assert _post(sidecar, STREAM, token="wrong")[0] == 401
+
+
+def test_hub_counters_need_the_token_and_report_activity(sidecar):
+    ws, _ = sidecar.connect_ready()
+    wait_for(lambda: sidecar.hub.client_count() == 1)
+    _post(sidecar, STREAM)
+    recv_json(ws)
+    request = urllib.request.Request(sidecar.url + "/api/v1/hub")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=5)
+    assert info.value.code == 401
+    request.add_header("Authorization", f"Bearer {sidecar.token}")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        state = json.loads(response.read())
+    assert state["hub"]["clients"] == 1
+    assert state["hub"]["broadcasts"] == 1
+    assert state["hub"]["deliveries"] == 1
+    assert state["sessions"]["rejectedHandshakes"].get("token", 0) >= 1
+
+
+def test_health_is_open_and_secret_free(sidecar):
+    with urllib.request.urlopen(sidecar.url + "/health", timeout=5) as response:
+        body = json.loads(response.read())
+    assert body["status"] == "ok"
+    assert set(body) == {"status", "version", "uptime"}
+    assert sidecar.token not in json.dumps(body)
+
+
+def test_parse_events_accepts_app_specific_types():
+    events = parse_events(b'[{"type":"my-app:thing-done","payload":{"any":[1,2]}}]')
+    assert events[0].type == "my-app:thing-done"
+    with pytest.raises(Invalid):
+        parse_events(b'{"type":"my_app:thing","payload":{}}')

@@ -1,0 +1,95 @@
+"""The threaded WSGI deployment: real gunicorn (gthread, one worker) serving the sidecar."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+import websocket
+
+from tests.conftest import TOKEN, recv_close, recv_json, wait_for
+from tests.test_process import _env
+
+pytest.importorskip("gunicorn")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _gunicorn(port: int, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "python:sidecar.gunicorn_conf",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--threads",
+            "16",
+            "--graceful-timeout",
+            "3",
+            *extra,
+            "sidecar.wsgi:create_app()",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(SIDECAR_TOKEN=TOKEN),
+    )
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def test_gunicorn_serves_publishes_and_closes_with_1001_on_sigterm():
+    port = _free_port()
+    server = _gunicorn(port)
+    try:
+        wait_for(lambda: _healthy(port) or server.poll() is not None, timeout=20)
+        assert server.poll() is None, server.stderr.read()
+        ws = websocket.create_connection(
+            f"ws://127.0.0.1:{port}/ws",
+            header=[f"Authorization: Bearer {TOKEN}"],
+            timeout=5,
+        )
+        assert recv_json(ws)["type"] == "connection:status"
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/events",
+            method="POST",
+            data=json.dumps({"type": "app:hello", "payload": {"n": 1}}).encode(),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 202
+        event = recv_json(ws)
+        assert (event["type"], event["seq"]) == ("app:hello", 1)
+        server.send_signal(signal.SIGTERM)
+        assert recv_close(ws) == 1001
+        ws.send_close()
+        assert server.wait(10) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.communicate(timeout=5)
+
+
+def test_gunicorn_refuses_more_than_one_worker():
+    server = _gunicorn(_free_port(), "-w", "2")
+    _, err = server.communicate(timeout=20)
+    assert server.returncode != 0
+    assert "refusing to start with 2 worker processes" in err

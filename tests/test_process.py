@@ -1,0 +1,250 @@
+"""The sidecar as a desktop app runs it: a child process with a ready line and a lifecycle."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import websocket
+
+from tests.conftest import TOKEN, recv_close, recv_json, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+class Child:
+    """A sidecar subprocess and its parsed ready line."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, **popen) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "--port", "0", "--ping-interval", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env or _env(SIDECAR_TOKEN=TOKEN),
+            **popen,
+        )
+        line = self.proc.stdout.readline()
+        assert line, self.proc.stderr.read()
+        self.ready = json.loads(line)
+
+    def connect(self, token: str = TOKEN) -> websocket.WebSocket:
+        ws = websocket.create_connection(
+            self.ready["ws"],
+            header=[f"Authorization: Bearer {token}"],
+            timeout=5,
+            suppress_origin=True,
+        )
+        assert recv_json(ws)["type"] == "connection:status"
+        return ws
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+
+
+@pytest.fixture
+def child() -> Iterator[type[Child]]:
+    started: list[Child] = []
+
+    class Tracked(Child):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    yield Tracked
+    for c in started:
+        c.stop()
+
+
+def test_ready_line_is_one_json_object_with_the_bound_port(child):
+    c = child()
+    ready = c.ready
+    assert ready["event"] == "ready"
+    assert ready["port"] > 0
+    assert ready["url"] == f"http://127.0.0.1:{ready['port']}"
+    assert ready["ws"] == f"ws://127.0.0.1:{ready['port']}/ws"
+    assert ready["pid"] == c.proc.pid
+    assert ready["version"]
+    assert ready["epoch"]
+    assert "token" not in ready  # it came from SIDECAR_TOKEN, the parent knows it
+
+
+def test_generated_token_is_in_the_ready_line_and_works(child):
+    c = child(env=_env())
+    token = c.ready["token"]
+    assert len(token) >= 32
+    c.connect(token)
+    with pytest.raises(websocket.WebSocketBadStatusException):
+        c.connect("not-the-token")
+
+
+def test_sigterm_closes_every_client_with_1001_and_exits_0(child):
+    c = child()
+    clients = [c.connect() for _ in range(3)]
+    c.proc.send_signal(signal.SIGTERM)
+    for ws in clients:
+        assert recv_close(ws) == 1001
+        ws.send_close()
+    assert c.wait(3) == 0
+
+
+def test_sigint_exits_0(child):
+    c = child()
+    c.proc.send_signal(signal.SIGINT)
+    assert c.wait(3) == 0
+
+
+def test_parent_death_stops_the_sidecar_gracefully(tmp_path):
+    """A parent process starts the sidecar with --parent-pid and dies; the sidecar follows."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'sidecar', '--port', '0',\n"
+        "    '--parent-pid', str(os.getpid())], stdout=subprocess.PIPE, text=True)\n"
+        "print(p.stdout.readline(), end='', flush=True)\n"
+        "sys.stdin.read()\n"  # wait until told to die
+    )
+    parent = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(SIDECAR_TOKEN=TOKEN),
+    )
+    ready = json.loads(parent.stdout.readline())
+    ws = websocket.create_connection(
+        ready["ws"], header=[f"Authorization: Bearer {TOKEN}"], timeout=5, suppress_origin=True
+    )
+    assert recv_json(ws)["type"] == "connection:status"
+    parent.kill()
+    parent.wait(5)
+    assert recv_close(ws, timeout=4) == 1001
+    wait_for(lambda: not _alive(ready["pid"]), timeout=4)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (not yet reaped by its dead parent's reaper) counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_stdin_eof_stops_the_sidecar_when_asked(child):
+    c = child("--exit-on-stdin-eof", stdin=subprocess.PIPE)
+    ws = c.connect()
+    c.proc.stdin.close()
+    assert recv_close(ws) == 1001
+    assert c.wait(3) == 0
+
+
+def test_stdin_from_dev_null_does_not_stop_the_sidecar(child):
+    c = child("--exit-on-stdin-eof", stdin=subprocess.DEVNULL)
+    c.connect()
+    with pytest.raises(subprocess.TimeoutExpired):
+        c.wait(0.5)
+
+
+def test_bad_option_value_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "--port", "0"],
+        capture_output=True,
+        text=True,
+        env=_env(SIDECAR_QUEUE_SIZE="lots"),
+        timeout=20,
+    )
+    assert result.returncode == 2
+    assert "SIDECAR_QUEUE_SIZE" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_port_in_use_is_a_clear_error(child):
+    c = child()
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "--port", str(c.ready["port"])],
+        capture_output=True,
+        text=True,
+        env=_env(SIDECAR_TOKEN=TOKEN),
+        timeout=20,
+    )
+    assert result.returncode == 1
+    assert "Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_publish_and_tail_against_a_live_sidecar(child):
+    c = child()
+    env = _env(SIDECAR_TOKEN=TOKEN, SIDECAR_URL=c.ready["url"])
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "tail", "--count", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert "connection:status" in tail.stdout.readline()
+        for name in ("one", "two"):
+            published = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "sidecar",
+                    "publish",
+                    "stream:created",
+                    json.dumps({"projectId": "p", "streamId": "s", "name": name}),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=20,
+            )
+            assert published.returncode == 0, published.stderr
+            assert json.loads(published.stdout)["payload"]["name"] == name
+        out, _ = tail.communicate(timeout=10)
+    finally:
+        tail.kill()
+    lines = out.strip().splitlines()
+    assert "#1  stream:created" in lines[0] and '"name":"one"' in lines[0]
+    assert "#2  stream:created" in lines[1]
+    assert tail.returncode == 0
+
+
+def test_cli_publish_reports_validation_errors(child):
+    c = child()
+    env = _env(SIDECAR_TOKEN=TOKEN, SIDECAR_URL=c.ready["url"])
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "publish", "stream:created", '{"projectId": "p"}'],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=20,
+    )
+    assert result.returncode == 1
+    assert "422" in result.stderr and "streamId" in result.stderr
