@@ -27,12 +27,12 @@ import logging
 import socket
 import struct
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import simple_websocket
 from wsproto.connection import ConnectionState
-from wsproto.events import CloseConnection
+from wsproto.events import CloseConnection, Event, TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from . import frames
@@ -156,6 +156,18 @@ class Connection(simple_websocket.Server):
     def is_open(self) -> bool:
         """Whether data frames may still be sent (no close frame sent or received)."""
         return self.ws.state is ConnectionState.OPEN
+
+    def handshake(self) -> None:
+        # simple-websocket counts a text message in characters (len of the decoded str), so
+        # non-ASCII text could exceed max_message_size bytes up to 4 times. Make it count bytes.
+        self.ws.events = self._events_counting_bytes  # type: ignore[method-assign]
+        super().handshake()
+
+    def _events_counting_bytes(self) -> Iterator[Event]:
+        for event in type(self.ws).events(self.ws):
+            if isinstance(event, TextMessage) and not event.data.isascii():
+                self.incoming_message_len += len(event.data.encode()) - len(event.data)
+            yield event
 
     def _handle_events(self) -> bool:
         with self.proto_lock:

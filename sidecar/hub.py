@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import secrets
 import threading
 from collections import deque
@@ -40,6 +41,7 @@ MessageHandler = Callable[[Client, dict[str, Any]], None]
 
 _BROADCAST, _SEND, _REGISTER, _UNREGISTER, _STOP, _CALL = range(6)
 _MAX_BATCH = 256
+_SINCE_RE = re.compile(r"([A-Za-z0-9_-]{1,64}):([0-9]{1,18})")
 
 
 @dataclass
@@ -67,13 +69,14 @@ class Since:
 
     @classmethod
     def parse(cls, text: str) -> Since:
-        """Parse ``<epoch>:<seq>``; raise ``ValueError`` with a one-line reason."""
-        epoch, sep, seq = text.rpartition(":")
-        if not sep or not epoch or len(epoch) > 64 or not seq.isdigit() or len(seq) > 18:
+        """Parse ``<epoch>:<seq>`` (ASCII letters, digits, ``-``, ``_``; a decimal seq).
+
+        Raises ``ValueError`` with a one-line reason.
+        """
+        match = _SINCE_RE.fullmatch(text)
+        if match is None:
             raise ValueError("since must look like <epoch>:<seq>, e.g. 3f2a9c1d:42")
-        if not all(c.isalnum() or c in "-_" for c in epoch):
-            raise ValueError("since: the epoch holds only letters, digits, '-' and '_'")
-        return cls(epoch, int(seq))
+        return cls(match[1], int(match[2]))
 
 
 class Hub:
