@@ -82,10 +82,12 @@ def test_gunicorn_serves_publishes_and_closes_with_1001_on_sigterm():
         assert recv_close(ws) == 1001
         ws.send_close()
         assert server.wait(10) == 0
+        log = server.communicate(timeout=5)[1]
+        assert "Traceback" not in log and "[ERROR]" not in log, log
     finally:
         if server.poll() is None:
             server.kill()
-        server.communicate(timeout=5)
+            server.communicate(timeout=5)
 
 
 def test_gunicorn_refuses_more_than_one_worker():
