@@ -276,29 +276,26 @@ class Hub:
     def _loop(self) -> None:
         get = self._inbox.get
         get_nowait = self._inbox.get_nowait
-        command = get()
+        held: tuple[Any, ...] | None = None  # a command taken while collecting a batch
         while True:
+            command = held if held is not None else get()
+            held = None
             kind = command[0]
             if kind == _BROADCAST:
                 batch = list(command[1])
-                command = None
                 while len(batch) < _MAX_BATCH:
                     try:
-                        command = get_nowait()
+                        following = get_nowait()
                     except queue.Empty:
-                        command = None
                         break
-                    if command[0] != _BROADCAST:
+                    if following[0] != _BROADCAST:
+                        held = following
                         break
-                    batch.extend(command[1])
-                    command = None
+                    batch.extend(following[1])
                 self._broadcast(batch)
                 with self._pending_lock:
                     self._pending -= len(batch)
-                if command is None:
-                    command = get()
-                continue
-            if kind == _SEND:
+            elif kind == _SEND:
                 with self._pending_lock:
                     self._pending -= 1
                 client = command[1]
@@ -311,12 +308,14 @@ class Hub:
             elif kind == _UNREGISTER:
                 self._remove(command[1])
             elif kind == _CALL:
-                command[1]()
+                try:
+                    command[1]()
+                except Exception:
+                    log.exception("hub.call(%r) failed", command[1])
             elif kind == _STOP:
                 self._running.clear()
                 self._close_all(command[1], command[2])
                 return
-            command = get()
 
     def _broadcast(self, batch: list[bytes]) -> None:
         out = []

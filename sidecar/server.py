@@ -40,7 +40,7 @@ class RequestHandler(WSGIRequestHandler):
     """Werkzeug's handler with a head timeout, ``TCP_NODELAY`` and redacted access logs."""
 
     #: Seconds allowed for the request head; set per server from the configuration.
-    timeout: float | None = 10.0
+    timeout = 10.0
 
     def setup(self) -> None:
         super().setup()  # applies self.timeout to the socket

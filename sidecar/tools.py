@@ -97,7 +97,7 @@ def tail(args: argparse.Namespace) -> int:
     if base.scheme != "http":
         return _fail("tail supports http:// sidecar URLs only")
     target = "/ws" + ("?since=" + quote(args.since) if args.since else "")
-    headers = [("Authorization", f"Bearer {token}")] if (token := _token()) else []
+    headers = [(b"Authorization", f"Bearer {token}".encode())] if (token := _token()) else []
     try:
         sock = socket.create_connection((base.hostname, base.port or 80), timeout=args.timeout)
     except OSError as exc:
