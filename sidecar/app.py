@@ -46,6 +46,7 @@ from .security import (
     offered_subprotocols,
     redact,
 )
+from .web import web_blueprint
 
 log = logging.getLogger("sidecar.app")
 
@@ -154,6 +155,7 @@ def create_app(config: Config | None = None, hub: Hub | None = None) -> Flask:
         return _reject(sidecar, rejection) if rejection else None
 
     app.register_blueprint(api_blueprint(sidecar))
+    app.register_blueprint(web_blueprint(sidecar))
 
     @app.get("/health")
     def health() -> Response:

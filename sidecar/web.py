@@ -39,7 +39,7 @@ CLIENT_FILES: dict[str, str] = {
 }
 
 _PAGE_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self' {ws}; "
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
@@ -80,7 +80,10 @@ def web_blueprint(sidecar: Sidecar) -> Blueprint:
         response = Response(_read("index.html"), content_type="text/html; charset=utf-8")
         response.headers["Cache-Control"] = "no-store"
         response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["Content-Security-Policy"] = _PAGE_CSP
+        # The app's Host guard has already limited Host to loopback names (and a port), so
+        # it is safe to name the page's own WebSocket origin (older engines do not count
+        # ws: as 'self').
+        response.headers["Content-Security-Policy"] = _PAGE_CSP.format(ws=f"ws://{request.host}")
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
