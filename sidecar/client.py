@@ -152,9 +152,11 @@ class Client:
     def abort(self, code: int, reason: str) -> None:
         """Drop the client now without blocking: try a close frame, then shut the socket down.
 
-        The close frame is sent only if it can go out whole at once (socket lock free, nothing
-        pending, buffer space); either way the socket is shut down so every thread of this
-        connection ends promptly.
+        The close frame is attempted only when nothing else is being written (socket lock
+        free, nothing pending); it may go out truncated if the send buffer is nearly full (the
+        peer then sees a broken frame and EOF). The socket is shut down while the lock is still
+        held, so no frame can follow the close frame, and every thread of this connection
+        ends promptly.
         """
         writer = self.conn.writer
         if writer.lock.acquire(blocking=False):
@@ -165,6 +167,7 @@ class Client:
                     except OSError:
                         pass
                     writer.pending = None
+                writer.shutdown()  # before releasing: a waiting writer must not follow the close
             finally:
                 writer.lock.release()
         writer.shutdown()
