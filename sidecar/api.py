@@ -138,6 +138,7 @@ def api_blueprint(sidecar: Sidecar) -> Blueprint:
                 "active": sidecar.sessions.active,
                 "limit": sidecar.sessions.limit,
                 "rejectedHandshakes": dict(sidecar.sessions.rejected),
+                "ended": dict(sidecar.sessions.ended),
             }
         return _json(200, {"hub": sidecar.hub.snapshot(), "sessions": sessions})
 

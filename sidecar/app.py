@@ -52,12 +52,14 @@ log = logging.getLogger("sidecar.app")
 
 
 class Sessions:
-    """Live WebSocket sessions, capped; the lock guards ``active`` and ``rejected``."""
+    """Live WebSocket sessions, capped; ``lock`` guards ``active``, ``rejected`` and ``ended``."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.active = 0
         self.rejected: dict[str, int] = {}
+        #: Sessions ended, by who ended them: ``client``, ``shutdown`` or the drop reason.
+        self.ended: dict[str, int] = {}
         self.lock = threading.Lock()
         self._cond = threading.Condition(self.lock)
 
@@ -74,6 +76,11 @@ class Sessions:
         with self._cond:
             self.active -= 1
             self._cond.notify_all()
+
+    def count_end(self, reason: str) -> None:
+        """Count a finished session under ``reason``."""
+        with self._cond:
+            self.ended[reason] = self.ended.get(reason, 0) + 1
 
     def count_rejection(self, reason: str) -> None:
         """Count a refused handshake under ``reason``."""
@@ -280,7 +287,15 @@ def _run_session(
     finally:
         hub.unregister(client)
         client.finish(config.close_timeout)
+        sidecar.sessions.count_end(client.ended_by or _ended_by(conn))
         log.info("client %s disconnected (%s)", client.id, _close_text(conn))
+
+
+def _ended_by(conn: Connection) -> str:
+    if conn.sent_close is not None:
+        return f"server-close-{conn.sent_close}"
+    code = int(conn.close_reason)
+    return f"client-close-{code}" if code != 1005 else "eof"
 
 
 def _close_text(conn: Connection) -> str:

@@ -106,6 +106,8 @@ class Client:
         #: Set by the hub thread while the client is in the hub's set.
         self.registered = False
         self._close_request: tuple[int, str] | None = None
+        #: Why the server ended the session, if it did (set once, by the thread that decides).
+        self.ended_by: str | None = None
         self._writer = threading.Thread(
             target=self._write_loop, name=f"sidecar-writer-{self.id}", daemon=True
         )
@@ -158,6 +160,8 @@ class Client:
         held, so no frame can follow the close frame, and every thread of this connection
         ends promptly.
         """
+        if self.ended_by is None:
+            self.ended_by = reason.replace(" ", "-")
         writer = self.conn.writer
         if writer.lock.acquire(blocking=False):
             try:
@@ -219,6 +223,7 @@ class Client:
                 if next_ping is not None and time.monotonic() >= next_ping:
                     if not conn.pong_received:
                         log.warning("client %s: no pong within %g s, dropped", self.id, interval)
+                        self.ended_by = "keepalive-timeout"
                         self._close_request = (CLOSE_INTERNAL_ERROR, "keepalive timeout")
                         abort = True
                         break
@@ -230,6 +235,7 @@ class Client:
         except OSError as exc:
             if self._close_request is None:  # an abort already explained itself
                 log.warning("client %s: write failed (%s), dropped", self.id, _describe(exc))
+                self.ended_by = "write-deadline" if _timed_out(exc) else "write-failed"
             writer.shutdown()
         else:
             code, reason = self._close_request or (1000, "")
@@ -282,7 +288,11 @@ class Client:
         self._writer.join(1.0)
 
 
+def _timed_out(exc: OSError) -> bool:
+    return isinstance(exc, (BlockingIOError, TimeoutError))
+
+
 def _describe(exc: OSError) -> str:
-    if isinstance(exc, (BlockingIOError, TimeoutError)):
+    if _timed_out(exc):
         return "write deadline exceeded"
     return exc.strerror or type(exc).__name__

@@ -141,6 +141,8 @@ class Connection(simple_websocket.Server):
     ) -> None:
         self.writer = SocketWriter(sock, write_deadline)
         self.proto_lock = threading.Lock()
+        #: The close code we sent, if we closed first (set under ``proto_lock``).
+        self.sent_close: int | None = None
         headers: dict[str, Any] = {k: v for k, v in environ.items() if k.startswith("HTTP_")}
         headers["werkzeug.socket"] = self.writer
         super().__init__(
@@ -194,6 +196,7 @@ class Connection(simple_websocket.Server):
             except LocalProtocolError:
                 data = b""
             if data:
+                self.sent_close = code
                 try:
                     self.writer.send(data)
                 except OSError:

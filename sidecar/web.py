@@ -66,7 +66,8 @@ def web_blueprint(sidecar: Sidecar) -> Blueprint:
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.add_etag()
-        return response.make_conditional(request)
+        response.make_conditional(request)
+        return response
 
     @web.get("/")
     def debug_page() -> Response:

@@ -113,6 +113,16 @@ def test_hub_counters_need_the_token_and_report_activity(sidecar):
     assert state["hub"]["broadcasts"] == 1
     assert state["hub"]["deliveries"] == 1
     assert state["sessions"]["rejectedHandshakes"].get("token", 0) >= 1
+    ws.close()
+    wait_for(lambda: sidecar.sidecar.sessions.ended)
+    assert sidecar.sidecar.sessions.ended == {"client-close-1000": 1}
+
+
+def test_drops_are_counted_by_reason(sidecar_factory):
+    running = sidecar_factory(ping_interval=0.1)
+    ws, _ = running.connect_ready()  # never answers pings: it does not read
+    wait_for(lambda: running.sidecar.sessions.ended.get("keepalive-timeout") == 1, timeout=5)
+    ws.close()
 
 
 def test_health_is_open_and_secret_free(sidecar):
