@@ -162,6 +162,10 @@ class Client:
         """
         if self.ended_by is None:
             self.ended_by = reason.replace(" ", "-")
+        # Record the close request before any shutdown: a shutdown wakes a writer blocked in
+        # sendall (or waiting for the lock) with EPIPE, and a writer that finds no close
+        # request logs a second "write failed ..., dropped" for the same drop.
+        self.request_close(code, reason)
         writer = self.conn.writer
         if writer.lock.acquire(blocking=False):
             try:
@@ -175,7 +179,6 @@ class Client:
             finally:
                 writer.lock.release()
         writer.shutdown()
-        self.request_close(code, reason)
 
     # -- any thread ----------------------------------------------------------------------
     def request_close(self, code: int, reason: str) -> None:
@@ -284,7 +287,10 @@ class Client:
         if self._writer.is_alive():
             self._writer.join(close_timeout)
         self.conn.thread.join(max(0.0, deadline - time.monotonic()))
-        self.conn.writer.shutdown()
+        if self._writer.is_alive() or self.conn.thread.is_alive():
+            self.conn.writer.shutdown()  # wakes whichever thread is still blocked
+        else:  # both done: half-close and wait for the peer's EOF (no RST)
+            self.conn.writer.linger(max(0.0, deadline - time.monotonic()))
         self._writer.join(1.0)
 
 

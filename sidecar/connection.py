@@ -24,9 +24,11 @@ deadline, and the reader thread always wakes :meth:`receive` when it ends.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -114,6 +116,41 @@ class SocketWriter:
         """Shut both directions down, waking any thread blocked on the socket. Never raises."""
         try:
             self.raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def linger(self, timeout: float, max_bytes: int = 1 << 20) -> None:
+        """End the session gracefully: FIN after our close frame, then read until the peer's EOF.
+
+        Only once nobody else uses the socket (reader and writer threads ended). Shutting
+        down the reading side while the peer still sends (its close reply, the rest of an
+        oversized message) makes the kernel answer with a RST (RFC 6455 7.1.1 wants the
+        server to close TCP after the closing handshake). Bounded by ``timeout`` and
+        ``max_bytes`` of discarded input; ends with :meth:`shutdown` and clears any pending
+        socket error so that the WSGI server's own end-of-request read sees a plain EOF.
+        Never raises.
+        """
+        deadline = time.monotonic() + timeout
+        drained = 0
+        try:
+            with self.lock:
+                self.pending = None
+                self.raw.shutdown(socket.SHUT_WR)
+            while drained < max_bytes:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([self.raw], [], [], remaining)[0]:
+                    break
+                chunk = self.raw.recv(65536, socket.MSG_DONTWAIT)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except (OSError, ValueError):  # reset by the peer, or already closed
+            pass
+        self.shutdown()
+        try:
+            self.raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # read and clear
         except OSError:
             pass
 
