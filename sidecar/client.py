@@ -103,7 +103,7 @@ class Client:
         self._enqueued_bytes = 0  # hub thread only
         self._dequeued = 0  # writer thread only, under the socket lock
         self._dequeued_bytes = 0  # writer thread only, under the socket lock
-        #: Set by the hub thread while the client is in the hub's set.
+        #: True from ``Hub.register`` until the hub thread removes the client from its set.
         self.registered = False
         self._close_request: tuple[int, str] | None = None
         #: Why the server ended the session, if it did (set once, by the thread that decides).

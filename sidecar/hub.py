@@ -248,6 +248,9 @@ class Hub:
         """Add ``client``; the hub sends it ``connection:status`` first (then any replay)."""
         if not self._running.is_set():
             return False
+        # Set here, not by the hub thread: a reply to a message the client sends before the
+        # hub thread has registered it must not be refused (the SEND queues behind REGISTER).
+        client.registered = True
         self._inbox.put((_REGISTER, client, since))
         return True
 
@@ -368,10 +371,10 @@ class Hub:
         )
         first = frames.text_frame(encode(status))
         if not client.offer(b"".join([first, *replay]) if replay else first):
+            client.registered = False
             client.abort(CLOSE_SLOW_CONSUMER, "slow consumer")
             return
         self._clients.add(client)
-        client.registered = True
         self._count = len(self._clients)
         self.stats.registered += 1
         log.debug("client %s registered (%d clients)", client.id, self._count)
