@@ -190,11 +190,16 @@ class Connection(simple_websocket.Server):
             max_message_size=max_message_size,
             thread_class=_daemon_thread,
         )
+        # The handshake is done (simple-websocket's Server performs it in __init__), so the
+        # wsproto connection object exists now and never changes: keep it for is_open, which
+        # the hub calls for every client on every broadcast.
+        self._wsconn = self.ws.connection
 
     @property
     def is_open(self) -> bool:
         """Whether data frames may still be sent (no close frame sent or received)."""
-        return self.ws.state is ConnectionState.OPEN
+        conn = self._wsconn
+        return conn is not None and conn.state is ConnectionState.OPEN
 
     def handshake(self) -> None:
         # simple-websocket counts a text message in characters (len of the decoded str), so
