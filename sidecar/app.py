@@ -286,19 +286,19 @@ def _run_session(
         conn.close(CLOSE_INTERNAL_ERROR, "internal error")
     finally:
         hub.unregister(client)
+        ended_by = client.ended_by or _ended_by(conn)  # before finish() sends its own close
         client.finish(config.close_timeout)
-        sidecar.sessions.count_end(client.ended_by or _ended_by(conn))
-        log.info("client %s disconnected (%s)", client.id, _close_text(conn))
+        sidecar.sessions.count_end(ended_by)
+        log.info("client %s disconnected (%s)", client.id, ended_by)
 
 
 def _ended_by(conn: Connection) -> str:
+    """Who ended the session: ``server-close-CODE``, ``client-close-CODE`` or ``eof``."""
     if conn.sent_close is not None:
         return f"server-close-{conn.sent_close}"
     code = int(conn.close_reason)
-    return f"client-close-{code}" if code != 1005 else "eof"
-
-
-def _close_text(conn: Connection) -> str:
-    return f"close {int(conn.close_reason)}" + (
-        f" {conn.close_message}" if conn.close_message else ""
-    )
+    if code != 1005:
+        return f"client-close-{code}"
+    # No close frame from either side through our close(): the peer vanished, or
+    # simple-websocket closed for a protocol error or an oversized message (1002/1007/1009).
+    return "eof" if conn.is_open else "server-close-protocol"

@@ -87,7 +87,7 @@ class RunningSidecar:
         self,
         query: str = "",
         *,
-        token: str | None | bool = True,
+        token: str | bool | None = True,
         origin: str | None = None,
         timeout: float = 5.0,
         **kwargs: Any,
