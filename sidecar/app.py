@@ -272,6 +272,7 @@ def _run_session(
         queue_size=config.queue_size,
         max_pending_bytes=config.max_pending_bytes,
         ping_interval=config.ping_interval,
+        fast_path=config.fast_path,
         remote=f"{request.remote_addr}:{environ.get('REMOTE_PORT', '?')}",
     )
     log.info("client %s connected from %s", client.id, client.remote)

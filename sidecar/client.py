@@ -91,6 +91,7 @@ class Client:
         max_pending_bytes: int = 16 << 20,
         ping_interval: float = 25.0,
         remote: str = "?",
+        fast_path: bool = True,
     ) -> None:
         self.id = next(_ids)
         self.conn = conn
@@ -98,6 +99,7 @@ class Client:
         self.queue_size = queue_size
         self.max_pending_bytes = max_pending_bytes
         self.ping_interval = ping_interval
+        self.fast_path = fast_path
         self._queue: queue.Queue[Any] = queue.Queue()  # bounded by offer(), see below
         self._enqueued = 0  # hub thread only
         self._enqueued_bytes = 0  # hub thread only
@@ -122,7 +124,11 @@ class Client:
         Returns ``False`` when the client's queue is full (the caller drops the client).
         """
         writer = self.conn.writer
-        if self._enqueued == self._dequeued and writer.lock.acquire(blocking=False):
+        if (
+            self.fast_path
+            and self._enqueued == self._dequeued
+            and writer.lock.acquire(blocking=False)
+        ):
             try:
                 if self._enqueued == self._dequeued and writer.pending is None:
                     if not self.conn.is_open:

@@ -60,6 +60,9 @@ class Config:
     handshake_timeout: float = 10.0
     #: Accept permessage-deflate when a client offers it (costs ~150 KiB per connection).
     compression: bool = False
+    #: The hub writes frames itself when a client has no backlog. ``False`` sends every frame
+    #: through the client's writer thread: the literal design, kept to measure against.
+    fast_path: bool = True
 
     def with_options(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (``None`` values are ignored)."""

@@ -359,3 +359,12 @@ def test_no_bytes_after_close_frame_when_server_closes(sidecar):
         struct.pack("!H", 1001)
     )
     assert data[end:] == b""
+
+
+def test_without_the_fast_path_every_frame_goes_through_the_writer_in_order(sidecar_factory):
+    running = sidecar_factory(fast_path=False)
+    ws, _ = running.connect_ready()
+    wait_for(lambda: running.hub.client_count() == 1)
+    for i in range(500):
+        running.hub.broadcast_event(events.new_event("test:tick", {"i": i}))
+    assert [recv_json(ws)["payload"]["i"] for _ in range(500)] == list(range(500))
