@@ -130,7 +130,7 @@ def _reject(sidecar: Sidecar, rejection: Rejection) -> Response:
 class _SessionOver(Response):
     """The "response" of a finished WebSocket session: nothing may follow the close frame."""
 
-    def __call__(self, environ: Any, start_response: Any) -> Iterator[bytes]:  # type: ignore[override]
+    def __call__(self, environ: Any, start_response: Any) -> Iterator[bytes]:
         return _session_over()
 
 

@@ -204,7 +204,7 @@ class Connection(simple_websocket.Server):
     def handshake(self) -> None:
         # simple-websocket counts a text message in characters (len of the decoded str), so
         # non-ASCII text could exceed max_message_size bytes up to 4 times. Make it count bytes.
-        self.ws.events = self._events_counting_bytes  # type: ignore[method-assign]
+        self.ws.events = self._events_counting_bytes
         super().handshake()
 
     def _events_counting_bytes(self) -> Iterator[Event]:
