@@ -117,6 +117,9 @@ class RunningSidecar:
         return ws, status
 
     def close(self) -> None:
+        """Close the test's clients and stop the server (clients get 1001); idempotent."""
+        if not self.thread.is_alive():
+            return
         for ws in self.clients:
             try:
                 ws.close(timeout=0.2)

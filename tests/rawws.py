@@ -109,6 +109,35 @@ class HandshakeFailed(Exception):
         self.head = head
 
 
+def upgrade_request(
+    path: str,
+    host: str,
+    *,
+    token: str | None = None,
+    origin: str | None = None,
+    headers: dict[str, str] | None = None,
+    extensions: str | None = None,
+) -> bytes:
+    """A valid WebSocket upgrade request head (random key, version 13)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {host}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+    ]
+    if token:
+        lines.append(f"Authorization: Bearer {token}")
+    if origin:
+        lines.append(f"Origin: {origin}")
+    if extensions:
+        lines.append(f"Sec-WebSocket-Extensions: {extensions}")
+    lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 @dataclass
 class RawWS:
     """A client WebSocket over a plain socket (construct with :meth:`connect`)."""
@@ -174,24 +203,11 @@ class RawWS:
         extensions: str | None,
     ) -> None:
         """Send the upgrade request and read the response head."""
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = [
-            f"GET {path} HTTP/1.1",
-            f"Host: {host}",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {key}",
-            "Sec-WebSocket-Version: 13",
-        ]
-        if token:
-            lines.append(f"Authorization: Bearer {token}")
-        if origin:
-            lines.append(f"Origin: {origin}")
-        if extensions:
-            lines.append(f"Sec-WebSocket-Extensions: {extensions}")
-        for name, value in (headers or {}).items():
-            lines.append(f"{name}: {value}")
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.sock.sendall(
+            upgrade_request(
+                path, host, token=token, origin=origin, headers=headers, extensions=extensions
+            )
+        )
         head = self._read_head()
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         parts = status_line.split(" ", 2)

@@ -10,7 +10,6 @@ RFC 6455 requires. Everything is bounded by deadlines; nothing sleeps.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import selectors
@@ -20,6 +19,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from tests.rawws import upgrade_request
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -183,18 +184,7 @@ def connect(
         )  # before connect: sets the window
     sock.settimeout(timeout)
     sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    lines = [
-        f"GET /ws{query} HTTP/1.1",
-        f"Host: 127.0.0.1:{port}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-    ]
-    if token:
-        lines.append(f"Authorization: Bearer {token}")
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    sock.sendall(upgrade_request(f"/ws{query}", f"127.0.0.1:{port}", token=token))
     data = b""
     deadline = time.monotonic() + timeout
     while b"\r\n\r\n" not in data:

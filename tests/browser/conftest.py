@@ -23,11 +23,9 @@ from typing import Any
 
 import pytest
 
-from sidecar.app import create_app
-from sidecar.config import DEFAULT_ORIGINS, Config
-from sidecar.server import make_server
-from sidecar.web import BLUEPRINT_NAME, STATIC_DIR, web_blueprint
-from tests.conftest import TOKEN, RunningSidecar
+from sidecar.config import DEFAULT_ORIGINS
+from sidecar.web import STATIC_DIR
+from tests.conftest import RunningSidecar
 
 PAGES_DIR = Path(__file__).with_name("pages")
 ARTIFACTS_DIR = Path(__file__).resolve().parents[2] / "artifacts" / "browser"
@@ -183,42 +181,25 @@ def page_server_factory() -> Iterator[Callable[[], PageServer]]:
 
 
 @pytest.fixture
-def web_sidecar_factory() -> Iterator[Callable[..., RunningSidecar]]:
-    """Start sidecars serving ``/client/*`` and ``/`` too; ``extra_origins`` are allowed.
+def web_sidecar_factory(
+    sidecar_factory: Callable[..., RunningSidecar],
+) -> Callable[..., RunningSidecar]:
+    """Start sidecars (with their ``/client/*`` and ``/`` routes); ``extra_origins`` are allowed.
 
     ``port=`` a previous sidecar's port restarts "the same" sidecar (a new hub, so a new
-    epoch). Everything still running is stopped at teardown. The handshake timeout is short
-    (2 s) so that the request threads Chromium's idle keep-alive connections hold end soon
-    after a test.
+    epoch). The handshake timeout is short (2 s) so that the request threads Chromium's idle
+    keep-alive connections hold end soon after a test.
     """
-    running: list[RunningSidecar] = []
 
     def start(*, extra_origins: tuple[str, ...] = (), **overrides: Any) -> RunningSidecar:
         options: dict[str, Any] = {
-            "host": "127.0.0.1",
-            "port": 0,
-            "token": TOKEN,
             "allowed_origins": DEFAULT_ORIGINS + extra_origins,
             "handshake_timeout": 2.0,
         }
         options.update(overrides)
-        config = Config(**options)
-        app = create_app(config)
-        if BLUEPRINT_NAME not in app.blueprints:  # until create_app registers it itself
-            app.register_blueprint(web_blueprint(app.extensions["sidecar"]))
-        server, sidecar = make_server(config, app=app)
-        thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        thread.start()
-        instance = RunningSidecar(server, sidecar, thread)
-        running.append(instance)
-        return instance
+        return sidecar_factory(**options)
 
-    yield start
-    for instance in running:
-        if instance.thread.is_alive():
-            instance.close()
+    return start
 
 
 def stop_sidecar(instance: RunningSidecar) -> None:
