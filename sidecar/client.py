@@ -100,7 +100,9 @@ class Client:
         self.max_pending_bytes = max_pending_bytes
         self.ping_interval = ping_interval
         self.fast_path = fast_path
-        self._queue: queue.Queue[Any] = queue.Queue()  # bounded by offer(), see below
+        # offer() admits at most queue_size frames (and max_pending_bytes); one more slot is
+        # for the _STOP marker of request_close().
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size + 1)
         self._enqueued = 0  # hub thread only
         self._enqueued_bytes = 0  # hub thread only
         self._dequeued = 0  # writer thread only, under the socket lock
@@ -123,6 +125,8 @@ class Client:
 
         Returns ``False`` when the client's queue is full (the caller drops the client).
         """
+        if self._close_request is not None:
+            return True  # closing: the writer sends nothing more after what is queued
         writer = self.conn.writer
         if (
             self.fast_path
@@ -148,9 +152,12 @@ class Client:
             and backlog > 0
         ):
             return False
+        try:
+            self._queue.put_nowait(data)  # room is left by the backlog check above
+        except queue.Full:  # only with _STOP markers queued: the client is closing anyway
+            return False
         self._enqueued += 1
         self._enqueued_bytes += len(data)
-        self._queue.put(data)
         return True
 
     def backlog(self) -> int:
@@ -193,7 +200,7 @@ class Client:
             self._close_request = (code, reason)
         try:
             self._queue.put_nowait(_STOP)
-        except queue.Full:  # pragma: no cover - the queue is unbounded; offer() bounds it
+        except queue.Full:  # the writer is busy with a full queue; it sees the request after it
             pass
 
     # -- writer thread -------------------------------------------------------------------
