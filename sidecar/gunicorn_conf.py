@@ -50,14 +50,17 @@ def post_worker_init(worker: Any) -> None:
     """On SIGTERM, close every WebSocket with 1001 while the worker drains."""
     previous = signal.getsignal(signal.SIGTERM)
     sidecar = worker.wsgi.extensions["sidecar"]
+    term = threading.Event()  # only the closer thread ever holds its lock
 
     def close_clients() -> None:
+        term.wait()
         sidecar.hub.stop(timeout=1.0)
         sidecar.sessions.wait_idle(graceful_timeout - 1)
 
     def on_term(signum: int, frame: Any) -> None:
-        threading.Thread(target=close_clients, name="sidecar-stop", daemon=True).start()
+        term.set()  # no thread start in a signal handler: it may run while a lock is held
         if callable(previous):
             previous(signum, frame)
 
+    threading.Thread(target=close_clients, name="sidecar-stop", daemon=True).start()
     signal.signal(signal.SIGTERM, on_term)
