@@ -186,12 +186,15 @@ def create_app(config: Config | None = None, hub: Hub | None = None) -> Flask:
 
 
 def serve_websocket(
-    sidecar: Sidecar, on_message: Callable[[Client, str | bytes], None] | None = None
+    sidecar: Sidecar,
+    on_message: Callable[[Client, str | bytes], None] | None = None,
+    *,
+    greet: bool = True,
 ) -> Response:
     """Validate the handshake, then run one WebSocket session to its end (request thread).
 
     ``on_message`` handles client messages (default: :func:`sidecar.client.envelope_handler`
-    dispatching to the hub's message handler).
+    dispatching to the hub's message handler); ``greet=False`` skips ``connection:status``.
     """
     environ = request.environ
     rejection = (
@@ -237,7 +240,7 @@ def serve_websocket(
             ),
         )
     try:
-        _run_session(sidecar, environ, sock, since, on_message)
+        _run_session(sidecar, environ, sock, since, on_message, greet)
     finally:
         sidecar.sessions.leave()
     return _SessionOver()
@@ -248,7 +251,8 @@ def _run_session(
     environ: Any,
     sock: socket.socket,
     since: Since | None,
-    on_message: Callable[[Client, str | bytes], None] | None = None,
+    on_message: Callable[[Client, str | bytes], None] | None,
+    greet: bool,
 ) -> None:
     config = sidecar.config
     hub = sidecar.hub
@@ -278,7 +282,7 @@ def _run_session(
     log.info("client %s connected from %s", client.id, client.remote)
     client.start()
     try:
-        if hub.register(client, since):
+        if hub.register(client, since, greet=greet):
             client.read_loop(on_message)
         else:
             conn.close(CLOSE_GOING_AWAY, "server shutting down")

@@ -129,7 +129,8 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     )
 
 
-def _setup_logging(level: str) -> None:
+def setup_logging(level: str) -> None:
+    """Log lines to stderr at ``level``; Werkzeug's request lines only at debug."""
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -223,7 +224,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"sidecar: {exc}", file=sys.stderr)
         return 2
     limit_malloc_arenas()
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level)
     generated = False
     if config.auth and not config.token:
         config = config.with_options(token=secrets.token_urlsafe(32))

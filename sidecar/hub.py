@@ -244,14 +244,18 @@ class Hub:
         self._refusals_logged += 1
 
     # -- clients (request threads) ---------------------------------------------------------
-    def register(self, client: Client, since: Since | None = None) -> bool:
-        """Add ``client``; the hub sends it ``connection:status`` first (then any replay)."""
+    def register(self, client: Client, since: Since | None = None, *, greet: bool = True) -> bool:
+        """Add ``client``; the hub sends it ``connection:status`` first (then any replay).
+
+        ``greet=False`` registers without that first frame (the conformance echo endpoint,
+        whose peer expects only its own messages back).
+        """
         if not self._running.is_set():
             return False
         # Set here, not by the hub thread: a reply to a message the client sends before the
         # hub thread has registered it must not be refused (the SEND queues behind REGISTER).
         client.registered = True
-        self._inbox.put((_REGISTER, client, since))
+        self._inbox.put((_REGISTER, client, since, greet))
         return True
 
     def unregister(self, client: Client) -> None:
@@ -307,7 +311,7 @@ class Hub:
                     if not client.offer(command[2]):
                         self._evict(client)
             elif kind == _REGISTER:
-                self._register(command[1], command[2])
+                self._register(command[1], command[2], command[3])
             elif kind == _UNREGISTER:
                 self._remove(command[1])
             elif kind == _CALL:
@@ -358,7 +362,18 @@ class Hub:
         start = since.seq + 1 - history[0][0]
         return True, [history[i][1] for i in range(start, len(history))]
 
-    def _register(self, client: Client, since: Since | None) -> None:
+    def _register(self, client: Client, since: Since | None, greet: bool) -> None:
+        if greet and not self._greet(client, since):
+            client.registered = False
+            client.abort(CLOSE_SLOW_CONSUMER, "slow consumer")
+            return
+        self._clients.add(client)
+        self._count = len(self._clients)
+        self.stats.registered += 1
+        log.debug("client %s registered (%d clients)", client.id, self._count)
+
+    def _greet(self, client: Client, since: Since | None) -> bool:
+        """Offer ``connection:status`` (and the replay ``since`` asks for) as one item."""
         recovered, replay = self._replay(since)
         if since is not None:
             if recovered:
@@ -370,14 +385,7 @@ class Hub:
             "connected", epoch=self.epoch, seq=self._seq, recovered=recovered
         )
         first = frames.text_frame(encode(status))
-        if not client.offer(b"".join([first, *replay]) if replay else first):
-            client.registered = False
-            client.abort(CLOSE_SLOW_CONSUMER, "slow consumer")
-            return
-        self._clients.add(client)
-        self._count = len(self._clients)
-        self.stats.registered += 1
-        log.debug("client %s registered (%d clients)", client.id, self._count)
+        return client.offer(b"".join([first, *replay]) if replay else first)
 
     def _remove(self, client: Client) -> bool:
         if client not in self._clients:

@@ -112,9 +112,11 @@ def shutdown(server: Server, sidecar: Sidecar, grace: float = 1.0) -> None:
 def run(
     config: Config,
     *,
+    app: Any | None = None,
     out: TextIO | None = None,
     show_token: bool = False,
     watchers: list[Callable[[threading.Event], None]] | None = None,
+    ready_extra: Callable[[dict[str, Any]], None] | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM (or a watcher sets the stop event); return the exit code.
 
@@ -122,8 +124,11 @@ def run(
     the main thread between two bytecodes, possibly while that thread holds the very lock
     (``Event.set`` from a handler deadlocked ~1 run in 100 here). The main thread waits in
     short slices and checks what the handler recorded.
+
+    ``app`` replaces the production app (the conformance app does); ``ready_extra`` may add
+    fields to the ready line.
     """
-    server, sidecar = make_server(config)
+    server, sidecar = make_server(config, app)
     stop = threading.Event()
     received: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
@@ -136,7 +141,10 @@ def run(
     )
     serving.start()
     out = out or sys.stdout
-    out.write(json.dumps(ready_line(server, sidecar, show_token=show_token)) + "\n")
+    line = ready_line(server, sidecar, show_token=show_token)
+    if ready_extra is not None:
+        ready_extra(line)
+    out.write(json.dumps(line, separators=(",", ":")) + "\n")
     out.flush()
     log.info("listening on http://%s:%d (ws path /ws)", config.host, server.server_port)
     for watcher in watchers or []:

@@ -12,15 +12,15 @@ server→client frame: hub thread, fast path or queue, writer thread.
 
 Two differences from ``/ws``, both needed by an echo peer:
 
-* an echo client gets no ``connection:status`` greeting (Autobahn expects to receive only
-  its own messages back); ``/ws`` clients of the same app still get theirs;
+* an echo client is registered with ``greet=False``: no ``connection:status`` (Autobahn
+  expects to receive only its own messages back); ``/ws`` clients of the same app still get
+  theirs;
 * the echo applies backpressure: the request thread (the reader) waits while the client's
   queue is half full, so a peer that writes faster than it reads is slowed down by TCP
   instead of being dropped. A peer that reads nothing for the write deadline is closed with
   4008 "slow consumer", as the hub would.
 
-Threads: the echo handler runs on the session's request thread; :class:`ConformanceHub`
-changes only what its hub thread sends on registration.
+Threads: the echo handler runs on the session's request thread.
 
 Run it: ``python -m sidecar.testing --port 0 [--max-message-size N] [--no-auth]`` prints the
 ready line of ``python -m sidecar`` with an extra ``"echo"`` URL (and the generated token).
@@ -28,24 +28,22 @@ ready line of ``python -m sidecar`` with an extra ``"echo"`` URL (and the genera
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from flask import Flask, Response, has_request_context, request
+from flask import Flask, Response
 
 from . import frames
 from .app import Sidecar, create_app, serve_websocket
 from .client import Client, Close
 from .config import Config
 from .connection import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER
-from .hub import Hub, Since
+from .hub import Hub
 
 log = logging.getLogger("sidecar.testing")
 
@@ -55,35 +53,6 @@ ECHO_PATH = "/echo"
 #: Frames at least this large wait for an empty queue before they are echoed (so a burst of
 #: large echoes never reaches the hub's ``max_pending_bytes``).
 LARGE_FRAME = 64 * 1024
-
-
-def _swallow(_data: bytes) -> bool:
-    return True
-
-
-class ConformanceHub(Hub):
-    """The production hub, except that echo clients are registered without a greeting."""
-
-    def register(self, client: Client, since: Since | None = None) -> bool:
-        """Register ``client``; one that came in on :data:`ECHO_PATH` is marked quiet.
-
-        Runs on the request thread, inside the WebSocket request; the mark is set before the
-        command goes through the inbox, so the hub thread sees it.
-        """
-        if has_request_context() and request.path == ECHO_PATH:
-            client.quiet = True  # type: ignore[attr-defined]
-        return super().register(client, since)
-
-    def _register(self, client: Client, since: Since | None) -> None:
-        if not getattr(client, "quiet", False):
-            super()._register(client, since)
-            return
-        # Same bookkeeping as the production hub; only the greeting frame is not sent.
-        client.offer = _swallow  # type: ignore[method-assign,assignment]
-        try:
-            super()._register(client, None)
-        finally:
-            del client.offer
 
 
 def _hub_barrier(hub: Hub, timeout: float) -> bool:
@@ -139,27 +108,21 @@ def conformance_app(config: Config | None = None) -> Flask:
     needed = config.max_message_size + 16  # the echo frame: the message plus its header
     if config.max_event_bytes < needed:
         config = config.with_options(max_event_bytes=needed)
-    hub = ConformanceHub(
-        history_size=config.history_size,
-        history_bytes=config.history_bytes,
-        max_event_bytes=config.max_event_bytes,
-    )
-    hub.start()
-    app = create_app(config, hub=hub)
+    app = create_app(config)
     sidecar: Sidecar = app.extensions["sidecar"]
     on_message = echo_handler(sidecar)
 
     @app.route(ECHO_PATH, websocket=True, methods=["GET"])
     def echo() -> Response:
-        return serve_websocket(sidecar, on_message=on_message)
+        return serve_websocket(sidecar, on_message=on_message, greet=False)
 
     return app
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m sidecar.testing``: serve the conformance app until SIGINT/SIGTERM."""
-    from .cli import build_parser, config_from_args
-    from .server import make_server, ready_line, shutdown
+    from .cli import build_parser, config_from_args, setup_logging
+    from .server import run
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -170,37 +133,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"sidecar.testing: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, config.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    setup_logging(config.log_level)
     if config.auth and not config.token:
         config = config.with_options(token=secrets.token_urlsafe(32))
+
+    def add_echo(line: dict[str, Any]) -> None:
+        line["echo"] = line["ws"].rsplit("/", 1)[0] + ECHO_PATH
+        log.warning("conformance app (test only) listening on %s", line["url"])
+
     try:
-        server, sidecar = make_server(config, app=conformance_app(config))
+        return run(config, app=conformance_app(config), show_token=True, ready_extra=add_echo)
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror or exc)
         return 1
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    serving = threading.Thread(target=server.serve_forever, name="sidecar-http", daemon=True)
-    serving.start()
-    line = ready_line(server, sidecar, show_token=True)
-    line["echo"] = line["ws"].rsplit("/", 1)[0] + ECHO_PATH
-    sys.stdout.write(json.dumps(line) + "\n")
-    sys.stdout.flush()
-    log.warning("conformance app (test only) listening on %s", line["url"])
-    while not stop.wait(3600):
-        pass
-    shutdown(server, sidecar)
-    return 0
 
 
 if __name__ == "__main__":
