@@ -206,11 +206,16 @@ class Hub:
     def send_to_client(self, client: Client, event: Event) -> bool:
         """Send ``event`` (without ``seq``) to one client. Never blocks, never raises.
 
-        ``False`` if the client is gone, its queue is full, or the hub is overloaded.
+        ``False`` if the client is gone, its queue is full, the hub is overloaded, or the
+        event is larger than ``max_event_bytes`` (logged).
         """
         if not client.registered or client.backlog() >= client.queue_size:
             return False
-        return self._submit((_SEND, client, frames.text_frame(encode(event))))
+        try:
+            return self._submit((_SEND, client, frames.text_frame(encode(event))))
+        except ValueError as exc:
+            log.warning("send_to_client(%s, %s) refused: %s", client.id, event.type, exc)
+            return False
 
     def send_frame(self, client: Client, frame: bytes) -> bool:
         """Send pre-built frame bytes to one client through the hub (see :meth:`send_to_client`)."""

@@ -374,3 +374,16 @@ def test_without_the_fast_path_every_frame_goes_through_the_writer_in_order(side
     for i in range(500):
         running.hub.broadcast_event(events.new_event("test:tick", {"i": i}))
     assert [recv_json(ws)["payload"]["i"] for _ in range(500)] == list(range(500))
+
+
+def test_send_to_client_never_raises_even_for_an_oversized_event(sidecar_factory):
+    running = sidecar_factory(max_event_bytes=1024)
+    captured = []
+    running.hub.set_message_handler(lambda client, event: captured.append(client))
+    ws, _ = running.connect_ready()
+    ws.send(json.dumps({"type": "chat:cancel", "payload": {"conversationId": "x"}}))
+    client = wait_for(lambda: captured and captured[0])
+    big = events.new_chat_error_event("x", "y" * 4096)
+    assert running.hub.send_to_client(client, big) is False
+    assert running.hub.send_to_client(client, events.new_chat_error_event("x", "ok")) is True
+    assert recv_json(ws)["payload"]["message"] == "ok"
