@@ -193,7 +193,11 @@ class Hub:
         return self._submit((_BROADCAST, [raw.strip()]))
 
     def broadcast_event(self, event: Event) -> bool:
-        """Encode ``event`` once and broadcast it to every client."""
+        """Encode ``event`` once and broadcast it to every client.
+
+        Returns ``False`` if the hub is stopped or overloaded; raises ``ValueError`` if the
+        encoded event is larger than ``max_event_bytes`` (a caller's bug, not a load condition).
+        """
         return self._submit((_BROADCAST, [encode(event)]))
 
     def broadcast_many(self, events: Iterable[Event]) -> int:
