@@ -147,6 +147,7 @@ def create_app(config: Config | None = None, hub: Hub | None = None) -> Flask:
     config = config or Config()
     if hub is None:
         hub = Hub(
+            ping_interval=config.ping_interval,
             history_size=config.history_size,
             history_bytes=config.history_bytes,
             max_event_bytes=config.max_event_bytes,
@@ -275,12 +276,10 @@ def _run_session(
         conn,
         queue_size=config.queue_size,
         max_pending_bytes=config.max_pending_bytes,
-        ping_interval=config.ping_interval,
         fast_path=config.fast_path,
         remote=f"{request.remote_addr}:{environ.get('REMOTE_PORT', '?')}",
     )
     log.info("client %s connected from %s", client.id, client.remote)
-    client.start()
     try:
         if hub.register(client, since, greet=greet):
             client.read_loop(on_message)

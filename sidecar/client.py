@@ -1,11 +1,14 @@
 """One hub client: a connection, its bounded send queue, its writer thread, its reader loop.
 
 Threads and what they own
-    * **hub thread**: the only producer. It calls :meth:`Client.offer` (fast path or queue) and
-      :meth:`Client.abort`, and owns ``_enqueued`` / ``_enqueued_bytes``.
-    * **writer thread** (``sidecar-writer-N``): drains the queue, coalescing everything queued
-      into one ``sendall``; sends keepalive pings; performs a graceful close when asked. Owns
+    * **hub thread**: the only producer. It calls :meth:`Client.offer` (fast path or queue,
+      keepalive pings included) and :meth:`Client.abort`, and owns ``_enqueued`` /
+      ``_enqueued_bytes``.
+    * **writer thread** (``sidecar-writer-N``), started the first time the client has a
+      backlog (an idle or keeping-up client never needs one): drains the queue, coalescing
+      everything queued into one ``sendall``; performs a graceful close when asked. Owns
       ``_dequeued`` / ``_dequeued_bytes`` (written only while holding the socket lock).
+      ``_writer_lock`` guards starting it (the hub thread and a closing thread may race).
     * **request thread** (the WSGI server's): runs :meth:`Client.read_loop` (``receive`` with a
       timeout, in a loop), then :meth:`Client.finish`.
     * simple-websocket's **reader thread**: see :mod:`sidecar.connection`.
@@ -89,7 +92,6 @@ class Client:
         *,
         queue_size: int = 256,
         max_pending_bytes: int = 16 << 20,
-        ping_interval: float = 25.0,
         remote: str = "?",
         fast_path: bool = True,
     ) -> None:
@@ -98,7 +100,6 @@ class Client:
         self.remote = remote
         self.queue_size = queue_size
         self.max_pending_bytes = max_pending_bytes
-        self.ping_interval = ping_interval
         self.fast_path = fast_path
         # offer() admits at most queue_size frames (and max_pending_bytes); one more slot is
         # for the _STOP marker of request_close().
@@ -112,9 +113,8 @@ class Client:
         self._close_request: tuple[int, str] | None = None
         #: Why the server ended the session, if it did (set once, by the thread that decides).
         self.ended_by: str | None = None
-        self._writer = threading.Thread(
-            target=self._write_loop, name=f"sidecar-writer-{self.id}", daemon=True
-        )
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<Client {self.id} {self.remote}>"
@@ -158,6 +158,8 @@ class Client:
             return False
         self._enqueued += 1
         self._enqueued_bytes += len(data)
+        if self._writer is None:
+            self._start_writer()
         return True
 
     def backlog(self) -> int:
@@ -178,7 +180,9 @@ class Client:
         # Record the close request before any shutdown: a shutdown wakes a writer blocked in
         # sendall (or waiting for the lock) with EPIPE, and a writer that finds no close
         # request logs a second "write failed ..., dropped" for the same drop.
-        self.request_close(code, reason)
+        if self._close_request is None:
+            self._close_request = (code, reason)
+        self._wake_writer()
         writer = self.conn.writer
         if writer.lock.acquire(blocking=False):
             try:
@@ -194,35 +198,58 @@ class Client:
         writer.shutdown()
 
     # -- any thread ----------------------------------------------------------------------
-    def request_close(self, code: int, reason: str) -> None:
-        """Ask the writer thread to flush what is queued, then close with ``code``. Non-blocking."""
+    def request_close(self, code: int, reason: str, *, may_block: bool = False) -> None:
+        """Close with ``code`` after what is queued has been written.
+
+        With a writer thread, it does the close. Without one nothing is queued: the close frame
+        goes out at once if that cannot block (socket and protocol locks free), or inline when
+        ``may_block`` (the request thread), or else from a writer thread started for it.
+        """
         if self._close_request is None:
             self._close_request = (code, reason)
+        if self._wake_writer():
+            return
+        code, reason = self._close_request
+        if may_block:
+            self.conn.close(code, reason)
+        elif not self.conn.try_close(code, reason):
+            with self._writer_lock:
+                if self._writer is None:
+                    self._start_writer_locked()
+            self._wake_writer()
+
+    def _wake_writer(self) -> bool:
+        """Put the stop marker in the queue if a writer runs; whether one does."""
+        with self._writer_lock:  # a writer being started is published under this lock
+            if self._writer is None:
+                return False
         try:
             self._queue.put_nowait(_STOP)
         except queue.Full:  # the writer is busy with a full queue; it sees the request after it
             pass
+        return True
+
+    def _start_writer(self) -> None:
+        with self._writer_lock:
+            if self._writer is None:
+                self._start_writer_locked()
+
+    def _start_writer_locked(self) -> None:
+        thread = threading.Thread(
+            target=self._write_loop, name=f"sidecar-writer-{self.id}", daemon=True
+        )
+        thread.start()
+        self._writer = thread  # published only once started: others may join it at once
 
     # -- writer thread -------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the writer thread."""
-        self._writer.start()
-
     def _write_loop(self) -> None:
         conn = self.conn
         writer = conn.writer
         get = self._queue.get
         get_nowait = self._queue.get_nowait
-        interval = self.ping_interval if self.ping_interval > 0 else None
-        next_ping = time.monotonic() + interval if interval else None
-        abort = False  # close without waiting for the peer (it stopped answering)
         try:
             while self._close_request is None:
-                timeout = None if next_ping is None else max(0.0, next_ping - time.monotonic())
-                try:
-                    items = [get(timeout=timeout)]
-                except queue.Empty:
-                    items = []
+                items = [get()]
                 while True:  # coalesce everything already queued into one write
                     try:
                         items.append(get_nowait())
@@ -230,24 +257,11 @@ class Client:
                         break
                 data = [i for i in items if i is not _STOP]
                 with writer.lock:
-                    try:
-                        if conn.is_open:
-                            writer.write_locked(b"".join(data))
+                    try:  # a pending tail is flushed even when closing: frames stay whole
+                        writer.write_locked(b"".join(data) if conn.is_open else b"")
                     finally:
                         self._dequeued += len(data)
                         self._dequeued_bytes += sum(map(len, data))
-                if next_ping is not None and time.monotonic() >= next_ping:
-                    if not conn.pong_received:
-                        log.warning("client %s: no pong within %g s, dropped", self.id, interval)
-                        self.ended_by = "keepalive-timeout"
-                        self._close_request = (CLOSE_INTERNAL_ERROR, "keepalive timeout")
-                        abort = True
-                        break
-                    conn.pong_received = False
-                    with writer.lock:
-                        if conn.is_open:
-                            writer.write_locked(frames.frame(frames.OP_PING, b""))
-                    next_ping = time.monotonic() + interval  # type: ignore[operator]
         except OSError as exc:
             if self._close_request is None:  # an abort already explained itself
                 log.warning("client %s: write failed (%s), dropped", self.id, _describe(exc))
@@ -256,8 +270,6 @@ class Client:
         else:
             code, reason = self._close_request or (1000, "")
             conn.close(code, reason)
-            if abort:
-                writer.shutdown()
 
     # -- request thread ------------------------------------------------------------------
     def read_loop(
@@ -290,21 +302,24 @@ class Client:
                 return
 
     def finish(self, close_timeout: float) -> None:
-        """End the session: stop the writer, wait for the close handshake, shut the socket down.
+        """End the session: close (after the writer's backlog), wait for the peer, shut down.
 
         Called by the request thread after the hub has been told to unregister the client.
         Bounded: at most ``close_timeout`` for the peer's close reply plus a short join.
         """
-        self.request_close(1000, "")
         deadline = time.monotonic() + close_timeout
-        if self._writer.is_alive():
-            self._writer.join(close_timeout)
+        self.request_close(1000, "", may_block=True)
+        writer_thread = self._writer
+        if writer_thread is not None:
+            writer_thread.join(close_timeout)
         self.conn.thread.join(max(0.0, deadline - time.monotonic()))
-        if self._writer.is_alive() or self.conn.thread.is_alive():
+        writer_alive = writer_thread is not None and writer_thread.is_alive()
+        if writer_alive or self.conn.thread.is_alive():
             self.conn.writer.shutdown()  # wakes whichever thread is still blocked
         else:  # both done: half-close and wait for the peer's EOF (no RST)
             self.conn.writer.linger(max(0.0, deadline - time.monotonic()))
-        self._writer.join(1.0)
+        if writer_thread is not None:
+            writer_thread.join(1.0)
 
 
 def _timed_out(exc: OSError) -> bool:

@@ -185,7 +185,7 @@ class Connection(simple_websocket.Server):
             headers,
             subprotocols=subprotocols,
             receive_bytes=receive_bytes,
-            ping_interval=None,  # keepalive is the writer thread's job (sidecar.client)
+            ping_interval=None,  # keepalive is the hub thread's job (sidecar.hub)
             max_message_size=max_message_size,
             thread_class=_daemon_thread,
         )
@@ -244,6 +244,38 @@ class Connection(simple_websocket.Server):
                     pass
         self.connected = False
         self.event.set()
+
+    def try_close(self, code: int, reason: str = "") -> bool:
+        """Send a close frame only if that cannot block; whether nothing is left to do.
+
+        ``False`` when a lock is busy or a write is pending (the caller then closes from a
+        thread that may block). Safe on the hub thread.
+        """
+        if not self.proto_lock.acquire(blocking=False):
+            return False
+        try:
+            if not self.writer.lock.acquire(blocking=False):
+                return False
+            try:
+                if self.writer.pending is not None:
+                    return False
+                try:
+                    data = self.ws.send(CloseConnection(code, reason or None))
+                except LocalProtocolError:
+                    data = b""  # a close frame was already sent or received
+                if data:
+                    self.sent_close = code
+                    try:
+                        self.writer.try_write_locked(data)
+                    except OSError:
+                        self.writer.pending = None
+            finally:
+                self.writer.lock.release()
+        finally:
+            self.proto_lock.release()
+        self.connected = False
+        self.event.set()
+        return self.writer.pending is None
 
     def send(self, data: bytes | str) -> None:
         """Send one message now (locked, blocking up to the write deadline); drop it if closing."""

@@ -6,6 +6,9 @@ Threads and what they own
       :class:`HubStats`. It assigns each broadcast its ``seq``, builds its frame once, records
       it in the history and hands the same bytes to every client (:meth:`Client.offer`).
       It never blocks on a client: a client whose queue is full is dropped (close 4008).
+      It also keeps clients alive: every ``ping_interval`` it pings each client (through
+      the same :meth:`Client.offer` path as data) and drops one that did not answer the
+      previous ping (close 1011), so a silent peer goes within two intervals.
     * **any thread** calls the public API. Everything reaches the hub thread through the
       inbox (a ``queue.Queue``). ``broadcast*`` and ``send_to_client`` never block and are
       refused (``False``) once ``inbox_limit`` events are waiting; ``_pending_lock`` guards
@@ -24,6 +27,7 @@ import queue
 import re
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -31,7 +35,7 @@ from typing import Any
 
 from . import frames
 from .client import Client
-from .connection import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER
+from .connection import CLOSE_GOING_AWAY, CLOSE_INTERNAL_ERROR, CLOSE_SLOW_CONSUMER
 from .envelope import Event, encode, is_event_name, with_seq
 from .events import new_connection_status_event
 
@@ -41,6 +45,7 @@ MessageHandler = Callable[[Client, dict[str, Any]], None]
 
 _BROADCAST, _SEND, _REGISTER, _UNREGISTER, _STOP, _CALL = range(6)
 _MAX_BATCH = 256
+_PING_FRAME = frames.frame(frames.OP_PING, b"")
 _SINCE_RE = re.compile(r"([A-Za-z0-9_-]{1,64}):([0-9]{1,18})")
 
 
@@ -55,6 +60,7 @@ class HubStats:
     unregistered: int = 0
     evicted: int = 0
     refused_broadcasts: int = 0
+    keepalive_drops: int = 0
     replays: int = 0
     replayed_events: int = 0
     unrecovered_resumes: int = 0
@@ -89,12 +95,14 @@ class Hub:
     def __init__(
         self,
         *,
+        ping_interval: float = 25.0,
         history_size: int = 1024,
         history_bytes: int = 8 << 20,
         inbox_limit: int = 65536,
         max_event_bytes: int = 1 << 20,
     ) -> None:
         self.epoch = secrets.token_hex(8)
+        self.ping_interval = ping_interval
         self.history_size = history_size
         self.history_bytes = history_bytes
         self.inbox_limit = inbox_limit
@@ -292,10 +300,23 @@ class Hub:
     def _loop(self) -> None:
         get = self._inbox.get
         get_nowait = self._inbox.get_nowait
+        interval = self.ping_interval if self.ping_interval > 0 else None
+        next_ping = time.monotonic() + interval if interval else None
         held: tuple[Any, ...] | None = None  # a command taken while collecting a batch
         while True:
-            command = held if held is not None else get()
+            command = held
             held = None
+            if command is None:
+                try:
+                    timeout = None if next_ping is None else max(0.0, next_ping - time.monotonic())
+                    command = get(timeout=timeout)
+                except queue.Empty:
+                    command = None
+            if next_ping is not None and time.monotonic() >= next_ping:
+                self._keepalive()
+                next_ping = time.monotonic() + interval  # type: ignore[operator]
+            if command is None:
+                continue
             kind = command[0]
             if kind == _BROADCAST:
                 batch = list(command[1])
@@ -332,6 +353,31 @@ class Hub:
                 self._running.clear()
                 self._close_all(command[1], command[2])
                 return
+
+    def _keepalive(self) -> None:
+        """Ping every client; drop those that did not answer the previous ping (1011)."""
+        silent = []
+        slow = []
+        for client in self._clients:
+            conn = client.conn
+            if not conn.pong_received:
+                silent.append(client)
+                continue
+            conn.pong_received = False
+            if not client.offer(_PING_FRAME):
+                slow.append(client)
+        for client in silent:
+            if self._remove(client):
+                self.stats.keepalive_drops += 1
+                log.warning(
+                    "client %s (%s): no pong within %g s, dropped",
+                    client.id,
+                    client.remote,
+                    self.ping_interval,
+                )
+                client.abort(CLOSE_INTERNAL_ERROR, "keepalive timeout")
+        for client in slow:
+            self._evict(client)
 
     def _broadcast(self, batch: list[bytes]) -> None:
         out = []
@@ -419,6 +465,6 @@ class Hub:
     def _close_all(self, code: int, reason: str) -> None:
         for client in self._clients:
             client.registered = False
-            client.request_close(code, reason)
+            client.request_close(code, reason)  # never blocks: at once, or by a writer thread
         self._clients.clear()
         self._count = 0
