@@ -367,15 +367,9 @@ class Hub:
             if not client.offer(_PING_FRAME):
                 slow.append(client)
         for client in silent:
-            if self._remove(client):
+            why = f"no pong within {self.ping_interval:g} s"
+            if self._drop(client, CLOSE_INTERNAL_ERROR, "keepalive timeout", why):
                 self.stats.keepalive_drops += 1
-                log.warning(
-                    "client %s (%s): no pong within %g s, dropped",
-                    client.id,
-                    client.remote,
-                    self.ping_interval,
-                )
-                client.abort(CLOSE_INTERNAL_ERROR, "keepalive timeout")
         for client in slow:
             self._evict(client)
 
@@ -452,15 +446,17 @@ class Hub:
         return True
 
     def _evict(self, client: Client) -> None:
-        if self._remove(client):
+        why = f"slow consumer ({client.backlog()} frames queued)"
+        if self._drop(client, CLOSE_SLOW_CONSUMER, "slow consumer", why):
             self.stats.evicted += 1
-            log.warning(
-                "client %s (%s) dropped: slow consumer (%d frames queued), close 4008",
-                client.id,
-                client.remote,
-                client.backlog(),
-            )
-            client.abort(CLOSE_SLOW_CONSUMER, "slow consumer")
+
+    def _drop(self, client: Client, code: int, reason: str, why: str) -> bool:
+        """Give up on ``client``: remove it, log once, close without blocking; whether it was in."""
+        if not self._remove(client):
+            return False
+        log.warning("client %s (%s) dropped: %s, close %d", client.id, client.remote, why, code)
+        client.abort(code, reason)
+        return True
 
     def _close_all(self, code: int, reason: str) -> None:
         for client in self._clients:

@@ -249,19 +249,25 @@ class RawWS:
     # -- reading ----------------------------------------------------------------------------
     def _fill(self, n: int, deadline: float) -> bool:
         while len(self.buffer) < n:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("no complete frame from the server in time")
-            self.sock.settimeout(remaining)
-            try:
-                chunk = self.sock.recv(65536)
-            except ConnectionResetError:
-                chunk = b""
+            chunk = self._recv(deadline, "no complete frame from the server in time")
             if not chunk:
-                self.eof = True
                 return False
             self.buffer += chunk
         return True
+
+    def _recv(self, deadline: float, late: str) -> bytes:
+        """One read before ``deadline`` (``TimeoutError(late)`` after it); ``b""`` marks EOF."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(late)
+        self.sock.settimeout(remaining)
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self.eof = True
+        return chunk
 
     def read_frame(self, timeout: float | None = None) -> Frame | None:
         """The next frame, or ``None`` at EOF. Raises ``TimeoutError`` after ``timeout``."""
@@ -327,17 +333,7 @@ class RawWS:
         rest = bytes(self.buffer)
         self.buffer.clear()
         while not self.eof:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("the server did not close the TCP connection in time")
-            self.sock.settimeout(remaining)
-            try:
-                chunk = self.sock.recv(65536)
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                self.eof = True
-            rest += chunk
+            rest += self._recv(deadline, "the server did not close the TCP connection in time")
         return rest
 
     def discard_until_eof(self, timeout: float | None = None) -> int:
