@@ -148,6 +148,7 @@ def create_app(config: Config | None = None, hub: Hub | None = None) -> Flask:
     if hub is None:
         hub = Hub(
             ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout or None,
             history_size=config.history_size,
             history_bytes=config.history_bytes,
             max_event_bytes=config.max_event_bytes,

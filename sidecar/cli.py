@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .config import Config, from_env
+from .config import LOG_LEVELS, Config, from_env
 
 log = logging.getLogger("sidecar")
 
@@ -38,6 +38,11 @@ def _serve_parser(parser: argparse.ArgumentParser) -> None:
     add("--queue-size", type=int, help="frames queued per client before it is dropped (256)")
     add("--max-message-size", type=int, help="largest client message in bytes (65536)")
     add("--ping-interval", type=float, help="seconds between keepalive pings, 0 = off (25)")
+    add(
+        "--ping-timeout",
+        type=float,
+        help="seconds a ping may go unanswered before the peer is dropped (the interval)",
+    )
     add("--write-deadline", type=float, help="seconds a stalled write may take (10)")
     add("--history-size", type=int, help="broadcasts kept for resume, 0 = off (1024)")
     add("--history-bytes", type=int, help="bytes of broadcasts kept for resume (8 MiB)")
@@ -67,7 +72,7 @@ def _serve_parser(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--log-level",
-        choices=["debug", "info", "warning", "error"],
+        choices=LOG_LEVELS,
         help="stderr log level (info; SIDECAR_LOG_LEVEL)",
     )
 
@@ -118,6 +123,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         queue_size=args.queue_size,
         max_message_size=args.max_message_size,
         ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
         write_deadline=args.write_deadline,
         history_size=args.history_size,
         history_bytes=args.history_bytes,

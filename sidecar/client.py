@@ -108,6 +108,8 @@ class Client:
         self._enqueued_bytes = 0  # hub thread only
         self._dequeued = 0  # writer thread only, under the socket lock
         self._dequeued_bytes = 0  # writer thread only, under the socket lock
+        #: When the hub thread sent the ping still waiting for a pong (hub thread only).
+        self.ping_sent_at: float | None = None
         #: True from ``Hub.register`` until the hub thread removes the client from its set.
         self.registered = False
         self._close_request: tuple[int, str] | None = None

@@ -5,6 +5,7 @@ Immutable once built; shared read-only by every thread.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -38,8 +39,10 @@ class Config:
     max_pending_bytes: int = 16 << 20
     #: Largest client→server message, in bytes (larger: close 1009).
     max_message_size: int = 64 * 1024
-    #: Seconds between keepalive pings; a peer that has not answered by the next one is dropped.
+    #: Seconds between keepalive pings (0 = off).
     ping_interval: float = 25.0
+    #: Seconds a ping may go unanswered before the peer is dropped (1011); 0 = the interval.
+    ping_timeout: float = 0.0
     #: Seconds a write may make no progress before the client is dropped.
     write_deadline: float = 10.0
     #: Seconds to wait for the peer's close frame after ours.
@@ -64,9 +67,58 @@ class Config:
     #: through the client's writer thread: the literal design, kept to measure against.
     fast_path: bool = True
 
+    def __post_init__(self) -> None:
+        problem = _problem(self)
+        if problem:
+            raise ConfigError(*problem)
+
     def with_options(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (``None`` values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+#: Lower bounds: (field, least value, whether the least value itself is allowed).
+_BOUNDS: tuple[tuple[str, float, bool], ...] = (
+    ("port", 0, True),
+    ("queue_size", 1, True),
+    ("max_pending_bytes", 1, True),
+    ("max_message_size", 1, True),
+    ("ping_interval", 0, True),
+    ("ping_timeout", 0, True),
+    ("write_deadline", 0, False),
+    ("close_timeout", 0, False),
+    ("history_size", 0, True),
+    ("history_bytes", 0, True),
+    ("max_event_bytes", 1, True),
+    ("max_clients", 1, True),
+    ("handshake_timeout", 0, False),
+)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A setting out of range; the message names the option (``--queue-size must be …``)."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"--{field.replace('_', '-')} {detail}")
+        self.field = field
+        self.detail = detail
+
+
+def _problem(config: Config) -> tuple[str, str] | None:
+    """The first setting of ``config`` out of range, and what is wrong with it."""
+    for name, least, inclusive in _BOUNDS:
+        value = getattr(config, name)
+        if not math.isfinite(value):
+            return name, f"must be a finite number, got {value!r}"
+        if value < least or (value == least and not inclusive):
+            relation = "at least" if inclusive else "more than"
+            return name, f"must be {relation} {least:g}, got {value!r}"
+    if config.port > 65535:
+        return "port", f"must be at most 65535, got {config.port!r}"
+    if config.log_level not in LOG_LEVELS:
+        return "log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}"
+    return None
 
 
 def _parse(kind: type, text: str) -> Any:
@@ -93,10 +145,18 @@ def from_env(environ: Mapping[str, str] | None = None, base: Config | None = Non
         if f.name == "token":
             changes["token"] = environ[name] or None
             continue
+        if f.name == "log_level":
+            changes["log_level"] = environ[name].strip().lower()
+            continue
         try:
             changes[f.name] = _parse(type(default), environ[name])
         except ValueError:
             raise ValueError(
                 f"{name}={environ[name]!r} is not a valid {type(default).__name__}"
             ) from None
-    return replace(config, **changes)
+    try:
+        return replace(config, **changes)
+    except ConfigError as exc:
+        if exc.field not in changes:
+            raise
+        raise ValueError(f"SIDECAR_{exc.field.upper()} {exc.detail}") from None

@@ -6,9 +6,10 @@ Threads and what they own
       :class:`HubStats`. It assigns each broadcast its ``seq``, builds its frame once, records
       it in the history and hands the same bytes to every client (:meth:`Client.offer`).
       It never blocks on a client: a client whose queue is full is dropped (close 4008).
-      It also keeps clients alive: every ``ping_interval`` it pings each client (through
-      the same :meth:`Client.offer` path as data) and drops one that did not answer the
-      previous ping (close 1011), so a silent peer goes within two intervals.
+      It also keeps clients alive: every ``ping_interval`` it pings each client that has no
+      ping outstanding (through the same :meth:`Client.offer` path as data) and drops one
+      whose ping has gone unanswered for ``ping_timeout`` seconds (close 1011; by default
+      the timeout equals the interval, so a silent peer goes within two intervals).
     * **any thread** calls the public API. Everything reaches the hub thread through the
       inbox (a ``queue.Queue``). ``broadcast*`` and ``send_to_client`` never block and are
       refused (``False``) once ``inbox_limit`` events are waiting; ``_pending_lock`` guards
@@ -96,6 +97,7 @@ class Hub:
         self,
         *,
         ping_interval: float = 25.0,
+        ping_timeout: float | None = None,
         history_size: int = 1024,
         history_bytes: int = 8 << 20,
         inbox_limit: int = 65536,
@@ -103,6 +105,7 @@ class Hub:
     ) -> None:
         self.epoch = secrets.token_hex(8)
         self.ping_interval = ping_interval
+        self.ping_timeout = ping_interval if ping_timeout is None else ping_timeout
         self.history_size = history_size
         self.history_bytes = history_bytes
         self.inbox_limit = inbox_limit
@@ -355,19 +358,22 @@ class Hub:
                 return
 
     def _keepalive(self) -> None:
-        """Ping every client; drop those that did not answer the previous ping (1011)."""
+        """Ping every client with no ping outstanding; drop those silent for ``ping_timeout``."""
+        now = time.monotonic()
         silent = []
         slow = []
         for client in self._clients:
             conn = client.conn
-            if not conn.pong_received:
-                silent.append(client)
-                continue
+            if not conn.pong_received and client.ping_sent_at is not None:
+                if now - client.ping_sent_at >= self.ping_timeout:
+                    silent.append(client)
+                continue  # its ping is still outstanding
             conn.pong_received = False
+            client.ping_sent_at = now
             if not client.offer(_PING_FRAME):
                 slow.append(client)
         for client in silent:
-            why = f"no pong within {self.ping_interval:g} s"
+            why = f"no pong within {self.ping_timeout:g} s"
             if self._drop(client, CLOSE_INTERNAL_ERROR, "keepalive timeout", why):
                 self.stats.keepalive_drops += 1
         for client in slow:

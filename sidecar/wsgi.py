@@ -21,7 +21,10 @@ log = logging.getLogger("sidecar")
 
 def create_app() -> Flask:
     """The sidecar app configured from the environment (for gunicorn and other WSGI servers)."""
-    config = from_env()
+    try:
+        config = from_env()
+    except ValueError as exc:
+        raise SystemExit(f"sidecar: {exc}") from None
     if config.auth and not config.token:
         raise SystemExit(
             "sidecar: SIDECAR_TOKEN is not set. Set it (or SIDECAR_AUTH=0 for local "

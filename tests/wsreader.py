@@ -142,6 +142,17 @@ class RawWS:
             self._read_once(left)
         return self.frames.pop(0)
 
+    def take(self, timeout: float) -> list[Frame]:
+        """Every frame parsed so far, after one read waiting up to ``timeout`` if there are none.
+
+        Frames that arrived with an earlier one (say, a ping in the same read as the status)
+        are included: they sit in ``frames`` until taken.
+        """
+        if not self.frames and not self.eof:
+            self._read_once(timeout)
+        out, self.frames = self.frames, []
+        return out
+
     def recv_json(self, timeout: float = 5.0) -> dict[str, Any]:
         return self.recv(timeout).json()
 
