@@ -36,8 +36,6 @@ def _gunicorn(port: int, *extra: str) -> subprocess.Popen:
             f"127.0.0.1:{port}",
             "--threads",
             "16",
-            "--graceful-timeout",
-            "3",
             *extra,
             "sidecar.wsgi:create_app()",
         ],
@@ -80,7 +78,8 @@ def test_gunicorn_serves_publishes_and_closes_with_1001_on_sigterm():
         assert (event["type"], event["seq"]) == ("app:hello", 1)
         server.send_signal(signal.SIGTERM)
         assert recv_close(ws) == 1001
-        ws.send_close()
+        ws.send_close()  # the closing handshake, then TCP close, as a browser does
+        ws.shutdown()
         assert server.wait(10) == 0
         log = server.communicate(timeout=5)[1]
         assert "Traceback" not in log and "[ERROR]" not in log, log

@@ -105,7 +105,8 @@ def test_sigterm_closes_every_client_with_1001_and_exits_0(child):
     c.proc.send_signal(signal.SIGTERM)
     for ws in clients:
         assert recv_close(ws) == 1001
-        ws.send_close()
+        ws.send_close()  # the closing handshake, then TCP close, as a browser does
+        ws.shutdown()
     assert c.wait(3) == 0
 
 
