@@ -90,7 +90,9 @@ class Hub:
     """Fan-out of events to every connected client, with sequence numbers and a replay window.
 
     ``history_size`` events and at most ``history_bytes`` bytes of frames are kept for
-    clients that resume with ``since`` (0 turns history off).
+    clients that resume with ``since`` (0 turns history off). Every ``ping_interval`` seconds
+    (0: never) each client is pinged; one whose ping stays unanswered for ``ping_timeout``
+    seconds (default: the interval) is dropped with 1011.
     """
 
     def __init__(
