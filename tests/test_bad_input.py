@@ -334,9 +334,13 @@ def test_empty_close_is_answered_with_an_empty_close(echo_server: RunningSidecar
 # -- the peer vanishes: unregistered within 1 s ---------------------------------------------
 
 
-def _registered_ws_client(server: RunningSidecar) -> RawWS:
+def _registered_client(server: RunningSidecar, path: str) -> RawWS:
+    """A client on ``path`` that the hub has registered (greeted on /ws, echoed on /echo)."""
     before = server.hub.client_count()
-    ws = connect(server, "/ws")
+    ws = connect(server, path)
+    if path == "/echo":
+        echo_roundtrip(ws, OP_TEXT, b"registered")
+        return ws
     greeting = ws.read_message(timeout=2.0)
     assert greeting is not None and b"connection:status" in greeting.payload
     wait_for(lambda: server.hub.client_count() == before + 1, timeout=1.0)
@@ -348,11 +352,7 @@ def test_abrupt_reset_mid_frame_unregisters_within_1s(
     echo_server: RunningSidecar, path: str
 ) -> None:
     before = echo_server.hub.client_count()
-    if path == "/ws":
-        ws = _registered_ws_client(echo_server)
-    else:
-        ws = connect(echo_server, path)
-        echo_roundtrip(ws, OP_TEXT, b"registered")
+    ws = _registered_client(echo_server, path)
     ws.send_raw(build_frame(OP_TEXT, b"x" * 1000)[:300])  # half a frame
     ws.reset()
     wait_for(lambda: echo_server.hub.client_count() == before, timeout=1.0)
@@ -364,11 +364,7 @@ def test_fin_without_close_mid_frame_unregisters_within_1s(
     echo_server: RunningSidecar, path: str
 ) -> None:
     before = echo_server.hub.client_count()
-    if path == "/ws":
-        ws = _registered_ws_client(echo_server)
-    else:
-        ws = connect(echo_server, path)
-        echo_roundtrip(ws, OP_TEXT, b"registered")
+    ws = _registered_client(echo_server, path)
     with ws:
         ws.send_raw(build_frame(OP_BINARY, b"x" * 1000)[:300])
         ws.shutdown_write()

@@ -172,17 +172,31 @@ def test_stdin_from_dev_null_does_not_stop_the_sidecar(child):
         c.wait(0.5)
 
 
-def test_bad_option_value_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize(
+    ("args", "env", "line"),
+    [
+        (
+            [],
+            {"SIDECAR_QUEUE_SIZE": "lots"},
+            "sidecar: SIDECAR_QUEUE_SIZE='lots' is not a valid int",
+        ),
+        (["--queue-size", "0"], {}, "sidecar: --queue-size must be at least 1, got 0"),
+        ([], {"SIDECAR_PING_TIMEOUT": "-1"}, "sidecar: SIDECAR_PING_TIMEOUT must be at least 0"),
+    ],
+)
+def test_bad_option_value_is_a_clear_error(args, env, line):
     result = subprocess.run(
-        [sys.executable, "-m", "sidecar", "--port", "0"],
+        [sys.executable, "-m", "sidecar", "--port", "0", *args],
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        env=_env(SIDECAR_QUEUE_SIZE="lots"),
+        env=_env(**env),
         timeout=20,
     )
     assert result.returncode == 2
-    assert "SIDECAR_QUEUE_SIZE" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert result.stderr.startswith(line)
+    assert result.stderr.count("\n") == 1  # one line, no traceback
 
 
 def test_port_in_use_is_a_clear_error(child):
