@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-#: ``namespace:kebab-case``, e.g. ``stream:phase-changed``.
-EVENT_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*:[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
+#: ``namespace:kebab-case``, e.g. ``stream:phase-changed``; always matched against the whole
+#: string (``fullmatch``: ``$`` alone would accept a trailing newline).
+EVENT_NAME_RE = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*:[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -37,7 +38,7 @@ def rfc3339_utc(moment: datetime | None = None) -> str:
 
 def is_event_name(name: object) -> bool:
     """Whether ``name`` is a ``namespace:kebab-case`` event name."""
-    return isinstance(name, str) and EVENT_NAME_RE.match(name) is not None
+    return isinstance(name, str) and EVENT_NAME_RE.fullmatch(name) is not None
 
 
 @dataclass(frozen=True, slots=True)

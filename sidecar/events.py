@@ -801,7 +801,7 @@ def json_schema() -> dict[str, Any]:
         "title": "sidecar WebSocket event envelope",
         "type": "object",
         "properties": {
-            "type": {"type": "string", "pattern": EVENT_NAME_RE.pattern},
+            "type": {"type": "string", "pattern": f"^{EVENT_NAME_RE.pattern}$"},
             "payload": {"type": "object"},
             "timestamp": {
                 "type": "string",

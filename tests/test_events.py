@@ -340,7 +340,7 @@ def test_every_constant_is_catalogued_and_well_named() -> None:
     assert len(constants) == 18
     assert set(constants.values()) == set(CATALOG)
     for name in CATALOG:
-        assert EVENT_NAME_RE.match(name), name
+        assert EVENT_NAME_RE.fullmatch(name), name
         assert CATALOG[name].type == name
 
 
@@ -532,7 +532,7 @@ def test_json_schema_is_deterministic_and_covers_catalog() -> None:
     assert consts == sorted(CATALOG)
     fallback = schema["oneOf"][-1]["properties"]["type"]["not"]["enum"]
     assert fallback == sorted(CATALOG)
-    assert schema["properties"]["type"]["pattern"] == EVENT_NAME_RE.pattern
+    assert schema["properties"]["type"]["pattern"] == f"^{EVENT_NAME_RE.pattern}$"
     record, stream = schema["$defs"]["artifact:created"]["anyOf"]
     assert "parentId" not in record["required"] and "isSharded" in record["required"]
     assert record["properties"]["isSharded"] == {"type": "boolean"}
