@@ -118,7 +118,7 @@ def summarise(report_dir: Path, *, verbose: bool = False, out: Any = None) -> in
 
 
 def _start_server(root: Path, args: argparse.Namespace, log_path: Path) -> tuple[Any, dict]:
-    cmd = [sys.executable, "-m", "sidecar.testing", "--port", "0"]
+    cmd = [sys.executable, "-m", "sidecar.conformance", "--port", "0"]
     if args.max_message_size:
         cmd += ["--max-message-size", str(args.max_message_size)]
     if args.compression:

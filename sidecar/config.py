@@ -1,17 +1,30 @@
-"""Configuration: one frozen :class:`Config`, from defaults, ``SIDECAR_*`` variables and options.
+"""Configuration: one frozen :class:`Config`, and the table that defines every option once.
+
+Each field of :class:`Config` carries its own metadata (:class:`Option`): help text, bounds,
+and whether it has a CLI flag. From that one table come the ``sidecar serve`` argument parser
+(:func:`add_arguments`), the ``SIDECAR_*`` environment loader, the Flask ``app.config``
+loader, the range checks, and the README's option table (:func:`markdown_table`; a test fails
+when the README differs). Precedence, highest first: explicit options (CLI flags or keyword
+arguments), ``app.config["SIDECAR_…"]``, ``SIDECAR_…`` variables, defaults.
 
 Immutable once built; shared read-only by every thread.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
+import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
-#: The seed's allowlist (its Vite/dev ports, Tauri and file origins) in both host forms.
+from .protocol import TOKEN_RE
+
+#: The seed's allowlist (its Vite/dev ports), Tauri on every OS, Electron's ``file://`` pages
+#: of older versions. ``null`` (Electron ``loadFile`` today, sandboxed iframes) is never a
+#: default: list it explicitly to accept it.
 DEFAULT_ORIGINS: tuple[str, ...] = (
     "http://localhost:5173",
     "http://localhost:3007",
@@ -24,48 +37,127 @@ DEFAULT_ORIGINS: tuple[str, ...] = (
     "https://tauri.localhost",
     "file://",
 )
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """How one :class:`Config` field is set and checked."""
+
+    help: str
+    #: Least allowed value, and whether that value itself is allowed.
+    least: float | None = None
+    inclusive: bool = True
+    most: float | None = None
+    choices: tuple[str, ...] | None = None
+    #: ``False``: no CLI flag (the token: argv shows in ``ps``).
+    flag: bool = True
+    #: The value type for optional fields (``None`` default): int or str.
+    kind: type | None = None
+    #: How the README shows the default, when ``repr`` would not do.
+    shown: str | None = None
+    metavar: str | None = None
+
+
+def _opt(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"option": Option(help, **meta)})
+
+
+MiB = 1 << 20
 
 
 @dataclass(frozen=True)
 class Config:
-    """Every knob of the sidecar, with its default."""
+    """Every knob of the sidecar, with its default (see :data:`OPTIONS` for the table)."""
 
-    host: str = "127.0.0.1"
-    port: int = 3008
-    allowed_origins: tuple[str, ...] = DEFAULT_ORIGINS
-    #: Frames (or batches of frames) waiting per client before it is dropped as slow.
-    queue_size: int = 256
-    #: Bytes waiting per client before it is dropped as slow.
-    max_pending_bytes: int = 16 << 20
-    #: Largest client→server message, in bytes (larger: close 1009).
-    max_message_size: int = 64 * 1024
-    #: Seconds between keepalive pings (0 = off).
-    ping_interval: float = 25.0
-    #: Seconds a ping may go unanswered before the peer is dropped (1011); 0 = the interval.
-    ping_timeout: float = 0.0
-    #: Seconds a write may make no progress before the client is dropped.
-    write_deadline: float = 10.0
-    #: Seconds to wait for the peer's close frame after ours.
-    close_timeout: float = 3.0
-    log_level: str = "info"
-    #: Broadcasts kept for resume (count and bytes); 0 turns history off.
-    history_size: int = 1024
-    history_bytes: int = 8 << 20
-    #: Largest event the hub accepts for broadcast, in bytes of JSON.
-    max_event_bytes: int = 1 << 20
-    #: Shared secret for every authenticated route; ``None`` with ``auth`` on: generate one.
-    token: str | None = None
-    #: ``False`` (``--no-auth``) turns the token checks off, for local development only.
-    auth: bool = True
-    #: Concurrent WebSocket sessions; more are answered 503 before the upgrade.
-    max_clients: int = 1024
-    #: Seconds a client may take to send its request head (slowloris guard).
-    handshake_timeout: float = 10.0
-    #: Accept permessage-deflate when a client offers it (costs ~150 KiB per connection).
-    compression: bool = False
-    #: The hub writes frames itself when a client has no backlog. ``False`` sends every frame
-    #: through the client's writer thread: the literal design, kept to measure against.
-    fast_path: bool = True
+    host: str = _opt("127.0.0.1", "interface to bind (loopback unless told otherwise)")
+    port: int = _opt(
+        3008, "TCP port; 0 picks a free one (the ready line has it)", least=0, most=65535
+    )
+    allowed_origins: tuple[str, ...] = _opt(
+        DEFAULT_ORIGINS,
+        "comma-separated origins allowed to connect, replacing the defaults (`null` only if "
+        "listed)",
+        shown="see [Security](#security)",
+        metavar="LIST",
+    )
+    max_clients: int = _opt(1024, "concurrent WebSockets (503 beyond)", least=1)
+    max_pending_handshakes: int = _opt(
+        128, "connections still sending their request at once (503 beyond)", least=1
+    )
+    handshake_timeout: float = _opt(
+        10.0,
+        "seconds a connection has for its whole request until upgraded or answered",
+        least=0,
+        inclusive=False,
+    )
+    queue_size: int = _opt(256, "writes queued per client before it is dropped (4008)", least=1)
+    max_pending_bytes: int = _opt(
+        16 * MiB, "bytes queued per client before it is dropped (4008)", least=1, shown="16 MiB"
+    )
+    max_message_size: int = _opt(
+        64 * 1024, "largest client message, in UTF-8 bytes (1009)", least=1, shown="64 KiB"
+    )
+    max_event_bytes: int = _opt(
+        1 * MiB,
+        "largest event accepted for broadcast, in bytes of JSON (413)",
+        least=1,
+        shown="1 MiB",
+    )
+    inbox_limit: int = _opt(
+        65536, "events waiting for the hub thread before publishing is refused (503)", least=1
+    )
+    ping_interval: float = _opt(25.0, "seconds between keepalive pings; 0 = off", least=0)
+    ping_timeout: float = _opt(
+        0.0,
+        "seconds a ping may go unanswered before the peer is dropped (1011); 0 = the interval",
+        least=0,
+        shown="the interval",
+    )
+    write_deadline: float = _opt(
+        10.0,
+        "seconds a write may make no progress before the client is dropped",
+        least=0,
+        inclusive=False,
+    )
+    close_timeout: float = _opt(
+        3.0, "seconds to wait for the peer's close frame after ours", least=0, inclusive=False
+    )
+    history_size: int = _opt(1024, "broadcasts kept for resume; 0 = off", least=0)
+    history_bytes: int = _opt(
+        8 * MiB, "bytes of broadcasts kept for resume; 0 = off", least=0, shown="8 MiB"
+    )
+    replay_rate: int = _opt(
+        32 * MiB,
+        "bytes of replay per second one peer address may ask for (503 beyond); 0 = off",
+        least=0,
+        shown="32 MiB",
+    )
+    compression: bool = _opt(False, "accept permessage-deflate (costs ~150 KiB per connection)")
+    fast_path: bool = _opt(
+        True, "the hub writes to clients with no backlog itself (off: always via the writer)"
+    )
+    auth: bool = _opt(True, "require the token (`--no-auth`: development only)")
+    token: str | None = _opt(
+        None, "the shared secret (generated per launch when unset)", flag=False, kind=str
+    )
+    log_level: str = _opt("info", "log level", choices=LOG_LEVELS)
+    log_file: str | None = _opt(
+        None, "write the log to PATH instead of stderr", kind=str, metavar="PATH"
+    )
+    parent_pid: int | None = _opt(
+        None, "exit gracefully within 2 s of process PID ending", least=1, kind=int, metavar="PID"
+    )
+    exit_on_stdin_eof: bool = _opt(False, "exit gracefully when stdin (a pipe) closes")
+    broker: str | None = _opt(
+        None,
+        "Redis URL of the backplane for several workers or hosts (redis://, rediss://, unix://)",
+        kind=str,
+        metavar="URL",
+    )
+    broker_prefix: str = _opt("sidecar", "prefix of the broker's Redis keys", metavar="PREFIX")
 
     def __post_init__(self) -> None:
         problem = _problem(self)
@@ -76,87 +168,261 @@ class Config:
         """A copy with ``changes`` applied (``None`` values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    @property
+    def effective_ping_timeout(self) -> float:
+        """The ping timeout in seconds (``ping_timeout``, or the interval when it is 0)."""
+        return self.ping_timeout or self.ping_interval
 
-#: Lower bounds: (field, least value, whether the least value itself is allowed).
-_BOUNDS: tuple[tuple[str, float, bool], ...] = (
-    ("port", 0, True),
-    ("queue_size", 1, True),
-    ("max_pending_bytes", 1, True),
-    ("max_message_size", 1, True),
-    ("ping_interval", 0, True),
-    ("ping_timeout", 0, True),
-    ("write_deadline", 0, False),
-    ("close_timeout", 0, False),
-    ("history_size", 0, True),
-    ("history_bytes", 0, True),
-    ("max_event_bytes", 1, True),
-    ("max_clients", 1, True),
-    ("handshake_timeout", 0, False),
-)
-LOG_LEVELS = ("debug", "info", "warning", "error")
+
+def option(name: str) -> Option:
+    """The :class:`Option` of field ``name``."""
+    return OPTIONS[name]
+
+
+OPTIONS: dict[str, Option] = {f.name: f.metadata["option"] for f in fields(Config)}
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Config) if f.default is not MISSING}
 
 
 class ConfigError(ValueError):
-    """A setting out of range; the message names the option (``--queue-size must be …``)."""
+    """A setting that cannot be used; the message names where it came from.
 
-    def __init__(self, field: str, detail: str) -> None:
-        super().__init__(f"--{field.replace('_', '-')} {detail}")
-        self.field = field
+    ``--queue-size must be at least 1, got 0``, ``SIDECAR_PORT='x' is not a valid int`` …
+    """
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"{name} {detail}")
+        self.name = name
         self.detail = detail
+
+    @property
+    def field(self) -> str | None:
+        """The :class:`Config` field the error is about, when it names one."""
+        for prefix in ("--", "SIDECAR_", 'app.config["SIDECAR_'):
+            if self.name.startswith(prefix):
+                candidate = self.name[len(prefix) :].split("=")[0].rstrip('"]').lower()
+                candidate = candidate.replace("-", "_")
+                if candidate in OPTIONS:
+                    return candidate
+        return None
+
+
+def flag_name(name: str) -> str:
+    """The CLI flag of field ``name`` (``queue_size`` → ``--queue-size``)."""
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    """The environment variable of field ``name`` (``queue_size`` → ``SIDECAR_QUEUE_SIZE``)."""
+    return "SIDECAR_" + name.upper()
+
+
+def _kind(name: str) -> type:
+    meta = OPTIONS[name]
+    return meta.kind or type(_DEFAULTS[name])
 
 
 def _problem(config: Config) -> tuple[str, str] | None:
-    """The first setting of ``config`` out of range, and what is wrong with it."""
-    for name, least, inclusive in _BOUNDS:
+    """The first setting of ``config`` that is out of range, and what is wrong with it."""
+    for name, meta in OPTIONS.items():
         value = getattr(config, name)
+        if value is None:
+            continue
+        if meta.choices is not None and value not in meta.choices:
+            return flag_name(name), f"must be one of {', '.join(meta.choices)}, got {value!r}"
+        if meta.least is None and meta.most is None:
+            continue
         if not math.isfinite(value):
-            return name, f"must be a finite number, got {value!r}"
-        if value < least or (value == least and not inclusive):
-            relation = "at least" if inclusive else "more than"
-            return name, f"must be {relation} {least:g}, got {value!r}"
-    if config.port > 65535:
-        return "port", f"must be at most 65535, got {config.port!r}"
-    if config.log_level not in LOG_LEVELS:
-        return "log_level", f"must be one of {', '.join(LOG_LEVELS)}, got {config.log_level!r}"
+            return flag_name(name), f"must be a finite number, got {value!r}"
+        if meta.least is not None and (
+            value < meta.least or (value == meta.least and not meta.inclusive)
+        ):
+            relation = "at least" if meta.inclusive else "more than"
+            return flag_name(name), f"must be {relation} {meta.least:g}, got {value!r}"
+        if meta.most is not None and value > meta.most:
+            return flag_name(name), f"must be at most {meta.most:g}, got {value!r}"
     return None
 
 
-def _parse(kind: type, text: str) -> Any:
+def parse_value(name: str, text: str) -> Any:
+    """Parse the text form of field ``name`` (an env value, a flag's argument).
+
+    Raises ``ValueError`` with a short reason.
+    """
+    kind = _kind(name)
     if kind is tuple:
         return tuple(part.strip() for part in text.split(",") if part.strip())
     if kind is bool:
-        return text.strip().lower() in ("1", "true", "yes", "on")
-    return kind(text)
+        lowered = text.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError("is not a boolean (1/0, true/false, yes/no, on/off)")
+    if kind is str:
+        return text.strip().lower() if name == "log_level" else text
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"is not a valid {kind.__name__}") from None
 
 
-def from_env(environ: Mapping[str, str] | None = None, base: Config | None = None) -> Config:
-    """Apply ``SIDECAR_<FIELD>`` variables (e.g. ``SIDECAR_PORT=0``) on top of ``base``.
+def _coerce(name: str, value: Any, label: str) -> Any:
+    """``value`` from a source other than text: checked for its type, parsed if a string."""
+    if isinstance(value, str) and _kind(name) is not str:
+        try:
+            return parse_value(name, value)
+        except ValueError as exc:
+            raise ConfigError(f"{label}={value!r}", str(exc)) from None
+    if name == "allowed_origins" and isinstance(value, list | tuple | set | frozenset):
+        return tuple(value)
+    return value
 
-    Raises ``ValueError`` naming the variable when a value does not parse.
-    """
-    environ = os.environ if environ is None else environ
-    config = base or Config()
-    changes: dict[str, Any] = {}
-    for f in fields(Config):
-        name = f"SIDECAR_{f.name.upper()}"
-        if name not in environ:
+
+def _source(values: Mapping[str, Any], label: Any) -> dict[str, tuple[Any, str]]:
+    """The known settings in ``values`` with the label that names each one in errors."""
+    changes: dict[str, tuple[Any, str]] = {}
+    for name in OPTIONS:
+        if name in values and values[name] is not None:
+            changes[name] = (_coerce(name, values[name], label(name)), label(name))
+    return changes
+
+
+def _env_source(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    changes: dict[str, tuple[Any, str]] = {}
+    for name in OPTIONS:
+        var = env_name(name)
+        if var not in environ:
             continue
-        default = getattr(config, f.name)
-        if f.name == "token":
-            changes["token"] = environ[name] or None
-            continue
-        if f.name == "log_level":
-            changes["log_level"] = environ[name].strip().lower()
+        text = environ[var]
+        if name == "token":
+            if text:
+                changes[name] = (text, var)
             continue
         try:
-            changes[f.name] = _parse(type(default), environ[name])
-        except ValueError:
-            raise ValueError(
-                f"{name}={environ[name]!r} is not a valid {type(default).__name__}"
-            ) from None
+            changes[name] = (parse_value(name, text), var)
+        except ValueError as exc:
+            raise ConfigError(f"{var}={text!r}", str(exc)) from None
+    return changes
+
+
+def load(
+    options: Mapping[str, Any] | None = None,
+    *,
+    app_config: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """A :class:`Config` from defaults, ``environ``, ``app_config`` and ``options``.
+
+    ``options`` are field names (``queue_size=…``; ``None`` values are ignored), ``app_config``
+    keys are ``SIDECAR_<FIELD>`` as in Flask's ``app.config``. Raises :class:`ConfigError`
+    naming the setting as it was given (``SIDECAR_PORT``, ``app.config["SIDECAR_PORT"]``,
+    ``--port``).
+    """
+    environ = os.environ if environ is None else environ
+    merged = _env_source(environ)
+    if app_config is not None:
+        picked = {n: app_config[env_name(n)] for n in OPTIONS if env_name(n) in app_config}
+        merged.update(_source(picked, lambda n: f'app.config["{env_name(n)}"]'))
+    unknown = sorted(set(options or {}) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(unknown[0], "is not a sidecar option")
+    merged.update(_source(options or {}, flag_name))
     try:
-        return replace(config, **changes)
+        return Config(**{name: value for name, (value, _label) in merged.items()})
     except ConfigError as exc:
-        if exc.field not in changes:
-            raise
-        raise ValueError(f"SIDECAR_{exc.field.upper()} {exc.detail}") from None
+        field_name = exc.name[2:].replace("-", "_")
+        label = merged[field_name][1] if field_name in merged else exc.name
+        raise ConfigError(label, exc.detail) from None
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> Config:
+    """A :class:`Config` from defaults and ``SIDECAR_*`` variables (see :func:`load`)."""
+    return load(environ=environ)
+
+
+def resolve_token(config: Config, *, generate: bool) -> Config:
+    """The one token policy: a usable token, a generated one, or a clear refusal.
+
+    With ``auth`` off there is no token. A given token must be sendable in every documented
+    way (subprotocol, bearer, query): 1-256 of letters, digits and ``-._~``. Without one,
+    ``generate`` makes a fresh one (the CLI: one per launch); otherwise it is an error (an app
+    or a WSGI server must be told its token).
+    """
+    if not config.auth:
+        return replace(config, token=None)
+    if config.token:
+        if TOKEN_RE.fullmatch(config.token) is None:
+            raise ConfigError(
+                "SIDECAR_TOKEN",
+                "must be 1-256 of letters, digits and -._~ (it travels as a subprotocol, a "
+                "bearer token and a query value)",
+            )
+        return config
+    if generate:
+        return replace(config, token=secrets.token_urlsafe(32))
+    raise ConfigError(
+        "SIDECAR_TOKEN",
+        "is not set: set it (or pass token=…), or turn authentication off explicitly "
+        "(auth=False, --no-auth, SIDECAR_AUTH=0) for local development",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add a flag for every option that has one (values stay ``None`` unless given)."""
+    for name, meta in OPTIONS.items():
+        if not meta.flag:
+            continue
+        default = _DEFAULTS[name]
+        kind = _kind(name)
+        if kind is bool:
+            flag = flag_name(name) if default is False else f"--no-{name.replace('_', '-')}"
+            parser.add_argument(
+                flag, dest=name, action="store_const", const=not default, help=meta.help
+            )
+            continue
+        parser.add_argument(
+            flag_name(name),
+            dest=name,
+            metavar=meta.metavar or name.upper(),
+            choices=meta.choices,
+            type=_parser_type(name),
+            help=f"{meta.help} ({env_name(name)})",
+        )
+
+
+def _parser_type(name: str) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            return parse_value(name, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} {exc}") from None
+
+    parse.__name__ = _kind(name).__name__
+    return parse
+
+
+def _shown_default(name: str) -> str:
+    meta = OPTIONS[name]
+    if meta.shown is not None:
+        return meta.shown
+    default = _DEFAULTS[name]
+    if default is None:
+        return "-"
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    return f"{default:g}" if isinstance(default, float) else str(default)
+
+
+def markdown_table() -> str:
+    """The README's option table, generated from :data:`OPTIONS`."""
+    rows = ["| option | variable | default | meaning |", "|---|---|---|---|"]
+    for name, meta in OPTIONS.items():
+        default = _DEFAULTS[name]
+        if not meta.flag:
+            flag = "-"
+        elif isinstance(default, bool) and default:
+            flag = f"`--no-{name.replace('_', '-')}`"
+        else:
+            flag = f"`{flag_name(name)}`"
+        rows.append(f"| {flag} | `{env_name(name)}` | {_shown_default(name)} | {meta.help} |")
+    return "\n".join(rows) + "\n"

@@ -2,60 +2,79 @@
 
 ``gunicorn -c python:sidecar.gunicorn_conf 'sidecar.wsgi:create_app()'``
 
-* ``gthread``, **one** worker process (more would split the hub: refused at start);
-* ``threads`` is the thread budget: every WebSocket holds one thread for its whole life, and
-  ``/health`` and the publish API need free ones too (``SIDECAR_THREADS``, default 256);
-* on SIGTERM every client gets close 1001 before the worker exits (``post_worker_init``
-  wraps the worker's SIGTERM handler);
+* ``gthread``; **one** worker process without a broker (more would split the hub: refused at
+  start), any number with ``SIDECAR_BROKER`` (``SIDECAR_WORKERS``, default 1);
+* the configuration (the token above all) is checked once in the master, before any worker
+  boots: a missing ``SIDECAR_TOKEN`` stops gunicorn with one line and a non-zero exit, not a
+  crash loop of workers;
+* ``threads`` is the thread budget per worker: every WebSocket holds one thread for its whole
+  life, and ``/health`` and the publish API need free ones too (``SIDECAR_THREADS``, 256);
+* the hub thread starts in each worker after the fork (``post_worker_init``), so
+  ``--preload`` works; on SIGTERM every client gets close 1001 before the worker exits;
+* the access log format leaves the query string (which may hold the token) out;
 * a large listen backlog, so that bursts of handshakes do not wait on SYN retries.
 
-Override any of them on the command line as usual (``--bind``, ``--threads``).
+Override any of them on the command line as usual (``--bind``, ``--threads``, ``-w``).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from typing import Any
 
+from sidecar.config import ConfigError, load, resolve_token
+
 bind = os.environ.get("SIDECAR_BIND", "127.0.0.1:3008")
 worker_class = "gthread"
-workers = 1
+workers = int(os.environ.get("SIDECAR_WORKERS", "1"))
 threads = int(os.environ.get("SIDECAR_THREADS", "256"))
 backlog = 2048
 graceful_timeout = 5
 timeout = 30
 keepalive = 2
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 #: gunicorn >= 27 opens a control socket under ~/.gunicorn by default; a sidecar needs none.
 control_socket_disable = True
 
 
+def _refuse(message: str) -> None:
+    print(f"sidecar: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
 def on_starting(server: Any) -> None:
-    """Refuse to start with more than one worker process."""
-    if server.cfg.workers != 1:
-        raise SystemExit(
-            f"sidecar: refusing to start with {server.cfg.workers} worker processes: the hub "
-            "lives in one process and clients of other workers would miss its events. "
-            "Use -w 1 and raise --threads instead."
+    """Check the configuration once, in the master: bad settings stop gunicorn at once."""
+    try:
+        config = resolve_token(load(), generate=False)
+    except ConfigError as exc:
+        _refuse(str(exc))
+        return
+    if server.cfg.workers != 1 and not config.broker:
+        _refuse(
+            f"refusing to start with {server.cfg.workers} worker processes without a broker: "
+            "the hub lives in one process and clients of other workers would miss its events. "
+            "Use -w 1 and raise --threads, or set SIDECAR_BROKER=redis://… (see Scaling out)."
         )
     if server.cfg.worker_class_str != "gthread":
-        raise SystemExit(
-            "sidecar: use the gthread worker (-k gthread): every WebSocket "
-            "needs a thread of its own."
-        )
+        _refuse("use the gthread worker (-k gthread): every WebSocket needs a thread of its own.")
 
 
 def post_worker_init(worker: Any) -> None:
-    """On SIGTERM, close every WebSocket with 1001 while the worker drains."""
+    """Start the hub in this worker; on SIGTERM, close every WebSocket with 1001."""
+    state = worker.wsgi.extensions["sidecar"]
+    state.ensure_started()
     previous = signal.getsignal(signal.SIGTERM)
-    sidecar = worker.wsgi.extensions["sidecar"]
     term = threading.Event()  # only the closer thread ever holds its lock
 
     def close_clients() -> None:
         term.wait()
-        sidecar.hub.stop(timeout=1.0)
-        sidecar.sessions.wait_idle(graceful_timeout - 1)
+        if state.broker is not None:
+            state.broker.stop()
+        state.hub.stop(timeout=1.0)
+        state.sessions.wait_idle(graceful_timeout - 1)
 
     def on_term(signum: int, frame: Any) -> None:
         term.set()  # no thread start in a signal handler: it may run while a lock is held

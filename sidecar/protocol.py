@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 from enum import IntEnum
 
+from .envelope import Event
+
 #: The subprotocol the server selects. Browsers send the token as a second one.
 SUBPROTOCOL = "sidecar.v1"
 #: Prefix of the subprotocol that carries the token: ``auth.<token>`` (never echoed).
@@ -90,3 +92,13 @@ class Since:
 
     def __str__(self) -> str:
         return f"{self.epoch}:{self.seq}"
+
+
+def connection_status(epoch: str, seq: int, recovered: bool) -> Event:
+    """The ``connection:status`` event a client gets first: ``{status, epoch, seq, recovered}``.
+
+    ``seq`` is the last broadcast ``seq`` when the client joined; ``recovered`` says whether
+    the resume it asked for is replayed (see the README's "Delivery guarantees").
+    """
+    payload = {"status": "connected", "epoch": epoch, "seq": seq, "recovered": recovered}
+    return Event(CONNECTION_STATUS, payload)

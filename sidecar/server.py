@@ -1,19 +1,34 @@
-"""Serving the app with Werkzeug's threaded server, and the process lifecycle around it.
+"""Serving an app with Werkzeug's threaded server, hardened, and the process lifecycle around it.
 
 Threads
-    * **main thread**: :func:`run` waits on the ``stop`` event (set by SIGINT/SIGTERM or a
-      watcher), then stops the hub and the server;
-    * **server thread** (``sidecar-http``): ``serve_forever`` accepts connections; Werkzeug
-      starts one daemon request thread per connection;
-    * watcher threads (parent death, stdin EOF) only set ``stop``.
+    * **main thread**: :func:`run` waits for a stop (a signal, a watcher), then stops the hub
+      and the server;
+    * **server thread** (``sidecar-http``): ``serve_forever`` accepts connections and starts
+      one daemon request thread per connection (Werkzeug's threaded server);
+    * **watchdog thread** (``sidecar-watchdog``): answers 408 to, and shuts down, connections
+      that have not finished their request (or been upgraded) in time. Its ``_cond`` guards
+      its table of connections in progress;
+    * watcher threads (parent death, stdin EOF) only set the stop event.
 
-The request handler adds what Werkzeug lacks: a handshake timeout (the socket timeout while
-the request head is read; the WebSocket view clears it on upgrade), ``TCP_NODELAY`` and a
-2048-connection listen backlog, and access-log lines with ``token=`` redacted.
+What this adds to Werkzeug's server (its defects, fixed at our boundary):
+    * a deadline on the **whole** request, head and body (``--handshake-timeout``), not on
+      each read; and a cap on connections in progress (``--max-pending-handshakes``): beyond
+      it a connection gets 503 at accept, with no thread;
+    * ``Expect: 100-continue`` is ignored on requests without a body (Werkzeug would write
+      ``100 Continue`` before an upgrade's ``101``);
+    * out of file descriptors (EMFILE) in ``accept``: one log line per episode, a reserve
+      descriptor to answer 503 and drain the backlog, a short back-off instead of a spin;
+    * the request stream never raises at the end of a request (Werkzeug then leaks an epoll
+      descriptor until a garbage collection);
+    * ``TCP_NODELAY``, a 2048-connection listen backlog, access-log lines with every token
+      redacted, binding done here so that a busy port is a :class:`StartupError`.
 """
 
 from __future__ import annotations
 
+import errno
+import heapq
+import io
 import json
 import logging
 import os
@@ -21,38 +36,204 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from . import __version__
-from .app import Sidecar, create_app
 from .config import Config
-from .security import redact
+from .logs import LogLimiter
+from .web.guards import redact
+from .web.state import SidecarState
 
 log = logging.getLogger("sidecar")
 
 LISTEN_BACKLOG = 2048
 #: Longest the main thread waits between checks for a stop (see :func:`run`).
 SIGNAL_POLL = 0.25
+#: Descriptors kept free beyond the connection caps (listening socket, log, epoll, Redis …).
+FD_RESERVE = 64
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: 36\r\n\r\nService Unavailable: server is busy\n"
+)
+_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Content-Length: 33\r\n\r\nRequest Timeout: request too slow\n"
+)
+
+
+class StartupError(Exception):
+    """The sidecar cannot start: ``code`` names the failure for a parent process."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class RequestWatchdog:
+    """Deadlines for connections whose request is not finished (and not upgraded).
+
+    At most ``limit`` connections at once (:meth:`admit` says no beyond). At the deadline a
+    connection whose head has not arrived gets 408; any late connection is shut down, which
+    ends its request thread. One thread; ``_cond`` guards ``_live`` and ``_heap``.
+    """
+
+    def __init__(self, timeout: float, limit: int) -> None:
+        self.timeout = timeout
+        self.limit = limit
+        self._live: dict[socket.socket, bool] = {}  # connection -> its head has arrived
+        self._heap: list[tuple[float, int, socket.socket]] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._log = LogLimiter()
+        self.timed_out = 0
+        self._thread = threading.Thread(target=self._run, name="sidecar-watchdog", daemon=True)
+        self._thread.start()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def admit(self, conn: socket.socket) -> bool:
+        """Start ``conn``'s deadline; ``False`` when ``limit`` connections are in progress."""
+        with self._cond:
+            if len(self._live) >= self.limit:
+                return False
+            self._live[conn] = False
+            heapq.heappush(self._heap, (time.monotonic() + self.timeout, id(conn), conn))
+            self._cond.notify()
+            return True
+
+    def head_done(self, conn: socket.socket) -> None:
+        """``conn``'s request head has arrived: no 408 any more (a response may be under way)."""
+        with self._cond:
+            if conn in self._live:
+                self._live[conn] = True
+
+    def release(self, conn: socket.socket) -> None:
+        """``conn`` finished its request, or was upgraded: no deadline any more."""
+        with self._cond:
+            self._live.pop(conn, None)
+
+    def stop(self) -> None:
+        """End the watchdog thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(1.0)
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopping:
+                now = time.monotonic()
+                while self._heap and (
+                    self._heap[0][0] <= now or self._heap[0][2] not in self._live
+                ):
+                    _deadline, _id, conn = heapq.heappop(self._heap)
+                    if conn in self._live:
+                        self._expire(conn, self._live.pop(conn))
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+    def _expire(self, conn: socket.socket, head_done: bool) -> None:
+        self.timed_out += 1
+        suppressed = self._log.check("expired")
+        if suppressed is not None:
+            log.info(
+                "a request was not finished within %g s (--handshake-timeout): %s%s",
+                self.timeout,
+                "shut down" if head_done else "answered 408",
+                f" ({suppressed} more since the last line)" if suppressed else "",
+            )
+        try:
+            if not head_done:
+                conn.send(_TIMEOUT, socket.MSG_DONTWAIT)
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _QuietReader(io.BufferedIOBase):
+    """The request stream: reads that fail report EOF instead of raising.
+
+    Werkzeug drains what is left of a request after the response with an epoll selector that
+    it closes only if that read returns; a reset connection made it raise, and the selector's
+    descriptor stayed open until a garbage collection.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            return bytes(self._raw.read(size))
+        except OSError:
+            return b""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return bytes(self._raw.readline(size))
+
+    def read1(self, size: int = -1) -> bytes:
+        try:
+            return bytes(self._raw.read1(size))
+        except OSError:
+            return b""
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Close the wrapped stream too (it holds a reference that keeps the socket open)."""
+        self._raw.close()
+        super().close()
 
 
 class RequestHandler(WSGIRequestHandler):
-    """Werkzeug's handler with a head timeout, ``TCP_NODELAY`` and redacted access logs."""
+    """Werkzeug's handler with a request watchdog, ``TCP_NODELAY`` and redacted access logs."""
 
-    #: Seconds allowed for the request head; set per server from the configuration.
-    timeout = 10.0
+    server: Server
+
+    @property
+    def watchdog(self) -> RequestWatchdog:
+        """The server's request watchdog."""
+        assert self.server.watchdog is not None  # set before the server serves
+        return self.server.watchdog
 
     def setup(self) -> None:
-        super().setup()  # applies self.timeout to the socket
+        super().setup()  # applies self.timeout (the request deadline) to each read
+        self.rfile = _QuietReader(self.rfile)
         try:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # pragma: no cover - not TCP
             pass
 
+    def handle(self) -> None:
+        try:
+            super().handle()
+        finally:
+            self.watchdog.release(self.connection)
+
+    def make_environ(self) -> dict[str, Any]:
+        environ = super().make_environ()
+        self.watchdog.head_done(self.connection)
+        conn, watchdog = self.connection, self.watchdog
+        environ["sidecar.upgraded"] = lambda: watchdog.release(conn)
+        return environ
+
+    def run_wsgi(self) -> None:
+        if self.command in ("GET", "HEAD") and "Expect" in self.headers:
+            del self.headers["Expect"]  # no body to wait for: never a 100 Continue before 101
+        super().run_wsgi()
+
     def log(self, type: str, message: str, *args: Any) -> None:
         super().log(type, redact(message % args) if args else redact(message))
+
+    def log_error(self, format: str, *args: Any) -> None:
+        if format.startswith("Request timed out"):
+            return  # the watchdog has answered (408) and logged it, rate-limited
+        super().log_error(format, *args)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         self.requestline = redact(self.requestline)
@@ -60,24 +241,149 @@ class RequestHandler(WSGIRequestHandler):
 
 
 class Server(ThreadedWSGIServer):
-    """Werkzeug's threaded server with a large listen backlog."""
+    """Werkzeug's threaded server on a socket we bound, with the guards described above."""
 
-    request_queue_size = LISTEN_BACKLOG
+    block_on_close = False  # daemon request threads; shutdown waits for sessions itself
+
+    def __init__(self, sock: socket.socket, app: Any, config: Config) -> None:
+        # Each read's own timeout is a backstop only: the watchdog's deadline (on the whole
+        # request) comes first and answers 408.
+        read_timeout = 2 * config.handshake_timeout + 1.0
+        handler = type("Handler", (RequestHandler,), {"timeout": read_timeout})
+        host, port = sock.getsockname()[:2]
+        self.watchdog: RequestWatchdog | None = None
+        self._reserve: int | None = None
+        self._close_lock = threading.Lock()
+        super().__init__(host, port, app, handler=handler, fd=sock.fileno())
+        sock.close()  # Werkzeug works on its own duplicate
+        self.server_name, self.server_port = host, self.port  # what server_bind would set
+        self.state: SidecarState | None = getattr(app, "extensions", {}).get("sidecar")
+        self._fd_episode = False
+        self._pause = threading.Event()
+        self._busy_log = LogLimiter()
+        self._reserve = os.open(os.devnull, os.O_RDONLY)
+        self.watchdog = RequestWatchdog(config.handshake_timeout, config.max_pending_handshakes)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self.watchdog is None or not self.watchdog.admit(request):
+            self._refuse(request, "pending-handshakes")
+            return
+        super().process_request(request, client_address)
+
+    def _refuse(self, request: socket.socket, reason: str) -> None:
+        try:
+            request.send(_BUSY, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+        if self.state is not None:
+            self.state.sessions.count_rejection(reason, handshake=True)
+        suppressed = self._busy_log.check(reason)
+        if suppressed is not None:
+            log.warning(
+                "%d connections still sending their request (--max-pending-handshakes): "
+                "answered 503%s",
+                self.watchdog.limit if self.watchdog else 0,
+                f" ({suppressed} more since the last line)" if suppressed else "",
+            )
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            request = super().get_request()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._out_of_descriptors()
+            raise
+        if self._fd_episode:
+            self._fd_episode = False
+            log.info("file descriptors available again: accepting connections")
+        return request
+
+    def _out_of_descriptors(self) -> None:
+        """Answer the waiting connection 503 with the reserve descriptor, then back off."""
+        if not self._fd_episode:
+            self._fd_episode = True
+            log.error("out of file descriptors: answering 503 until some are free")
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
+            try:
+                conn, _addr = self.socket.accept()
+            except OSError:
+                pass
+            else:
+                self._refuse(conn, "file-descriptors")
+            try:
+                self._reserve = os.open(os.devnull, os.O_RDONLY)
+            except OSError:
+                self._reserve = None
+        self._pause.wait(0.05)  # back off: accept() fails at once until a descriptor frees
+
+    def server_close(self) -> None:
+        with self._close_lock:  # Werkzeug's serve_forever and shutdown() may both call it
+            super().server_close()
+            watchdog, self.watchdog = self.watchdog, None
+            reserve, self._reserve = self._reserve, None
+        if watchdog is not None:
+            watchdog.stop()
+        if reserve is not None:
+            os.close(reserve)
 
 
-def make_server(config: Config, app: Any | None = None) -> tuple[Server, Sidecar]:
+def bind(config: Config) -> socket.socket:
+    """A listening socket for ``config.host``/``port``; :class:`StartupError` if impossible."""
+    from .platform import exclusive_bind
+
+    try:
+        infos = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise StartupError("bad-host", f"cannot resolve --host {config.host!r}: {exc}") from None
+    family, kind, proto, _name, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if os.name != "nt":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        exclusive_bind(sock)
+        sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        where = f"{config.host}:{config.port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError("port-in-use", f"{where} is in use") from None
+        raise StartupError("bind-failed", f"cannot listen on {where}: {exc.strerror}") from None
+    return sock
+
+
+def check_descriptors(config: Config) -> None:
+    """Make room for the connection caps in ``RLIMIT_NOFILE``, or refuse to start."""
+    from .platform import raise_fd_limit
+
+    needed = config.max_clients + config.max_pending_handshakes + FD_RESERVE
+    limit = raise_fd_limit(needed)
+    if limit is not None and limit < needed:
+        raise StartupError(
+            "fd-limit",
+            f"--max-clients {config.max_clients} and --max-pending-handshakes "
+            f"{config.max_pending_handshakes} need about {needed} file descriptors; the limit "
+            f"is {limit} (raise it with ulimit -n, or lower the caps)",
+        )
+
+
+def make_server(config: Config, app: Any | None = None) -> tuple[Server, SidecarState]:
     """Bind (port 0 picks a free port) and build the app; the server is not serving yet."""
+    from .web.extension import create_app
+
     app = app or create_app(config)
-    handler = type("Handler", (RequestHandler,), {"timeout": config.handshake_timeout})
-    server = Server(config.host, config.port, app, handler=handler)
-    sidecar: Sidecar = app.extensions["sidecar"]
-    sidecar.allow_own_origin(server.server_port)
-    return server, sidecar
+    state: SidecarState = app.extensions["sidecar"]
+    server = Server(bind(config), app, config)
+    state.allow_own_origin(server.server_port)
+    return server, state
 
 
-def ready_line(server: Server, sidecar: Sidecar, *, show_token: bool) -> dict[str, Any]:
+def ready_line(server: Server, state: SidecarState, *, show_token: bool) -> dict[str, Any]:
     """The JSON object printed on stdout once the sidecar listens."""
-    host = sidecar.config.host
+    host = state.config.host
     url_host = f"[{host}]" if ":" in host else host
     port = server.server_port
     line: dict[str, Any] = {
@@ -87,26 +393,31 @@ def ready_line(server: Server, sidecar: Sidecar, *, show_token: bool) -> dict[st
         "port": port,
         "pid": os.getpid(),
         "version": __version__,
-        "epoch": sidecar.hub.epoch,
+        "epoch": state.hub.epoch,
     }
-    if show_token and sidecar.token:
-        line["token"] = sidecar.token
+    if show_token and state.token:
+        line["token"] = state.token
     return line
 
 
-def shutdown(server: Server, sidecar: Sidecar, grace: float = 1.0) -> None:
+def shutdown(server: Server, state: SidecarState, grace: float = 1.0) -> None:
     """Close every client with 1001, wait up to ``grace`` for their sessions, stop serving.
 
     Clients that answer the close frame end their sessions at once; the process does not wait
     longer than ``grace`` for the others (their sockets close when it exits).
     """
-    sidecar.hub.stop(timeout=grace)
-    if not sidecar.sessions.wait_idle(grace):
+    if state.broker is not None:
+        state.broker.stop()
+    state.hub.stop(timeout=grace)
+    if not state.sessions.wait_idle(grace):
         log.warning(
-            "%d sessions still open after %.1f s; exiting anyway", sidecar.sessions.active, grace
+            "%d sessions still open after %.1f s; exiting anyway", state.sessions.active, grace
         )
     server.shutdown()
     server.server_close()
+
+
+Watcher = Callable[[threading.Event], None]
 
 
 def run(
@@ -115,33 +426,30 @@ def run(
     app: Any | None = None,
     out: TextIO | None = None,
     show_token: bool = False,
-    watchers: list[Callable[[threading.Event], None]] | None = None,
+    watchers: list[Watcher] | None = None,
     ready_extra: Callable[[dict[str, Any]], None] | None = None,
+    signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
 ) -> int:
-    """Serve until SIGINT/SIGTERM (or a watcher sets the stop event); return the exit code.
+    """Serve until a signal in ``signals`` (or a watcher sets the stop event); the exit code.
 
     The signal handler only records the signal: it must not take a lock, because it runs in
     the main thread between two bytecodes, possibly while that thread holds the very lock
     (``Event.set`` from a handler deadlocked ~1 run in 100 here). The main thread waits in
-    short slices and checks what the handler recorded.
-
-    ``app`` replaces the production app (the conformance app does); ``ready_extra`` may add
-    fields to the ready line.
+    short slices and checks what the handler recorded. Raises :class:`StartupError` before
+    the ready line.
     """
-    server, sidecar = make_server(config, app)
+    server, state = make_server(config, app)
+    state.ensure_started()
     stop = threading.Event()
     received: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
-    signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    for signum in signals:
+        signal.signal(signum, lambda signum, _frame: received.append(signum))
     serving = threading.Thread(
-        target=server.serve_forever,
-        kwargs={"poll_interval": 0.1},
-        name="sidecar-http",
-        daemon=True,
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="sidecar-http", daemon=True
     )
     serving.start()
     out = out or sys.stdout
-    line = ready_line(server, sidecar, show_token=show_token)
+    line = ready_line(server, state, show_token=show_token)
     if ready_extra is not None:
         ready_extra(line)
     out.write(json.dumps(line, separators=(",", ":")) + "\n")
@@ -153,6 +461,6 @@ def run(
         pass
     if received:
         log.info("received %s, shutting down", signal.Signals(received[0]).name)
-    shutdown(server, sidecar)
+    shutdown(server, state)
     log.info("stopped")
     return 0

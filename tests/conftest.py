@@ -9,15 +9,15 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import websocket
 
-from sidecar.app import Sidecar
 from sidecar.config import Config
-from sidecar.server import Server, make_server, shutdown
+from sidecar.pytest_plugin import ServedSidecar
+from sidecar.server import Server, make_server
+from sidecar.web.state import SidecarState
 
 TOKEN = "test-token-0123456789"
 
@@ -54,34 +54,16 @@ def recv_close(ws: websocket.WebSocket, timeout: float = 5.0) -> int | None:
         return None
 
 
-@dataclass
-class RunningSidecar:
-    """A sidecar serving in this process."""
+class RunningSidecar(ServedSidecar):
+    """A sidecar serving in this process, with raw websocket-client helpers for the tests."""
 
-    server: Server
-    sidecar: Sidecar
-    thread: threading.Thread
-    clients: list[websocket.WebSocket] = field(default_factory=list)
+    def __init__(self, server: Server, state: SidecarState) -> None:
+        super().__init__(server, state)
+        self.clients: list[websocket.WebSocket] = []
 
     @property
-    def port(self) -> int:
-        return self.server.server_port
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    @property
-    def hub(self) -> Any:
-        return self.sidecar.hub
-
-    @property
-    def token(self) -> str | None:
-        return self.sidecar.token
+    def sidecar(self) -> SidecarState:
+        return self.state
 
     def connect(
         self,
@@ -116,6 +98,10 @@ class RunningSidecar:
         assert status["type"] == "connection:status", status
         return ws, status
 
+    def set_message_handler(self, handler: Any) -> None:
+        """Set the app's client→server message handler (the EventHub's)."""
+        self.state.extension.set_message_handler(handler)
+
     def close(self) -> None:
         """Close the test's clients and stop the server (clients get 1001); idempotent."""
         if not self.thread.is_alive():
@@ -125,8 +111,16 @@ class RunningSidecar:
                 ws.close(timeout=0.2)
             except Exception:
                 pass
-        shutdown(self.server, self.sidecar, grace=2.0)
-        self.thread.join(5)
+        self.stop()
+
+
+def start_sidecar(app: Any = None, **overrides: Any) -> RunningSidecar:
+    """Serve ``app`` (or the sidecar's app with ``Config`` overrides) on 127.0.0.1:0."""
+    options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "token": TOKEN}
+    options.update(overrides)
+    config = Config(**options)
+    server, state = make_server(config, app)
+    return RunningSidecar(server, state)
 
 
 @pytest.fixture
@@ -135,14 +129,7 @@ def sidecar_factory() -> Iterator[Callable[..., RunningSidecar]]:
     running: list[RunningSidecar] = []
 
     def start(**overrides: Any) -> RunningSidecar:
-        options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "token": TOKEN}
-        options.update(overrides)
-        server, sidecar = make_server(Config(**options))
-        thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        thread.start()
-        instance = RunningSidecar(server, sidecar, thread)
+        instance = start_sidecar(**overrides)
         running.append(instance)
         return instance
 

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.config import Config
-from sidecar.server import make_server
-from sidecar.testing import conformance_app
-from tests.conftest import TOKEN, RunningSidecar
+from sidecar.conformance import conformance_app
+from tests.conftest import TOKEN, RunningSidecar, start_sidecar
 
 OP_CONT = 0x0
 OP_TEXT = 0x1
@@ -415,19 +414,13 @@ def rss_bytes() -> int:
 
 
 def start_conformance(**overrides: Any) -> RunningSidecar:
-    """Serve :func:`sidecar.testing.conformance_app` on 127.0.0.1:0 in this process.
+    """Serve :func:`sidecar.conformance.conformance_app` on 127.0.0.1:0 in this process.
 
     The caller stops it with ``.close()`` (every client is closed with 1001).
     """
     options: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "token": TOKEN}
     options.update(overrides)
-    config = Config(**options)
-    server, sidecar = make_server(config, app=conformance_app(config))
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    return RunningSidecar(server, sidecar, thread)
+    return start_sidecar(conformance_app(Config(**options)), **overrides)
 
 
 class Problems(logging.Handler):

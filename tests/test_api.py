@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.api import MAX_BODY, Invalid, parse_events
+from sidecar.catalog import PublishError, parse_publish_body
+from sidecar.config import Config
 from tests.conftest import recv_json, wait_for
 
 
@@ -88,7 +89,7 @@ def test_not_json_is_400(sidecar):
 
 
 def test_body_over_1_mib_is_413(sidecar):
-    big = {"type": "app:big", "payload": {"x": "y" * MAX_BODY}}
+    big = {"type": "app:big", "payload": {"x": "y" * Config().max_event_bytes}}
     assert _post(sidecar, big)[0] == 413
 
 
@@ -112,16 +113,20 @@ def test_hub_counters_need_the_token_and_report_activity(sidecar):
     assert state["hub"]["clients"] == 1
     assert state["hub"]["broadcasts"] == 1
     assert state["hub"]["deliveries"] == 1
-    assert state["sessions"]["rejectedHandshakes"].get("token", 0) >= 1
+    assert state["sessions"]["rejectedRequests"]["token"] >= 1  # API refusals, not handshakes
+    assert "token" not in state["sessions"]["rejectedHandshakes"]
     ws.close()
-    wait_for(lambda: sidecar.sidecar.sessions.ended)
-    assert sidecar.sidecar.sessions.ended == {"client-close-1000": 1}
+    wait_for(lambda: sidecar.sidecar.sessions.snapshot()["ended"])
+    assert sidecar.sidecar.sessions.snapshot()["ended"] == {"client-close-1000": 1}
 
 
 def test_drops_are_counted_by_reason(sidecar_factory):
     running = sidecar_factory(ping_interval=0.1)
     ws, _ = running.connect_ready()  # never answers pings: it does not read
-    wait_for(lambda: running.sidecar.sessions.ended.get("keepalive-timeout") == 1, timeout=5)
+    wait_for(
+        lambda: running.sidecar.sessions.snapshot()["ended"].get("keepalive-timeout") == 1,
+        timeout=5,
+    )
     ws.close()
 
 
@@ -134,7 +139,9 @@ def test_health_is_open_and_secret_free(sidecar):
 
 
 def test_parse_events_accepts_app_specific_types():
-    events = parse_events(b'[{"type":"my-app:thing-done","payload":{"any":[1,2]}}]')
+    events = parse_publish_body(
+        b'[{"type":"my-app:thing-done","payload":{"any":[1,2]}}]', max_event_bytes=1 << 20
+    )
     assert events[0].type == "my-app:thing-done"
-    with pytest.raises(Invalid):
-        parse_events(b'{"type":"my_app:thing","payload":{}}')
+    with pytest.raises(PublishError):
+        parse_publish_body(b'{"type":"my_app:thing","payload":{}}', max_event_bytes=1 << 20)

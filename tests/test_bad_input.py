@@ -1,7 +1,7 @@
 """Bad input over raw sockets: each protocol violation gets the close code RFC 6455 asks for.
 
 Every case runs on the conformance app's ``/echo`` (the machinery of ``/ws``; see
-:mod:`sidecar.testing`) unless it needs ``/ws`` itself. After the server's close frame the
+:mod:`sidecar.conformance`) unless it needs ``/ws`` itself. After the server's close frame the
 test answers it and then requires EOF with no further bytes. No log record may carry a
 traceback and no thread may die of an uncaught exception.
 """

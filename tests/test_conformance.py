@@ -1,4 +1,4 @@
-"""The conformance app (``sidecar.testing``) and the Autobahn report judge.
+"""The conformance app (``sidecar.conformance``) and the Autobahn report judge.
 
 The echo endpoint must run on the production machinery and exist only in the conformance
 app; ``scripts/autobahn_summary.py`` must judge reports exactly as issue 6 says.
@@ -128,7 +128,7 @@ def test_module_entry_prints_ready_line_and_exits_0_on_sigterm() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.testing", "--port", "0", "--max-message-size", "4096"],
+        [sys.executable, "-m", "sidecar.conformance", "--port", "0", "--max-message-size", "4096"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -228,7 +228,7 @@ def test_reply_to_a_first_message_sent_before_the_greeting_is_read(
         if not server.hub.send_to_client(client, reply):
             refused.append(event["payload"]["n"])
 
-    server.hub.set_message_handler(handler)
+    server.set_message_handler(handler)
     for n in range(30):
         with RawWS.connect(server.port, "/ws", token=TOKEN) as ws:
             ws.send_frame(OP_TEXT, json.dumps({"type": "test:ask", "payload": {"n": n}}).encode())

@@ -282,7 +282,7 @@ def test_send_to_client_carries_no_seq_and_takes_no_seq(sidecar_factory):
         if event.get("type") == "test:ping":
             sent.append(hub.send_to_client(client, new_event("test:pong", event["payload"])))
 
-    hub.set_message_handler(handler)
+    sc.set_message_handler(handler)
     ws, status = sc.connect_ready()
     other, _ = sc.connect_ready()
     expected_seq = status["payload"]["seq"] + 1

@@ -3,7 +3,7 @@
 Hypothesis builds streams of frames, valid and not: random FIN/RSV/opcode/mask/length forms,
 fragmented messages split at random points with control frames inside, invalid UTF-8, close
 frames with any code and reason, and random TCP segmentation of the byte stream. Each stream
-goes to the conformance app's ``/echo`` (the machinery of ``/ws``, see :mod:`sidecar.testing`).
+goes to the conformance app's ``/echo`` (the machinery of ``/ws``, see :mod:`sidecar.conformance`).
 
 A small model of RFC 6455 (:func:`expect`) says what the server must do with a stream: the
 messages it echoes and the pings it answers before the first violation, and the close codes

@@ -154,7 +154,7 @@ def test_binary_message_closes_with_1003(sidecar):
 
 def test_malformed_json_is_ignored_and_connection_keeps_working(sidecar, caplog):
     received = []
-    sidecar.hub.set_message_handler(lambda client, event: received.append(event))
+    sidecar.set_message_handler(lambda client, event: received.append(event))
     ws, _ = sidecar.connect_ready()
     ws.send("{not json")
     ws.send("[1, 2]")
@@ -170,7 +170,7 @@ def test_message_handler_error_closes_with_1011_and_is_logged(sidecar, caplog):
     def broken(client, event):
         raise RuntimeError("boom")
 
-    sidecar.hub.set_message_handler(broken)
+    sidecar.set_message_handler(broken)
     ws, _ = sidecar.connect_ready()
     ws.send(json.dumps({"type": "chat:send", "payload": {}}))
     assert recv_close(ws) == 1011
@@ -179,7 +179,7 @@ def test_message_handler_error_closes_with_1011_and_is_logged(sidecar, caplog):
 
 def test_send_to_client_only_reaches_that_client_and_reports_gone_clients(sidecar):
     clients = {}
-    sidecar.hub.set_message_handler(lambda client, event: clients.setdefault("c", client))
+    sidecar.set_message_handler(lambda client, event: clients.setdefault("c", client))
     a, _ = sidecar.connect_ready()
     b, _ = sidecar.connect_ready()
     a.send(json.dumps({"type": "chat:cancel", "payload": {"conversationId": "x"}}))
@@ -191,7 +191,7 @@ def test_send_to_client_only_reaches_that_client_and_reports_gone_clients(sideca
     sidecar.hub.broadcast_event(_stream_created())
     assert recv_json(b)["type"] == "stream:created"  # b never saw chat:error
     a.close()
-    wait_for(lambda: not client.registered)
+    wait_for(lambda: client.gone)
     assert sidecar.hub.send_to_client(client, event) is False
 
 
@@ -319,7 +319,7 @@ def test_flood_with_pings_arrives_intact_and_in_order(sidecar_factory):
     # 5 MB is more than the kernel buffers hold for the stalled client: its backlog overflows
     # (4008), or, if the hub's batches kept the queue short, its writer misses the deadline.
     wait_for(lambda: running.hub.client_count() == 1)
-    assert set(running.sidecar.sessions.ended) <= {"slow-consumer", "write-deadline"}
+    assert set(running.sidecar.sessions.snapshot()["ended"]) <= {"slow-consumer", "write-deadline"}
     assert stalled.read_to_eof()
 
 
@@ -397,7 +397,7 @@ def test_without_the_fast_path_every_frame_goes_through_the_writer_in_order(side
 def test_send_to_client_never_raises_even_for_an_oversized_event(sidecar_factory):
     running = sidecar_factory(max_event_bytes=1024)
     captured = []
-    running.hub.set_message_handler(lambda client, event: captured.append(client))
+    running.set_message_handler(lambda client, event: captured.append(client))
     ws, _ = running.connect_ready()
     ws.send(json.dumps({"type": "chat:cancel", "payload": {"conversationId": "x"}}))
     client = wait_for(lambda: captured and captured[0])

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from sidecar.config import DEFAULT_ORIGINS
-from sidecar.web import STATIC_DIR
+from sidecar.web.pages import STATIC_DIR
 from tests.conftest import RunningSidecar
 
 PAGES_DIR = Path(__file__).with_name("pages")

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import pytest
 
 from sidecar.envelope import new_event
 from sidecar.events import new_stream_created_event, new_stream_updated_event
+from sidecar.protocol import CloseCode
 from tests.browser.conftest import PageServer, stop_sidecar
 from tests.browser.helpers import open_harness, record, start_client, wait_js, wait_open
 from tests.conftest import TOKEN, RunningSidecar, wait_for
@@ -95,7 +97,7 @@ def test_foreign_origin_cannot_connect(
     assert rec["events"] == []
     browser.execute_script("window.client.close()")
 
-    assert running.sidecar.sessions.rejected.get("origin", 0) >= 2
+    assert running.sidecar.sessions.snapshot()["rejectedHandshakes"].get("origin", 0) >= 2
     assert running.hub.stats.registered == 0
     refused = [r.getMessage() for r in caplog.records if "handshake refused" in r.getMessage()]
     assert refused and all("403 origin" in line for line in refused), refused
@@ -117,18 +119,17 @@ def test_dropped_connection_recovers_every_event_once(
     wait_js(browser, "window.rec.events.length >= 2", what="the event before the drop")
 
     def drop_and_publish_half() -> None:
-        # On the hub thread: the browser is gone before any of these 50 is handed out.
-        for client in list(hub._clients):
-            if how == "evict":
-                hub._evict(client)  # close 4008 (reconnect class), socket shut down
-            else:
-                client.conn.writer.shutdown()  # no close frame: the browser sees 1006
+        # The inbox is FIFO: the browser is gone before any of these 50 is handed out.
+        # evict: close 4008 (reconnect class); socket: no close frame, the browser sees 1006.
+        assert hub.drop_all(CloseCode.SLOW_CONSUMER, "slow consumer", abrupt=how == "socket")
         for i in range(50):
-            hub.broadcast_event(new_stream_updated_event("p", "s", {"i": i}))
+            assert hub.broadcast_event(new_stream_updated_event("p", "s", {"i": i}))
 
-    hub.call(drop_and_publish_half)
+    first_half = threading.Thread(target=drop_and_publish_half)
+    first_half.start()
     for i in range(50, 100):  # meanwhile, from this thread: replayed or live
         assert hub.broadcast_event(new_stream_updated_event("p", "s", {"i": i}))
+    first_half.join(10)
     wait_js(
         browser,
         "window.rec.events.filter(e => e.type === 'stream:updated').length >= 100",

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.web import CLIENT_FILES, STATIC_DIR
+from sidecar.web.pages import CLIENT_FILES, STATIC_DIR
 from tests.conftest import TOKEN
 
 

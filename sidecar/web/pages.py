@@ -1,33 +1,29 @@
-"""The sidecar's web routes: the browser client's files and the debug page.
+"""The sidecar's own pages: the browser client's files and the debug page.
 
-* ``GET /client/<file>``: ``sidecar-client.js`` (the ES module), its ``.d.ts``, the event
+* ``GET /client/<file>``: ``sidecar-client.js`` (the ES module), its declarations, the event
   JSON Schema, and the debug page's script and style. No token: they hold no secret. They
   carry ``Access-Control-Allow-Origin: *`` because browsers fetch module scripts in CORS mode,
   so an app served from another origin (a Vite dev server, Tauri) can only ``import`` the
   client from the sidecar with that header.
-* ``GET /``: the debug page (live events, counters), token required (``?token=`` from the
-  ready line; the page then removes it from the address bar). Sent with ``no-store``,
-  ``Referrer-Policy: no-referrer`` (the token is in its URL) and a CSP that allows scripts
-  only from the sidecar itself.
+* ``GET /`` (or the prefix given): the debug page (live events, counters), token required
+  (``?token=`` from the ready line; the page then removes it from the address bar). Sent with
+  ``no-store``, ``Referrer-Policy: no-referrer`` (the token is in its URL) and a CSP that
+  allows scripts only from the sidecar itself.
 
-Request threads only; no state of its own.
+Request threads only; no state of its own. Files are read on each request (they are small).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from flask import Blueprint, Response, request
 
-from .security import check_token
+from .guards import check_token
+from .state import SidecarState
 
-if TYPE_CHECKING:
-    from .app import Sidecar
-
-STATIC_DIR = Path(__file__).resolve().with_name("static")
-
-BLUEPRINT_NAME = "sidecar_web"
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 #: The files served under ``/client/`` and their content types.
 CLIENT_FILES: dict[str, str] = {
@@ -48,15 +44,18 @@ def _read(name: str) -> bytes:
     return (STATIC_DIR / name).read_bytes()
 
 
-def web_blueprint(sidecar: Sidecar) -> Blueprint:
-    """The blueprint serving ``/client/<file>`` and the debug page ``/`` for ``sidecar``.
+def pages_blueprint(
+    state: SidecarState,
+    *,
+    debug_page: str | None,
+    guard: Callable[[], Response | None] | None = None,
+) -> Blueprint:
+    """``/client/<file>``, and the debug page at ``debug_page`` (``None``: no page)."""
+    pages = Blueprint("sidecar_pages", __name__)
+    if guard is not None:
+        pages.before_request(guard)
 
-    Register it on the app built by :func:`sidecar.app.create_app` (its Host guard applies).
-    Files are read on each request (they are small), so an edited file shows without restart.
-    """
-    web = Blueprint(BLUEPRINT_NAME, __name__)
-
-    @web.get("/client/<name>")
+    @pages.get("/client/<name>")
     def client_file(name: str) -> Response:
         content_type = CLIENT_FILES.get(name)
         if content_type is None:
@@ -69,9 +68,12 @@ def web_blueprint(sidecar: Sidecar) -> Blueprint:
         response.make_conditional(request)
         return response
 
-    @web.get("/")
-    def debug_page() -> Response:
-        rejection = check_token(request.environ, sidecar.token)
+    if debug_page is None:
+        return pages
+
+    @pages.get(debug_page)
+    def page() -> Response:
+        rejection = check_token(request.environ, state.token)
         if rejection is not None:
             body = (
                 rejection.message
@@ -81,11 +83,11 @@ def web_blueprint(sidecar: Sidecar) -> Blueprint:
         response = Response(_read("index.html"), content_type="text/html; charset=utf-8")
         response.headers["Cache-Control"] = "no-store"
         response.headers["Referrer-Policy"] = "no-referrer"
-        # The app's Host guard has already limited Host to loopback names (and a port), so
-        # it is safe to name the page's own WebSocket origin (older engines do not count
-        # ws: as 'self').
+        # The Host guard has already limited Host to loopback names (and a port), so it is
+        # safe to name the page's own WebSocket origin (older engines do not count ws: as
+        # 'self').
         response.headers["Content-Security-Policy"] = _PAGE_CSP.format(ws=f"ws://{request.host}")
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
-    return web
+    return pages

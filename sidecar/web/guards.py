@@ -1,9 +1,10 @@
-"""Checks made before the WebSocket upgrade: Host, Origin, token, handshake headers.
+"""Checks made before the WebSocket upgrade: Host, Origin, token, handshake headers; redaction.
 
 Pure functions over a WSGI environ plus immutable policies; no thread owns anything here.
 Each check returns ``None`` (pass) or a :class:`Rejection` (an HTTP status, a short body,
-extra headers and a reason tag for the counters); the app turns it into a plain HTTP
-response, so a rejected handshake never sees a ``101``.
+extra headers and a reason tag for the counters); the web layer turns it into a plain HTTP
+response, so a rejected handshake never sees a ``101``. Header values are compared the way
+RFC 7230 says: tokens case-insensitively, optional whitespace around values ignored.
 """
 
 from __future__ import annotations
@@ -15,27 +16,40 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
-#: The subprotocol the server selects; the token rides in a second one: ``auth.<token>``.
-SUBPROTOCOL = "sidecar.v1"
-AUTH_PREFIX = "auth."
+from wsproto import ConnectionType, WSConnection
+from wsproto.utilities import ProtocolError
+
+from ..protocol import AUTH_PREFIX, TOKEN_PARAM
 
 _LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+#: An RFC 7230 token, as Werkzeug spells header names in the environ (``HTTP_X_Y``).
+_HEADER_NAME = re.compile(r"[A-Z0-9!#$%&'*+.^_`|~]+")
+#: Control characters other than HTAB are not allowed in a header value.
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
 class Rejection:
-    """A handshake answered with an HTTP status instead of ``101``."""
+    """A request answered with an HTTP status instead of being served (``101`` or a view)."""
 
     status: int
     message: str
     reason: str
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: What to log besides the request line (the refused value, sanitised).
+    detail: str = ""
 
 
 Origin = tuple[str, str, "int | None"]
+
+
+def printable(value: str, limit: int = 100) -> str:
+    """``value`` quoted for a log line: control characters escaped, cut to ``limit`` chars."""
+    text = value if len(value) <= limit else value[:limit] + "…"
+    return repr(text)
 
 
 def parse_origin(text: str) -> Origin | None:
@@ -65,22 +79,31 @@ def parse_origin(text: str) -> Origin | None:
 
 
 class OriginPolicy:
-    """An exact allowlist of origins (parsed, never prefix-matched)."""
+    """An exact allowlist of origins (parsed, never prefix-matched); ``null`` only if listed."""
 
     def __init__(self, origins: Iterable[str]) -> None:
         self._allowed: set[Origin] = set()
+        self.allows_null = False
         for origin in origins:
             self.add(origin)
 
     def add(self, origin: str) -> None:
-        """Allow ``origin``; raise ``ValueError`` if it is not a valid origin."""
+        """Allow ``origin``; raise ``ValueError`` naming it if it is not a valid origin."""
+        if origin.strip() == "null":
+            self.allows_null = True
+            return
         parsed = parse_origin(origin)
         if parsed is None:
-            raise ValueError(f"not an origin: {origin!r}")
+            raise ValueError(
+                f"{printable(origin)} is not an origin (expected scheme://host[:port], "
+                "file:// or null)"
+            )
         self._allowed.add(parsed)
 
     def allows(self, origin: str) -> bool:
-        """Whether the ``Origin`` header value ``origin`` is on the list (``null`` never is)."""
+        """Whether the ``Origin`` header value ``origin`` is on the list."""
+        if origin.strip() == "null":
+            return self.allows_null
         parsed = parse_origin(origin)
         return parsed is not None and parsed in self._allowed
 
@@ -114,31 +137,53 @@ def allowed_hosts(bind_host: str) -> frozenset[str]:
 
 def check_host(environ: Mapping[str, Any], hosts: frozenset[str]) -> Rejection | None:
     """403 unless ``Host`` names this machine's loopback or the configured host (DNS rebinding)."""
-    name = host_name(environ.get("HTTP_HOST", ""))
+    value = environ.get("HTTP_HOST", "")
+    name = host_name(value)
     if name is None or name not in hosts:
-        return Rejection(403, "Forbidden: unexpected Host header", "host")
+        return Rejection(
+            403,
+            "Forbidden: unexpected Host header",
+            "host",
+            detail=f"host {printable(value)} not allowed (only loopback names and --host)",
+        )
     return None
+
+
+def check_headers(environ: Mapping[str, Any]) -> Rejection | None:
+    """400 for a header name that is not a token or a value with a control character."""
+    for key, value in environ.items():
+        if not key.startswith("HTTP_"):
+            continue
+        if not _HEADER_NAME.fullmatch(key[5:]):
+            return Rejection(400, "Bad Request: malformed header name", "header")
+        if isinstance(value, str) and _BAD_VALUE.search(value):
+            name = key[5:].replace("_", "-").title()
+            return Rejection(400, f"Bad Request: control character in {name}", "header")
+    return None
+
+
+def _tokens(value: str) -> set[str]:
+    return {part.strip(" \t").lower() for part in value.split(",")}
 
 
 def check_upgrade(environ: Mapping[str, Any]) -> Rejection | None:
     """RFC 6455 section 4.2.1: method, Upgrade, Connection, version and key."""
     if environ.get("REQUEST_METHOD") != "GET":
         return Rejection(405, "Method Not Allowed: use GET", "method", {"Allow": "GET"})
-    if environ.get("HTTP_UPGRADE", "").strip().lower() != "websocket":
+    if "websocket" not in _tokens(environ.get("HTTP_UPGRADE", "")):
         return Rejection(
             400, "Bad Request: this is a WebSocket endpoint (Upgrade: websocket)", "upgrade"
         )
-    tokens = {t.strip().lower() for t in environ.get("HTTP_CONNECTION", "").split(",")}
-    if "upgrade" not in tokens:
+    if "upgrade" not in _tokens(environ.get("HTTP_CONNECTION", "")):
         return Rejection(400, "Bad Request: Connection header must include Upgrade", "upgrade")
-    if environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip() != "13":
+    if environ.get("HTTP_SEC_WEBSOCKET_VERSION", "").strip(" \t") != "13":
         return Rejection(
             426,
             "Upgrade Required: Sec-WebSocket-Version 13",
             "version",
             {"Sec-WebSocket-Version": "13"},
         )
-    key = environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
+    key = environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip(" \t")
     try:
         valid_key = len(base64.b64decode(key, validate=True)) == 16
     except (binascii.Error, ValueError):
@@ -148,10 +193,42 @@ def check_upgrade(environ: Mapping[str, Any]) -> Rejection | None:
     return None
 
 
+def handshake_bytes(environ: Mapping[str, Any]) -> bytes:
+    """The request head as simple-websocket's ``Server`` rebuilds it from the environ."""
+    lines = [b"GET / HTTP/1.1\r\n"]
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            name = "-".join(part.capitalize() for part in key[5:].split("_"))
+            lines.append(f"{name}: {value}\r\n".encode())
+    return b"".join(lines) + b"\r\n"
+
+
+def check_wsproto(environ: Mapping[str, Any]) -> Rejection | None:
+    """400 if wsproto would refuse the handshake the WebSocket library is about to make.
+
+    The checks above answer every case we know of; this one guarantees that nothing the
+    library's parser refuses can slip past them and turn into a 500 after the fact.
+    """
+    try:
+        WSConnection(ConnectionType.SERVER).receive_data(handshake_bytes(environ))
+    except (ProtocolError, UnicodeEncodeError) as exc:
+        return Rejection(400, f"Bad Request: malformed WebSocket handshake ({exc})", "handshake")
+    return None
+
+
 def offered_subprotocols(environ: Mapping[str, Any]) -> list[str]:
     """The client's ``Sec-WebSocket-Protocol`` offers, in order."""
     value = environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "")
-    return [p.strip() for p in value.split(",") if p.strip()]
+    return [p.strip(" \t") for p in value.split(",") if p.strip(" \t")]
+
+
+def query_token(query_string: str) -> str | None:
+    """The value of the ``token`` parameter, under exactly that (undecoded) name."""
+    for part in query_string.split("&"):
+        name, sep, value = part.partition("=")
+        if sep and name == TOKEN_PARAM:
+            return unquote(value)
+    return None
 
 
 def presented_token(environ: Mapping[str, Any]) -> str | None:
@@ -159,13 +236,10 @@ def presented_token(environ: Mapping[str, Any]) -> str | None:
     for proto in offered_subprotocols(environ):
         if proto.startswith(AUTH_PREFIX):
             return proto[len(AUTH_PREFIX) :]
-    auth = environ.get("HTTP_AUTHORIZATION", "")
-    scheme, _, value = auth.partition(" ")
+    scheme, _, value = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-    tokens = query.get("token")
-    return tokens[0] if tokens else None
+    return query_token(environ.get("QUERY_STRING", ""))
 
 
 UNAUTHORIZED = Rejection(401, "Unauthorized: a valid token is required", "token")
@@ -191,26 +265,42 @@ def same_origin(origin: Origin, host_header: str) -> bool:
 
 
 def check_origin(environ: Mapping[str, Any], policy: OriginPolicy) -> Rejection | None:
-    """403 for an Origin that is neither on the allowlist nor the server's own (``null`` never).
+    """403 for an Origin that is neither on the allowlist nor the server's own.
 
     The server's own origin is ``http://`` + the ``Host`` header, which the Host check has
-    already restricted to loopback names. An absent Origin (a non-browser client) passes;
-    with authentication on, the token check that follows is what admits it.
+    already restricted to loopback names. An absent Origin (a non-browser client) passes; the
+    token check that follows is what admits it (and a listed ``null``).
     """
     origin = environ.get("HTTP_ORIGIN")
-    if origin is None:
+    if origin is None or policy.allows(origin):
         return None
     parsed = parse_origin(origin)
-    if parsed is None or not (
-        policy.allows(origin) or same_origin(parsed, environ.get("HTTP_HOST", ""))
-    ):
-        return Rejection(403, "Forbidden: origin not allowed", "origin")
-    return None
+    if parsed is not None and same_origin(parsed, environ.get("HTTP_HOST", "")):
+        return None
+    return Rejection(
+        403,
+        "Forbidden: origin not allowed",
+        "origin",
+        detail=f"origin {printable(origin)} not allowed (add it with --allowed-origins)",
+    )
 
 
-_TOKEN_QUERY = re.compile(r"(?i)(token=)[^&\s\"]*")
+_QUERY_PARAM = re.compile(r"(?<=[?&;])([^=&\s\"']*)=([^&\s\"']*)")
+
+
+def _redact_param(match: re.Match[str]) -> str:
+    name = match[1]
+    if unquote_plus(name).strip().casefold() == TOKEN_PARAM:
+        return f"{name}=[redacted]"
+    return match[0]
 
 
 def redact(text: str) -> str:
-    """``text`` with any ``token=...`` query value replaced by ``[redacted]``."""
-    return _TOKEN_QUERY.sub(r"\1[redacted]", text)
+    """``text`` with the value of every query parameter that decodes to ``token`` removed.
+
+    Every spelling counts (``%74oken``, ``TOKEN``, ``tok%65n``), so that no log line can show a
+    token even when the request used a spelling the server does not accept.
+    """
+    if "=" not in text:
+        return text
+    return _QUERY_PARAM.sub(_redact_param, text)

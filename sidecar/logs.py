@@ -1,0 +1,155 @@
+"""Logging that can never wedge the process, and rate limits for noisy log lines.
+
+A desktop parent that pipes stderr and never reads it (Node's default) fills the pipe, and a
+plain ``StreamHandler`` then blocks whichever thread logs: the hub thread, a request thread.
+:func:`setup` installs a :class:`DroppingQueueHandler` instead: records go into a bounded
+queue and **one writer thread** (``sidecar-log``) writes them to stderr
+or ``--log-file``. When the queue is full the record is dropped and counted
+(:func:`dropped`, reported in ``/api/v1/hub``); no thread that logs ever waits.
+
+Threads: any thread logs; the writer thread alone touches the stream. ``_lock`` in
+:class:`LogLimiter` guards its table.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import queue
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import TextIO
+
+#: Records waiting for the writer thread before new ones are dropped.
+QUEUE_SIZE = 10_000
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: The loggers the sidecar configures: its own, and the servers' it runs under.
+LOGGERS = ("sidecar", "werkzeug", "gunicorn.error")
+
+
+class DroppingQueueHandler(logging.handlers.QueueHandler):
+    """A ``QueueHandler`` that drops (and counts) instead of blocking or raising when full."""
+
+    def __init__(self, q: queue.Queue[logging.LogRecord | None]) -> None:
+        super().__init__(q)
+        self.dropped = 0  # benign race between logging threads: a monitoring counter
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        """Queue ``record`` without waiting; count it when there is no room."""
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+class _Writer:
+    """The one thread that writes log records to the real handler (``sidecar-log``)."""
+
+    def __init__(self, records: queue.Queue[logging.LogRecord | None], target: logging.Handler):
+        self.records = records
+        self.target = target
+        self.thread = threading.Thread(target=self._run, name="sidecar-log", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (record := self.records.get()) is not None:
+            self.target.handle(record)
+        self.target.close()
+
+    def stop(self, timeout: float) -> None:
+        """Write what is queued and end, waiting at most ``timeout`` (a wedged pipe)."""
+        try:
+            self.records.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self.thread.join(timeout)
+
+
+class _State:
+    handler: DroppingQueueHandler | None = None
+    writer: _Writer | None = None
+
+
+def setup(level: str, *, log_file: str | None = None, stream: TextIO | None = None) -> None:
+    """Send the sidecar's log lines through the bounded queue to ``log_file`` or stderr.
+
+    Raises ``OSError`` when ``log_file`` cannot be opened for appending. Werkzeug's request
+    lines are shown only at ``debug``. Calling it again replaces the previous setup.
+    """
+    target: logging.Handler
+    if log_file is not None:
+        target = logging.FileHandler(log_file, encoding="utf-8")
+    else:
+        target = logging.StreamHandler(stream or sys.stderr)
+    target.setFormatter(logging.Formatter(FORMAT))
+    shutdown()
+    records: queue.Queue[logging.LogRecord | None] = queue.Queue(QUEUE_SIZE)
+    handler = DroppingQueueHandler(records)
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.propagate = False
+        logger.setLevel(numeric)
+    logging.getLogger("werkzeug").setLevel(logging.INFO if level == "debug" else logging.WARNING)
+    _State.handler, _State.writer = handler, _Writer(records, target)
+
+
+def dropped() -> int:
+    """Log records dropped because the writer could not keep up (0 without :func:`setup`)."""
+    return _State.handler.dropped if _State.handler is not None else 0
+
+
+def shutdown(timeout: float = 1.0) -> None:
+    """Write what is queued (waiting at most ``timeout``) and stop the writer thread."""
+    writer, _State.writer = _State.writer, None
+    if writer is not None:
+        writer.stop(timeout)
+
+
+class LogLimiter:
+    """At most one line per key and interval: the first occurrence, then a count.
+
+    ``check(key)`` returns ``None`` to stay silent, ``0`` for a first occurrence, or the
+    number of occurrences suppressed since the last line. The table is bounded
+    (``max_keys``, least recently used first out). Thread-safe.
+    """
+
+    def __init__(
+        self,
+        interval: float = 10.0,
+        max_keys: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval = interval
+        self.max_keys = max_keys
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[Hashable, list[float | int]] = OrderedDict()
+
+    def check(self, key: Hashable) -> int | None:
+        """Record one occurrence of ``key``; whether (and with what count) to log it."""
+        now = self._clock()
+        with self._lock:
+            entry = self._seen.get(key)
+            if entry is None:
+                self._seen[key] = [now, 0]
+                if len(self._seen) > self.max_keys:
+                    self._seen.popitem(last=False)
+                return 0
+            self._seen.move_to_end(key)
+            if now - entry[0] >= self.interval:
+                suppressed = int(entry[1])
+                entry[0], entry[1] = now, 0
+                return suppressed
+            entry[1] += 1
+            return None
+
+    def pop(self, key: Hashable) -> int:
+        """Forget ``key``; the occurrences suppressed since its last line."""
+        with self._lock:
+            entry = self._seen.pop(key, None)
+        return 0 if entry is None else int(entry[1])

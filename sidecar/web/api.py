@@ -1,0 +1,119 @@
+"""The HTTP API under ``/api/v1``: publish events, read the counters. Token required.
+
+Request threads only; it reads the shared :class:`~sidecar.web.state.SidecarState` and hands
+events to the hub (whose inbox is its only synchronisation) or to the broker.
+
+``POST /api/v1/events`` takes one envelope ``{"type", "payload"}`` or a JSON array of them
+(all or nothing). Known types are validated against the catalog (422 naming the field); other
+names must be ``namespace:kebab-case`` (app-specific events pass through). The server stamps
+the timestamp; the hub (or the broker) assigns ``seq``. Answers 202 with the envelopes as
+broadcast, ``seq`` included. Every error is JSON ``{"error": "…"}``, 404 and 405 included.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, Response, request
+from werkzeug.exceptions import HTTPException
+
+from .. import logs
+from ..catalog import PublishError, parse_publish_body
+from ..core.hub import PublishRefused
+from .guards import check_token
+from .state import SidecarState
+
+#: Most events in one batch.
+MAX_BATCH = 10_000
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    response = Response(
+        json.dumps(body, ensure_ascii=False, separators=(",", ":")) + "\n",
+        status=status,
+        mimetype="application/json",
+    )
+    response.headers.update(headers or {})
+    return response
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """A JSON error response ``{"error": message}``."""
+    return _json(status, {"error": message}, headers)
+
+
+def read_body(limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes; raises :class:`PublishError` (400/413)."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PublishError(413, f"body of {length} bytes; at most {limit}")
+    try:
+        body = request.stream.read(limit + 1)
+    except (OSError, ValueError, HTTPException) as exc:  # a malformed chunk, a cut-off body
+        raise PublishError(400, f"malformed request body: {exc}") from None
+    if len(body) > limit:
+        raise PublishError(413, f"body larger than {limit} bytes")
+    return body
+
+
+def _publish(state: SidecarState) -> Response:
+    try:
+        body = read_body(state.config.max_event_bytes)
+        events = parse_publish_body(
+            body, max_event_bytes=state.config.max_event_bytes, max_batch=MAX_BATCH
+        )
+    except PublishError as exc:
+        return error(exc.status, exc.message)
+    try:
+        seqs = state.hub.publish(events)
+    except PublishRefused as exc:
+        return error(503, f"not broadcast: {exc}; retry", {"Retry-After": "1"})
+    except ValueError as exc:  # larger than the hub's limit (the parser checks this too)
+        return error(413, str(exc))
+    out = [{**event.to_dict(), "seq": seq} for event, seq in zip(events, seqs, strict=True)]
+    return _json(202, {"accepted": len(out), "seqs": seqs, "events": out})
+
+
+def _counters(state: SidecarState) -> dict[str, Any]:
+    return {
+        "hub": state.hub.snapshot(),
+        "sessions": state.sessions.snapshot(),
+        "logs": {"dropped": logs.dropped()},
+    }
+
+
+def api_blueprint(
+    state: SidecarState, prefix: str = "/api/v1", guard: Callable[[], Response | None] | None = None
+) -> Blueprint:
+    """The ``/api/v1`` routes bound to ``state``; ``guard`` runs first (the Host check)."""
+    bp = Blueprint("sidecar_api", __name__, url_prefix=prefix)
+
+    @bp.before_request
+    def authenticate() -> Response | None:
+        if guard is not None and (response := guard()) is not None:
+            return response
+        if check_token(request.environ, state.token):
+            state.sessions.count_rejection("token", handshake=False)
+            return error(401, "Unauthorized: a valid token is required")
+        return None
+
+    def route(path: str, method: str, view: Callable[[], Response]) -> None:
+        def dispatch() -> Response:
+            if request.method == method or (method == "GET" and request.method == "HEAD"):
+                return view()
+            return error(405, f"method not allowed: use {method}", {"Allow": method})
+
+        bp.add_url_rule(path, path.strip("/") or "index", dispatch, methods=_ALL_METHODS)
+
+    route("/events", "POST", lambda: _publish(state))
+    route("/hub", "GET", lambda: _json(200, _counters(state)))
+
+    @bp.route("/", defaults={"rest": ""}, methods=_ALL_METHODS)
+    @bp.route("/<path:rest>", methods=_ALL_METHODS)
+    def not_found(rest: str) -> Response:
+        return error(404, f"no such endpoint: {prefix}/{rest}")
+
+    return bp

@@ -1,0 +1,277 @@
+"""The hub as a Flask extension (:class:`EventHub`), and the sidecar's own app (:func:`create_app`).
+
+``EventHub(app)`` (or ``EventHub()`` then ``init_app(app)`` in a factory) adds ``/ws`` (served
+by flask-sock), the publish API under ``/api/v1`` and ``/client/…`` to an existing Flask app,
+each behind the Host guard, without touching the app's other routes. Options come from
+keyword arguments, then ``app.config["SIDECAR_…"]``, then ``SIDECAR_…`` variables
+(:func:`sidecar.config.load`). A hub without a token refuses to start unless ``auth=False``.
+
+The per-app state lives in ``app.extensions["sidecar"]`` (a :class:`SidecarState`); the
+extension object keeps no app. Its methods find the state through ``current_app`` inside an
+app context, or use the one app it was initialised on (outside a context, e.g. in a worker
+thread of yours). The hub thread (and a broker's relay) start in the serving process on the
+first request or publish, never before a fork: gunicorn ``--preload`` works.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from flask import Flask, Response, current_app, has_app_context, jsonify, request
+
+from .. import __version__
+from ..config import Config, load, resolve_token
+from ..core.client import Client, MessageHandler
+from ..core.hub import Hub
+from ..envelope import Event
+from .api import api_blueprint
+from .guards import check_host, redact
+from .pages import pages_blueprint
+from .session import EventHandler, ServerOptions, envelope_handler, reject, ws_blueprint
+from .state import SidecarState
+
+log = logging.getLogger("sidecar")
+
+
+class _UpgradeHeaders:
+    """WSGI middleware: optional whitespace around ``Upgrade``/``Connection`` values removed.
+
+    RFC 7230 3.2.4 says it is not part of the value, but Werkzeug's router compares
+    ``Upgrade`` verbatim to decide whether a request is a WebSocket one, so ``websocket ``
+    would reach the plain route. Only requests for the hub's WebSocket paths are touched.
+    """
+
+    def __init__(self, app: Callable[..., Any], paths: set[str]) -> None:
+        self.app = app
+        self.paths = paths  # the state's set: routes added later count too
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") in self.paths:
+            for key in ("HTTP_UPGRADE", "HTTP_CONNECTION"):
+                if key in environ:
+                    environ[key] = environ[key].strip(" \t")
+        return self.app(environ, start_response)
+
+
+class _Redact(logging.Filter):
+    """Removes token values from Werkzeug's access log lines (``app.run()``, ``flask run``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def _install_redaction() -> None:
+    werkzeug_log = logging.getLogger("werkzeug")
+    if not any(isinstance(f, _Redact) for f in werkzeug_log.filters):
+        werkzeug_log.addFilter(_Redact())
+
+
+class EventHub:
+    """The sidecar's WebSocket event hub for a Flask app (``from sidecar import EventHub``).
+
+    ``EventHub(app, token="…")`` or ``EventHub(**options)`` + ``init_app(app)``. ``options``
+    are :class:`~sidecar.config.Config` fields (``queue_size=…``, ``broker="redis://…"``).
+    ``ws_path`` and ``api_prefix`` place the routes; ``debug_page`` (a path, default none)
+    serves the debug page; ``guard_all_routes`` applies the Host guard to every route of the
+    app (the sidecar's own app does), not only the hub's.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        config: Config | None = None,
+        hub: Hub | None = None,
+        ws_path: str = "/ws",
+        api_prefix: str = "/api/v1",
+        debug_page: str | None = None,
+        guard_all_routes: bool = False,
+        **options: Any,
+    ) -> None:
+        self._config = config
+        self._hub = hub
+        self._options = options
+        self.ws_path = ws_path
+        self.api_prefix = api_prefix
+        self.debug_page = debug_page
+        self.guard_all_routes = guard_all_routes
+        self._handler: EventHandler | None = None
+        self._states: list[weakref.ReferenceType[SidecarState]] = []
+        if app is not None:
+            self.init_app(app)
+
+    # -- setup -----------------------------------------------------------------------------
+    def init_app(self, app: Flask) -> None:
+        """Add the hub's routes to ``app``; raises :class:`~sidecar.config.ConfigError`."""
+        config = self._config.with_options(**self._options) if self._config else None
+        config = config or load(self._options, app_config=app.config)
+        config = resolve_token(config, generate=False)
+        broker = _broker(config)
+        hub = self._hub or Hub(config, autostart=True, sequencer=broker)
+        state = SidecarState(config, hub, broker=broker)
+        state.extension = self
+        app.extensions["sidecar"] = state
+        guard = self._guard(state)
+        if self.guard_all_routes:
+            app.before_request(guard)
+        route_guard = None if self.guard_all_routes else guard
+        app.config["SOCK_SERVER_OPTIONS"] = ServerOptions(app.config.get("SOCK_SERVER_OPTIONS"))
+        app.wsgi_app = _UpgradeHeaders(app.wsgi_app, state.ws_paths)  # type: ignore[method-assign]
+        add_websocket_route(
+            app,
+            "sidecar_ws",
+            self.ws_path,
+            lambda: envelope_handler(state, self._handler),
+            guard=route_guard,
+        )
+        app.register_blueprint(api_blueprint(state, self.api_prefix, guard=route_guard))
+        app.register_blueprint(
+            pages_blueprint(state, debug_page=self.debug_page, guard=route_guard)
+        )
+        _install_redaction()
+        if not config.auth:
+            log.warning(
+                "auth is off: any local process or web page on an allowed origin can connect"
+            )
+        self._states.append(weakref.ref(state))
+
+    def _guard(self, state: SidecarState) -> Callable[[], Response | None]:
+        ws_endpoint = "sidecar_ws.websocket"
+
+        def guard_host() -> Response | None:
+            state.ensure_started()
+            rejection = check_host(request.environ, state.hosts)
+            if rejection is None:
+                return None
+            return reject(state, rejection, handshake=request.endpoint == ws_endpoint)
+
+        return guard_host
+
+    # -- the state of the app in use ---------------------------------------------------------
+    @property
+    def state(self) -> SidecarState:
+        """The state of the current app (inside an app context) or of the only app."""
+        if has_app_context():
+            state = current_app.extensions.get("sidecar")
+            if isinstance(state, SidecarState):
+                return state
+        live = [s for ref in self._states if (s := ref()) is not None]
+        if len(live) == 1:
+            return live[0]
+        raise RuntimeError(
+            "EventHub is not initialised on an app"
+            if not live
+            else "EventHub serves several apps: call it inside an app context"
+        )
+
+    @property
+    def hub(self) -> Hub:
+        """The :class:`~sidecar.core.hub.Hub` of the app in use (started on first use)."""
+        state = self.state
+        state.ensure_started()
+        return state.hub
+
+    # -- the hub's API -------------------------------------------------------------------------
+    def broadcast_event(self, event: Event) -> bool:
+        """Broadcast one event to every client (see :meth:`Hub.broadcast_event`)."""
+        return self.hub.broadcast_event(event)
+
+    def broadcast(self, data: bytes | str) -> bool:
+        """Broadcast a pre-encoded envelope (see :meth:`Hub.broadcast`)."""
+        return self.hub.broadcast(data)
+
+    def broadcast_many(self, events: Iterable[Event]) -> int:
+        """Broadcast several events as one batch, all or none (see :meth:`Hub.broadcast_many`)."""
+        return self.hub.broadcast_many(events)
+
+    def publish(self, events: Sequence[Event]) -> list[int]:
+        """Broadcast events and return their ``seq`` numbers (see :meth:`Hub.publish`)."""
+        return self.hub.publish(events)
+
+    def send_to_client(self, client: Client, event: Event) -> bool:
+        """Send one event to one client, without ``seq`` (see :meth:`Hub.send_to_client`)."""
+        return self.hub.send_to_client(client, event)
+
+    def client_count(self) -> int:
+        """Connected clients."""
+        return self.hub.client_count()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The hub's counters (see :meth:`Hub.snapshot`)."""
+        return self.hub.snapshot()
+
+    def set_message_handler(self, handler: EventHandler | None) -> None:
+        """Set the function that gets client→server events: ``fn(client, event)``.
+
+        It runs on the connection's request thread; it may answer with
+        :meth:`send_to_client`. Without one, client events are logged at debug level.
+        """
+        self._handler = handler
+
+    def on_message(self, handler: EventHandler) -> EventHandler:
+        """Decorator form of :meth:`set_message_handler`."""
+        self._handler = handler
+        return handler
+
+    def stop(self, timeout: float = 2.0) -> bool:
+        """Close every client with 1001 and stop the hub; whether it ended in time."""
+        state = self.state
+        if state.broker is not None:
+            state.broker.stop()
+        return state.hub.stop(timeout=timeout)
+
+
+def add_websocket_route(
+    app: Flask,
+    name: str,
+    path: str,
+    on_message: Callable[[], MessageHandler],
+    *,
+    greet: bool = True,
+    guard: Callable[[], Response | None] | None = None,
+) -> None:
+    """Serve another WebSocket endpoint at ``path`` on the app's hub, with every guard of
+    ``/ws`` (``greet=False``: no ``connection:status``). ``on_message`` returns the handler
+    for each new session.
+    """
+    state: SidecarState = app.extensions["sidecar"]
+    state.ws_paths.add(path)
+    app.register_blueprint(ws_blueprint(state, name, path, on_message, greet=greet, guard=guard))
+
+
+def _broker(config: Config) -> Any:
+    """The broker for ``config.broker`` (imported only when one is configured)."""
+    if not config.broker:
+        return None
+    from ..broker.redis import RedisBroker
+
+    return RedisBroker.from_config(config)
+
+
+def create_app(config: Config | None = None, hub: Hub | None = None, **options: Any) -> Flask:
+    """The sidecar's own app: the hub, ``/health`` and the debug page at ``/``.
+
+    ``config`` (or keyword options, or ``SIDECAR_*`` variables) must give a token, or turn
+    auth off. The Host guard covers every route; Flask's default static route is off.
+    """
+    app = Flask("sidecar", static_folder=None)
+    EventHub(app, config=config, hub=hub, debug_page="/", guard_all_routes=True, **options)
+    state: SidecarState = app.extensions["sidecar"]
+
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify(
+            status="ok" if state.hub.is_running() else "stopping",
+            version=__version__,
+            uptime=round(time.monotonic() - state.started, 3),
+        )
+
+    return app

@@ -1,0 +1,337 @@
+"""``/ws`` on flask-sock: every check before the ``101``, then one session to its end.
+
+Request threads only. For each upgrade request:
+
+1. :func:`admit`, in a ``before_request`` scoped to the endpoint, runs every check (upgrade
+   headers, header syntax, Origin, token, subprotocol, ``since``, server support, capacity,
+   the replay budget, and what wsproto itself would refuse) and answers a refusal with a
+   plain HTTP status. When it admits the request it takes a session slot, creates the
+   :class:`~sidecar.core.connection.Connection` and puts its guarded socket where
+   simple-websocket looks for the request's socket.
+2. flask-sock's ``Sock.route`` view builds a stock simple-websocket ``Server`` with the options
+   of :class:`ServerOptions` (our reader thread and wake-up event for this request) and calls
+   :func:`run_session`, which registers a :class:`~sidecar.core.client.Client` with the hub,
+   runs its read loop and ends the session: closing handshake, reader joined, socket shut
+   down, so nothing (not flask-sock's close, not Werkzeug's trailing ``200 OK``) can follow
+   the close frame.
+3. A ``teardown_request`` gives the slot back, however the request ended.
+
+State: ``flask.g.sidecar_session`` carries the admitted session from step 1 to step 2 (one
+request context, one thread). Counters live in :class:`~sidecar.web.state.Sessions`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+from flask_sock import Sock
+
+from ..core.client import Client, Close, MessageHandler
+from ..core.connection import Connection, MessageSource
+from ..protocol import SINCE_PARAM, SUBPROTOCOL, CloseCode, Since
+from .guards import (
+    Rejection,
+    check_headers,
+    check_origin,
+    check_token,
+    check_upgrade,
+    check_wsproto,
+    offered_subprotocols,
+    redact,
+)
+from .state import SidecarState
+
+log = logging.getLogger("sidecar.session")
+
+#: Bytes simple-websocket reads from the socket at a time.
+RECEIVE_BYTES = 16384
+#: The environ keys under which Werkzeug and gunicorn hand over the request's socket.
+SOCKET_KEYS = ("werkzeug.socket", "gunicorn.socket")
+#: What a client→server event is handed to: ``fn(client, event)`` on the reader's thread.
+EventHandler = Callable[[Client, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """An admitted upgrade request, from the guard to the view."""
+
+    conn: Connection
+    since: Since | None
+    backfill: tuple[tuple[int, bytes], ...]
+    remote: str
+
+
+def reject(state: SidecarState, rejection: Rejection, *, handshake: bool) -> Response:
+    """Count, log (rate-limited, token redacted) and answer ``rejection`` as plain text."""
+    state.sessions.count_rejection(rejection.reason, handshake=handshake)
+    suppressed = state.log_limit.check(("refused", request.remote_addr, rejection.reason))
+    if suppressed is not None:
+        more = f" ({suppressed} more like it not logged)" if suppressed else ""
+        log.info(
+            "%s refused (%d %s): %s %s from %s%s%s",
+            "handshake" if handshake else "request",
+            rejection.status,
+            rejection.reason,
+            request.method,
+            redact(request.full_path.rstrip("?")),
+            request.remote_addr,
+            f": {rejection.detail}" if rejection.detail else "",
+            more,
+        )
+    response = Response(rejection.message + "\n", status=rejection.status, mimetype="text/plain")
+    response.headers.update(rejection.headers)
+    return response
+
+
+def _since(environ: Mapping[str, Any]) -> Since | Rejection | None:
+    values = request.args.getlist(SINCE_PARAM)
+    if not values:
+        return None
+    try:
+        return Since.parse(values[-1])
+    except ValueError as exc:
+        return Rejection(400, f"Bad Request: {exc}", "since")
+
+
+def _unavailable(message: str, reason: str, retry_after: float = 1.0) -> Rejection:
+    seconds = str(max(1, math.ceil(retry_after)))
+    return Rejection(503, f"Service Unavailable: {message}", reason, {"Retry-After": seconds})
+
+
+def _checks(state: SidecarState, environ: Mapping[str, Any]) -> Rejection | None:
+    rejection = (
+        check_upgrade(environ)
+        or check_headers(environ)
+        or check_origin(environ, state.origins)
+        or check_token(environ, state.token)
+    )
+    if rejection:
+        return rejection
+    offered = offered_subprotocols(environ)
+    if offered and SUBPROTOCOL not in offered:
+        return Rejection(400, f"Bad Request: offer the {SUBPROTOCOL} subprotocol", "subprotocol")
+    if not any(isinstance(environ.get(key), socket.socket) for key in SOCKET_KEYS):
+        return Rejection(
+            501,
+            "Not Implemented: this WSGI server does not expose its socket "
+            "(use the sidecar CLI, Werkzeug or gunicorn -k gthread)",
+            "server",
+        )
+    return check_wsproto(environ)
+
+
+def _backfill(state: SidecarState, since: Since | None) -> tuple[tuple[int, bytes], ...]:
+    """Events older than the local window, from the broker (``()`` when not needed or gone)."""
+    hub, broker = state.hub, state.broker
+    if broker is None or since is None or since.epoch != hub.epoch:
+        return ()
+    start = hub.window_start()
+    if start is not None and since.seq + 1 >= start:
+        return ()
+    limit = state.config.history_size
+    items = broker.read_range(since.epoch, since.seq, limit) if limit > 0 else None
+    return tuple(items or ())
+
+
+def admit(state: SidecarState, environ: Mapping[str, Any]) -> Admission | Rejection:
+    """Every check for an upgrade request, cheapest first; a session slot if admitted."""
+    rejection = _checks(state, environ)
+    if rejection:
+        return rejection
+    since = _since(environ)
+    if isinstance(since, Rejection):
+        return since
+    if not state.hub.is_running():
+        return _unavailable("shutting down", "stopping")
+    peer = request.remote_addr or "?"
+    if since is not None:
+        wait = state.replays.retry_after(peer, state.hub.replay_estimate(since))
+        if wait > 0:
+            return _unavailable("too many replays; resume later", "replay-rate", wait)
+    backfill = _backfill(state, since)
+    if not state.sessions.try_enter():
+        return _unavailable("too many connections", "capacity")
+    key = next(key for key in SOCKET_KEYS if isinstance(environ.get(key), socket.socket))
+    sock: socket.socket = environ[key]
+    config = state.config
+    conn = Connection(
+        sock, write_deadline=config.write_deadline, max_message_size=config.max_message_size
+    )
+    return Admission(conn, since, backfill, f"{peer}:{environ.get('REMOTE_PORT', '?')}")
+
+
+class ServerOptions(Mapping[str, Any]):
+    """``SOCK_SERVER_OPTIONS`` as flask-sock reads it, per request.
+
+    On the hub's endpoints: our subprotocol, limit, no library pings, and this request's
+    reader thread and wake-up event. Elsewhere (an app's own flask-sock routes): the options
+    the app had set before, unchanged.
+    """
+
+    def __init__(self, previous: Mapping[str, Any] | None) -> None:
+        self.previous = dict(previous or {})
+
+    def _current(self) -> Mapping[str, Any]:
+        admission = g.get("sidecar_session")
+        if admission is None:
+            return self.previous
+        state: SidecarState = current_app.extensions["sidecar"]
+        conn = admission.conn
+        return {
+            "subprotocols": [SUBPROTOCOL],
+            "receive_bytes": RECEIVE_BYTES,
+            "ping_interval": None,  # keepalive is the hub thread's job
+            "max_message_size": state.config.max_message_size,  # coarse: counts characters
+            "thread_class": conn.reader_thread,
+            "event_class": conn.wakeup_event,
+        }
+
+    def __getitem__(self, key: str) -> Any:
+        return self._current()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._current())
+
+    def __len__(self) -> int:
+        return len(self._current())
+
+
+def envelope_handler(state: SidecarState, dispatch: EventHandler | None) -> MessageHandler:
+    """The ``/ws`` message policy: JSON envelopes go to ``dispatch``; binary closes with 1003.
+
+    Malformed JSON, and JSON that is not an object with a string ``type``, is logged (at most
+    one line per client and interval) and ignored, as in the Go original.
+    """
+
+    def complain(client: Client, kind: str, text: str) -> None:
+        suppressed = state.log_limit.check((client.id, kind))
+        if suppressed is not None:
+            more = f" ({suppressed} more not logged)" if suppressed else ""
+            log.warning("client %s sent %s (ignored)%s", client.id, text, more)
+
+    def on_message(client: Client, message: str | bytes) -> None:
+        if isinstance(message, bytes | bytearray):
+            raise Close(CloseCode.UNSUPPORTED_DATA, "binary messages are not supported")
+        try:
+            event = json.loads(message)
+        except ValueError as exc:
+            complain(client, "malformed", f"malformed JSON: {exc}")
+            return
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            complain(client, "not-envelope", "JSON that is not an event envelope")
+            return
+        if dispatch is None:
+            complain(client, "unhandled", f"{printable_type(event['type'])} (no message handler)")
+            return
+        dispatch(client, event)
+
+    return on_message
+
+
+def printable_type(name: str) -> str:
+    """An event type for a log line (quoted, escaped, at most 64 characters)."""
+    return repr(name[:64])
+
+
+def run_session(
+    state: SidecarState,
+    admission: Admission,
+    source: MessageSource,
+    on_message: MessageHandler,
+    *,
+    greet: bool = True,
+) -> None:
+    """One WebSocket session from registration to a finished closing handshake."""
+    hub, conn = state.hub, admission.conn
+    conn.attach(source)
+    client = Client(conn, state.config, remote=admission.remote)
+    log.info("client %s connected from %s", client.id, client.remote)
+    try:
+        if hub.register(client, admission.since, greet=greet, backfill=admission.backfill):
+            client.read_loop(on_message)
+        else:
+            conn.close(CloseCode.GOING_AWAY, "server shutting down")
+    except Exception:  # our own bug: close with 1011 and say so, never a traceback on the wire
+        log.exception("session of client %s failed: closing with 1011", client.id)
+        conn.close(CloseCode.INTERNAL_ERROR, "internal error")
+    finally:
+        hub.unregister(client)
+        ended_by = client.ended_by or conn.ended_by()  # before finish() sends its own close
+        client.finish(state.config.close_timeout)
+        state.sessions.count_end(ended_by)
+        for kind in ("malformed", "not-envelope", "unhandled"):
+            if suppressed := state.log_limit.pop((client.id, kind)):
+                log.warning(
+                    "client %s: %d more %s messages were not logged", client.id, suppressed, kind
+                )
+        log.info("client %s disconnected (%s)", client.id, ended_by)
+
+
+def ws_blueprint(
+    state: SidecarState,
+    name: str,
+    path: str,
+    on_message: Callable[[], MessageHandler],
+    *,
+    greet: bool = True,
+    guard: Callable[[], Response | None] | None = None,
+) -> Blueprint:
+    """A blueprint serving a WebSocket endpoint at ``path`` with the sidecar's machinery.
+
+    ``on_message`` returns the current message handler (looked up per session, so that a
+    handler set after the app was built applies); ``guard`` runs first (the Host check).
+    """
+    bp = Blueprint(name, __name__)
+    sock = Sock()
+    endpoint = f"{name}.websocket"
+
+    @bp.before_request
+    def guard_upgrade() -> Response | None:
+        if guard is not None and (response := guard()) is not None:
+            return response
+        if request.endpoint != endpoint:
+            return None
+        result = admit(state, request.environ)
+        if isinstance(result, Rejection):
+            return reject(state, result, handshake=True)
+        g.sidecar_session = result  # from here on, teardown gives the slot back
+        _hand_over(state, request.environ, result)
+        return None
+
+    @bp.teardown_request
+    def give_slot_back(_exc: BaseException | None) -> None:
+        if g.pop("sidecar_session", None) is not None:
+            state.sessions.leave()
+
+    @bp.route(path, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
+    def plain() -> Response:
+        rejection = check_upgrade(request.environ) or Rejection(
+            400, "Bad Request: malformed WebSocket upgrade", "upgrade"
+        )
+        return reject(state, rejection, handshake=True)
+
+    @sock.route(path, bp=bp, endpoint="websocket")
+    def websocket(ws: MessageSource) -> None:
+        run_session(state, g.sidecar_session, ws, on_message(), greet=greet)
+
+    return bp
+
+
+def _hand_over(state: SidecarState, environ: dict[str, Any], admission: Admission) -> None:
+    """Prepare the environ for simple-websocket: our socket, no timeout, no deflate offer."""
+    key = next(key for key in SOCKET_KEYS if isinstance(environ.get(key), socket.socket))
+    raw: socket.socket = environ[key]
+    raw.settimeout(None)  # the request deadline ends here; idle WebSockets live on
+    upgraded = environ.get("sidecar.upgraded")
+    if callable(upgraded):
+        upgraded()  # the server's request watchdog lets this connection go
+    if not state.config.compression:
+        environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+    environ[key] = admission.conn.socket

@@ -1,0 +1,188 @@
+"""What the web layer's views share: configuration, the hub, session counts, policies.
+
+One :class:`SidecarState` per Flask app (``app.extensions["sidecar"]``), built by
+:class:`sidecar.web.extension.EventHub`. Its configuration and policies are immutable once
+built; the mutable parts each have one guard:
+
+* :class:`Sessions` — its ``_lock`` guards the number of live WebSocket sessions (the
+  connection cap) and the counters of refusals and ended sessions; other threads read them
+  through :meth:`Sessions.snapshot`.
+* :class:`ReplayBudget` — its ``_lock`` guards the token buckets (bytes of replay per peer
+  address per second).
+* ``SidecarState._start_lock`` guards starting what must run in the serving process (the
+  hub thread, a broker's relay): once per process, on first use, never before a fork.
+* the hub: see :mod:`sidecar.core.hub` (its inbox is its only synchronisation).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from ..config import Config, ConfigError
+from ..core.hub import Hub
+from ..logs import LogLimiter
+from .guards import OriginPolicy, allowed_hosts
+
+#: Sessions that ended, named by who ended them: ``client-close-1000``, ``slow-consumer`` …
+EndReason = str
+
+
+class Sessions:
+    """Live WebSocket sessions, capped, and what happened to the others."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._active = 0
+        self._handshakes: dict[str, int] = {}
+        self._requests: dict[str, int] = {}
+        self._ended: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+
+    @property
+    def active(self) -> int:
+        """Live sessions now."""
+        return self._active
+
+    def try_enter(self) -> bool:
+        """Take a slot if one is free."""
+        with self._lock:
+            if self._active >= self.limit:
+                return False
+            self._active += 1
+            return True
+
+    def leave(self) -> None:
+        """Give a slot back."""
+        with self._idle:
+            self._active -= 1
+            self._idle.notify_all()
+
+    def count_end(self, reason: EndReason) -> None:
+        """Count a finished session under ``reason``."""
+        with self._lock:
+            self._ended[reason] = self._ended.get(reason, 0) + 1
+
+    def count_rejection(self, reason: str, *, handshake: bool) -> None:
+        """Count a refused WebSocket handshake, or another refused request, under ``reason``."""
+        with self._lock:
+            table = self._handshakes if handshake else self._requests
+            table[reason] = table.get(reason, 0) + 1
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no session is live; ``False`` if ``timeout`` passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A consistent copy of the counts, as ``/api/v1/hub`` shows them."""
+        with self._lock:
+            return {
+                "active": self._active,
+                "limit": self.limit,
+                "rejectedHandshakes": dict(self._handshakes),
+                "rejectedRequests": dict(self._requests),
+                "ended": dict(self._ended),
+            }
+
+
+class ReplayBudget:
+    """Bytes of replay a peer address may ask for: ``rate`` per second, bursts of ``2 * rate``.
+
+    A resume costs what its replay will send; one whose cost the bucket cannot cover is
+    refused with 503 before the upgrade. ``rate`` 0 turns the budget off. At most
+    ``max_peers`` addresses are tracked (least recently used out).
+    """
+
+    def __init__(
+        self, rate: int, max_peers: int = 1024, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = 2 * rate
+        self.max_peers = max_peers
+        self._clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def retry_after(self, peer: str, cost: int) -> float:
+        """Charge ``cost`` bytes to ``peer``; 0 if granted, else the seconds to wait first."""
+        if self.rate <= 0 or cost <= 0:
+            return 0.0
+        now = self._clock()
+        with self._lock:
+            level, then = self._buckets.pop(peer, (float(self.burst), now))
+            level = min(float(self.burst), level + (now - then) * self.rate)
+            if level >= min(cost, self.burst):
+                level -= cost
+                wait = 0.0
+            else:
+                wait = (min(cost, self.burst) - level) / self.rate
+            self._buckets[peer] = (level, now)
+            if len(self._buckets) > self.max_peers:
+                self._buckets.popitem(last=False)
+        return wait
+
+
+class SidecarState:
+    """Everything the views of one app share (``app.extensions["sidecar"]``)."""
+
+    def __init__(self, config: Config, hub: Hub, *, broker: Any = None) -> None:
+        if config.auth and not config.token:
+            raise ConfigError("SIDECAR_TOKEN", "is not set")
+        try:
+            self.origins = OriginPolicy(config.allowed_origins)
+        except ValueError as exc:
+            raise ConfigError("--allowed-origins:", str(exc)) from None
+        if self.origins.allows_null and not config.auth:
+            raise ConfigError(
+                "--allowed-origins null", "needs the token: sandboxed iframes of any site send it"
+            )
+        self.config = config
+        self.hub = hub
+        #: The :class:`~sidecar.web.extension.EventHub` that built this state.
+        self.extension: Any = None
+        self.broker = broker
+        self.token = config.token if config.auth else None
+        self.hosts = allowed_hosts(config.host)
+        self.sessions = Sessions(config.max_clients)
+        self.replays = ReplayBudget(config.replay_rate)
+        #: Rate limit for log lines a client can cause (malformed messages, refusals).
+        self.log_limit = LogLimiter()
+        #: Paths of the app's WebSocket endpoints (the upgrade-header middleware's list).
+        self.ws_paths: set[str] = set()
+        self.started = time.monotonic()
+        self._started_pid: int | None = None
+        self._start_lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self._start_lock = threading.Lock()  # another thread may have held it at the fork
+
+    def ensure_started(self) -> None:
+        """Start the hub thread, and the broker's relay, in this process if not yet done.
+
+        With a broker, the hub first takes the broker's epoch and ``seq`` so that clients of
+        this process join the one numbered stream. Raises the broker's error when it cannot
+        be reached (the caller answers 503, or reports it at start).
+        """
+        if self._started_pid == os.getpid():
+            return
+        with self._start_lock:
+            if self._started_pid == os.getpid():
+                return
+            if self.broker is not None:
+                epoch, seq = self.broker.head()
+                self.hub.reset(epoch, seq, "start")
+                self.broker.start_relay(self.hub)
+            self.hub.is_running()  # starts the hub thread here (autostart)
+            self._started_pid = os.getpid()
+
+    def allow_own_origin(self, port: int) -> None:
+        """Allow pages served by the sidecar itself (``http://127.0.0.1:PORT`` and friends)."""
+        for host in ("127.0.0.1", "localhost", "[::1]"):
+            self.origins.add(f"http://{host}:{port}")
