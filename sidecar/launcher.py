@@ -374,12 +374,13 @@ class SidecarProcess:
 
     def stop(
         self,
-        sig: int = signal.SIGTERM,
+        sig: int | None = signal.SIGTERM,
         timeout: float = 5.0,
         *,
         on_hang: Callable[[], object] | None = None,
     ) -> int | None:
-        """Send ``sig``, wait up to ``timeout`` s, then SIGKILL; the exit status.
+        """Send ``sig`` (``None``: it was already signalled), wait up to ``timeout`` s, then
+        SIGKILL; the exit status.
 
         ``on_hang`` runs before the SIGKILL (to dump the stacks of a child that overstays).
         Joins the reader threads and closes the pipes. Idempotent; ``None`` only if even a
@@ -388,7 +389,8 @@ class SidecarProcess:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self._signal(sig)
+            if sig is not None:
+                self._signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
