@@ -20,7 +20,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from .protocol import MAX_CLOSE_REASON
 
@@ -103,6 +103,15 @@ def _length_field(mask_bit: int, n: int, form: int) -> bytes:
     if form == 64:
         return struct.pack("!BQ", mask_bit | 127, n)
     raise ValueError(f"length_form must be 7, 16 or 64, not {form}")
+
+
+class FrameOptions(TypedDict, total=False):
+    """The keyword options of :func:`build_frame` (for wrappers that pass them on)."""
+
+    fin: bool
+    rsv: int
+    mask: bool | bytes
+    length_form: int | None
 
 
 def build_frame(

@@ -17,49 +17,20 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
+from sidecar import frames
 from sidecar.config import Config
-from sidecar.frames import (
-    OP_BINARY,
-    OP_CLOSE,
-    OP_CONT,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    Frame,
-    FrameParser,
-    build_frame,
-    close_payload,
-    mask_bytes,
-    parse_response_head,
-    upgrade_request,
-)
+from sidecar.frames import Frame, FrameOptions, FrameParser, parse_response_head
 from sidecar.server import make_server
 from sidecar.testing import conformance_app
 from tests.conftest import TOKEN, RunningSidecar
 
-__all__ = [
-    "EOF",
-    "OP_BINARY",
-    "OP_CLOSE",
-    "OP_CONT",
-    "OP_PING",
-    "OP_PONG",
-    "OP_TEXT",
-    "Frame",
-    "HandshakeFailed",
-    "Problems",
-    "RawWS",
-    "build_frame",
-    "close_payload",
-    "fd_targets",
-    "mask_bytes",
-    "open_fds",
-    "rss_bytes",
-    "start_conformance",
-    "upgrade_request",
-]
+# The codec's names the tests import from here.
+OP_CONT, OP_TEXT, OP_BINARY = frames.OP_CONT, frames.OP_TEXT, frames.OP_BINARY
+OP_CLOSE, OP_PING, OP_PONG = frames.OP_CLOSE, frames.OP_PING, frames.OP_PONG
+build_frame, close_payload, mask_bytes = frames.build_frame, frames.close_payload, frames.mask_bytes
+upgrade_request = frames.upgrade_request
 
 #: Close code reported when the peer ended the TCP stream without a close frame.
 EOF = None
@@ -175,18 +146,10 @@ class RawWS:
             return False
 
     def send_frame(
-        self,
-        opcode: int,
-        payload: bytes = b"",
-        *,
-        fin: bool = True,
-        rsv: int = 0,
-        mask: bool | bytes = True,
-        length_form: int | None = None,
+        self, opcode: int, payload: bytes = b"", **options: Unpack[FrameOptions]
     ) -> bool:
         """Build (see :func:`build_frame`) and send one frame."""
-        frame = build_frame(opcode, payload, fin=fin, rsv=rsv, mask=mask, length_form=length_form)
-        return self.send_raw(frame)
+        return self.send_raw(build_frame(opcode, payload, **options))
 
     def send_close(self, code: int | None = 1000, reason: bytes = b"") -> bool:
         """Send a (masked) close frame."""

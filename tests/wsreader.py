@@ -19,23 +19,11 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from sidecar import frames
-from sidecar.frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, Frame
+from sidecar.frames import Frame
 from tests import rawws
 
-__all__ = [
-    "OP_BINARY",
-    "OP_CLOSE",
-    "OP_CONT",
-    "OP_PING",
-    "OP_PONG",
-    "OP_TEXT",
-    "Frame",
-    "FrameParser",
-    "HandshakeError",
-    "RawWS",
-    "connect",
-    "pump",
-]
+OP_CONT, OP_TEXT, OP_BINARY = frames.OP_CONT, frames.OP_TEXT, frames.OP_BINARY
+OP_CLOSE, OP_PING, OP_PONG = frames.OP_CLOSE, frames.OP_PING, frames.OP_PONG
 
 #: The server answered the upgrade with something other than ``101`` (``.status``, ``.head``).
 HandshakeError = rawws.HandshakeFailed
