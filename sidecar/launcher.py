@@ -190,11 +190,14 @@ class SidecarProcess:
     ) -> None:
         self.argv = list(DEFAULT_ARGV if argv is None else argv)
         self.env = child_env(env, same_package=same_package)
-        self.cwd = cwd
-        self.stdin = stdin
         self.log_path = Path(log_path) if log_path is not None else None
-        self.start_new_session = start_new_session
-        self.preexec_fn = preexec_fn
+        #: What :meth:`start` passes to ``Popen`` besides the argv, the env and the pipes.
+        self.popen_options: dict[str, Any] = {
+            "cwd": cwd,
+            "stdin": stdin,
+            "start_new_session": start_new_session,
+            "preexec_fn": preexec_fn,
+        }
         self.log = LogScan(tail_bytes)
         self.proc: subprocess.Popen[bytes] | None = None
         #: The parsed ready line (empty until :meth:`start` returns).
@@ -215,13 +218,10 @@ class SidecarProcess:
             raise RuntimeError("start() was already called")
         self.proc = subprocess.Popen(
             self.argv,
-            stdin=self.stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=self.env,
-            cwd=self.cwd,
-            start_new_session=self.start_new_session,
-            preexec_fn=self.preexec_fn,
+            **self.popen_options,
         )
         self._spawn_reader("stdout", self._read_stdout)
         self._spawn_reader("stderr", self._read_stderr)

@@ -35,15 +35,24 @@ NOBODY_LEFT = 1 << 62
 class PhaseSpec:
     """What one measured phase does."""
 
-    mode: str  # "max" or "rate"
+    mode: str
+    """``"max"`` (as fast as possible) or ``"rate"`` (fixed rate)."""
     events: int
+    """Events to publish."""
+    cap: float
+    """Most seconds of publishing."""
+    drain: float
+    """Most seconds to wait for stragglers after the last publish."""
     rate: float = 0.0
+    """Events per second (``rate`` mode)."""
     batch: int = 100
+    """Events per POST (``max`` mode)."""
     window: int = 500
+    """Events the slowest subscriber may lag behind the publisher (``max`` mode)."""
     tick: float = 0.01
-    cap: float = 30.0
-    drain: float = 10.0
+    """Seconds between POSTs (``rate`` mode)."""
     samples: int = 50_000
+    """About how many latency samples to take."""
 
 
 @dataclass

@@ -131,11 +131,10 @@ class Swarm:
         events = self.ep.poll(timeout, len(self.socks) + 8)
         fd2idx = self.fd2idx
         states = self.states
-        socks = self.socks
         carry = self.carry
         buf = self.buf
-        mv = self.mv
         walk = self._walk
+        read = self._read
         now_ns = time.monotonic_ns
         for fd, ev in events:
             idx = fd2idx.get(fd)
@@ -151,18 +150,30 @@ class Swarm:
             off = len(c)
             if off:
                 buf[:off] = c
-            try:
-                n = socks[idx].recv_into(mv[off:])
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError as exc:
+            n = read(idx, off, False)
+            if n > 0:
+                self.rx_bytes += n
+                walk(idx, off + n, now_ns())
+
+    def _read(self, idx: int, off: int, handshake: bool) -> int:
+        """One non-blocking ``recv_into(buf[off:])`` for subscriber ``idx``: the bytes read, 0
+        when none were ready, -1 when the connection ended (EOF or an error: it is dead)."""
+        try:
+            n = self.socks[idx].recv_into(self.mv[off:])
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            if handshake:
+                self._dead(idx, f"handshake: {exc.strerror or exc}")
+            else:
                 self._dead(idx, f"socket error ({errno.errorcode.get(exc.errno or 0, exc)})")
-                continue
-            if not n:
-                self._dead(idx, "EOF without close frame")
-                continue
-            self.rx_bytes += n
-            walk(idx, off + n, now_ns())
+            return -1
+        if not n:
+            self._dead(
+                idx, "handshake: connection closed" if handshake else "EOF without close frame"
+            )
+            return -1
+        return n
 
     def _walk(self, idx: int, end: int, now: int) -> None:
         """Count (and sample) the whole frames in ``buf[:end]``; carry the incomplete tail."""
@@ -327,18 +338,11 @@ class Swarm:
             self.states[idx] = UPGRADING
             self.ep.modify(sock.fileno(), select.EPOLLIN)
             return
-        try:
-            chunk = sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._dead(idx, f"handshake: {exc.strerror or exc}")
-            return
-        if not chunk:
-            self._dead(idx, "handshake: connection closed")
+        n = self._read(idx, 0, True)
+        if n <= 0:
             return
         data = self.hs[idx]
-        data += chunk
+        data += self.mv[:n]
         end = data.find(b"\r\n\r\n")
         if end < 0:
             if len(data) > 65536:
