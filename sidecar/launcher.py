@@ -48,6 +48,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 #: Longest first line read from the child (a ready line is a few hundred bytes).
 MAX_READY_LINE = 64 << 10
+#: Longest log line read at once (a longer one is read, and scanned, in pieces).
+MAX_LOG_LINE = 64 << 10
 #: Most traceback excerpts kept, and most lines per excerpt.
 MAX_EXCERPTS = 20
 MAX_EXCERPT_LINES = 80
@@ -257,7 +259,7 @@ class SidecarProcess:
 
     def _abort(self) -> None:
         """Kill a child that failed to start, and reap it."""
-        self._signal(signal.SIGKILL)
+        self._kill()
         self._reap()
 
     def _reap(self) -> int | None:
@@ -267,7 +269,7 @@ class SidecarProcess:
             self.proc.wait(REAP_TIMEOUT)
         except subprocess.TimeoutExpired:
             self.killed = True
-            self._signal(signal.SIGKILL)
+            self._kill()
             try:
                 self.proc.wait(REAP_TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -304,7 +306,7 @@ class SidecarProcess:
         """The stderr thread: each line to the log file, the tail and the scan."""
         log = self.log_path.open("ab") if self.log_path is not None else None
         try:
-            for raw in stream:
+            for raw in iter(lambda: stream.readline(MAX_LOG_LINE), b""):
                 if log is not None:
                     log.write(raw)
                     log.flush()
@@ -365,6 +367,14 @@ class SidecarProcess:
         """Send ``sig`` to the child (nothing if it has ended)."""
         self._signal(sig)
 
+    def _kill(self) -> None:
+        """SIGKILL (``TerminateProcess`` on Windows), if the child still runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+
     def _signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
             try:
@@ -397,7 +407,7 @@ class SidecarProcess:
                 if on_hang is not None:
                     on_hang()
                 self.killed = True
-                self._signal(signal.SIGKILL)
+                self._kill()
         code = self._reap()
         self._close_pipes()
         return code
@@ -415,7 +425,7 @@ class SidecarProcess:
 
     # -- the log ----------------------------------------------------------------------------
     def log_text(self) -> str:
-        """The last ``tail_bytes`` of the child's stderr (all of it, after :meth:`stop`)."""
+        """The last ``tail_bytes`` (about) of the child's stderr; ``log_path`` has all of it."""
         return self.log.text()
 
     def tracebacks(self) -> list[str]:
