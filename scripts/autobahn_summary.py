@@ -5,8 +5,8 @@ Used by ``scripts/autobahn`` (which builds the Python 2.7 tool environment first
     autobahn_summary.py run --wstest PATH [--fast] [--cases LIST] [--compression] [--verbose]
     autobahn_summary.py summarise REPORT_DIR [--verbose]
 
-``run`` starts ``python -m sidecar.testing`` on port 0, writes a fuzzing-client spec whose
-server entry carries the sidecar's own Origin and the ``sidecar.v1`` / ``auth.<token>``
+``run`` starts the conformance echo app (``python -m sidecar.conformance``) on port 0 through :mod:`sidecar.launcher`, writes a fuzzing-client spec
+whose server entry carries the sidecar's own Origin and the ``sidecar.v1`` / ``auth.<token>``
 subprotocol pair (so every case passes the real handshake checks), runs ``wstest -m
 fuzzingclient`` with a time limit, stops the server with SIGTERM and checks its log for
 errors. ``summarise`` reads ``index.json`` and prints counts per section and behaviour, and
@@ -22,14 +22,14 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
+
+from sidecar.launcher import LaunchError, SidecarProcess, launch, python_module
 
 #: Cases 1.x-7.x and 10.x: everything but the slow performance cases (9.x) and the
 #: permessage-deflate cases (12.x, 13.x).
@@ -117,53 +117,19 @@ def summarise(report_dir: Path, *, verbose: bool = False, out: Any = None) -> in
     return failures
 
 
-def _start_server(root: Path, args: argparse.Namespace, log_path: Path) -> tuple[Any, dict]:
-    cmd = [sys.executable, "-m", "sidecar.conformance", "--port", "0"]
+def _start_server(root: Path, args: argparse.Namespace, log_path: Path) -> SidecarProcess:
+    argv = python_module(args.app_module, "--port", "0")
     if args.max_message_size:
-        cmd += ["--max-message-size", str(args.max_message_size)]
+        argv += ["--max-message-size", str(args.max_message_size)]
     if args.compression:
-        cmd.append("--compression")
-    env = {k: v for k, v in os.environ.items() if k != "SIDECAR_TOKEN"}
-    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-    log_file = log_path.open("wb")
-    proc = subprocess.Popen(
-        cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL
-    )
-    log_file.close()
-    box: dict[str, bytes] = {}
-    reader = threading.Thread(target=lambda: box.update(line=proc.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(30)
-    line = box.get("line", b"")
-    if not line:
-        proc.kill()
-        proc.wait(5)
-        raise RuntimeError(f"the conformance app did not start (log: {log_path})")
-    return proc, json.loads(line)
+        argv.append("--compression")
+    env = {k: v for k, v in os.environ.items() if k != "SIDECAR_TOKEN"}  # it makes one
+    log_path.unlink(missing_ok=True)
+    return launch(argv, env=env, cwd=root, log_path=log_path, timeout=30)
 
 
-def _stop_server(proc: Any) -> int | None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-        return None
-
-
-def _log_errors(log_path: Path) -> list[str]:
-    text = log_path.read_text(errors="replace")
-    return [
-        line
-        for line in text.splitlines()
-        if "Traceback" in line or re.search(r"\b(ERROR|CRITICAL)\b", line)
-    ]
-
-
-def run(args: argparse.Namespace) -> int:
-    """Start the app, run the fuzzing client, stop the app, judge; return the exit code."""
-    root = Path(args.root).resolve()
+def _plan(args: argparse.Namespace) -> tuple[list[str], list[str], float]:
+    """The cases to run, the cases to exclude and wstest's time limit; settles the defaults."""
     if args.compression is None:  # the full run needs permessage-deflate for 12.x and 13.x
         args.compression = not args.fast and not args.cases
     if args.cases:
@@ -175,62 +141,86 @@ def run(args: argparse.Namespace) -> int:
     if args.max_message_size is None and not args.fast:
         args.max_message_size = FULL_MAX_MESSAGE
     exclude = [] if args.compression or args.cases else COMPRESSION_CASES
-    timeout = args.timeout or (FAST_TIMEOUT if args.fast else FULL_TIMEOUT)
+    return cases, exclude, args.timeout or (FAST_TIMEOUT if args.fast else FULL_TIMEOUT)
+
+
+def _fuzzing_spec(
+    ready: dict[str, Any], report_dir: Path, cases: list[str], exclude: list[str]
+) -> dict[str, Any]:
+    """The fuzzing client's spec: one server, with the sidecar's Origin and subprotocols."""
+    protocols = ["sidecar.v1"] + ([f"auth.{ready['token']}"] if ready.get("token") else [])
+    server = {
+        "agent": "sidecar",
+        "url": ready["echo"],
+        "origin": f"http://127.0.0.1:{ready['port']}",
+        "protocols": protocols,
+    }
+    return {
+        "outdir": str(report_dir),
+        "servers": [server],
+        "cases": cases,
+        "exclude-cases": exclude,
+        "exclude-agent-cases": {},
+    }
+
+
+def _wstest(wstest: str, work: Path, timeout: float) -> int | None:
+    """Run the fuzzing client in ``work``; its exit code, ``None`` if it overstayed."""
+    with (work / "wstest.log").open("wb") as wslog:
+        try:
+            return subprocess.run(
+                [wstest, "-m", "fuzzingclient", "-s", "fuzzingclient.json"],
+                cwd=work,
+                stdout=wslog,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=timeout,
+            ).returncode
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the app, run the fuzzing client, stop the app, judge; return the exit code."""
+    root = Path(args.root).resolve()
+    cases, exclude, timeout = _plan(args)
     work = Path(args.out or root / "artifacts" / "autobahn").resolve()
-    work.mkdir(parents=True, exist_ok=True)
     report_dir = work / "reports" / "servers"
-    if (report_dir / "index.json").exists():
-        (report_dir / "index.json").unlink()
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "index.json").unlink(missing_ok=True)
     server_log = work / "server.log"
-    proc, ready = _start_server(root, args, server_log)
+    try:
+        server = _start_server(root, args, server_log)
+    except LaunchError as exc:
+        print(f"autobahn: FAIL: the conformance app did not start (log: {server_log}): {exc}")
+        return 1
     started = time.monotonic()
     try:
-        port = ready["port"]
-        protocols = ["sidecar.v1"] + ([f"auth.{ready['token']}"] if ready.get("token") else [])
-        spec = {
-            "outdir": str(report_dir),
-            "servers": [
-                {
-                    "agent": "sidecar",
-                    "url": ready["echo"],
-                    "origin": f"http://127.0.0.1:{port}",
-                    "protocols": protocols,
-                }
-            ],
-            "cases": cases,
-            "exclude-cases": exclude,
-            "exclude-agent-cases": {},
-        }
+        spec = _fuzzing_spec(server.ready, report_dir, cases, exclude)
         (work / "fuzzingclient.json").write_text(json.dumps(spec, indent=2))
         print(
-            f"autobahn: cases {','.join(cases)} against {ready['echo']} "
+            f"autobahn: cases {','.join(cases)} against {server.ready['echo']} "
             f"(limit {timeout:.0f} s; reports in {report_dir})",
             flush=True,
         )
-        with (work / "wstest.log").open("wb") as wslog:
-            try:
-                code = subprocess.run(
-                    [args.wstest, "-m", "fuzzingclient", "-s", "fuzzingclient.json"],
-                    cwd=work,
-                    stdout=wslog,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    timeout=timeout,
-                ).returncode
-            except subprocess.TimeoutExpired:
-                print(f"autobahn: FAIL: wstest did not finish within {timeout:.0f} s")
-                return 1
+        code = _wstest(args.wstest, work, timeout)
     finally:
-        exit_code = _stop_server(proc)
+        exit_code = server.stop(timeout=10)
+        if server.killed:
+            exit_code = None
+    if code is None:
+        print(f"autobahn: FAIL: wstest did not finish within {timeout:.0f} s")
+        return 1
     elapsed = time.monotonic() - started
     print(f"autobahn: wstest exited {code} after {elapsed:.1f} s; server exited {exit_code}")
     if not (report_dir / "index.json").exists():
         print(f"autobahn: FAIL: no report (see {work / 'wstest.log'})")
         return 1
     failures = summarise(report_dir, verbose=args.verbose)
-    errors = _log_errors(server_log)
+    errors = server.error_lines()
     if errors:
-        print(f"autobahn: FAIL: {len(errors)} error line(s) in the server log ({server_log}):")
+        count = server.log.error_count
+        print(f"autobahn: FAIL: {count} error line(s) in the server log ({server_log}):")
         for line in errors[:20]:
             print("  " + line)
     if exit_code != 0:
@@ -256,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--timeout", type=float, help="seconds allowed for wstest")
     p_run.add_argument("--out", help="working directory (default artifacts/autobahn)")
     p_run.add_argument("--verbose", action="store_true", help="print every case")
+    p_run.add_argument("--app-module", default="sidecar.conformance", help="the echo app to run")
     p_sum = sub.add_parser("summarise", help="judge an existing report directory")
     p_sum.add_argument("report_dir", type=Path)
     p_sum.add_argument("--verbose", action="store_true")

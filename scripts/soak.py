@@ -29,9 +29,7 @@ import http.client
 import json
 import os
 import random
-import re
 import secrets
-import signal
 import socket
 import struct
 import subprocess
@@ -44,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import websocket
+
+from sidecar.launcher import LaunchError, SidecarProcess, python_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ class Stats:
 
 
 class Server:
-    """The sidecar subprocess, its ready line and its log."""
+    """The sidecar subprocess (through :mod:`sidecar.launcher`), its ready line and its log."""
 
     def __init__(self, args: argparse.Namespace, log_path: Path) -> None:
         self.token = secrets.token_urlsafe(24)
@@ -87,10 +87,7 @@ class Server:
             SIDECAR_TOKEN=self.token,
             SIDECAR_MAX_PENDING_BYTES=str(args.max_pending_bytes),
         )
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        cmd = [
-            sys.executable,
-            "-m",
+        argv = python_module(
             "sidecar",
             "--port",
             "0",
@@ -101,41 +98,28 @@ class Server:
             "--max-message-size",
             str(args.max_message_size),
             "--exit-on-stdin-eof",
-        ]
+        )
         self.log_path = log_path
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+        log_path.unlink(missing_ok=True)  # one log per soak
+        self.process = SidecarProcess(
+            argv, env=env, cwd=ROOT, stdin=subprocess.PIPE, log_path=log_path
         )
-        self.log_lines: list[str] = []
-        self.bad_lines: list[str] = []
-        self._log = log_path.open("w")
-        threading.Thread(target=self._read_log, name="soak-server-log", daemon=True).start()
-        box: dict[str, bytes] = {}
-        reader = threading.Thread(
-            target=lambda: box.update(line=self.proc.stdout.readline()),  # type: ignore[union-attr]
-            daemon=True,
-        )
-        reader.start()
-        reader.join(30)
-        if not box.get("line"):
-            self.proc.kill()
-            raise RuntimeError(f"the sidecar did not print its ready line (log: {log_path})")
-        ready = json.loads(box["line"])
+        try:
+            ready = self.process.start(timeout=30)
+        except LaunchError as exc:
+            raise RuntimeError(f"the sidecar did not start (log: {log_path}): {exc}") from exc
         self.port: int = ready["port"]
         self.pid: int = ready["pid"]
 
-    def _read_log(self) -> None:
-        for raw in self.proc.stderr:  # type: ignore[union-attr]
-            line = raw.decode(errors="replace").rstrip("\n")
-            self._log.write(line + "\n")
-            self._log.flush()
-            if "Traceback" in line or re.search(r"\b(ERROR|CRITICAL)\b", line):
-                self.bad_lines.append(line)
+    @property
+    def bad_lines(self) -> list[str]:
+        """The first lines of the server's log with an ERROR, CRITICAL or a traceback."""
+        return self.process.error_lines()
+
+    @property
+    def bad_line_count(self) -> int:
+        """How many such lines there are (all of them, not only those kept)."""
+        return self.process.log.error_count
 
     def gauges(self) -> dict[str, int]:
         """RSS (bytes), threads and open fds of the server process."""
@@ -181,16 +165,8 @@ class Server:
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM; the exit code, or ``None`` if it had to be killed."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            code = None
-        self._log.close()
-        return code
+        code = self.process.stop(timeout=timeout)
+        return None if self.process.killed else code
 
 
 class Publisher(threading.Thread):
@@ -362,26 +338,26 @@ class ClientLoop(threading.Thread):
         else:
             self.stats.error(f"{self.name} {kind}: unexpected close {code}")
 
+    def end(self, ws: websocket.WebSocket, code: Any, kind: str) -> None:
+        """Leave a session still ``"open"``; otherwise count how the server ended it."""
+        if code == "open":
+            self.leave(ws)
+        else:
+            self.dropped(code, kind)
+            ws.close(timeout=1)
+
     # -- session kinds -----------------------------------------------------------------------
     def reader(self) -> None:
         ws, next_seq = self.connect(resume=self.rng.random() < 0.5)
         next_seq, code = self.read(ws, next_seq, self.rng.uniform(1, 30))
-        if code == "open":
-            self.leave(ws)
-        else:
-            self.dropped(code, "reader")
-            ws.close(timeout=1)
+        self.end(ws, code, "reader")
 
     def staller(self) -> None:
         ws, next_seq = self.connect()
         self.stats.add("stalls")
         self.stop.wait(self.rng.uniform(3, 25))  # not reading: the point of this session
         next_seq, code = self.read(ws, next_seq, self.rng.uniform(1, 5))
-        if code == "open":
-            self.leave(ws)
-        else:
-            self.dropped(code, "staller")
-            ws.close(timeout=1)
+        self.end(ws, code, "staller")
 
     def oversize(self) -> None:
         ws, next_seq = self.connect()
@@ -433,14 +409,14 @@ def report(elapsed: float, server: Server, stats: Stats, publisher: Publisher) -
         f"clients {hub.get('clients', '?')}  seq {hub.get('seq', '?')}  "
         f"sessions {c.get('sessions', 0)}  received {c.get('received', 0)}  "
         f"evicted {hub.get('evicted', '?')}  refused {hub.get('refused_broadcasts', '?')}  "
-        f"server-drops {drops}  errors {c.get('errors', 0) + len(server.bad_lines)}",
+        f"server-drops {drops}  errors {c.get('errors', 0) + server.bad_line_count}",
         flush=True,
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the soak; 0 when nothing went wrong."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The soak's options."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="duration (10)")
     parser.add_argument("--clients", type=int, default=40, help="concurrent client loops (40)")
     parser.add_argument("--rate", type=int, default=100, help="events per second (100)")
@@ -453,23 +429,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-message-size", type=int, default=64 * 1024)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "soak")
-    args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stats = Stats()
-    stats.journal_file = (args.out / "sessions.jsonl").open("w")
-    stop = threading.Event()
-    started = time.monotonic()
-    server = Server(args, args.out / "server.log")
-    print(
-        f"soak: sidecar pid {server.pid} on port {server.port}; {args.clients} clients, "
-        f"{args.rate} events/s, {args.minutes:g} min; log {server.log_path}",
-        flush=True,
-    )
-    report(0, server, stats, Publisher(server, 0, stats, stop))
-    # Idle gauges once the startup threads (watchers) are up: the most of two samples.
+    return parser.parse_args(argv)
+
+
+def idle_gauges(server: Server, stop: threading.Event) -> dict[str, int]:
+    """Idle gauges once the startup threads (watchers) are up: the most of two samples."""
     idle = server.gauges()
     stop.wait(0.5)
-    idle = {k: max(v, server.gauges()[k]) for k, v in idle.items()}
+    return {k: max(v, server.gauges()[k]) for k, v in idle.items()}
+
+
+def run_load(args: argparse.Namespace, server: Server, stats: Stats, started: float) -> None:
+    """The publisher and the client loops for ``--minutes``, a report a minute; all stopped."""
+    stop = threading.Event()
     publisher = Publisher(server, args.rate, stats, stop, args.burst_every)
     publisher.start()
     loops = [ClientLoop(i, server, args, stats, stop) for i in range(args.clients)]
@@ -479,8 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     next_report = started + 60
     try:
         while time.monotonic() < end:
-            if server.proc.poll() is not None:
-                stats.error(f"the sidecar exited with {server.proc.returncode}")
+            if server.process.poll() is not None:
+                stats.error(f"the sidecar exited with {server.process.returncode}")
                 break
             stop.wait(max(0.0, min(end, next_report) - time.monotonic()))
             if time.monotonic() >= next_report:
@@ -495,7 +467,9 @@ def main(argv: list[str] | None = None) -> int:
             stats.error(f"{thread.name} did not stop")
     report(time.monotonic() - started, server, stats, publisher)
 
-    # With every client gone, the server's threads and fds come back to the idle level.
+
+def check_idle(server: Server, stats: Stats, idle: dict[str, int]) -> None:
+    """With every client gone, the server's threads and fds come back to the idle level."""
     deadline = time.monotonic() + 15
     settled = False
     while time.monotonic() < deadline:
@@ -504,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         if hub.get("clients") == 0 and g["threads"] <= idle["threads"] and g["fds"] <= idle["fds"]:
             settled = True
             break
-        threading.Event().wait(0.2)
+        threading.Event().wait(0.2)  # polling a condition with a deadline
     g = server.gauges()
     print(
         f"soak: idle before {idle['threads']} threads / {idle['fds']} fds / "
@@ -513,21 +487,48 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not settled:
         stats.error(f"server did not return to idle: {g} (was {idle})")
-    with stats.lock:
-        stats.journal_file.close()
-        stats.journal_file = None
-    code = server.stop()
-    if code != 0:
-        stats.error(f"the sidecar exited with {code} on SIGTERM")
+
+
+def verdict(server: Server, stats: Stats, started: float) -> int:
+    """Print the counts and every problem; 0 when there is none."""
     with stats.lock:
         counts = dict(sorted(stats.counts.items()))
     print("soak: counts " + json.dumps(counts), flush=True)
     problems = stats.errors + [f"server log: {line}" for line in server.bad_lines]
     for line in problems[:30]:
         print("soak: ERROR " + line, flush=True)
-    verdict = "PASS" if not problems else f"FAIL ({len(problems)} errors)"
-    print(f"soak: {verdict} after {time.monotonic() - started:.0f} s", flush=True)
+    errors = len(stats.errors) + server.bad_line_count
+    text = "PASS" if not problems else f"FAIL ({errors} errors)"
+    print(f"soak: {text} after {time.monotonic() - started:.0f} s", flush=True)
     return 0 if not problems else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the soak; 0 when nothing went wrong."""
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stats = Stats()
+    stats.journal_file = (args.out / "sessions.jsonl").open("w")
+    started = time.monotonic()
+    server = Server(args, args.out / "server.log")
+    try:
+        print(
+            f"soak: sidecar pid {server.pid} on port {server.port}; {args.clients} clients, "
+            f"{args.rate} events/s, {args.minutes:g} min; log {server.log_path}",
+            flush=True,
+        )
+        report(0, server, stats, Publisher(server, 0, stats, threading.Event()))
+        idle = idle_gauges(server, threading.Event())
+        run_load(args, server, stats, started)
+        check_idle(server, stats, idle)
+        with stats.lock:
+            stats.journal_file.close()
+            stats.journal_file = None
+    finally:
+        code = server.stop()
+    if code != 0:
+        stats.error(f"the sidecar exited with {code} on SIGTERM")
+    return verdict(server, stats, started)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """A tiny raw-socket WebSocket client for protocol tests (RFC 6455), with nothing validated.
 
-:func:`build_frame` makes any frame a client could send, valid or not: FIN, RSV bits, any
-opcode, masked or not, and the payload length in the minimal or a longer form. :class:`RawWS`
-does the opening handshake, sends bytes, reads frames (``(opcode, payload)`` plus FIN/RSV)
-and tells a close frame and EOF apart. Every socket operation has a timeout.
+The framing is :mod:`sidecar.frames` (re-exported here): :func:`build_frame` makes any frame a
+client could send, valid or not: FIN, RSV bits, any opcode, masked or not, and the payload
+length in the minimal or a longer form. :class:`RawWS` does the opening handshake, sends
+bytes, reads frames (``(opcode, payload)`` plus FIN/RSV, through a
+:class:`~sidecar.frames.FrameParser`) and tells a close frame and EOF apart. Every socket
+operation has a timeout. A :class:`RawWS` belongs to the one test thread that uses it.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import socket
@@ -16,87 +17,22 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
+from sidecar import frames
 from sidecar.config import Config
 from sidecar.conformance import conformance_app
+from sidecar.frames import Frame, FrameOptions, FrameParser, parse_response_head
 from tests.conftest import TOKEN, RunningSidecar, start_sidecar
 
-OP_CONT = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
+# The codec's names the tests import from here.
+OP_CONT, OP_TEXT, OP_BINARY = frames.OP_CONT, frames.OP_TEXT, frames.OP_BINARY
+OP_CLOSE, OP_PING, OP_PONG = frames.OP_CLOSE, frames.OP_PING, frames.OP_PONG
+build_frame, close_payload, mask_bytes = frames.build_frame, frames.close_payload, frames.mask_bytes
+upgrade_request = frames.upgrade_request
 
 #: Close code reported when the peer ended the TCP stream without a close frame.
 EOF = None
-
-
-def mask_bytes(payload: bytes, key: bytes) -> bytes:
-    """XOR ``payload`` with the 4-byte masking ``key``."""
-    if not payload:
-        return b""
-    n = len(payload)
-    repeated = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(n, "big")
-
-
-def build_frame(
-    opcode: int,
-    payload: bytes = b"",
-    *,
-    fin: bool = True,
-    rsv: int = 0,
-    mask: bool | bytes = True,
-    length_form: int | None = None,
-) -> bytes:
-    """One frame, as a client would send it (masked by default).
-
-    ``rsv`` is the three RSV bits as an integer 0-7 (RSV1 = 4). ``mask`` is ``True`` (random
-    key), ``False`` (unmasked: a protocol error from a client) or an explicit 4-byte key.
-    ``length_form`` forces the length encoding: 7 (only if it fits), 16 or 64 bits; longer
-    forms than needed are a protocol error (RFC 6455 5.2, "minimal number of bytes").
-    """
-    n = len(payload)
-    first = (0x80 if fin else 0) | ((rsv & 7) << 4) | (opcode & 0xF)
-    form = length_form or (7 if n < 126 else 16 if n < 0x10000 else 64)
-    mask_bit = 0x80 if mask is not False else 0
-    if form == 7:
-        if n > 125:
-            raise ValueError("payload too long for the 7-bit length form")
-        head = bytes((first, mask_bit | n))
-    elif form == 16:
-        if n > 0xFFFF:
-            raise ValueError("payload too long for the 16-bit length form")
-        head = struct.pack("!BBH", first, mask_bit | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, mask_bit | 127, n)
-    if mask is False:
-        return head + payload
-    key = os.urandom(4) if mask is True else bytes(mask)
-    return head + key + mask_bytes(payload, key)
-
-
-def close_payload(code: int | None = None, reason: bytes = b"") -> bytes:
-    """The payload of a close frame (empty when ``code`` is ``None``)."""
-    return b"" if code is None else struct.pack("!H", code) + reason
-
-
-@dataclass
-class Frame:
-    """A frame read from the server."""
-
-    fin: bool
-    rsv: int
-    opcode: int
-    payload: bytes
-    masked: bool = False
-
-    @property
-    def close_code(self) -> int:
-        """The code of a close frame (1005 when it carries none)."""
-        return struct.unpack("!H", self.payload[:2])[0] if len(self.payload) >= 2 else 1005
 
 
 class HandshakeFailed(Exception):
@@ -108,35 +44,6 @@ class HandshakeFailed(Exception):
         self.head = head
 
 
-def upgrade_request(
-    path: str,
-    host: str,
-    *,
-    token: str | None = None,
-    origin: str | None = None,
-    headers: dict[str, str] | None = None,
-    extensions: str | None = None,
-) -> bytes:
-    """A valid WebSocket upgrade request head (random key, version 13)."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    lines = [
-        f"GET {path} HTTP/1.1",
-        f"Host: {host}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-    ]
-    if token:
-        lines.append(f"Authorization: Bearer {token}")
-    if origin:
-        lines.append(f"Origin: {origin}")
-    if extensions:
-        lines.append(f"Sec-WebSocket-Extensions: {extensions}")
-    lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
 @dataclass
 class RawWS:
     """A client WebSocket over a plain socket (construct with :meth:`connect`)."""
@@ -145,8 +52,10 @@ class RawWS:
     timeout: float
     status: int = 0
     headers: dict[str, str] = field(default_factory=dict)
+    #: The response head as it arrives; what follows it goes to ``parser``.
     buffer: bytearray = field(default_factory=bytearray)
     eof: bool = False
+    parser: FrameParser = field(default_factory=FrameParser)
 
     # -- opening handshake ------------------------------------------------------------------
     @classmethod
@@ -208,14 +117,12 @@ class RawWS:
             )
         )
         head = self._read_head()
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        parts = status_line.split(" ", 2)
-        self.status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            self.headers[name.strip().lower()] = value.strip()
+        self.status, _, headers = parse_response_head(head)
+        self.headers.update(headers)
         if self.status != 101:
             raise HandshakeFailed(self.status, head)
+        self.parser.append(self.buffer)  # frames that came with the response head
+        self.buffer.clear()
 
     def _read_head(self) -> bytes:
         while b"\r\n\r\n" not in self.buffer:
@@ -237,23 +144,17 @@ class RawWS:
         except OSError:
             return False
 
-    def send_frame(self, opcode: int, payload: bytes = b"", **options: object) -> bool:
+    def send_frame(
+        self, opcode: int, payload: bytes = b"", **options: Unpack[FrameOptions]
+    ) -> bool:
         """Build (see :func:`build_frame`) and send one frame."""
-        return self.send_raw(build_frame(opcode, payload, **options))  # type: ignore[arg-type]
+        return self.send_raw(build_frame(opcode, payload, **options))
 
     def send_close(self, code: int | None = 1000, reason: bytes = b"") -> bool:
         """Send a (masked) close frame."""
         return self.send_frame(OP_CLOSE, close_payload(code, reason))
 
     # -- reading ----------------------------------------------------------------------------
-    def _fill(self, n: int, deadline: float) -> bool:
-        while len(self.buffer) < n:
-            chunk = self._recv(deadline, "no complete frame from the server in time")
-            if not chunk:
-                return False
-            self.buffer += chunk
-        return True
-
     def _recv(self, deadline: float, late: str) -> bytes:
         """One read before ``deadline`` (``TimeoutError(late)`` after it); ``b""`` marks EOF."""
         remaining = deadline - time.monotonic()
@@ -269,37 +170,17 @@ class RawWS:
         return chunk
 
     def read_frame(self, timeout: float | None = None) -> Frame | None:
-        """The next frame, or ``None`` at EOF. Raises ``TimeoutError`` after ``timeout``."""
+        """The next frame, or ``None`` at EOF. Raises ``TimeoutError`` after ``timeout``.
+
+        Masked frames (a protocol error from a server) are unmasked and marked ``masked``.
+        """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        if not self._fill(2, deadline):
-            return None
-        b0, b1 = self.buffer[0], self.buffer[1]
-        n = b1 & 0x7F
-        pos = 2
-        if n == 126:
-            if not self._fill(4, deadline):
+        while (frame := self.parser.pop()) is None:
+            chunk = self._recv(deadline, "no complete frame from the server in time")
+            if not chunk:
                 return None
-            n = struct.unpack("!H", self.buffer[2:4])[0]
-            pos = 4
-        elif n == 127:
-            if not self._fill(10, deadline):
-                return None
-            n = struct.unpack("!Q", self.buffer[2:10])[0]
-            pos = 10
-        masked = bool(b1 & 0x80)
-        key = b""
-        if masked:
-            if not self._fill(pos + 4, deadline):
-                return None
-            key = bytes(self.buffer[pos : pos + 4])
-            pos += 4
-        if not self._fill(pos + n, deadline):
-            return None
-        payload = bytes(self.buffer[pos : pos + n])
-        del self.buffer[: pos + n]
-        if masked:
-            payload = mask_bytes(payload, key)
-        return Frame(bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0xF, payload, masked)
+            self.parser.append(chunk)
+        return frame
 
     def read_message(self, timeout: float | None = None) -> Frame | None:
         """The next non-control frame (pings are answered, pongs skipped), or the close frame."""
@@ -322,15 +203,15 @@ class RawWS:
             if frame is None:
                 return EOF
             if frame.opcode == OP_CLOSE:
+                code = frame.close_code
                 if reply:
-                    self.send_close(frame.close_code if frame.close_code != 1005 else None)
-                return frame.close_code
+                    self.send_close(code if code != 1005 else None)
+                return code
 
     def read_eof(self, timeout: float | None = None) -> bytes:
         """Read to EOF and return whatever bytes came (b"" for a clean end after the close)."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        rest = bytes(self.buffer)
-        self.buffer.clear()
+        rest = self.parser.take_bytes()
         while not self.eof:
             rest += self._recv(deadline, "the server did not close the TCP connection in time")
         return rest
@@ -341,8 +222,7 @@ class RawWS:
         Raises ``TimeoutError`` if the server does not end the stream in time.
         """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        dropped = len(self.buffer)
-        self.buffer.clear()
+        dropped = len(self.parser.take_bytes())
         scratch = bytearray(65536)
         while not self.eof:
             remaining = deadline - time.monotonic()

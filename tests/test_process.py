@@ -1,4 +1,8 @@
-"""The sidecar as a desktop app runs it: a child process with a ready line and a lifecycle."""
+"""The sidecar as a desktop app runs it: a child process with a ready line and a lifecycle.
+
+The children are started with :mod:`sidecar.launcher` (the tests' one launcher); its own
+behaviour is tested without a server in ``tests/test_launcher.py``.
+"""
 
 from __future__ import annotations
 
@@ -8,38 +12,37 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 import websocket
 
+from sidecar.launcher import SidecarProcess, child_env, launch
 from tests.conftest import TOKEN, recv_close, recv_json, wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIDECAR_")}
-    env["PYTHONPATH"] = str(ROOT)
     env.update(extra)
-    return env
+    return child_env(env)
 
 
 class Child:
     """A sidecar subprocess and its parsed ready line."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, **popen) -> None:
-        self.proc = subprocess.Popen(
+    def __init__(self, *args: str, env: dict[str, str] | None = None, stdin: Any = None) -> None:
+        self.process = launch(
             [sys.executable, "-m", "sidecar", "--port", "0", "--ping-interval", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
             env=env or _env(SIDECAR_TOKEN=TOKEN),
-            **popen,
+            same_package=False,  # _env did it
+            stdin=subprocess.DEVNULL if stdin is None else stdin,
         )
-        line = self.proc.stdout.readline()
-        assert line, self.proc.stderr.read()
-        self.ready = json.loads(line)
+        self.ready = self.process.ready
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self.process.proc is not None
+        return self.process.proc
 
     def connect(self, token: str = TOKEN) -> websocket.WebSocket:
         ws = websocket.create_connection(
@@ -52,15 +55,10 @@ class Child:
         return ws
 
     def wait(self, timeout: float) -> int:
-        return self.proc.wait(timeout)
+        return self.process.wait(timeout)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream:
-                stream.close()
+        self.process.stop(signal.SIGKILL)
 
 
 @pytest.fixture
@@ -68,7 +66,7 @@ def child() -> Iterator[type[Child]]:
     started: list[Child] = []
 
     class Tracked(Child):
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args: str, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             started.append(self)
 
@@ -126,22 +124,22 @@ def test_parent_death_stops_the_sidecar_gracefully(tmp_path):
         "print(p.stdout.readline(), end='', flush=True)\n"
         "sys.stdin.read()\n"  # wait until told to die
     )
-    parent = subprocess.Popen(
+    parent = SidecarProcess(
         [sys.executable, str(script)],
         stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
         env=_env(SIDECAR_TOKEN=TOKEN),
+        same_package=False,
     )
-    ready = json.loads(parent.stdout.readline())
-    ws = websocket.create_connection(
-        ready["ws"], header=[f"Authorization: Bearer {TOKEN}"], timeout=5, suppress_origin=True
-    )
-    assert recv_json(ws)["type"] == "connection:status"
-    parent.kill()
-    parent.wait(5)
-    assert recv_close(ws, timeout=4) == 1001
-    wait_for(lambda: not _alive(ready["pid"]), timeout=4)
+    with parent:  # its ready line is the sidecar's, relayed
+        ready = parent.ready
+        ws = websocket.create_connection(
+            ready["ws"], header=[f"Authorization: Bearer {TOKEN}"], timeout=5, suppress_origin=True
+        )
+        assert recv_json(ws)["type"] == "connection:status"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(5)
+        assert recv_close(ws, timeout=4) == 1001
+        wait_for(lambda: not _alive(ready["pid"]), timeout=4)
 
 
 def _alive(pid: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import re
@@ -109,7 +110,7 @@ def _constructor_calls() -> list[tuple[str, Callable[[], Event]]]:
     """Every ``new_*_event`` constructor, called with each argument's value variants
     (variant k uses each argument's k-th value, or its last), so optional fields are both
     absent and present."""
-    calls = []
+    calls: list[tuple[str, Callable[[], Event]]] = []
     for name in sorted(n for n in events.__all__ if re.fullmatch(r"new_\w+_event", n)):
         build = getattr(events, name)
         hints = typing.get_type_hints(build)
@@ -121,7 +122,7 @@ def _constructor_calls() -> list[tuple[str, Callable[[], Event]]]:
         variants = max((len(v) for v in choices.values()), default=1)
         for k in range(variants):
             kwargs = {p: values[min(k, len(values) - 1)] for p, values in choices.items()}
-            calls.append((f"{name}#{k}", lambda build=build, kwargs=kwargs: build(**kwargs)))
+            calls.append((f"{name}#{k}", functools.partial(build, **kwargs)))
     return calls
 
 

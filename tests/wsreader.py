@@ -2,105 +2,46 @@
 
 websocket-client parses frames one ``recv`` at a time and needs a thread per client; reading
 50 x 10,000 frames that way is slow on two cores. :class:`RawWS` does its own handshake on a
-plain socket (so the socket options, e.g. a tiny ``SO_RCVBUF``, are ours), parses server
-frames incrementally (:class:`FrameParser`) and :func:`pump` reads many clients in one
-selector loop. Server frames are never masked; the few frames we send (close) are masked as
-RFC 6455 requires. Everything is bounded by deadlines; nothing sleeps.
+plain socket (so the socket options, e.g. a tiny ``SO_RCVBUF``, are ours; the handshake is
+:class:`tests.rawws.RawWS`'s), parses server frames incrementally (:class:`FrameParser`, on
+:mod:`sidecar.frames`) and :func:`pump` reads many clients in one selector loop, in the
+calling thread. Server frames are never masked; the few frames we send (text, close) are
+masked as RFC 6455 requires. Everything is bounded by deadlines; nothing sleeps. A
+:class:`RawWS` belongs to the one thread that reads it.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import selectors
 import socket
-import struct
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
-from tests.rawws import upgrade_request
+from sidecar import frames
+from sidecar.frames import Frame
+from tests import rawws
 
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+OP_CONT, OP_TEXT, OP_BINARY = frames.OP_CONT, frames.OP_TEXT, frames.OP_BINARY
+OP_CLOSE, OP_PING, OP_PONG = frames.OP_CLOSE, frames.OP_PING, frames.OP_PONG
 
-
-class HandshakeError(Exception):
-    """The server answered the upgrade with something other than ``101``."""
-
-    def __init__(self, status: int, head: bytes) -> None:
-        super().__init__(f"handshake answered {status}: {head[:200]!r}")
-        self.status = status
-        self.head = head
+#: The server answered the upgrade with something other than ``101`` (``.status``, ``.head``).
+HandshakeError = rawws.HandshakeFailed
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One complete server frame: opcode, payload and its size on the wire (header included)."""
+class FrameParser(frames.FrameParser):
+    """Incremental parser of server frames that asserts what the sidecar promises.
 
-    opcode: int
-    payload: bytes
-    wire_size: int
+    Every frame is final (the sidecar never fragments) and unmasked (RFC 6455 5.1).
+    """
 
-    def json(self) -> Any:
-        assert self.opcode == OP_TEXT, f"expected a text frame, got opcode {self.opcode}"
-        return json.loads(self.payload)
-
-    @property
-    def close_code(self) -> int | None:
-        if self.opcode != OP_CLOSE:
-            return None
-        return struct.unpack("!H", self.payload[:2])[0] if len(self.payload) >= 2 else 1005
-
-
-class FrameParser:
-    """Incremental parser of unfragmented, unmasked server frames."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    @property
-    def buffered(self) -> int:
-        """Bytes of an incomplete frame waiting for more data."""
-        return len(self._buf)
-
-    def feed(self, data: bytes) -> list[Frame]:
-        buf = self._buf
-        buf += data
-        out: list[Frame] = []
-        pos = 0
-        end = len(buf)
-        while end - pos >= 2:
-            b0, b1 = buf[pos], buf[pos + 1]
-            assert b0 & 0x80, "fragmented frames are not expected from the sidecar"
-            assert not b1 & 0x80, "server frames must not be masked"
-            n = b1 & 0x7F
-            head = 2
-            if n == 126:
-                if end - pos < 4:
-                    break
-                n = (buf[pos + 2] << 8) | buf[pos + 3]
-                head = 4
-            elif n == 127:
-                if end - pos < 10:
-                    break
-                n = struct.unpack_from("!Q", buf, pos + 2)[0]
-                head = 10
-            if end - pos < head + n:
-                break
-            out.append(Frame(b0 & 0x0F, bytes(buf[pos + head : pos + head + n]), head + n))
-            pos += head + n
-        if pos:
-            del buf[:pos]
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Add ``data``; every frame now complete (``AssertionError`` on a broken promise)."""
+        out = super().feed(data)
+        for frame in out:
+            assert frame.fin, "fragmented frames are not expected from the sidecar"
+            assert not frame.masked, "server frames must not be masked"
         return out
-
-
-def _masked(opcode: int, payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    n = len(payload)
-    assert n < 126
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes((0x80 | opcode, 0x80 | n)) + mask + body
 
 
 class RawWS:
@@ -168,12 +109,12 @@ class RawWS:
 
     # -- writing -----------------------------------------------------------------------------
     def send_text(self, text: str) -> None:
-        self.sock.sendall(_masked(OP_TEXT, text.encode()))
+        self.sock.sendall(frames.build_frame(OP_TEXT, text.encode()))
 
     def close(self, code: int = 1000) -> None:
         """Send a close frame (best effort) and close the socket without waiting."""
         try:
-            self.sock.sendall(_masked(OP_CLOSE, struct.pack("!H", code)))
+            self.sock.sendall(frames.build_frame(OP_CLOSE, frames.close_payload(code)))
         except OSError:
             pass
         self.sock.close()
@@ -187,32 +128,12 @@ def connect(
     rcvbuf: int | None = None,
     timeout: float = 5.0,
 ) -> RawWS:
-    """Open ``ws://127.0.0.1:port/ws<query>``; raise :class:`HandshakeError` if not ``101``."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if rcvbuf is not None:
-        sock.setsockopt(
-            socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf
-        )  # before connect: sets the window
-    sock.settimeout(timeout)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(upgrade_request(f"/ws{query}", f"127.0.0.1:{port}", token=token))
-    data = b""
-    deadline = time.monotonic() + timeout
-    while b"\r\n\r\n" not in data:
-        sock.settimeout(max(deadline - time.monotonic(), 0.001))
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    try:
-        status = int(head.split(b" ", 2)[1])
-    except (IndexError, ValueError):
-        status = 0
-    if status != 101:
-        sock.close()
-        raise HandshakeError(status, head)
-    return RawWS(sock, rest)
+    """Open ``ws://127.0.0.1:port/ws<query>``; raise :class:`HandshakeError` if not ``101``.
+
+    ``rcvbuf`` sets ``SO_RCVBUF`` before connecting (it sets the TCP window).
+    """
+    ws = rawws.RawWS.connect(port, f"/ws{query}", token=token, rcvbuf=rcvbuf, timeout=timeout)
+    return RawWS(ws.sock, ws.parser.take_bytes())
 
 
 def pump(

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -56,7 +56,7 @@ def _find(env: str, *names: str) -> str | None:
     return None
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     message = f"real-browser tests need Chromium: {reason} (install: {INSTALL_HINT})"
     if os.environ.get("SIDECAR_REQUIRE_BROWSER") == "1":
         pytest.fail(message + "; SIDECAR_REQUIRE_BROWSER=1 forbids skipping", pytrace=False)

@@ -1,0 +1,387 @@
+"""The report: the targets of issue 5, the text tables and one-line summaries.
+
+Pure functions of the report dictionary (``--json`` prints the same dictionary); no thread
+owns anything here.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from dataclasses import dataclass
+from typing import Any
+
+from .stats import SATURATED
+
+
+@dataclass(frozen=True)
+class Target:
+    """One row of the issue's target table."""
+
+    label: str
+    where: str  # "max", "rate", "connect", "idle"
+    clients: int
+    metric: str
+    op: str  # "<=" or ">="
+    value: float
+    unit: str
+    rate: float | None = None
+
+
+TARGETS = (
+    Target(
+        "delivered msg/s, N=1000, as fast as possible",
+        "max",
+        1000,
+        "msgs_per_s",
+        ">=",
+        250_000,
+        "msg/s",
+    ),
+    Target("delivered, N=1000, as fast as possible", "max", 1000, "delivered_pct", ">=", 100, "%"),
+    Target("p50 latency, N=1000, 200 ev/s", "rate", 1000, "p50_ms", "<=", 15, "ms", 200),
+    Target("p99 latency, N=1000, 200 ev/s", "rate", 1000, "p99_ms", "<=", 50, "ms", 200),
+    Target("delivered, N=1000, 200 ev/s", "rate", 1000, "delivered_pct", ">=", 100, "%", 200),
+    Target("p99 latency, N=100, 200 ev/s", "rate", 100, "p99_ms", "<=", 5, "ms", 200),
+    Target(
+        "server CPU per delivery, N=1000, fixed rate",
+        "rate",
+        1000,
+        "cpu_us_per_delivery",
+        "<=",
+        6,
+        "µs",
+    ),
+    Target("RSS per idle connection, N=1000", "idle", 1000, "kib_per_conn_idle", "<=", 100, "KiB"),
+    Target("connect 1000 clients, 50 in flight", "connect", 1000, "seconds", "<=", 2, "s"),
+)
+
+
+def measure(target: Target, runs: list[dict[str, Any]]) -> tuple[float | None, str]:
+    """The value of ``target`` in ``runs`` (``None`` when not measured) and a note."""
+    run = next((r for r in runs if r["clients"] == target.clients), None)
+    measured: float | None = None
+    note = ""
+    if run is None:
+        return None, ""
+    if target.where == "connect":
+        conn = run.get("connect") or {}
+        if conn.get("connected") == target.clients and conn.get("in_flight", 0) <= 50:
+            measured = conn.get("seconds")
+        elif conn:
+            note = f"{conn.get('connected')} of {target.clients} connected"
+    elif target.where == "idle":
+        measured = (run.get("memory") or {}).get("kib_per_conn_idle")
+    else:
+        phase = (run.get("phases") or {}).get(target.where)
+        if phase and target.rate is not None and phase.get("rate") != target.rate:
+            note = f"run at {phase.get('rate')} ev/s, not {target.rate:g}"
+        elif phase:
+            if target.metric == "delivered_pct":
+                measured = 100.0 * phase["delivered_fraction"]
+            else:
+                measured = phase.get(target.metric)
+            if "LOAD GENERATOR" in phase.get("saturated", "") and target.unit == "msg/s":
+                note = "load generator saturated"
+    if measured is not None and isinstance(measured, float) and math.isnan(measured):
+        measured = None
+    return measured, note
+
+
+def evaluate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each target with its measured value and ``pass`` (``None`` when not measured)."""
+    out = []
+    for target in TARGETS:
+        measured, note = measure(target, runs)
+        ok: bool | None = None
+        if measured is not None:
+            if target.metric == "delivered_pct":
+                ok = measured >= 100.0 - 1e-9
+            else:
+                ok = measured >= target.value if target.op == ">=" else measured <= target.value
+        out.append(
+            {
+                "target": target.label,
+                "op": target.op,
+                "value": target.value,
+                "unit": target.unit,
+                "measured": measured,
+                "pass": ok,
+                "note": note,
+            }
+        )
+    return out
+
+
+def fmt(value: Any, spec: str = ",.0f", missing: str = "-") -> str:
+    """Format a number, or ``missing`` for None/NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return format(value, spec)
+
+
+def table(headers: list[str], rows: list[list[str]], left: frozenset[int] = frozenset()) -> str:
+    """A plain text table: columns in ``left`` left-aligned, the others right-aligned."""
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i in left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def render(report: dict[str, Any]) -> str:
+    """The human-readable report."""
+    out = _header(report)
+    out += ["", "Connect and memory (server process)", _connect_table(report["runs"])]
+    rate = report["config"]["rate"]
+    for mode, title in (
+        ("max", "As fast as possible (bounded window)"),
+        ("rate", f"Fixed rate {rate:g} events/s"),
+    ):
+        phases = [
+            (r["clients"], r["phases"][mode]) for r in report["runs"] if mode in r.get("phases", {})
+        ]
+        if phases:
+            out += ["", title, _phase_table(phases)]
+    notes = _notes(report["runs"])
+    if notes:
+        out += ["", "Notes", *(f"  {n}" for n in notes)]
+    out.append("")
+    out += textwrap.wrap(LEGEND, 100)
+    out += ["", "Targets (issue 5)", _targets_table(report["targets"]), ""]
+    out.append(
+        f"load generator: {report['gen_cpu_s']:.1f} s CPU in total; run took "
+        f"{report['elapsed_s']:.1f} s; status: {report['status']}"
+    )
+    return "\n".join(out)
+
+
+LEGEND = (
+    "latency = POST sent by the publisher -> frame read by a subscriber (one clock); "
+    "p50/p99 from every k-th frame, max over the oldest frame of every read. "
+    "srv µs/deliv = server CPU (all threads) / frames delivered. saturated = the side "
+    f"using >= {SATURATED:.0%} of its core; a figure limited by the load generator is a "
+    "lower bound for the server."
+)
+
+
+def _header(report: dict[str, Any]) -> list[str]:
+    m = report["machine"]
+    c = report["config"]
+    busy = m.get("busy_before") or {}
+    return [
+        f"sidecar fan-out bench — {m['cores']} cores ({m['cpu']}), Linux {m['kernel']}, "
+        f"Python {m['python']}, sidecar {report.get('server_version') or '?'}",
+        f"pinning: {m['pinning']}; cores busy before the run: "
+        + (", ".join(f"{k}: {v:.0%}" for k, v in sorted(busy.items())) or "?")
+        + f"; load average {m['loadavg'][0]:.2f} at start",
+        f"frames ~{c['frame_bytes']} B; {c['publishers']} publish connection(s), one POST in "
+        f"flight on each; as fast as possible: POSTs of {c['batch']} events, window "
+        f"{c['window']} events; fixed rate: {c['rate']:g} events/s for {c['duration']:g} s, "
+        f"a POST every {c['tick_ms']:g} ms with the events due",
+    ]
+
+
+CONNECT_COLUMNS = [
+    "N",
+    "connected",
+    "connect s",
+    "hs p50 ms",
+    "hs max ms",
+    "RSS base MiB",
+    "RSS idle MiB",
+    "KiB/conn idle",
+    "threads idle",
+    "RSS end MiB",
+    "KiB/conn end",
+    "threads end",
+    "SIGTERM→exit s",
+    "got 1001",
+]
+
+
+def _mib(kib: float | None) -> str:
+    return fmt((kib or math.nan) / 1024, ".1f")
+
+
+def _connect_table(runs: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in runs:
+        cn = r.get("connect") or {}
+        mem = r.get("memory") or {}
+        shutdown = r.get("shutdown") or {}
+        rows.append(
+            [
+                str(r["clients"]),
+                f"{cn.get('connected', 0)}/{r['clients']}",
+                fmt(cn.get("seconds"), ".2f"),
+                fmt(cn.get("handshake_p50_ms"), ".1f"),
+                fmt(cn.get("handshake_max_ms"), ".1f"),
+                _mib(mem.get("rss_base_kib")),
+                _mib(mem.get("rss_idle_kib")),
+                fmt(mem.get("kib_per_conn_idle"), ".1f"),
+                fmt(mem.get("threads_idle"), "d"),
+                _mib(mem.get("rss_end_kib")),
+                fmt(mem.get("kib_per_conn_end"), ".1f"),
+                fmt(mem.get("threads_end"), "d"),
+                fmt(shutdown.get("seconds"), ".2f"),
+                fmt(shutdown.get("closed_1001"), "d"),
+            ]
+        )
+    return table(CONNECT_COLUMNS, rows)
+
+
+PHASE_COLUMNS = [
+    "N",
+    "events",
+    "deliveries",
+    "msg/s",
+    "deliv %",
+    "p50 ms",
+    "p99 ms",
+    "max ms",
+    "srv µs/deliv",
+    "srv CPU",
+    "gen CPU",
+    "saturated",
+]
+
+
+def _phase_table(phases: list[tuple[int, dict[str, Any]]]) -> str:
+    rows = [
+        [
+            str(n),
+            fmt(p["events_accepted"], ",d"),
+            fmt(p["received"], ",d"),
+            fmt(p["msgs_per_s"]),
+            fmt(100 * p["delivered_fraction"], ".2f"),
+            fmt(p["p50_ms"], ".2f"),
+            fmt(p["p99_ms"], ".2f"),
+            fmt(p["max_ms"], ".1f"),
+            fmt(p["cpu_us_per_delivery"], ".2f"),
+            f"{100 * p['server_cpu_util']:.0f}%",
+            f"{100 * p['gen_cpu_util']:.0f}%",
+            short_saturation(p["saturated"]),
+        ]
+        for n, p in phases
+    ]
+    return table(PHASE_COLUMNS, rows)
+
+
+def _notes(runs: list[dict[str, Any]]) -> list[str]:
+    """Everything worth a line below the tables: losses, early stops, odd exits."""
+    notes = []
+    reconnects = 0
+    for r in runs:
+        for mode, p in r.get("phases", {}).items():
+            notes += _phase_notes(f"N={r['clients']} {mode}", p)
+            if p.get("posts") and p.get("publisher_connections", 0) >= p["posts"]:
+                reconnects += 1
+        notes += _run_notes(r)
+    if reconnects:
+        notes.append(
+            "every POST needed its own TCP connection: the server answers each request with "
+            "'Connection: close' (Werkzeug), so each publish pays a connect and a new thread"
+        )
+    return notes
+
+
+def _phase_notes(label: str, p: dict[str, Any]) -> list[str]:
+    notes = []
+    if p["missing"]:
+        parts = [
+            f"{v:,} {k}"
+            + (f" ({p['lost_clients'][k]} clients)" if p["lost_clients"].get(k) else "")
+            for k, v in p["losses"].items()
+        ]
+        notes.append(
+            f"{label}: sent x N - received = {p['expected']:,} - {p['received']:,} = "
+            f"{p['missing']:,}: " + "; ".join(parts)
+        )
+    if p["stopped_early"]:
+        notes.append(f"{label}: {p['stopped_early']}")
+    if p["integrity"]:
+        notes.append(f"{label}: integrity problems: {p['integrity']}")
+    if set(p["post_status"]) - {"202"}:
+        notes.append(f"{label}: publish answers {p['post_status']} {p['post_errors']}")
+    if "; " in p["saturated"] or "LOAD" in p["saturated"]:
+        notes.append(f"{label}: saturated: {p['saturated']}")
+    core = p.get("server_core")
+    soft = p.get("core_irq", {}).get(str(core), 0.0) if core is not None else 0.0
+    if soft >= 0.1:
+        notes.append(
+            f"{label}: core {core} also spent {soft:.0%} in softirq (loopback TCP "
+            "delivery triggered by the server's sends; not in its CPU figure)"
+        )
+    if p.get("publish_lag_max_ms") and p["publish_lag_max_ms"] > 20:
+        notes.append(
+            f"{label}: the publisher ran up to {p['publish_lag_max_ms']:.0f} ms behind schedule"
+        )
+    return notes
+
+
+def _run_notes(r: dict[str, Any]) -> list[str]:
+    notes = []
+    sd = r.get("shutdown") or {}
+    if sd and (
+        sd.get("closed_1001") != sd.get("clients")
+        or not sd.get("exited")
+        or sd.get("seconds", 0) > 3
+    ):
+        notes.append(
+            f"N={r['clients']}: after SIGTERM: {sd.get('closes')} of {sd.get('clients')} "
+            f"subscribers; exited: {sd.get('exited')} ({sd.get('exit_code')}) "
+            f"in {sd.get('seconds', 0):.2f} s"
+        )
+    ex = r.get("server_exit") or {}
+    if ex and (ex.get("code") != 0 or ex.get("killed")):
+        notes.append(
+            f"N={r['clients']}: server exit {ex.get('code')} after SIGTERM "
+            f"({ex.get('seconds')} s{', killed' if ex.get('killed') else ''})"
+            + (f"; its stacks: {ex['stacks']}" if ex.get("stacks") else "")
+        )
+    if r.get("error"):
+        notes.append(f"N={r['clients']}: {r['error']}")
+    return notes
+
+
+def _targets_table(targets: list[dict[str, Any]]) -> str:
+    rows = []
+    for t in targets:
+        mark = {True: "PASS", False: "MISS", None: "n/a"}[t["pass"]]
+        spec = "," if t["unit"] == "msg/s" else ".2f" if t["unit"] in ("ms", "µs", "s") else ".1f"
+        rows.append(
+            [
+                t["target"],
+                f"{t['op']} {fmt(t['value'], ',g')} {t['unit']}",
+                fmt(t["measured"], spec + ("d" if spec == "," else ""))
+                if t["measured"] is None or spec != ","
+                else f"{t['measured']:,.0f}",
+                mark,
+                t["note"],
+            ]
+        )
+    return table(["metric", "target", "measured", "", "note"], rows, left=frozenset({0, 3, 4}))
+
+
+def short_saturation(text: str) -> str:
+    """The first word of a saturation verdict."""
+    head = text.split(" ", 1)[0]
+    return {"LOAD": "load gen", "server": "server", "neither": "neither", "both": "both"}.get(
+        head, head
+    )
+
+
+def phase_line(p: dict[str, Any]) -> str:
+    """A one-line summary of a phase for progress output."""
+    return (
+        f"{p['msgs_per_s']:,.0f} msg/s, delivered {100 * p['delivered_fraction']:.2f} %, "
+        f"p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms, "
+        f"server {p['cpu_us_per_delivery']:.2f} µs/delivery, saturated: {p['saturated']}"
+    )

@@ -1,0 +1,124 @@
+"""The launcher (:mod:`sidecar.launcher`) against small stand-in children (no server)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sidecar.launcher import LaunchError, LogScan, SidecarProcess, launch
+
+#: A child that serves until SIGTERM, then exits 0.
+SERVES = """
+    import json, signal, sys, threading
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("starting", file=sys.stderr, flush=True)
+    print(json.dumps({"event": "ready", "port": 1234, "url": "http://127.0.0.1:1234",
+                      "ws": "ws://127.0.0.1:1234/ws", "token": "t"}), flush=True)
+    stop.wait(30)
+"""
+
+
+def _argv(*parts: str) -> list[str]:
+    return [sys.executable, "-c", "\n".join(textwrap.dedent(part) for part in parts)]
+
+
+def test_the_ready_line_is_parsed_and_sigterm_stops_the_child() -> None:
+    with SidecarProcess(_argv(SERVES)) as child:
+        assert (child.port, child.ws, child.token) == (1234, "ws://127.0.0.1:1234/ws", "t")
+        assert child.ready["event"] == "ready" and child.returncode is None
+    assert child.returncode == 0 and not child.killed
+    assert child.log_text() == "starting\n" and child.tracebacks() == []
+
+
+def test_an_error_line_raises_with_its_code_and_message() -> None:
+    code = """
+        import json, sys
+        print("sidecar: port 1 is in use", file=sys.stderr)
+        print(json.dumps({"event": "error", "error": "port-in-use", "message": "in use"}))
+        sys.exit(1)
+    """
+    with pytest.raises(LaunchError) as info:
+        launch(_argv(code))
+    assert (info.value.error, info.value.message) == ("port-in-use", "in use")
+    assert info.value.returncode == 1
+    assert "port 1 is in use" in info.value.stderr
+
+
+def test_exiting_before_any_line_raises_with_the_stderr_tail() -> None:
+    with pytest.raises(LaunchError) as info:
+        launch(_argv("import sys; sys.exit('sidecar: --queue-size must be at least 1')"))
+    assert info.value.error == "exited" and info.value.returncode == 1
+    assert "--queue-size must be at least 1" in info.value.stderr
+
+
+def test_no_line_in_time_kills_the_child() -> None:
+    child = SidecarProcess(_argv("import threading; threading.Event().wait(60)"))
+    with pytest.raises(LaunchError) as info:
+        child.start(timeout=0.5)
+    assert info.value.error == "timeout"
+    assert child.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("line", ["not json", '{"event": "started"}', "[1]"])
+def test_a_first_line_off_the_contract_raises(line: str) -> None:
+    with pytest.raises(LaunchError) as info:
+        launch(_argv(f"print({line!r}); import threading; threading.Event().wait(60)"))
+    assert info.value.error == "bad-ready-line"
+
+
+def test_stop_escalates_to_sigkill_and_runs_on_hang_first() -> None:
+    code = SERVES.replace("lambda *_: stop.set()", "signal.SIG_IGN")
+    hung: list[int | None] = []
+    child = launch(_argv(code))
+    assert child.stop(timeout=0.3, on_hang=lambda: hung.append(child.returncode)) == -9
+    assert hung == [None] and child.killed
+    assert child.stop() == -9  # idempotent
+
+
+def test_tracebacks_and_error_lines_are_found_in_stderr() -> None:
+    code = """
+        import logging, sys
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+        try:
+            {}["missing"]
+        except KeyError:
+            logging.getLogger("sidecar.hub").exception("delivery failed")
+        print("WARNING sidecar: only a warning", file=sys.stderr)
+    """
+    with pytest.raises(LaunchError) as info:
+        launch(_argv(code))
+    assert info.value.error == "exited"
+    child = SidecarProcess(_argv(code, SERVES))
+    with child:
+        pass
+    (excerpt,) = child.tracebacks()
+    lines = excerpt.splitlines()
+    assert lines[0] == "ERROR sidecar.hub: delivery failed"
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "KeyError: 'missing'"
+    assert child.error_lines() == [lines[0], lines[1]]
+    assert "only a warning" in child.log_text()
+
+
+def test_stderr_goes_to_the_log_file_and_the_tail_is_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "child.log"
+    code = "import sys\nfor i in range(2000): print('line', i, file=sys.stderr)"
+    with SidecarProcess(_argv(code, SERVES), log_path=path, tail_bytes=1000) as child:
+        pass
+    assert path.read_text().count("\n") == 2001
+    tail = child.log_text()
+    assert len(tail) <= 1000 and tail.endswith("starting\n")
+
+
+def test_log_scan_keeps_a_traceback_cut_off_by_the_end() -> None:
+    scan = LogScan()
+    for line in ("x", "Traceback (most recent call last):", '  File "a.py", line 1'):
+        scan.feed(line)
+    scan.close()
+    assert scan.tracebacks() == ['x\nTraceback (most recent call last):\n  File "a.py", line 1']
+    assert scan.traceback_count == 1 and scan.error_count == 1
