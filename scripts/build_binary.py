@@ -5,6 +5,8 @@
     scripts/build-binary --onefile    one file; it unpacks itself at each start and runs as
                                       two processes (see the README's "Shipping a binary")
     scripts/build-binary --force      rebuild even if the cache has this build
+    scripts/build-binary --copy-to D  also copy the build into folder D (e.g. Tauri's
+                                      src-tauri/binaries) and print the copy's path
 
 The executable is named with the target triple, as Tauri's ``externalBin`` expects:
 ``sidecar-x86_64-unknown-linux-gnu``, ``sidecar-aarch64-apple-darwin``,
@@ -224,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="build-binary", description=__doc__.split("\n")[0])
     parser.add_argument("--onefile", action="store_true", help="one file instead of a folder")
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    parser.add_argument(
+        "--copy-to", type=Path, metavar="DIR", help="copy the build into DIR (replacing it)"
+    )
     args = parser.parse_args(argv)
     mode = "onefile" if args.onefile else "onedir"
     triple = target_triple()
@@ -243,8 +248,25 @@ def main(argv: list[str] | None = None) -> int:
     layout = "one file" if mode == "onefile" else "one folder"
     size = size_of(shipped)
     print(f"{how}: {layout}, {size / 2**20:.1f} MiB ({size} bytes): {shipped}")
+    if args.copy_to is not None:
+        executable = copy_build(shipped, args.copy_to) / executable.relative_to(shipped.parent)
     print(executable)
     return 0
+
+
+def copy_build(shipped: Path, folder: Path) -> Path:
+    """Copy the executable (one file) or its folder into ``folder``; return ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / shipped.name
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    elif target.exists() or target.is_symlink():
+        target.unlink()
+    if shipped.is_dir():
+        shutil.copytree(shipped, target, symlinks=True)
+    else:
+        shutil.copy2(shipped, target)
+    return folder.resolve()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
 """Smoke tests against the frozen executable that ``scripts/build-binary`` makes.
 
-One build per test run (a session fixture; ``scripts/build-binary`` itself caches by a hash of
-the sources, so an unchanged tree costs ~0.1 s). Under ``CI=true`` a build that cannot be
-made fails these tests; elsewhere they are skipped with the reason. ``SIDECAR_BINARY_ONEFILE=1``
-tests the one-file build instead of the one-folder one.
+One build per test run (see :mod:`tests.frozen`: cached by a hash of the sources; under
+``CI=true`` a build that cannot be made fails these tests, elsewhere they are skipped with the
+reason). ``SIDECAR_BINARY_ONEFILE=1`` tests the one-file build instead of the one-folder one.
 """
 
 from __future__ import annotations
@@ -25,42 +24,15 @@ import pytest
 import websocket
 
 from tests.conftest import recv_close, recv_json
+from tests.frozen import ONEFILE, built_binary
 
-ROOT = Path(__file__).resolve().parent.parent
-ONEFILE = os.environ.get("SIDECAR_BINARY_ONEFILE") == "1"
-#: Seconds for a build from nothing (measured: ~7-9 s on 2 cores, PyInstaller's cache cold).
-BUILD_TIMEOUT = 300
 EVENT = {"type": "stream:created", "payload": {"projectId": "p", "streamId": "s", "name": "n"}}
 
 
 @pytest.fixture(scope="session")
 def binary() -> Path:
-    """The executable from ``scripts/build-binary`` (built once per session, cached on disk)."""
-    if sys.platform == "win32":
-        command = [sys.executable, str(ROOT / "scripts" / "build_binary.py")]
-    else:
-        command = [str(ROOT / "scripts" / "build-binary")]
-    if ONEFILE:
-        command.append("--onefile")
-    try:
-        result = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            timeout=BUILD_TIMEOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        failure = None if result.returncode == 0 else result.stderr[-3000:]
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        failure = f"{type(exc).__name__}: {exc}"
-    if failure is not None:
-        message = f"scripts/build-binary could not build the sidecar binary:\n{failure}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    path = Path(result.stdout.strip().splitlines()[-1])
-    assert path.is_file(), result.stdout
-    return path
+    """The executable from ``scripts/build-binary``."""
+    return built_binary()
 
 
 def _env() -> dict[str, str]:
