@@ -168,14 +168,15 @@ def parent_watch_method(system: str | None = None) -> ParentWatchMethod:
     OS's wait is unavailable. Windows never gets ``os.kill(pid, 0)``: signal 0 is
     ``CTRL_C_EVENT`` there (a forced ``poll`` asks a process handle instead).
     """
-    family = os_family(system)
-    if family == "linux":
-        return "pidfd"
-    if family in ("macos", "bsd"):
-        return "kqueue"
-    if family == "windows":
-        return "windows"
-    return "poll"
+    return _PARENT_WATCH.get(os_family(system), "poll")
+
+
+_PARENT_WATCH: dict[Family, ParentWatchMethod] = {
+    "linux": "pidfd",
+    "macos": "kqueue",
+    "bsd": "kqueue",
+    "windows": "windows",
+}
 
 
 def check_parent(pid: int) -> None:

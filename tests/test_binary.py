@@ -27,6 +27,8 @@ from tests.conftest import recv_close, recv_json
 from tests.frozen import ONEFILE, built_binary
 
 EVENT = {"type": "stream:created", "payload": {"projectId": "p", "streamId": "s", "name": "n"}}
+#: websocket-client options: a deadline on every read, and no Origin (a native client).
+WS_OPTIONS: dict[str, Any] = {"timeout": 5, "suppress_origin": True}
 
 
 @pytest.fixture(scope="session")
@@ -60,14 +62,11 @@ class Frozen:
             raise AssertionError("no ready line within 30 s") from None
 
     def connect(self) -> websocket.WebSocket:
-        """A WebSocket with the token; its first frame (``connection:status``) read."""
-        ws = websocket.create_connection(
-            self.ready["ws"],
-            header=[f"Authorization: Bearer {self.ready['token']}"],
-            timeout=5,
-            suppress_origin=True,
-        )
-        assert recv_json(ws)["type"] == "connection:status"
+        """A WebSocket with the bearer token; its first frame (``connection:status``) read."""
+        bearer = f"Authorization: Bearer {self.ready['token']}"
+        ws = websocket.create_connection(self.ready["ws"], header=[bearer], **WS_OPTIONS)
+        status = recv_json(ws)
+        assert status["type"] == "connection:status", status
         return ws
 
     def request(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
