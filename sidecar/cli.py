@@ -38,6 +38,7 @@ EXIT_CODES: dict[str, int] = {
     "bind-failed": 3,
     "bad-host": 3,
     "parent-gone": 4,
+    "parent-unwatchable": 4,
     "broker-unreachable": 5,
     "log-file": 6,
     "fd-limit": 7,
@@ -150,7 +151,7 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return fail("bad-option", str(exc))
     except platform.ParentError as exc:
-        return fail("parent-gone", str(exc))
+        return fail(exc.error if exc.error in EXIT_CODES else "parent-gone", str(exc))
     except StartupError as exc:
         return fail(exc.code, exc.message)
     except PublishRefused as exc:

@@ -45,16 +45,17 @@ from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 from . import __version__
 from .config import Config
 from .logs import LogLimiter
+from .platform import install_stop_handlers, nonblocking_send_flag
 from .web.guards import redact
 from .web.state import SidecarState
 
 log = logging.getLogger("sidecar")
 
 LISTEN_BACKLOG = 2048
+#: Refusals are written without blocking where the OS allows (a fresh socket's buffer is empty).
+_DONTWAIT = nonblocking_send_flag() or 0
 #: Longest the main thread waits between checks for a stop (see :func:`run`).
 SIGNAL_POLL = 0.25
-#: Descriptors kept free beyond the connection caps (listening socket, log, epoll, Redis …).
-FD_RESERVE = 64
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
     b"Connection: close\r\nContent-Length: 36\r\n\r\nService Unavailable: server is busy\n"
@@ -149,7 +150,7 @@ class RequestWatchdog:
             )
         try:
             if not head_done:
-                conn.send(_TIMEOUT, socket.MSG_DONTWAIT)
+                conn.send(_TIMEOUT, _DONTWAIT)
             conn.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
@@ -272,7 +273,7 @@ class Server(ThreadedWSGIServer):
 
     def _refuse(self, request: socket.socket, reason: str) -> None:
         try:
-            request.send(_BUSY, socket.MSG_DONTWAIT)
+            request.send(_BUSY, _DONTWAIT)
         except OSError:
             pass
         self.shutdown_request(request)
@@ -332,7 +333,7 @@ class Server(ThreadedWSGIServer):
 
 def bind(config: Config) -> socket.socket:
     """A listening socket for ``config.host``/``port``; :class:`StartupError` if impossible."""
-    from .platform import exclusive_bind
+    from .platform import REUSE_ADDRESS, exclusive_bind
 
     try:
         infos = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)
@@ -341,7 +342,7 @@ def bind(config: Config) -> socket.socket:
     family, kind, proto, _name, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
-        if os.name != "nt":
+        if REUSE_ADDRESS:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         exclusive_bind(sock)
         sock.bind(address)
@@ -357,9 +358,9 @@ def bind(config: Config) -> socket.socket:
 
 def check_descriptors(config: Config) -> None:
     """Make room for the connection caps in ``RLIMIT_NOFILE``, or refuse to start."""
-    from .platform import raise_fd_limit
+    from .platform import FD_HEADROOM, raise_fd_limit
 
-    needed = config.max_clients + config.max_pending_handshakes + FD_RESERVE
+    needed = config.max_clients + config.max_pending_handshakes + FD_HEADROOM
     limit = raise_fd_limit(needed)
     if limit is not None and limit < needed:
         raise StartupError(
@@ -428,9 +429,11 @@ def run(
     show_token: bool = False,
     watchers: list[Watcher] | None = None,
     ready_extra: Callable[[dict[str, Any]], None] | None = None,
-    signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
 ) -> int:
-    """Serve until a signal in ``signals`` (or a watcher sets the stop event); the exit code.
+    """Serve until a stop signal (or a watcher sets the stop event); the exit code.
+
+    The stop signals are the OS's (:func:`sidecar.platform.stop_signals`: SIGTERM, SIGINT and
+    SIGHUP, or SIGINT and SIGBREAK on Windows).
 
     The signal handler only records the signal: it must not take a lock, because it runs in
     the main thread between two bytecodes, possibly while that thread holds the very lock
@@ -442,8 +445,7 @@ def run(
     state.ensure_started()
     stop = threading.Event()
     received: list[int] = []
-    for signum in signals:
-        signal.signal(signum, lambda signum, _frame: received.append(signum))
+    install_stop_handlers(lambda signum, _frame: received.append(signum))
     serving = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="sidecar-http", daemon=True
     )

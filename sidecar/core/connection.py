@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import enum
 import logging
-import select
+import selectors
 import socket
 import threading
 import time
@@ -46,13 +46,18 @@ from typing import Protocol
 from simple_websocket import ConnectionClosed
 
 from .. import frames
-from ..platform import set_send_timeout
+from ..platform import nonblocking_send_flag, set_send_timeout
 from ..protocol import CloseCode
 
 log = logging.getLogger("sidecar.connection")
 
 #: Buffers handed to one ``sendmsg`` call (Linux's IOV_MAX is 1024).
 _IOV = 512
+#: The flag of one non-blocking send; ``None`` where the OS has none (Windows): then nothing
+#: is written without blocking and every frame goes through a writer thread.
+_DONTWAIT = nonblocking_send_flag()
+#: Scatter-gather writes (POSIX); elsewhere buffers are written one by one.
+_SENDMSG = hasattr(socket.socket, "sendmsg")
 
 #: What a client hands over: one buffer, or several sent in order (e.g. a replay).
 Data = bytes | tuple[bytes, ...]
@@ -156,7 +161,7 @@ class GuardedSocket:
     # -- our writes ------------------------------------------------------------------------
     def try_send(self, data: Data) -> SendResult:
         """Write without blocking and without waiting for the lock (the hub thread's path)."""
-        if not self.lock.acquire(blocking=False):
+        if _DONTWAIT is None or not self.lock.acquire(blocking=False):
             return SendResult.BUSY
         try:
             if self.closed:
@@ -165,15 +170,13 @@ class GuardedSocket:
                 return SendResult.BUSY
             try:
                 if isinstance(data, bytes):
-                    sent = self.raw.send(data, socket.MSG_DONTWAIT)
+                    sent = self.raw.send(data, _DONTWAIT)
                     if sent == len(data):
                         return SendResult.SENT
                     self._pending.append(memoryview(data)[sent:])
                     return SendResult.PARTIAL
                 self._pending.extend(memoryview(b) for b in data)
-                self._consume(
-                    self.raw.sendmsg(islice(self._pending, _IOV), (), socket.MSG_DONTWAIT)
-                )
+                self._consume(self.raw.sendmsg(islice(self._pending, _IOV), (), _DONTWAIT))
             except (BlockingIOError, InterruptedError):
                 if isinstance(data, bytes):
                     self._pending.append(memoryview(data))
@@ -215,10 +218,8 @@ class GuardedSocket:
             try:
                 if block:
                     self._drain_locked()
-                elif self._pending:
-                    self._consume(
-                        self.raw.sendmsg(islice(self._pending, _IOV), (), socket.MSG_DONTWAIT)
-                    )
+                elif self._pending and _DONTWAIT is not None:
+                    self._consume(self.raw.sendmsg(islice(self._pending, _IOV), (), _DONTWAIT))
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:
@@ -236,10 +237,10 @@ class GuardedSocket:
         """
         if self.lock.acquire(blocking=False):
             try:
-                if not self.closed and not self._pending:
+                if not self.closed and not self._pending and _DONTWAIT is not None:
                     self.closed, self.sent_close = True, code
                     try:
-                        self.raw.send(frames.close_frame(code, reason), socket.MSG_DONTWAIT)
+                        self.raw.send(frames.close_frame(code, reason), _DONTWAIT)
                     except OSError:
                         pass
                 self.closed = True
@@ -275,14 +276,16 @@ class GuardedSocket:
                 self.closed = True
                 self._pending.clear()
                 self.raw.shutdown(socket.SHUT_WR)
-            while drained < max_bytes:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not select.select([self.raw], [], [], remaining)[0]:
-                    break
-                chunk = self.raw.recv(65536, socket.MSG_DONTWAIT)
-                if not chunk:
-                    break
-                drained += len(chunk)
+            with selectors.DefaultSelector() as selector:  # no select(): fds above 1024
+                selector.register(self.raw, selectors.EVENT_READ)
+                while drained < max_bytes:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not selector.select(remaining):
+                        break
+                    chunk = self.raw.recv(65536, _DONTWAIT or 0)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
         except (OSError, ValueError):  # reset by the peer, already closed, would block
             pass
         self.shutdown()
@@ -295,7 +298,7 @@ class GuardedSocket:
     def _drain_locked(self) -> None:
         pending = self._pending
         while pending:
-            if len(pending) == 1:
+            if len(pending) == 1 or not _SENDMSG:
                 self._consume(self.raw.send(pending[0]))
             else:
                 self._consume(self.raw.sendmsg(islice(pending, _IOV)))
