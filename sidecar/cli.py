@@ -147,7 +147,7 @@ def serve(args: argparse.Namespace) -> int:
         if not config.auth:
             log.warning("--no-auth: any local process or web page on an allowed origin can connect")
         watchers = _watchers(config.parent_pid, config.exit_on_stdin_eof)
-        return run(config, show_token=generated, watchers=watchers, signals=platform.stop_signals())
+        return run(config, show_token=generated, watchers=watchers)
     except ConfigError as exc:
         return fail("bad-option", str(exc))
     except platform.ParentError as exc:
