@@ -1,0 +1,486 @@
+"""The Redis broker against a real redis-server: one order, relays, gap reads, faults.
+
+Every test starts its own ``redis-server`` (tests/redis_server.py) and stops it afterwards.
+A :class:`RecordingSink` stands in for the hub: it is the relay's consumer, not the thing
+under test. Two brokers with a relay each play two worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from sidecar.broker import BrokerUnavailable
+from sidecar.broker.publisher import Publisher
+from sidecar.broker.redis import MAX_BATCH, RedisBroker
+from sidecar.envelope import encode, new_event, with_seq
+from sidecar.protocol import Since
+from tests.conftest import wait_for
+from tests.redis_server import RedisServer, free_port
+
+WAIT = 15.0  # the deadline of every wait for the relay (generous: 2 shared cores)
+
+
+class RecordingSink:
+    """Records what the relay hands over; ``accepting`` cleared makes it refuse (stall)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.items: list[tuple[str, int, bytes]] = []  # (epoch, seq, data)
+        self.resets: list[tuple[str, int, str]] = []
+        self.errors: list[str] = []  # contract violations seen in deliver()
+        self.refusals = 0
+        self.accepting = threading.Event()
+        self.accepting.set()
+        self._next: int | None = None
+
+    def deliver(self, epoch: str, items: Sequence[tuple[int, bytes]], timeout: float) -> bool:
+        if not self.accepting.wait(timeout):
+            with self.cond:
+                self.refusals += 1
+                self.cond.notify_all()
+            return False
+        with self.cond:
+            for seq, data in items:
+                if self._next is not None and seq != self._next:
+                    self.errors.append(f"seq {seq} delivered, expected {self._next}")
+                if json.loads(data)["seq"] != seq:
+                    self.errors.append(f"seq {seq} does not match its data")
+                self._next = seq + 1
+                self.items.append((epoch, seq, bytes(data)))
+            self.cond.notify_all()
+        return True
+
+    def reset(self, epoch: str, seq: int, reason: str) -> None:
+        with self.cond:
+            self.resets.append((epoch, seq, reason))
+            self._next = seq + 1
+            self.cond.notify_all()
+
+    def wait(self, predicate: Callable[[RecordingSink], bool], timeout: float = WAIT) -> None:
+        """Wait until ``predicate(self)`` holds; fail the test after ``timeout``."""
+        with self.cond:
+            if not self.cond.wait_for(lambda: predicate(self), timeout):
+                raise AssertionError(
+                    f"sink: condition not met within {timeout} s; last seqs "
+                    f"{self.seqs()[-5:]}, resets {self.resets}"
+                )
+
+    def seqs(self, epoch: str | None = None) -> list[int]:
+        return [seq for e, seq, _ in self.items if epoch is None or e == epoch]
+
+
+def events(count: int, tag: str = "t") -> list[bytes]:
+    return [encode(new_event("test:tick", {"tag": tag, "n": n})) for n in range(count)]
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    srv = RedisServer()
+    srv.start()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def persistent_server() -> Iterator[RedisServer]:
+    srv = RedisServer(persistent=True)
+    srv.start()
+    yield srv
+    srv.close()
+
+
+@pytest.fixture
+def make_broker() -> Iterator[Callable[..., RedisBroker]]:
+    """Brokers with quick relay knobs; each is closed (and must stop in time) at teardown."""
+    made: list[RedisBroker] = []
+
+    def make(url: str, **options: Any) -> RedisBroker:
+        options = {"block": 0.2, "backoff": (0.02, 0.2), **options}
+        broker = RedisBroker(url, **options)
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        assert broker.close(timeout=5.0), "the relay did not stop in time"
+    assert not [t for t in threading.enumerate() if t.name == "sidecar-broker-relay"]
+
+
+def relay_warnings(caplog: pytest.LogCaptureFixture, text: str) -> int:
+    return sum(1 for r in caplog.records if r.name == "sidecar.broker" and text in r.message)
+
+
+def test_importing_the_package_does_not_import_redis() -> None:
+    code = (
+        "import sys, sidecar, sidecar.broker\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'redis'], 'redis imported'\n"
+        "from sidecar import Publisher\n"
+        "assert 'redis' in sys.modules and Publisher.__name__ == 'Publisher'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_publish_assigns_seqs_and_stores_the_spliced_envelope(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    broker = make_broker(server.url)
+    data = events(3)
+    assert broker.publish(data) == [1, 2, 3]
+    assert broker.publish(events(1)) == [4]
+    assert broker.publish([]) == []
+    epoch, seq = broker.head()
+    assert seq == 4 and Since.parse(f"{epoch}:{seq}") == Since(epoch, 4)
+    stored = server.client().xrange("sidecar:stream")
+    assert [entry_id for entry_id, _ in stored] == [b"1-0", b"2-0", b"3-0", b"4-0"]
+    for (_, fields), seq, raw in zip(stored, [1, 2, 3], data, strict=False):
+        assert fields == {b"d": with_seq(raw, seq)}  # byte-identical to the hub's splice
+    with pytest.raises(ValueError, match="JSON object"):
+        broker.publish([b"[1, 2]"])
+    with pytest.raises(ValueError, match="at most"):
+        broker.publish([b"{}"] * (MAX_BATCH + 1))
+    assert broker.head() == (epoch, 4)
+
+
+def test_concurrent_publishers_give_two_relays_one_identical_order(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    workers = [make_broker(server.url), make_broker(server.url)]
+    sinks = [RecordingSink(), RecordingSink()]
+    starts = {worker.start_relay(sink) for worker, sink in zip(workers, sinks, strict=True)}
+    assert len(starts) == 1 and next(iter(starts))[1] == 0
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD_PUBLISHER, server.url], stdout=subprocess.PIPE, text=True
+    )
+    returned: list[list[int]] = []
+    lock = threading.Lock()
+
+    def publish_from(worker: RedisBroker, tag: str) -> None:
+        rounds = 0
+        while rounds < 400 and (rounds < 10 or child.poll() is None):
+            for batch in (events(1, tag), events(3, tag)):
+                seqs = worker.publish(batch)
+                with lock:
+                    returned.append(seqs)
+            rounds += 1
+
+    threads = [
+        threading.Thread(target=publish_from, args=(workers[i % 2], f"thread-{i}"))
+        for i in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    out, _ = child.communicate(timeout=WAIT)
+    assert child.returncode == 0 and not any(t.is_alive() for t in threads)
+    returned += json.loads(out)
+
+    total = sum(len(seqs) for seqs in returned)
+    assert sorted(seq for seqs in returned for seq in seqs) == list(range(1, total + 1))
+    assert all(seqs == list(range(seqs[0], seqs[0] + len(seqs))) for seqs in returned)
+    for sink in sinks:
+        sink.wait(lambda s: len(s.items) >= total)
+        assert sink.seqs() == list(range(1, total + 1)) and not sink.errors and not sink.resets
+    assert sinks[0].items == sinks[1].items  # same epoch, same seqs, the same bytes
+    epoch = sinks[0].items[0][0]
+    gap = workers[1].read_range(epoch, total - 50, 50)  # (the stream keeps >= 1024 events)
+    assert gap == [(seq, data) for _, seq, data in sinks[0].items[-50:]]
+
+
+CHILD_PUBLISHER = """
+import json, sys
+from sidecar import Publisher
+with Publisher(sys.argv[1]) as publisher:
+    seqs = []
+    for i in range(15):
+        seqs.append([publisher.publish("test:child", {"i": i})])
+        seqs.append(publisher.publish_many([("test:child", {"i": i, "k": k}) for k in range(3)]))
+print(json.dumps(seqs))
+"""
+
+
+def test_publish_falls_back_on_noscript(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    broker = make_broker(server.url)
+    assert broker.publish(events(1)) == [1]
+    redis = server.client()
+    redis.script_flush()
+    redis.config_resetstat()
+    assert broker.publish(events(2)) == [2, 3]
+    assert broker.publish(events(1)) == [4]
+    stats = redis.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 3  # NOSCRIPT, then after the load, then again
+    assert stats["cmdstat_evalsha"]["failed_calls"] == 1
+    assert stats["cmdstat_script|load"]["calls"] == 1
+    assert "cmdstat_eval" not in stats
+
+
+def test_key_prefixes_keep_deployments_apart(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    one, two = make_broker(server.url, prefix="one"), make_broker(server.url, prefix="two")
+    sink_one, sink_two = RecordingSink(), RecordingSink()
+    epoch_one, _ = one.start_relay(sink_one)
+    epoch_two, _ = two.start_relay(sink_two)
+    assert epoch_one != epoch_two
+    assert one.publish(events(2, "one")) == [1, 2]
+    assert two.publish(events(1, "two")) == [1]
+    sink_one.wait(lambda s: len(s.items) == 2)
+    sink_two.wait(lambda s: len(s.items) == 1)
+    assert all(b'"tag":"one"' in data for _, _, data in sink_one.items)
+    assert b'"tag":"two"' in sink_two.items[0][2]
+    assert one.read_range(epoch_two, 0, 10) is None
+    assert len(one.read_range(epoch_one, 0, 10) or []) == 2
+    assert sorted(server.client().keys()) == [
+        b"one:meta",
+        b"one:stream",
+        b"two:meta",
+        b"two:stream",
+    ]
+
+
+def test_unreachable_redis_is_one_clear_error_without_the_password() -> None:
+    port = free_port()  # nothing listens there
+    url = f"redis://:s3cret-pw@127.0.0.1:{port}/0"
+    broker = RedisBroker(url, connect_timeout=1.0)
+    for call in (
+        broker.head,
+        lambda: broker.publish(events(1)),
+        lambda: broker.read_range("e", 0, 1),
+    ):
+        with pytest.raises(BrokerUnavailable) as caught:
+            call()
+        message = str(caught.value)
+        assert message.startswith(f"redis broker redis://:***@127.0.0.1:{port}/0 unreachable: ")
+        assert "\n" not in message and "s3cret-pw" not in message
+    with pytest.raises(BrokerUnavailable):
+        broker.start_relay(RecordingSink())
+    assert broker.relay_stats().running is False
+    assert broker.close()
+    publisher = Publisher("unix:///nonexistent/redis.sock?db=0")
+    with pytest.raises(BrokerUnavailable, match=r"unix:///nonexistent/redis\.sock.* unreachable"):
+        publisher.publish("app:thing", {})
+    publisher.close()
+
+
+def test_outage_with_data_kept_continues_from_the_last_id(
+    persistent_server: RedisServer,
+    make_broker: Callable[..., RedisBroker],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidecar.broker")
+    server = persistent_server
+    broker = make_broker(server.url, backoff=(0.2, 0.4))  # publishes after a restart come first
+    sink = RecordingSink()
+    epoch, _ = broker.start_relay(sink)
+    expected = 0
+    for outage in (1, 2):
+        expected += len(broker.publish(events(5)))
+        sink.wait(lambda s, n=expected: len(s.items) == n)
+        server.stop()
+        for _ in range(3):
+            with pytest.raises(BrokerUnavailable, match="unreachable"):
+                broker.publish(events(1))  # refused, never accepted and lost
+        attempts = broker.relay_stats().failed_attempts
+        wait_for(lambda n=attempts: broker.relay_stats().failed_attempts >= n + 3, WAIT)
+        server.start()
+        seqs = broker.publish(events(5))  # perhaps before the relay is back: it catches up
+        assert seqs == list(range(expected + 1, expected + 6))
+        expected += 5
+        sink.wait(lambda s, n=expected: len(s.items) == n)
+        wait_for(lambda n=outage: broker.relay_stats().reconnects == n, WAIT)
+        assert relay_warnings(caplog, "unreachable") == outage
+        assert relay_warnings(caplog, "reachable again") == outage
+    assert sink.seqs() == list(range(1, expected + 1)) and not sink.errors
+    assert sink.resets == [] and {e for e, _, _ in sink.items} == {epoch}
+    stats = broker.relay_stats()
+    assert (stats.outages, stats.reconnects, stats.resets) == (2, 2, 0)
+    assert stats.last_delivered_seq == stats.last_published_seq == expected
+    assert broker.read_range(epoch, 0, 100) == [(seq, data) for _, seq, data in sink.items]
+
+
+def relay_after_three(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> tuple[RedisBroker, RecordingSink, str]:
+    """A broker whose relay has delivered seqs 1-3; and its epoch."""
+    broker = make_broker(server.url)
+    sink = RecordingSink()
+    epoch, _ = broker.start_relay(sink)
+    broker.publish(events(3))
+    sink.wait(lambda s: len(s.items) == 3)
+    return broker, sink, epoch
+
+
+def test_restart_without_data_resets_to_a_new_epoch(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    broker, sink, old = relay_after_three(server, make_broker)
+    server.restart()  # --save '' and no AOF: everything is gone
+    sink.wait(lambda s: len(s.resets) == 1)
+    new, seq, reason = sink.resets[0]
+    assert new != old and seq == 0 and "epoch changed" in reason
+    assert broker.read_range(old, 3, 10) is None and broker.read_range(old, 0, 10) is None
+    assert broker.head() == (new, 0) and broker.read_range(new, 0, 10) == []
+    assert broker.publish(events(1)) == [1]
+    sink.wait(lambda s: s.seqs(new) == [1])
+    assert not sink.errors
+
+
+def test_flush_while_connected_never_delivers_new_events_as_old_ones(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    broker, sink, old = relay_after_three(server, make_broker)
+    server.client().flushall()
+    assert broker.publish(events(10)) == list(range(1, 11))  # new epoch, seqs from 1 again
+    sink.wait(lambda s: len(s.resets) == 1)
+    new, seq, _ = sink.resets[0]
+    assert new != old and seq in (0, 10)  # (0: the relay saw the empty Redis first)
+    sink.wait(lambda s: seq + len(s.seqs(new)) == 10)
+    assert sink.seqs(old) == [1, 2, 3] and sink.seqs(new) == list(range(seq + 1, 11))
+
+
+def publish_300(broker: RedisBroker, server: RedisServer) -> int:
+    """Publish 300 events in batches of 50; the oldest seq the stream still holds."""
+    for _ in range(6):
+        broker.publish(events(50))
+    return int(server.client().xrange("sidecar:stream", count=1)[0][0].split(b"-")[0])
+
+
+def test_a_relay_left_behind_by_trimming_resets(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    broker = make_broker(server.url, history_size=5)
+    sink = RecordingSink()
+    sink.accepting.clear()  # the hub's inbox is full: the relay holds seq 1 and retries
+    epoch, _ = broker.start_relay(sink)
+    broker.publish(events(1))
+    sink.wait(lambda s: s.refusals >= 2)
+    first = publish_300(broker, server)
+    assert first > 2  # trimmed (MAXLEN ~ keeps whole nodes: more than 5, fewer than 301)
+    sink.accepting.set()
+    sink.wait(lambda s: len(s.resets) == 1)
+    assert sink.seqs() == [1]
+    assert sink.resets[0][:2] == (epoch, 301) and "events 2.." in sink.resets[0][2]
+    assert broker.publish(events(1)) == [302]
+    sink.wait(lambda s: s.seqs() == [1, 302])
+    assert not sink.errors and broker.relay_stats().resets == 1
+
+
+def test_read_range_edges(server: RedisServer, make_broker: Callable[..., RedisBroker]) -> None:
+    broker = make_broker(server.url, history_size=5)
+    epoch, seq = broker.head()
+    assert seq == 0 and broker.read_range(epoch, 0, 10) == []  # empty stream, at the head
+    first = publish_300(broker, server)
+    edge = broker.read_range(epoch, first - 1, 3)  # exactly the oldest event kept
+    assert edge is not None and [s for s, _ in edge] == [first, first + 1, first + 2]
+    assert all(json.loads(data)["seq"] == s for s, data in edge)
+    assert broker.read_range(epoch, first - 2, 3) is None  # too old: first - 1 was trimmed
+    assert broker.read_range(epoch, 300, 10) == []  # nothing missed
+    assert broker.read_range(epoch, 301, 10) is None  # ahead of the last seq
+    assert broker.read_range("another-epoch", 299, 10) is None
+    assert [s for s, _ in broker.read_range(epoch, 297, 10) or []] == [298, 299, 300]
+    assert [s for s, _ in broker.read_range(epoch, 290, 2) or []] == [291, 292]  # limit
+    assert broker.read_range(epoch, 290, 0) == []
+    with pytest.raises(ValueError):
+        broker.read_range(epoch, -1, 10)
+
+
+def test_publisher_validates_like_the_api_and_returns_seqs(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    make_broker(server.url, history_size=7).head()  # a hub's broker records its history size
+    created = {"projectId": "p1", "streamId": "s1", "name": "Stream"}
+    with Publisher(server.url) as publisher:
+        assert publisher.publish("stream:created", created) == 1
+        status = new_event("workflow:status-changed", dict(created, workflowId="w", status="ok"))
+        assert publisher.publish_many([("app:custom-thing", {"any": [1]}), status]) == [2, 3]
+        assert publisher.publish_many([]) == []
+        refused: list[tuple[Any, str]] = [
+            (("Bad:Name", {}), "namespace:kebab-case"),
+            (("connection:status", {"status": "connected"}), "connection:status"),
+            (("chat:send", {"conversationId": "c", "content": "hi"}), "chat:send is a client"),
+            (("stream:created", {"projectId": "p1", "name": "n"}), "streamId"),
+            (("app:thing", {"x": object()}), "not JSON"),
+            (("app:thing", {"x": "y" * 2000}), "bytes; at most 1024"),
+            (("app:thing", ["not", "an", "object"]), "payload must be an object"),
+        ]
+        small = Publisher(server.url, max_event_bytes=1024)
+        for item, message in refused:
+            with pytest.raises(ValueError, match=message):
+                small.publish_many([("app:fine", {}), item])  # all or nothing
+        small.close()
+        assert publisher.head()[1] == 3
+    stored = server.client().xrange("sidecar:stream")
+    envelopes = [json.loads(fields[b"d"]) for _, fields in stored]
+    assert [(e["type"], e["seq"]) for e in envelopes] == [
+        ("stream:created", 1),
+        ("app:custom-thing", 2),
+        ("workflow:status-changed", 3),
+    ]
+    assert envelopes[2]["timestamp"] == status.timestamp and envelopes[0]["payload"] == created
+    assert server.client().hget("sidecar:meta", "size") == b"7"  # publishers keep the hub's
+
+
+def test_tcp_url_with_password_and_database(make_broker: Callable[..., RedisBroker]) -> None:
+    server = RedisServer(tcp=True, password="pw-0123")
+    server.start()
+    try:
+        broker = make_broker(server.tcp_url(db=3))
+        assert broker.publish(events(2)) == [1, 2]
+        assert server.client(db=3).keys("sidecar:*") and server.client().keys() == []
+        wrong = make_broker(f"redis://:wrong-pw@127.0.0.1:{server.port}/3")
+        with pytest.raises(BrokerUnavailable) as caught:
+            wrong.head()
+        message = str(caught.value)
+        assert "rejected the credentials" in message and "redis://:***@127.0.0.1:" in message
+        assert "wrong-pw" not in message and "pw-0123" not in message
+    finally:
+        server.close()
+
+
+def test_stop_is_bounded_and_leaves_no_thread_or_connection(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    redis = server.client()
+
+    def names() -> list[str]:
+        return [c["name"] for c in redis.client_list() if c["name"]]
+
+    for stall in (False, True):  # idle in XREAD BLOCK, or retrying a refusing sink
+        broker = make_broker(server.url)
+        sink = RecordingSink()
+        broker.start_relay(sink)
+        broker.publish(events(1))
+        if stall:
+            sink.accepting.clear()
+            broker.publish(events(1))
+            sink.wait(lambda s: s.refusals >= 1)
+        wait_for(lambda: "sidecar-relay" in names(), WAIT)
+        started = time.monotonic()
+        assert broker.close(timeout=5.0)
+        assert time.monotonic() - started < 2.0
+        assert not [t for t in threading.enumerate() if t.name == "sidecar-broker-relay"]
+        wait_for(lambda: not names(), WAIT)
+        assert broker.relay_stats().running is False
+
+
+def test_stop_while_redis_is_down_is_bounded(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    broker = make_broker(server.url, backoff=(1.0, 5.0))
+    broker.start_relay(RecordingSink())
+    server.stop()
+    wait_for(lambda: broker.relay_stats().failed_attempts >= 1, WAIT)
+    started = time.monotonic()
+    assert broker.stop(timeout=5.0)
+    assert time.monotonic() - started < 1.0  # the backoff wait ends at once
