@@ -3,10 +3,10 @@
 Runs on request threads; it only reads the shared :class:`~sidecar.app.Sidecar` and hands
 events to the hub (whose inbox is its only synchronisation).
 
-``POST /api/v1/events`` takes one envelope ``{"type", "payload"}`` or a JSON array of them.
-Known types are validated against the catalog (422 naming the field); other names must be
-``namespace:kebab-case`` (app-specific events pass through). The server stamps the
-timestamp; the hub assigns ``seq``. Answers 202 with what was broadcast.
+``POST /api/v1/events`` takes one envelope ``{"type", "payload"}`` or a JSON array of them,
+parsed by :func:`sidecar.catalog.parse_publish_body` (400 not JSON, 413 an event too large,
+422 invalid, naming the field). The server stamps the timestamp; the hub assigns ``seq``.
+Answers 202 with what was broadcast.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, request
 
-from .envelope import Event, is_event_name, new_event
-from .events import CATALOG, validate_payload
+from .catalog.publish import PublishError, parse_publish_body
+from .envelope import Event
 from .security import check_token
 
 if TYPE_CHECKING:
@@ -29,13 +29,8 @@ MAX_BODY = 1 << 20
 MAX_BATCH = 10_000
 
 
-class Invalid(Exception):
-    """A publish request that cannot be accepted: HTTP ``status`` and a one-line message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+#: A publish request that cannot be accepted: HTTP ``status`` and a one-line ``message``.
+Invalid = PublishError
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:
@@ -51,45 +46,9 @@ def error(status: int, message: str) -> Response:
     return _json(status, {"error": message})
 
 
-def parse_events(body: bytes) -> list[Event]:
+def parse_events(body: bytes, max_event_bytes: int = 1 << 20) -> list[Event]:
     """Validate a publish body and build its events; raise :class:`Invalid` on any problem."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Invalid(400, f"body is not JSON: {exc}") from None
-    batch = isinstance(data, list)
-    items = data if batch else [data]
-    if not items:
-        raise Invalid(422, "empty batch: send at least one event")
-    if len(items) > MAX_BATCH:
-        raise Invalid(422, f"batch of {len(items)} events; at most {MAX_BATCH}")
-    events = []
-    for index, item in enumerate(items):
-        where = f"events[{index}]" if batch else "event"
-        if not isinstance(item, dict):
-            raise Invalid(422, f"{where}: expected an object {{type, payload}}")
-        extra = sorted(set(item) - {"type", "payload"})
-        if extra:
-            raise Invalid(
-                422, f"{where}: unexpected key {extra[0]!r} (an event is {{type, payload}})"
-            )
-        event_type = item.get("type")
-        if not isinstance(event_type, str):
-            raise Invalid(422, f"{where}.type: required string missing")
-        if not is_event_name(event_type):
-            raise Invalid(422, f"{where}.type: {event_type!r} is not namespace:kebab-case")
-        payload = item.get("payload")
-        if not isinstance(payload, dict):
-            raise Invalid(422, f"{where}.payload: expected an object")
-        spec = CATALOG.get(event_type)
-        if spec is not None:
-            if spec.direction != "server":
-                raise Invalid(422, f"{where}.type: {event_type} is a client-to-server event")
-            problem = validate_payload(event_type, payload)
-            if problem:
-                raise Invalid(422, f"{where}.{problem}")
-        events.append(new_event(event_type, payload))
-    return events
+    return parse_publish_body(body, max_event_bytes=max_event_bytes, max_batch=MAX_BATCH)
 
 
 def api_blueprint(sidecar: Sidecar) -> Blueprint:
@@ -112,7 +71,7 @@ def api_blueprint(sidecar: Sidecar) -> Blueprint:
         if len(body) > MAX_BODY:
             return error(413, f"body larger than {MAX_BODY} bytes")
         try:
-            events = parse_events(body)
+            events = parse_events(body, sidecar.hub.max_event_bytes)
         except Invalid as exc:
             return error(exc.status, exc.message)
         hub = sidecar.hub

@@ -10,11 +10,15 @@ names this module always had (``events.Event``, ``events.new_event``); new code 
 # every name; the rest one by name.
 from sidecar import catalog
 from sidecar.catalog import CATALOG as CATALOG
+from sidecar.catalog import MAX_BATCH as MAX_BATCH
 from sidecar.catalog import MAX_DEPTH as MAX_DEPTH
 from sidecar.catalog import Direction as Direction
 from sidecar.catalog import EventSpec as EventSpec
+from sidecar.catalog import PublishError as PublishError
 from sidecar.catalog import json_problem as json_problem
 from sidecar.catalog import json_schema as json_schema
+from sidecar.catalog import parse_publish_body as parse_publish_body
+from sidecar.catalog import validate_items as validate_items
 from sidecar.catalog import validate_payload as validate_payload
 from sidecar.catalog.constructors import *  # noqa: F403
 from sidecar.catalog.names import *  # noqa: F403
