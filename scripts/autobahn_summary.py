@@ -5,7 +5,8 @@ Used by ``scripts/autobahn`` (which builds the Python 2.7 tool environment first
     autobahn_summary.py run --wstest PATH [--fast] [--cases LIST] [--compression] [--verbose]
     autobahn_summary.py summarise REPORT_DIR [--verbose]
 
-``run`` starts the conformance echo app (``python -m sidecar.conformance``) on port 0 through :mod:`sidecar.launcher`, writes a fuzzing-client spec
+``run`` starts the conformance echo app (``python -m sidecar.conformance``) on port 0 through
+:mod:`sidecar.launcher`, writes a fuzzing-client spec
 whose server entry carries the sidecar's own Origin and the ``sidecar.v1`` / ``auth.<token>``
 subprotocol pair (so every case passes the real handshake checks), runs ``wstest -m
 fuzzingclient`` with a time limit, stops the server with SIGTERM and checks its log for

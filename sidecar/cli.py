@@ -144,8 +144,6 @@ def serve(args: argparse.Namespace) -> int:
             return fail("log-file", f"cannot write --log-file {config.log_file}: {exc.strerror}")
         platform.tune_malloc()
         check_descriptors(config)
-        if not config.auth:
-            log.warning("--no-auth: any local process or web page on an allowed origin can connect")
         watchers = _watchers(config.parent_pid, config.exit_on_stdin_eof)
         return run(config, show_token=generated, watchers=watchers)
     except ConfigError as exc:

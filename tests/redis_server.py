@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -74,8 +75,11 @@ class RedisServer:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
-    def client(self, db: int = 0) -> redis.Redis:
-        """A plain client, for the test to look at (or change) what is in Redis."""
+    def client(self, db: int = 0) -> Any:
+        """A plain client (``redis.Redis``), for the test to look at or change what is in Redis.
+
+        Typed ``Any``: redis-py types every reply as a union of its RESP2 and RESP3 forms.
+        """
         return redis.Redis(
             unix_socket_path=str(self.socket_path),
             password=self.password,

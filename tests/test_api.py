@@ -71,6 +71,8 @@ def test_publish_batch_keeps_order(sidecar):
             "client-to-server",
         ),
         ([STREAM, {"type": "artifact:deleted", "payload": {"id": "a"}}], "events[1].payload.path"),
+        ({"type": "connection:status", "payload": {"status": "connected"}}, "reserved"),
+        ({"type": "stream:created\n", "payload": STREAM["payload"]}, "kebab-case"),
         ([], "empty"),
         ("just a string", "object"),
     ],
@@ -91,6 +93,21 @@ def test_not_json_is_400(sidecar):
 def test_body_over_1_mib_is_413(sidecar):
     big = {"type": "app:big", "payload": {"x": "y" * Config().max_event_bytes}}
     assert _post(sidecar, big)[0] == 413
+
+
+def test_one_event_near_the_body_limit_is_202_or_413(sidecar):
+    # the body limit and the event limit (1 MiB each) differ by the envelope's timestamp and seq
+    ws, _ = sidecar.connect_ready()
+    wait_for(lambda: sidecar.hub.client_count() == 1)
+    frame = len(json.dumps({"type": "app:big", "payload": {"x": ""}}))
+    # the envelope is the body minus 4 spaces plus ,"timestamp":"<20-27>" plus ,"seq":<19 digits>
+    limit = Config().max_event_bytes
+    for size, expected in ((limit, 413), (limit - 50, 413), (limit - 100, 202)):
+        body = {"type": "app:big", "payload": {"x": "y" * (size - frame)}}
+        status, answer = _post(sidecar, body)
+        assert status == expected, answer
+        assert status == 202 or answer["error"].startswith("event: ")
+    assert len(recv_json(ws)["payload"]["x"]) == limit - 100 - frame
 
 
 def test_publish_requires_the_token(sidecar):

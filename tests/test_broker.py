@@ -286,19 +286,19 @@ def test_outage_with_data_kept_continues_from_the_last_id(
     expected = 0
     for outage in (1, 2):
         expected += len(broker.publish(events(5)))
-        sink.wait(lambda s, n=expected: len(s.items) == n)
+        sink.wait(_has(expected))
         server.stop()
         for _ in range(3):
             with pytest.raises(BrokerUnavailable, match="unreachable"):
                 broker.publish(events(1))  # refused, never accepted and lost
         attempts = broker.relay_stats().failed_attempts
-        wait_for(lambda n=attempts: broker.relay_stats().failed_attempts >= n + 3, WAIT)
+        wait_for(_failed_more(broker, attempts + 3), WAIT)
         server.start()
         seqs = broker.publish(events(5))  # perhaps before the relay is back: it catches up
         assert seqs == list(range(expected + 1, expected + 6))
         expected += 5
-        sink.wait(lambda s, n=expected: len(s.items) == n)
-        wait_for(lambda n=outage: broker.relay_stats().reconnects == n, WAIT)
+        sink.wait(_has(expected))
+        wait_for(_reconnects(broker, outage), WAIT)
         assert relay_warnings(caplog, "unreachable") == outage
         assert relay_warnings(caplog, "reachable again") == outage
     assert sink.seqs() == list(range(1, expected + 1)) and not sink.errors
@@ -347,6 +347,18 @@ def test_flush_while_connected_never_delivers_new_events_as_old_ones(
     assert new != old and seq in (0, 10)  # (0: the relay saw the empty Redis first)
     sink.wait(lambda s: seq + len(s.seqs(new)) == 10)
     assert sink.seqs(old) == [1, 2, 3] and sink.seqs(new) == list(range(seq + 1, 11))
+
+
+def _has(n: int) -> Callable[[RecordingSink], bool]:
+    return lambda sink: len(sink.items) == n
+
+
+def _failed_more(broker: RedisBroker, n: int) -> Callable[[], bool]:
+    return lambda: broker.relay_stats().failed_attempts >= n
+
+
+def _reconnects(broker: RedisBroker, n: int) -> Callable[[], bool]:
+    return lambda: broker.relay_stats().reconnects == n
 
 
 def publish_300(broker: RedisBroker, server: RedisServer) -> int:

@@ -1,15 +1,20 @@
-"""Tests for sidecar.events: names, payload shapes, constructors, validation, schema."""
+"""Tests for the catalog (sidecar.catalog, also as sidecar.events): names, payload shapes,
+constructors, validation, schema."""
 
+import dataclasses
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from sidecar import events
+from sidecar import catalog, events
+from sidecar.catalog import codegen
 from sidecar.envelope import EVENT_NAME_RE, Event, encode, with_seq
-from sidecar.events import CATALOG, FieldSpec, json_schema, validate_payload
+from sidecar.events import CATALOG, json_schema, validate_payload
 
 RFC3339_UTC_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
 
@@ -362,29 +367,33 @@ def test_every_server_event_has_a_validating_constructor() -> None:
 
 
 def test_artifact_shapes_accept_both_forms() -> None:
+    record = _valid_payload("artifact:created")
+    stream = {"projectId": "p", "streamId": "s", "filename": "f.md"}
     for event_type in ("artifact:created", "artifact:updated"):
         spec = CATALOG[event_type]
-        assert len(spec.shapes) == 2
-        record, stream = spec.shapes
-        assert record["isSharded"] == FieldSpec("boolean", True)
-        assert record["phaseName"] == FieldSpec("string", True)
-        assert record["parentId"] == FieldSpec("string", False)
-        assert set(stream) == {"projectId", "streamId", "filename", "phase"}
-        assert stream["phase"].required is False
-        assert spec.fields is record
+        assert spec.shapes == (events.ArtifactEventPayload, events.ArtifactStreamPayload)
+        assert spec.payload_type is events.ArtifactEventPayload
+        assert validate_payload(event_type, record) is None
+        assert validate_payload(event_type, stream) is None
+        assert validate_payload(event_type, stream | {"phase": "dev"}) is None
+        assert validate_payload(event_type, {"id": "a", "filename": "f.md"}) is not None
 
 
-def test_catalog_field_types_follow_payload_typed_dicts() -> None:
-    status = CATALOG["connection:status"].fields
-    assert status == {
-        "status": FieldSpec("string", True),
-        "epoch": FieldSpec("string", False),
-        "seq": FieldSpec("integer", False),
-        "recovered": FieldSpec("boolean", False),
+def test_schema_field_types_follow_payload_typed_dicts() -> None:
+    defs = json_schema()["$defs"]
+    status = defs["ConnectionStatusPayload"]
+    assert status["properties"] == {
+        "status": {"type": "string"},
+        "epoch": {"type": "string"},
+        "seq": {"type": "integer"},
+        "recovered": {"type": "boolean"},
     }
-    assert CATALOG["stream:updated"].fields["changes"] == FieldSpec("object", True)
-    assert CATALOG["stream:phase-changed"].fields["artifacts"] == FieldSpec("array<string>", True)
-    assert set(CATALOG["workflow:status-changed"].fields) == {
+    assert status["required"] == ["status"]
+    changes = defs["StreamUpdatedPayload"]["properties"]["changes"]
+    assert changes == {"type": "object", "additionalProperties": True}
+    artifacts = defs["StreamPhaseChangedPayload"]["properties"]["artifacts"]
+    assert artifacts == {"type": "array", "items": {"type": "string"}}
+    assert set(defs["WorkflowStatusChangedPayload"]["required"]) == {
         "projectId",
         "streamId",
         "workflowId",
@@ -395,8 +404,29 @@ def test_catalog_field_types_follow_payload_typed_dicts() -> None:
 def test_catalog_is_read_only() -> None:
     with pytest.raises(TypeError):
         CATALOG["x:y"] = CATALOG["chat:send"]  # type: ignore[index]
-    with pytest.raises(TypeError):
-        CATALOG["chat:send"].fields["content"] = FieldSpec("integer", True)  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        CATALOG["chat:send"].direction = "server"  # type: ignore[misc]
+
+
+def test_sidecar_events_is_the_catalog() -> None:
+    assert events.__all__ == catalog.__all__
+    assert events.new_stream_created_event is catalog.new_stream_created_event
+    assert events.CATALOG is catalog.CATALOG
+
+
+def test_catalog_imports_no_web_or_hub_module() -> None:
+    code = (
+        "import sys, sidecar.catalog, sidecar.events, sidecar.schema; "
+        "print('\\n'.join(sorted(sys.modules)))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.split()
+    forbidden = ("flask", "werkzeug", "simple_websocket", "wsproto")
+    forbidden_own = ("hub", "app", "api", "web", "core", "connection", "client", "server")
+    bad = [m for m in loaded if m.split(".")[0] in forbidden]
+    bad += [m for m in loaded if m.startswith("sidecar.") and m.split(".")[1] in forbidden_own]
+    assert not bad, bad
 
 
 # --- validate_payload ----------------------------------------------------------------------------
@@ -438,7 +468,7 @@ def test_catalog_is_read_only() -> None:
         (
             "stream:phase-changed",
             lambda p: p.update(artifacts="a"),
-            "payload.artifacts: expected array<string>, got string",
+            "payload.artifacts: expected array, got string",
         ),
         (
             "stream:updated",
@@ -526,27 +556,28 @@ def test_json_schema_is_deterministic_and_covers_catalog() -> None:
     assert first == json.dumps(json_schema(), sort_keys=True)
     schema = json.loads(first)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert set(schema["$defs"]) == set(CATALOG)
-    types_ = [branch["properties"]["type"] for branch in schema["oneOf"]]
-    consts = [t["const"] for t in types_ if "const" in t]
-    assert consts == sorted(CATALOG)
-    fallback = schema["oneOf"][-1]["properties"]["type"]["not"]["enum"]
-    assert fallback == sorted(CATALOG)
     assert schema["properties"]["type"]["pattern"] == f"^{EVENT_NAME_RE.pattern}$"
-    record, stream = schema["$defs"]["artifact:created"]["anyOf"]
+    defs = schema["$defs"]
+    rules = schema["dependentSchemas"]["type"]["allOf"]
+    assert [rule["if"]["properties"]["type"]["const"] for rule in rules] == sorted(CATALOG)
+    for rule in rules:  # each catalogued type points at its payload definition
+        name = codegen.type_name(rule["if"]["properties"]["type"]["const"])
+        assert rule["then"]["properties"]["payload"] == {"$ref": f"#/$defs/{name}"}
+        assert name in defs
+    assert set(defs["EventMap"]["properties"]) == {
+        t for t, spec in CATALOG.items() if spec.direction == "server"
+    }
+    assert set(defs["ClientEventMap"]["properties"]) == {"chat:send", "chat:cancel"}
+    assert defs["ArtifactCreatedPayload"]["anyOf"] == [
+        {"$ref": "#/$defs/ArtifactEventPayload"},
+        {"$ref": "#/$defs/ArtifactStreamPayload"},
+    ]
+    record, stream = defs["ArtifactEventPayload"], defs["ArtifactStreamPayload"]
     assert "parentId" not in record["required"] and "isSharded" in record["required"]
     assert record["properties"]["isSharded"] == {"type": "boolean"}
     assert stream["required"] == ["filename", "projectId", "streamId"]
-    phase_changed = schema["$defs"]["stream:phase-changed"]
-    assert phase_changed["properties"]["artifacts"] == {
-        "type": "array",
-        "items": {"type": "string"},
-    }
-    assert all(
-        shape.get("additionalProperties") is True
-        for definition in schema["$defs"].values()
-        for shape in definition.get("anyOf", [definition])
-    )
+    payloads = [d for name, d in defs.items() if name not in ("EventMap", "ClientEventMap")]
+    assert all(d.get("additionalProperties", True) is True for d in payloads)  # extras allowed
 
 
 def test_json_schema_validates_real_events() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -170,19 +171,17 @@ def test_stdin_from_dev_null_does_not_stop_the_sidecar(child):
         c.wait(0.5)
 
 
-@pytest.mark.parametrize(
-    ("args", "env", "line"),
-    [
-        (
-            [],
-            {"SIDECAR_QUEUE_SIZE": "lots"},
-            "sidecar: SIDECAR_QUEUE_SIZE='lots' is not a valid int",
-        ),
-        (["--queue-size", "0"], {}, "sidecar: --queue-size must be at least 1, got 0"),
-        ([], {"SIDECAR_PING_TIMEOUT": "-1"}, "sidecar: SIDECAR_PING_TIMEOUT must be at least 0"),
-    ],
-)
-def test_bad_option_value_is_a_clear_error(args, env, line):
+def _gone_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(10)
+    return proc.pid
+
+
+def _start_failure(
+    args: list[str], env: dict[str, str], preexec: Any = None
+) -> tuple[int, dict[str, Any], str]:
+    """Start a sidecar that must fail; its exit status, its JSON line and its stderr."""
     result = subprocess.run(
         [sys.executable, "-m", "sidecar", "--port", "0", *args],
         stdin=subprocess.DEVNULL,
@@ -190,25 +189,64 @@ def test_bad_option_value_is_a_clear_error(args, env, line):
         text=True,
         env=_env(**env),
         timeout=20,
+        preexec_fn=preexec,
     )
-    assert result.returncode == 2
-    assert result.stdout == ""
-    assert result.stderr.startswith(line)
-    assert result.stderr.count("\n") == 1  # one line, no traceback
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout  # one JSON line for the parent, nothing else
+    line = json.loads(lines[0])
+    assert set(line) == {"event", "error", "message"} and line["event"] == "error", line
+    assert result.stderr.count("\n") == 1, result.stderr  # one line, no traceback
+    assert result.stderr == f"sidecar: {line['message']}\n"
+    return result.returncode, line, result.stderr
+
+
+def _low_fd_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "error", "status", "message"),
+    [
+        ([], {"SIDECAR_QUEUE_SIZE": "lots"}, "bad-option", 2, "SIDECAR_QUEUE_SIZE='lots' is not"),
+        (["--queue-size", "0"], {}, "bad-option", 2, "--queue-size must be at least 1, got 0"),
+        ([], {"SIDECAR_PING_TIMEOUT": "-1"}, "bad-option", 2, "SIDECAR_PING_TIMEOUT must be at"),
+        (["--queue-size", "x"], {}, "bad-option", 2, "argument --queue-size"),
+        (["--no-such-flag"], {}, "bad-option", 2, "unrecognized arguments: --no-such-flag"),
+        (["--allowed-origins", "null,nope"], {}, "bad-option", 2, "'nope' is not an origin"),
+        (["--no-auth", "--allowed-origins", "null"], {}, "bad-option", 2, "needs the token"),
+        ([], {"SIDECAR_TOKEN": "has space"}, "bad-option", 2, "SIDECAR_TOKEN must be 1-256"),
+        (["--parent-pid", "0"], {}, "bad-option", 2, "--parent-pid must be"),
+        (["--parent-pid", "-4"], {}, "bad-option", 2, "--parent-pid must be"),
+        (["--log-file", "/nonexistent/dir/log"], {}, "log-file", 6, "cannot write --log-file"),
+    ],
+)
+def test_every_start_up_failure_is_one_json_line(args, env, error, status, message):
+    code, line, _ = _start_failure(args, env)
+    assert (code, line["error"]) == (status, error), line
+    assert message in line["message"], line
+
+
+def test_a_parent_that_is_already_gone_is_refused():
+    pid = _gone_pid()
+    code, line, _ = _start_failure(["--parent-pid", str(pid)], {})
+    assert (code, line["error"]) == (4, "parent-gone")
+    assert str(pid) in line["message"]
 
 
 def test_port_in_use_is_a_clear_error(child):
     c = child()
-    result = subprocess.run(
-        [sys.executable, "-m", "sidecar", "--port", str(c.ready["port"])],
-        capture_output=True,
-        text=True,
-        env=_env(SIDECAR_TOKEN=TOKEN),
-        timeout=20,
+    port = c.ready["port"]
+    code, line, _ = _start_failure(["--port", str(port)], {"SIDECAR_TOKEN": TOKEN})
+    assert (code, line) == (
+        3,
+        {"event": "error", "error": "port-in-use", "message": f"127.0.0.1:{port} is in use"},
     )
-    assert result.returncode == 1
-    assert "Address already in use" in result.stderr
-    assert "Traceback" not in result.stderr
+
+
+def test_a_connection_cap_above_the_descriptor_limit_is_refused():
+    code, line, _ = _start_failure(["--max-clients", "1000"], {}, preexec=_low_fd_limit)
+    assert (code, line["error"]) == (7, "fd-limit"), line
+    assert "--max-clients 1000" in line["message"] and "the limit is 64" in line["message"]
 
 
 def test_cli_publish_and_tail_against_a_live_sidecar(child):

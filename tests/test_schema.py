@@ -1,4 +1,8 @@
-"""The generated schema and TypeScript declarations (sidecar.schema): fresh, valid, complete."""
+"""The generated schema and TypeScript (sidecar.schema): fresh, valid, complete, type-checked.
+
+The checks that run json2ts or tsc (from ``npm ci`` at the repo root) fail under ``CI=true``
+when those are missing, and skip loudly elsewhere (:func:`tests.nodetools.node_tool`).
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,10 @@ from typing import Any
 import pytest
 
 from sidecar import events, schema
+from sidecar.catalog import codegen
 from sidecar.envelope import Event, encode, with_seq
 from sidecar.events import CATALOG
+from tests.nodetools import node_tool
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -32,28 +38,34 @@ def validator() -> Any:
 
 @pytest.fixture(scope="module")
 def dts() -> str:
-    return (schema.STATIC_DIR / schema.DTS_FILE).read_text(encoding="utf-8")
+    """The committed generated declarations (json2ts's output)."""
+    return (schema.STATIC_DIR / schema.EVENTS_DTS_FILE).read_text(encoding="utf-8")
 
 
 # -- freshness ------------------------------------------------------------------------------
 
 
-def test_committed_copies_are_up_to_date() -> None:
-    stale = schema.stale_files()
-    assert not stale, f"stale generated files {stale}: run `sidecar schema` and commit them"
-
-
 def test_committed_schema_is_the_catalog_schema() -> None:
-    committed = json.loads((schema.STATIC_DIR / schema.SCHEMA_FILE).read_text(encoding="utf-8"))
-    assert committed == events.json_schema()
+    committed = (schema.STATIC_DIR / schema.SCHEMA_FILE).read_text(encoding="utf-8")
+    assert committed == schema.render_schema(), "stale schema: run `sidecar schema` and commit"
+    assert json.loads(committed) == events.json_schema()
+
+
+def test_committed_dts_is_what_json2ts_makes_of_the_schema() -> None:
+    json2ts = node_tool("json2ts")
+    committed = (schema.STATIC_DIR / schema.SCHEMA_FILE).read_text(encoding="utf-8")
+    generated = schema.render_dts(committed, json2ts)
+    assert (schema.STATIC_DIR / schema.EVENTS_DTS_FILE).read_text(encoding="utf-8") == generated
+    assert schema.stale_files() == []  # what `sidecar schema --check` reports
 
 
 def test_main_writes_then_check_passes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    node_tool("json2ts")
     assert schema.main(["--check", "--out-dir", str(tmp_path)]) == 1
     assert "out of date" in capsys.readouterr().err
     assert schema.main(["--out-dir", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [schema.SCHEMA_FILE, schema.DTS_FILE]
+        [schema.SCHEMA_FILE, schema.EVENTS_DTS_FILE]
     )
     assert schema.main(["--check", "--out-dir", str(tmp_path)]) == 0
     capsys.readouterr()
@@ -62,16 +74,27 @@ def test_main_writes_then_check_passes(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_check_detects_a_hand_edit(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    node_tool("json2ts")
     assert schema.main(["--out-dir", str(tmp_path)]) == 0
-    dts_path = tmp_path / schema.DTS_FILE
+    dts_path = tmp_path / schema.EVENTS_DTS_FILE
     dts_path.write_text(dts_path.read_text().replace("streamId: string;", "streamId: number;"))
     assert schema.main(["--check", "--out-dir", str(tmp_path)]) == 1
-    assert schema.DTS_FILE in capsys.readouterr().err
-    assert schema.stale_files(tmp_path) == [schema.DTS_FILE]
+    assert schema.EVENTS_DTS_FILE in capsys.readouterr().err
+    assert schema.stale_files(tmp_path) == [schema.EVENTS_DTS_FILE]
+
+
+def test_missing_json2ts_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(codegen, "JSON2TS", tmp_path / "node_modules" / ".bin" / "json2ts")
+    assert schema.main(["--check", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "npm ci" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_generation_is_deterministic() -> None:
-    assert schema.outputs() == schema.outputs()
+    assert schema.render_schema() == schema.render_schema()
     assert schema.render_schema().endswith("}\n")
 
 
@@ -182,28 +205,35 @@ def test_dts_maps_every_event_type(dts: str) -> None:
         assert re.search(rf"^export (interface|type) {type_name}\b", dts, re.M), type_name
 
 
+def _interface(dts: str, name: str) -> str:
+    block = re.search(rf"^export interface {name} \{{\n(.*?)^\}}", dts, re.S | re.M)
+    assert block, name
+    return block.group(1)
+
+
 def test_dts_declares_every_payload_field(dts: str) -> None:
     for event_type, spec in CATALOG.items():
-        block = re.search(
-            rf"^export (?:interface|type) {schema.type_name(event_type)}\b(.*?)^(?:\}}|  \}};)$",
-            dts,
-            re.S | re.M,
-        )
-        assert block, event_type
-        text = block.group(1)
         for shape in spec.shapes:
-            for field, field_spec in shape.items():
-                mark = "" if field_spec.required else "?"
-                assert re.search(rf"\b{field}{re.escape(mark)}: ", text), (event_type, field)
+            text = _interface(dts, shape.__name__)
+            declared = re.findall(r"^  (\w+)(\??): ", text, re.M)
+            required = shape.__required_keys__  # type: ignore[attr-defined]
+            optional = shape.__optional_keys__  # type: ignore[attr-defined]
+            expected = {(k, "") for k in required} | {(k, "?") for k in optional}
+            assert set(declared) == expected, (event_type, shape.__name__)
+    assert re.search(
+        r"^export type ArtifactCreatedPayload = ArtifactEventPayload \| ArtifactStreamPayload;$",
+        dts,
+        re.M,
+    )
 
 
-def test_dts_field_types() -> None:
-    text = schema.render_dts()
-    assert "  artifacts: string[];" in text  # array<string>
-    assert "  changes: Record<string, unknown>;" in text  # object
-    assert "  isSharded: boolean;" in text
-    assert "  seq?: number;" in text  # optional integer
-    assert "  parentId?: string;" in text
+def test_dts_field_types(dts: str) -> None:
+    assert "  artifacts: string[];" in dts  # list[str]
+    assert "  changes: {\n    [k: string]: unknown;\n  };" in dts  # dict[str, Any]
+    assert "  isSharded: boolean;" in dts
+    assert "  seq?: number;" in dts  # optional integer
+    assert "  parentId?: string;" in dts
+    assert "[k: string]" not in _interface(dts, "StreamCreatedPayload")  # typos must not pass
 
 
 def test_dts_type_names() -> None:
@@ -211,35 +241,61 @@ def test_dts_type_names() -> None:
     assert schema.type_name("connection:status") == "ConnectionStatusPayload"
 
 
-def test_dts_typechecks_with_tsc(tmp_path: Path) -> None:
-    """``on("stream:created", p => p.streamId)`` type-checks and a typo does not.
+def test_client_dts_is_hand_written_and_imports_the_generated_types() -> None:
+    client = (schema.STATIC_DIR / schema.CLIENT_DTS_FILE).read_text(encoding="utf-8")
+    assert 'from "./sidecar-events.js";' in client
+    assert "export * from" in client
+    assert "export declare class SidecarClient" in client
+    assert "Generated" not in client.splitlines()[0]
 
-    Runs only where TypeScript's ``tsc`` is on PATH (``npm install -g typescript``).
-    """
-    tsc = shutil.which("tsc")
-    if tsc is None:
-        pytest.skip("tsc not on PATH (npm install -g typescript@5 to run this check)")
-    shutil.copy(schema.STATIC_DIR / schema.DTS_FILE, tmp_path / schema.DTS_FILE)
-    shutil.copy(schema.STATIC_DIR / "sidecar-client.js", tmp_path / "sidecar-client.js")
-    (tmp_path / "good.ts").write_text(
-        'import { SidecarClient } from "./sidecar-client.js";\n'
-        'const client = new SidecarClient("ws://127.0.0.1:3008/ws", { token: "t" });\n'
-        'client.on("stream:created", (p) => { const id: string = p.streamId; void id; });\n'
-        'client.on("stream:phase-changed", (p, e) => { const a: string[] = p.artifacts;'
-        " const s: number | undefined = e.seq; void a; void s; });\n"
-        'client.on("*", (e) => { if (e.type === "stream:archived") void e.payload; });\n'
-        'client.on("state", (c) => void c.state);\n'
-        'client.on("resync", (r) => void r.reason);\n'
-        'client.send("chat:send", { conversationId: "c", content: "hi" });\n'
-    )
-    (tmp_path / "bad.ts").write_text(
-        'import { SidecarClient } from "./sidecar-client.js";\n'
-        'const client = new SidecarClient("ws://127.0.0.1:3008/ws");\n'
-        'client.on("stream:created", (p) => void p.streamid);\n'
-    )
+
+_GOOD_TS = """\
+import { SidecarClient, type StreamCreatedPayload } from "./sidecar-client.js";
+const client = new SidecarClient("ws://127.0.0.1:3008/ws", { token: "t" });
+client.on("stream:created", (p) => { const id: string = p.streamId; void id; });
+client.on("stream:phase-changed", (p, e) => {
+  const a: string[] = p.artifacts; const s: number | undefined = e.seq; void a; void s;
+});
+client.on("artifact:created", (p) => {
+  if ("filename" in p) void p.filename; else void p.isSharded;
+});
+client.on("*", (e) => { if (e.type === "stream:archived") void e.payload; });
+client.on("state", (c) => void c.state);
+client.on("resync", (r) => void r.reason);
+client.send("chat:send", { conversationId: "c", content: "hi" });
+const created: StreamCreatedPayload = { projectId: "p", streamId: "s", name: "n" };
+void created;
+"""
+
+# each line must fail on its own: a typo'd field, a wrong field type, a field of only one of
+# the two artifact shapes used without narrowing
+_BAD_TS = {
+    "streamid": 'client.on("stream:created", (p) => void p.streamid);',
+    "number": 'client.on("stream:created", (p) => { const n: number = p.name; void n; });',
+    "union": 'client.on("artifact:created", (p) => void p.filename);',
+}
+
+
+def test_declarations_typecheck_with_tsc(tmp_path: Path) -> None:
+    """``on("stream:created", p => p.streamId)`` type-checks; a typo or a wrong type does not."""
+    tsc = node_tool("tsc")
+    for name in (schema.CLIENT_DTS_FILE, schema.EVENTS_DTS_FILE, "sidecar-client.js"):
+        shutil.copy(schema.STATIC_DIR / name, tmp_path / name)
+    head = 'import { SidecarClient } from "./sidecar-client.js";\n'
+    head += 'const client = new SidecarClient("ws://127.0.0.1:3008/ws");\n'
+    (tmp_path / "good.ts").write_text(_GOOD_TS)
+    for name, line in _BAD_TS.items():
+        (tmp_path / f"bad_{name}.ts").write_text(head + line + "\n")
     flags = ["--noEmit", "--strict", "--target", "es2022", "--module", "nodenext"]
     flags += ["--lib", "es2022,dom"]
-    good = subprocess.run([tsc, *flags, "good.ts"], cwd=tmp_path, capture_output=True, text=True)
+
+    def check(file: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(tsc), *flags, file], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+
+    good = check("good.ts")
     assert good.returncode == 0, good.stdout + good.stderr
-    bad = subprocess.run([tsc, *flags, "bad.ts"], cwd=tmp_path, capture_output=True, text=True)
-    assert bad.returncode != 0 and "streamid" in bad.stdout, bad.stdout
+    for name in _BAD_TS:
+        bad = check(f"bad_{name}.ts")
+        assert bad.returncode != 0 and f"bad_{name}.ts" in bad.stdout, bad.stdout

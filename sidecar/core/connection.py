@@ -476,15 +476,19 @@ class Connection:
         return self._reader_done.wait(max(0.0, timeout))
 
     def ended_by(self) -> str:
-        """Who ended the session: ``server-close-CODE``, ``client-close-CODE`` or ``eof``."""
+        """Who ended the session: ``server-close-CODE``, ``client-close-CODE`` or ``eof``.
+
+        The library writes a close frame of its own only for its size limit (1009); every
+        other close frame it writes answers the peer's (wsproto reports a protocol error as a
+        close 1002 from the peer), and carries the peer's code.
+        """
         sock = self.socket
-        if sock.sent_close is not None and not sock.closed_by_library:
-            return f"server-close-{sock.sent_close}"
-        peer = self.peer_close
-        if peer is not None and peer != CloseCode.NO_STATUS:
-            return f"client-close-{peer}"
-        if sock.sent_close is not None:  # the library closed on its own: protocol or size
-            return f"server-close-{sock.sent_close}"
+        code = sock.sent_close
+        if code is not None:
+            by_us = not sock.closed_by_library or code == CloseCode.TOO_BIG
+            return f"{'server' if by_us else 'client'}-close-{code}"
+        if self.peer_close is not None and self.peer_close != CloseCode.NO_STATUS:
+            return f"client-close-{self.peer_close}"
         return "eof"
 
 

@@ -253,7 +253,7 @@ def _broker(config: Config) -> Any:
         return None
     from ..broker.redis import RedisBroker
 
-    return RedisBroker.from_config(config)
+    return RedisBroker(config.broker, prefix=config.broker_prefix, history_size=config.history_size)
 
 
 def create_app(config: Config | None = None, hub: Hub | None = None, **options: Any) -> Flask:

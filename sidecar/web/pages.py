@@ -29,6 +29,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 CLIENT_FILES: dict[str, str] = {
     "sidecar-client.js": "text/javascript; charset=utf-8",
     "sidecar-client.d.ts": "text/plain; charset=utf-8",
+    "sidecar-events.d.ts": "text/plain; charset=utf-8",
     "sidecar-events.schema.json": "application/schema+json",
     "debug.js": "text/javascript; charset=utf-8",
     "debug.css": "text/css; charset=utf-8",

@@ -248,7 +248,7 @@ def test_online_event_reconnects_at_once(
         fixedRandom=0.99,
     )
     wait_open(browser)
-    hub.call(lambda: [hub._evict(c) for c in list(hub._clients)])
+    assert hub.drop_all(CloseCode.SLOW_CONSUMER, "slow consumer")
     wait_js(
         browser,
         "window.rec.states.some(s => s.state === 'reconnecting' && s.delay > 50000)",
