@@ -76,12 +76,17 @@ class ServedSidecar:
         return self.state.hub
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Close every client with 1001 and stop serving; idempotent."""
+        """Close every client with 1001, wait for their sessions, stop serving; idempotent.
+
+        A client that does not answer the close frame holds its session for the close
+        timeout (3 s by default), not longer.
+        """
         from .server import shutdown
 
         if not self.thread.is_alive():
             return
         shutdown(self.server, self.state, grace=min(2.0, timeout))
+        self.state.sessions.wait_idle(timeout)
         self.thread.join(timeout)
 
 

@@ -135,6 +135,25 @@ def test_order_holds_when_writes_back_up_into_the_client_queues(sidecar_factory)
     check_one_stream_for_all(sc, 6, 3000, 3, rcvbuf=4096, pad=4096, lagging=3)
 
 
+def _start_publishers(
+    sc: RunningSidecar, n_publishers: int, per_publisher: int, pad: int
+) -> tuple[list[threading.Thread], list[int]]:
+    """Threads that publish ``per_publisher`` events each, all at once; their refusal counts."""
+    refused = [0] * n_publishers
+    start = threading.Barrier(n_publishers)
+
+    def publisher(p: int) -> None:
+        start.wait(5)
+        for i in range(per_publisher):
+            if not sc.hub.broadcast_event(tick(f"p{p}-{i}", pad)):
+                refused[p] += 1
+
+    workers = [threading.Thread(target=publisher, args=(p,)) for p in range(n_publishers)]
+    for worker in workers:
+        worker.start()
+    return workers, refused
+
+
 def check_one_stream_for_all(
     sc: RunningSidecar,
     n_clients: int,
@@ -174,19 +193,8 @@ def check_one_stream_for_all(
         if ws is clients[0]:
             reference.extend(frames)
 
-    refused = [0] * n_publishers
-    start = threading.Barrier(n_publishers)
     per_publisher = n_events // n_publishers
-
-    def publisher(p: int) -> None:
-        start.wait(5)
-        for i in range(per_publisher):
-            if not sc.hub.broadcast_event(tick(f"p{p}-{i}", pad)):
-                refused[p] += 1
-
-    workers = [threading.Thread(target=publisher, args=(p,)) for p in range(n_publishers)]
-    for worker in workers:
-        worker.start()
+    workers, refused = _start_publishers(sc, n_publishers, per_publisher, pad)
     readers = clients[: n_clients - lagging]
     if lagging:
         wsreader.pump(readers, on_frames, done=lambda: sc.hub.seq >= n_events // 2, timeout=30)

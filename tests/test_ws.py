@@ -34,40 +34,41 @@ def test_connect_gets_connection_status_first(sidecar):
     wait_for(lambda: sidecar.hub.client_count() == 1)
 
 
-def test_connection_status_goes_only_to_the_new_client(sidecar):
-    a, _ = sidecar.connect_ready()
-    b, _ = sidecar.connect_ready()
-    wait_for(lambda: sidecar.hub.client_count() == 2)
-    sidecar.hub.broadcast_event(_stream_created())
+def test_connection_status_goes_only_to_the_new_client(sidecar_server, sidecar_client):
+    server = sidecar_server()
+    a, b = sidecar_client(server), sidecar_client(server)
+    wait_for(lambda: server.hub.client_count() == 2)
+    server.hub.broadcast_event(_stream_created())
     # a's next frame is the broadcast, not b's connection:status
-    assert recv_json(a)["type"] == "stream:created"
-    assert recv_json(b)["type"] == "stream:created"
+    assert a.next()["type"] == "stream:created"
+    assert b.next()["type"] == "stream:created"
 
 
-def test_each_of_several_clients_gets_its_own_status(sidecar):
-    clients = [sidecar.connect() for _ in range(5)]
-    for ws in clients:
-        assert recv_json(ws)["type"] == "connection:status"
-    wait_for(lambda: sidecar.hub.client_count() == 5)
+def test_each_of_several_clients_gets_its_own_status(sidecar_server, sidecar_client):
+    server = sidecar_server()
+    clients = [sidecar_client(server) for _ in range(5)]
+    assert all(c.status["status"] == "connected" for c in clients)
+    wait_for(lambda: server.hub.client_count() == 5)
 
 
-def test_reconnect_registers_again_and_gets_status(sidecar):
-    ws, _ = sidecar.connect_ready()
-    wait_for(lambda: sidecar.hub.client_count() == 1)
-    ws.close()
-    wait_for(lambda: sidecar.hub.client_count() == 0)
-    _ws2, status = sidecar.connect_ready()
-    assert status["payload"]["status"] == "connected"
-    wait_for(lambda: sidecar.hub.client_count() == 1)
+def test_reconnect_registers_again_and_gets_status(sidecar_server, sidecar_client):
+    server = sidecar_server()
+    first = sidecar_client(server)
+    wait_for(lambda: server.hub.client_count() == 1)
+    first.close()
+    wait_for(lambda: server.hub.client_count() == 0)
+    assert sidecar_client(server).status["status"] == "connected"
+    wait_for(lambda: server.hub.client_count() == 1)
 
 
-def test_broadcast_reaches_all_clients_after_their_status(sidecar):
-    clients = [sidecar.connect_ready()[0] for _ in range(4)]
-    wait_for(lambda: sidecar.hub.client_count() == 4)
+def test_broadcast_reaches_all_clients_after_their_status(sidecar_server, sidecar_client):
+    server = sidecar_server()
+    clients = [sidecar_client(server) for _ in range(4)]
+    wait_for(lambda: server.hub.client_count() == 4)
     for i in range(3):
-        assert sidecar.hub.broadcast_event(_stream_created(i))
-    for ws in clients:
-        got = [recv_json(ws) for _ in range(3)]
+        assert server.hub.broadcast_event(_stream_created(i))
+    for client in clients:
+        got = client.collect(3)
         assert [e["payload"]["streamId"] for e in got] == ["s0", "s1", "s2"]
         assert [e["seq"] for e in got] == [1, 2, 3]
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..envelope import Event, encode, is_event_name, new_event
-from ..events import CATALOG, validate_payload
+from ..catalog import CATALOG, validate_payload
 from ..protocol import RESERVED_NAMESPACES
 from .redis import MAX_BATCH, RedisBroker
 

@@ -1,0 +1,60 @@
+"""The codebase's own rules, checked: shapes the README promises a newcomer.
+
+* no Python function over 80 lines, no string literal over 40 lines (in ``sidecar``,
+  ``tests``, ``scripts`` and ``examples``);
+* the README's option table is the one :func:`sidecar.config.markdown_table` generates from
+  the single option table, so that documentation and code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import markdown_table
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_FUNCTION_LINES = 80
+MAX_STRING_LINES = 40
+BEGIN, END = "<!-- options: begin -->", "<!-- options: end -->"
+
+
+def _python_files() -> list[Path]:
+    files = []
+    for folder in ("sidecar", "tests", "scripts", "examples"):
+        files += [p for p in (ROOT / folder).rglob("*.py") if "node_modules" not in p.parts]
+    return sorted(files)
+
+
+def _too_long(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            lines = (node.end_lineno or node.lineno) - node.lineno + 1
+            if lines > MAX_FUNCTION_LINES:
+                found.append(f"{where} function {node.name} has {lines} lines")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            lines = (node.end_lineno or node.lineno) - node.lineno + 1
+            if lines > MAX_STRING_LINES:
+                found.append(f"{where} a string literal of {lines} lines")
+    return found
+
+
+@pytest.mark.parametrize("path", _python_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_function_over_80_lines_and_no_string_over_40(path: Path) -> None:
+    assert _too_long(path) == []
+
+
+def test_the_readme_option_table_is_generated_from_the_config() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert BEGIN in readme and END in readme, f"the README lacks the {BEGIN} markers"
+    table = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    expected = markdown_table().strip()
+    assert table == expected, (
+        "the README's option table differs from the Config table; paste this between the "
+        f"markers:\n{expected}"
+    )

@@ -1,0 +1,60 @@
+"""The pytest plugin as an app's suite meets it: installed, found by its entry point.
+
+``examples/flask-app`` is a small app with its own test file that uses only the
+``sidecar_server`` and ``sidecar_client`` fixtures; it runs here with plain ``pytest`` in a
+fresh process, from its own folder (its own ``pytest.ini``, none of this suite's conftest).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_for
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "flask-app"
+
+
+def test_the_plugin_is_registered_as_a_pytest11_entry_point() -> None:
+    names = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="pytest11")}
+    assert names.get("sidecar") == "sidecar.pytest_plugin"
+
+
+def test_a_downstream_suite_passes_with_plain_pytest() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=EXAMPLE,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed" in result.stdout, result.stdout
+
+
+def test_a_client_times_out_with_timeout_error(sidecar_server, sidecar_client) -> None:
+    server = sidecar_server()
+    client = sidecar_client(server)
+    with pytest.raises(TimeoutError):
+        client.next(timeout=0.2)
+    with pytest.raises(TimeoutError):
+        client.collect(1, timeout=0.2)
+
+
+def test_stop_closes_clients_with_1001_and_ends_every_thread(sidecar_server, sidecar_client):
+    before = set(threading.enumerate())
+    server = sidecar_server(queue_size=8)
+    client = sidecar_client(server)
+    stopping = threading.Thread(target=server.stop)
+    stopping.start()
+    opcode, data = client.ws.recv_data(control_frame=True)
+    assert opcode == 8 and int.from_bytes(data[:2], "big") == 1001
+    client.close()  # answers the close frame, as the fixture's teardown does
+    stopping.join(10)
+    assert not stopping.is_alive()
+    wait_for(lambda: not (set(threading.enumerate()) - before), timeout=5)
