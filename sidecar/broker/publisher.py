@@ -15,8 +15,8 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..envelope import Event, encode, is_event_name, new_event
 from ..catalog import CATALOG, validate_payload
+from ..envelope import Event, encode, is_event_name, new_event
 from ..protocol import RESERVED_NAMESPACES
 from .redis import MAX_BATCH, RedisBroker
 
