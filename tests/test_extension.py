@@ -151,7 +151,8 @@ def test_options_come_from_arguments_then_app_config_then_environment(
 def test_a_bad_app_config_value_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     app = Flask("bad")
     app.config["SIDECAR_QUEUE_SIZE"] = 0
-    with pytest.raises(ConfigError, match=r'^app.config\["SIDECAR_QUEUE_SIZE"\] must be at least 1'):
+    named = r'^app.config\["SIDECAR_QUEUE_SIZE"\] must be at least 1'
+    with pytest.raises(ConfigError, match=named):
         EventHub(app, token=TOKEN)
 
 
