@@ -26,10 +26,10 @@ from flask import Flask, Response, current_app, has_app_context, jsonify, reques
 from .. import __version__
 from ..config import Config, load, resolve_token
 from ..core.client import Client, MessageHandler
-from ..core.hub import Hub
+from ..core.hub import Hub, PublishRefused
 from ..envelope import Event
 from .api import api_blueprint
-from .guards import check_host, redact
+from .guards import Rejection, check_host, redact
 from .pages import pages_blueprint
 from .session import EventHandler, ServerOptions, envelope_handler, reject, ws_blueprint
 from .state import SidecarState
@@ -147,8 +147,14 @@ class EventHub:
         ws_endpoint = "sidecar_ws.websocket"
 
         def guard_host() -> Response | None:
-            state.ensure_started()
-            rejection = check_host(request.environ, state.hosts)
+            try:
+                state.ensure_started()
+            except PublishRefused as exc:  # the broker: retried on the next request
+                rejection: Rejection | None = Rejection(
+                    503, f"Service Unavailable: {exc}", "broker", {"Retry-After": "1"}
+                )
+            else:
+                rejection = check_host(request.environ, state.hosts)
             if rejection is None:
                 return None
             return reject(state, rejection, handshake=request.endpoint == ws_endpoint)
@@ -174,9 +180,18 @@ class EventHub:
 
     @property
     def hub(self) -> Hub:
-        """The :class:`~sidecar.core.hub.Hub` of the app in use (started on first use)."""
+        """The :class:`~sidecar.core.hub.Hub` of the app in use (started on first use).
+
+        When its broker cannot be reached yet, the hub is returned unstarted: its publishing
+        methods then refuse (``False``, or :class:`~sidecar.core.hub.PublishRefused`), and the
+        start is tried again on the next use.
+        """
         state = self.state
-        state.ensure_started()
+        try:
+            state.ensure_started()
+        except PublishRefused as exc:
+            if state.log_limit.check("broker-start") is not None:
+                log.warning("hub not started: %s", exc)
         return state.hub
 
     # -- the hub's API -------------------------------------------------------------------------

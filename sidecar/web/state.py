@@ -178,7 +178,8 @@ class SidecarState:
             if self.broker is not None:
                 epoch, seq = self.broker.head()
                 self.hub.reset(epoch, seq, "start")
-                self.broker.start_relay(self.hub)
+                # the relay starts where the hub does: a second head() could be later
+                self.broker.start_relay(self.hub, (epoch, seq))
             self.hub.is_running()  # starts the hub thread here (autostart)
             self._started_pid = os.getpid()
 
