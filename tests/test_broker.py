@@ -83,19 +83,13 @@ def events(count: int, tag: str = "t") -> list[bytes]:
 
 
 @pytest.fixture
-def server() -> Iterator[RedisServer]:
-    srv = RedisServer()
-    srv.start()
-    yield srv
-    srv.close()
+def server(redis_server: RedisServer) -> RedisServer:
+    return redis_server  # conftest.py: one started per test, closed afterwards
 
 
 @pytest.fixture
-def persistent_server() -> Iterator[RedisServer]:
-    srv = RedisServer(persistent=True)
-    srv.start()
-    yield srv
-    srv.close()
+def persistent_server(persistent_redis: RedisServer) -> RedisServer:
+    return persistent_redis
 
 
 @pytest.fixture

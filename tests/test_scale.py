@@ -21,6 +21,7 @@ import websocket
 
 from sidecar.broker import Publisher
 from sidecar.envelope import encode, new_event, with_seq
+from sidecar.launcher import launch
 from tests.conftest import TOKEN, RunningSidecar, recv_close, wait_for
 from tests.redis_server import RedisServer, free_port
 from tests.scale_helpers import (
@@ -33,27 +34,10 @@ from tests.scale_helpers import (
     read_until,
     tick,
 )
+from tests.test_broker import relay_warnings
 from tests.test_process import _env
 
 pytest.importorskip("gunicorn")
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A redis-server that loses its data on restart (no persistence)."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def persistent_redis() -> Iterator[RedisServer]:
-    """A redis-server with the append-only file on: a restart keeps the stream."""
-    server = RedisServer(persistent=True)
-    server.start()
-    yield server
-    server.close()
 
 
 @pytest.fixture
@@ -276,18 +260,14 @@ def test_gunicorn_start_failures_are_one_line_and_no_crash_loop(
 # -- one process with a broker: faults, resumes, the CLI, metrics ----------------------------
 
 
-def _relay_lines(caplog: pytest.LogCaptureFixture, text: str) -> int:
-    return sum(1 for r in caplog.records if r.name == "sidecar.broker" and text in r.message)
-
-
 def test_redis_outage_refuses_publishes_then_continues_or_closes_with_4001(
     persistent_redis: RedisServer,
     sidecar_factory: Callable[..., RunningSidecar],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="sidecar.broker")
     sidecar = sidecar_factory(broker=persistent_redis.url, history_size=16, ping_interval=0)
     broker = sidecar.state.broker
+    caplog.set_level(logging.INFO, logger="sidecar.broker")  # the relay's outage lines
     ws, status = sidecar.connect_ready()
     epoch = status["payload"]["epoch"]
     assert post_events(sidecar.port, [tick("a", n) for n in range(3)]) == [1, 2, 3]
@@ -306,8 +286,8 @@ def test_redis_outage_refuses_publishes_then_continues_or_closes_with_4001(
         ]
         assert read_until(ws, 6) == [(4, "b-0"), (5, "b-1"), (6, "b-2")]  # same connection
         wait_for(lambda: broker.relay_stats().reconnects == 1, WAIT)
-        assert _relay_lines(caplog, "unreachable") == 1  # one line per outage
-        assert _relay_lines(caplog, "reachable again") == 1
+        assert relay_warnings(caplog, "unreachable") == 1  # one line per outage
+        assert relay_warnings(caplog, "reachable again") == 1
         # 500 events in one script: the stream (~16 kept) is trimmed past the relay's last ID
         publisher.publish_many([("test:tick", {"id": f"c-{n}"}) for n in range(500)])
     assert recv_close(ws, WAIT) == 4001
@@ -397,6 +377,11 @@ def test_cli_serve_and_publish_with_a_broker(
         f"sidecar: redis broker {nowhere} unreachable: "
         + failed.stderr.split(" unreachable: ", 1)[1].splitlines()[0]
     ]
+    served = [sys.executable, "-m", "sidecar", "--port", "0", "--broker", redis_server.url]
+    with launch(served, env=_env(SIDECAR_TOKEN=TOKEN), same_package=False) as child:
+        with Publisher(redis_server.url) as publisher:
+            assert child.ready["epoch"] == publisher.head()[0]  # the broker's, not its own
+        assert child.stop() == 0
     sidecar = sidecar_factory(broker=redis_server.url, ping_interval=0)
     ws, _status = sidecar.connect_ready()
     direct = _sidecar_cli("publish", "--broker", redis_server.url, "test:tick", '{"id":"cli"}')
