@@ -27,10 +27,7 @@ Each phase reports the CPU used by the server (``/proc/PID/stat``) and by this p
 the measured window, and which side saturated its core: a figure limited by the load
 generator is only a lower bound for the server.
 
-With ``--broker`` every client count runs twice, in-process and in broker mode
-(:mod:`benchkit.broker`: gunicorn with ``--workers`` processes sharing one port, a
-redis-server, ``SIDECAR_BROKER``), and the report puts both side by side, with the relay lag
-(events published but not yet fanned out, sampled during each phase) and Redis's CPU.
+``--broker`` runs each N in broker mode too (:mod:`benchkit.broker`), reported side by side.
 
 Everything targets 127.0.0.1; every loop is bounded in count and in time (``--timeout``).
 

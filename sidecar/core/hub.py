@@ -55,6 +55,7 @@ from ..protocol import (
     RESERVED_NAMESPACES,
     SEQ_SPLICE_MAX,
     CloseCode,
+    PublishRefused,
     Since,
     connection_status,
 )
@@ -79,11 +80,6 @@ _MAX_BATCH = 256
 _PING_FRAME = frames.frame(frames.OP_PING, b"")
 
 StatusFactory = Callable[[str, int, bool], Event]
-
-
-class PublishRefused(Exception):
-    """Events not accepted for broadcast: the hub is stopped or overloaded, or the broker is
-    unreachable. Nothing of the refused events was broadcast."""
 
 
 class Sequencer(Protocol):
