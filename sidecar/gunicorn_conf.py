@@ -25,6 +25,7 @@ Override any of them on the command line as usual (``--bind``, ``--threads``, ``
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import sys
@@ -79,6 +80,11 @@ def on_starting(server: Any) -> None:
     if config.broker:
         _check_broker(config)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if importlib.util.find_spec("prometheus_client") is None:
+            _refuse(
+                "PROMETHEUS_MULTIPROC_DIR is set but prometheus_client is not installed: "
+                "pip install 'sidecar-hub[metrics]'"
+            )
         from sidecar.metrics import clear_multiprocess_dir
 
         clear_multiprocess_dir()
