@@ -7,7 +7,10 @@ Request threads only. For each upgrade request:
    the replay budget, and what wsproto itself would refuse) and answers a refusal with a
    plain HTTP status. When it admits the request it takes a session slot, creates the
    :class:`~sidecar.core.connection.Connection` and puts its guarded socket where
-   simple-websocket looks for the request's socket.
+   simple-websocket looks for the request's socket. With a broker, a resume first waits (at
+   most :data:`CATCH_UP_TIMEOUT`) for this process's relay to reach the ``since`` the client
+   saw on a faster process, then reads from Redis what the local window no longer holds
+   (the backfill); Redis unreachable then is a 503.
 2. flask-sock's ``Sock.route`` view builds a stock simple-websocket ``Server`` with the options
    of :class:`ServerOptions` (our reader thread and wake-up event for this request) and calls
    :func:`run_session`, which registers a :class:`~sidecar.core.client.Client` with the hub,
