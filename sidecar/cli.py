@@ -75,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     publish.add_argument("type", help="event type, e.g. stream:created")
     publish.add_argument("payload", help='payload as JSON, e.g. \'{"projectId": "p1"}\'')
-    publish.add_argument("--broker", help="publish through this Redis broker instead of HTTP")
+    publish.add_argument(
+        "--broker", help="publish through this Redis broker (SIDECAR_BROKER) instead of HTTP"
+    )
+    publish.add_argument(
+        "--broker-prefix", help="the broker's key prefix (SIDECAR_BROKER_PREFIX; sidecar)"
+    )
     _client_options(publish)
     tail = sub.add_parser("tail", help="connect and print events as they arrive")
     tail.add_argument("--since", help="resume point <epoch>:<seq>")

@@ -6,11 +6,17 @@
   start), any number with ``SIDECAR_BROKER`` (``SIDECAR_WORKERS``, default 1);
 * the configuration (the token above all) is checked once in the master, before any worker
   boots: a missing ``SIDECAR_TOKEN`` stops gunicorn with one line and a non-zero exit, not a
-  crash loop of workers;
+  crash loop of workers; so does a broker that cannot be reached (one ``PING``-like round
+  trip, then the master's connection is closed: no thread, no socket survives into a fork);
 * ``threads`` is the thread budget per worker: every WebSocket holds one thread for its whole
   life, and ``/health`` and the publish API need free ones too (``SIDECAR_THREADS``, 256);
-* the hub thread starts in each worker after the fork (``post_worker_init``), so
-  ``--preload`` works; on SIGTERM every client gets close 1001 before the worker exits;
+* the hub thread (and the broker's relay) start in each worker after the fork
+  (``post_worker_init``), so ``--preload`` works; a worker (re)started while Redis is down
+  boots anyway, answers 503 and starts them on a later request, so an outage never halts
+  gunicorn. On SIGTERM every client gets close 1001 before the worker exits;
+* with ``PROMETHEUS_MULTIPROC_DIR`` set (``/metrics`` over several workers), the master
+  empties that directory of its ``*.db`` files at start and marks each worker that ends as
+  dead (``child_exit``), as prometheus_client's multiprocess mode wants;
 * the access log format leaves the query string (which may hold the token) out;
 * a large listen backlog, so that bursts of handshakes do not wait on SYN retries.
 
@@ -19,13 +25,14 @@ Override any of them on the command line as usual (``--bind``, ``--threads``, ``
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import sys
 import threading
 from typing import Any
 
-from sidecar.config import ConfigError, load, resolve_token
+from sidecar.config import Config, ConfigError, load, resolve_token
 
 bind = os.environ.get("SIDECAR_BIND", "127.0.0.1:3008")
 worker_class = "gthread"
@@ -45,6 +52,24 @@ def _refuse(message: str) -> None:
     raise SystemExit(2)
 
 
+def _check_broker(config: Config) -> None:
+    """Stop the master with one line if the broker cannot be reached (or used) now."""
+    try:
+        from sidecar.broker.redis import RedisBroker
+    except ImportError as exc:
+        _refuse(str(exc))
+        return
+    from sidecar.core.hub import PublishRefused
+
+    broker = RedisBroker(config.broker or "", prefix=config.broker_prefix, history_size=None)
+    try:
+        broker.head()
+    except PublishRefused as exc:
+        _refuse(str(exc))
+    finally:
+        broker.close()
+
+
 def on_starting(server: Any) -> None:
     """Check the configuration once, in the master: bad settings stop gunicorn at once."""
     try:
@@ -52,6 +77,17 @@ def on_starting(server: Any) -> None:
     except ConfigError as exc:
         _refuse(str(exc))
         return
+    if config.broker:
+        _check_broker(config)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if importlib.util.find_spec("prometheus_client") is None:
+            _refuse(
+                "PROMETHEUS_MULTIPROC_DIR is set but prometheus_client is not installed: "
+                "pip install 'sidecar-hub[metrics]'"
+            )
+        from sidecar.metrics import clear_multiprocess_dir
+
+        clear_multiprocess_dir()
     if server.cfg.workers != 1 and not config.broker:
         _refuse(
             f"refusing to start with {server.cfg.workers} worker processes without a broker: "
@@ -64,8 +100,17 @@ def on_starting(server: Any) -> None:
 
 def post_worker_init(worker: Any) -> None:
     """Start the hub in this worker; on SIGTERM, close every WebSocket with 1001."""
+    from sidecar.core.hub import PublishRefused
+
     state = worker.wsgi.extensions["sidecar"]
-    state.ensure_started()
+    try:
+        state.ensure_started()
+    except PublishRefused as exc:  # Redis is down: every request tries again (503 until then)
+        worker.log.warning("sidecar: %s; starting on a later request", exc)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from sidecar.metrics import start_sampler
+
+        start_sampler(state)
     previous = signal.getsignal(signal.SIGTERM)
     term = threading.Event()  # only the closer thread ever holds its lock
 
@@ -83,3 +128,11 @@ def post_worker_init(worker: Any) -> None:
 
     threading.Thread(target=close_clients, name="sidecar-stop", daemon=True).start()
     signal.signal(signal.SIGTERM, on_term)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker ended: its live gauges leave ``/metrics`` (prometheus_client multiprocess)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

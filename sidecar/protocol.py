@@ -26,6 +26,17 @@ CONNECTION_STATUS = "connection:status"
 #: Namespaces only the hub itself may use (publishers are refused).
 RESERVED_NAMESPACES = frozenset({"connection"})
 
+
+class PublishRefused(Exception):
+    """Events not accepted for broadcast: the hub is stopped or overloaded, or the broker is
+    unreachable. Nothing of the refused events was broadcast.
+
+    Defined here, below the hub and the broker (``sidecar.core.hub.PublishRefused`` is this
+    class), so that the broker's :class:`~sidecar.broker.BrokerUnavailable` can be one
+    without importing the hub core.
+    """
+
+
 #: Largest header of an unmasked server frame: 2 bytes plus a 64-bit length.
 MAX_FRAME_HEADER = 10
 #: Most bytes the hub adds to an encoded event: ``,"seq":`` and up to 19 digits.

@@ -1,7 +1,10 @@
 """``sidecar publish`` and ``sidecar tail``: developer tools talking to a running sidecar.
 
 Single-threaded (the main thread). URL and token come from options or ``SIDECAR_URL`` /
-``SIDECAR_TOKEN`` (the token never from argv).
+``SIDECAR_TOKEN`` (the token never from argv). ``sidecar publish --broker URL`` (or
+``SIDECAR_BROKER``) publishes through Redis with a :class:`~sidecar.broker.Publisher`
+instead, with no HTTP and no running sidecar needed; either way it prints the envelope as
+broadcast, with the ``seq`` it was given.
 """
 
 from __future__ import annotations
@@ -43,11 +46,17 @@ def _fail(message: str) -> int:
 
 
 def publish(args: argparse.Namespace) -> int:
-    """POST one event; print the broadcast envelope; exit 0 on 202, 1 otherwise."""
+    """Publish one event; print the broadcast envelope (with its ``seq``); exit 0 or 1.
+
+    Over HTTP (POST, 0 on 202), or through the broker with ``--broker``/``SIDECAR_BROKER``.
+    """
     try:
         payload = json.loads(args.payload)
     except ValueError as exc:
         return _fail(f"payload is not JSON: {exc}")
+    broker = args.broker or os.environ.get("SIDECAR_BROKER")
+    if broker:
+        return _publish_to_broker(args, broker, payload)
     body = json.dumps({"type": args.type, "payload": payload}).encode()
     request = urllib.request.Request(
         _base_url(args) + "/api/v1/events",
@@ -72,6 +81,26 @@ def publish(args: argparse.Namespace) -> int:
         return _fail(f"cannot reach {_base_url(args)}: {getattr(exc, 'reason', exc)}")
     for event in answer.get("events", []):
         print(json.dumps(event, ensure_ascii=False))
+    return 0
+
+
+def _publish_to_broker(args: argparse.Namespace, url: str, payload: Any) -> int:
+    try:
+        from .broker.publisher import Publisher, checked_events
+    except ImportError as exc:
+        return _fail(str(exc))
+    from .core.hub import PublishRefused
+
+    prefix = args.broker_prefix or os.environ.get("SIDECAR_BROKER_PREFIX") or "sidecar"
+    publisher = Publisher(url, prefix=prefix, timeout=args.timeout)
+    try:
+        event = checked_events([(args.type, payload)], publisher.max_event_bytes)[0]
+        (seq,) = publisher.publish_many([event])
+    except (ValueError, PublishRefused) as exc:  # refused by the catalog, or Redis is down
+        return _fail(f"not published: {exc}")
+    finally:
+        publisher.close()
+    print(json.dumps({**event.to_dict(), "seq": seq}, ensure_ascii=False))
     return 0
 
 

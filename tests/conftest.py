@@ -139,6 +139,22 @@ def sidecar_factory() -> Iterator[Callable[..., RunningSidecar]]:
 
 
 @pytest.fixture
+def redis_server() -> Iterator[Any]:
+    """A started ``redis-server`` (tests/redis_server.py) that loses its data on restart."""
+    from tests.redis_server import running  # redis is imported by the tests that use it only
+
+    yield from running()
+
+
+@pytest.fixture
+def persistent_redis() -> Iterator[Any]:
+    """A started ``redis-server`` with the append-only file on: a restart keeps the data."""
+    from tests.redis_server import running
+
+    yield from running(persistent=True)
+
+
+@pytest.fixture
 def sidecar(sidecar_factory: Callable[..., RunningSidecar]) -> RunningSidecar:
     """A sidecar with default settings (token auth on, token ``TOKEN``)."""
     return sidecar_factory()

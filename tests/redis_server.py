@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,13 @@ class RedisServer:
         """Stop the server and remove its directory."""
         self.stop()
         self._tmp.cleanup()
+
+
+def running(*, persistent: bool = False) -> Iterator[RedisServer]:
+    """A started server, closed afterwards: the body of a fixture (``yield from running()``)."""
+    server = RedisServer(persistent=persistent)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -27,9 +27,12 @@ Each phase reports the CPU used by the server (``/proc/PID/stat``) and by this p
 the measured window, and which side saturated its core: a figure limited by the load
 generator is only a lower bound for the server.
 
+``--broker`` runs each N in broker mode too (:mod:`benchkit.broker`), reported side by side.
+
 Everything targets 127.0.0.1; every loop is bounded in count and in time (``--timeout``).
 
-Modules: procfs (``/proc``), server (the server under test), publisher (HTTP POSTs), swarm
+Modules: procfs (``/proc``), server (the server under test), broker (the broker mode's
+server), publisher (HTTP POSTs), swarm
 (the subscribers, the epoll loop), phase (one measured phase), stats, report (targets, text),
 plot (the PNG), sweep (one client count), cli (options, the run). Threads: the main thread
 only (the launcher adds two reader threads per server, for its pipes); nothing is shared.

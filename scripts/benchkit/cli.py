@@ -90,7 +90,11 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     """Options of the run: limits, the server, pinning, output."""
     p.add_argument("--cap", type=float, help="max seconds of publishing per phase (30; quick 10)")
     p.add_argument("--drain", type=float, help="max seconds to wait for stragglers (10; quick 5)")
-    p.add_argument("--timeout", type=float, help="max seconds for the whole run (290; quick 58)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        help="max seconds for the whole run (290; quick 58; twice that with --broker)",
+    )
     p.add_argument(
         "--stop-grace",
         type=float,
@@ -124,6 +128,18 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         help="sample the server with py-spy (GIL holders) during each phase into DIR/*.txt",
     )
     p.add_argument("--keep-logs", action="store_true", help="keep the server logs (path printed)")
+    p.add_argument(
+        "--broker",
+        action="store_true",
+        help="also run each client count in broker mode: gunicorn with --workers processes "
+        "on one port and a redis-server (needs the gunicorn and redis extras)",
+    )
+    p.add_argument(
+        "--broker-only", action="store_true", help="run the broker mode only (implies --broker)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=2, help="gunicorn worker processes in broker mode (2)"
+    )
 
 
 def settle(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -146,7 +162,12 @@ def settle(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     args.duration = args.duration or (3.0 if quick else 10.0)
     args.cap = args.cap or (10.0 if quick else 30.0)
     args.drain = args.drain or (5.0 if quick else 10.0)
-    args.timeout = args.timeout or (58.0 if quick else 290.0)
+    if args.workers < 1:
+        p.error("--workers must be at least 1")
+    args.servers = [] if args.broker_only else ["in-process"]
+    args.servers += ["broker"] if args.broker or args.broker_only else []
+    # the default time is per kind of server: both run for every client count
+    args.timeout = args.timeout or (58.0 if quick else 290.0) * len(args.servers)
 
 
 @contextmanager
@@ -240,6 +261,8 @@ def config(args: argparse.Namespace) -> dict[str, Any]:
         "quick": args.quick,
         "server_args": args.server_arg or [],
         "server_cmd": args.server_cmd,
+        "servers": args.servers,
+        "workers": args.workers,
     }
 
 
@@ -267,15 +290,16 @@ def sweep(
     code = 0
     try:
         with watchdog(args.timeout + 20):
-            for n in args.clients:
+            for n, kind in [(n, kind) for n in args.clients for kind in args.servers]:
                 if time.monotonic() >= deadline:
                     raise BenchTimeout("no time left for the next client count")
                 try:
-                    run = bench_clients(n, args, deadline, cores, progress)
+                    run = bench_clients(n, args, deadline, cores, progress, kind)
                 except BenchError as exc:
                     if isinstance(exc, BenchTimeout):
                         raise
-                    report["runs"].append({"clients": n, "phases": {}, "error": str(exc)})
+                    failed = {"clients": n, "server": kind, "phases": {}, "error": str(exc)}
+                    report["runs"].append(failed)
                     progress(f"N={n}: {exc}")
                     status = "error"
                     code = 1

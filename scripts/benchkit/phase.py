@@ -66,6 +66,7 @@ class Window:
     irq: dict[int, float] | None = None
     hub0: dict[str, Any] | None = None
     hub1: dict[str, Any] | None = None
+    extra_cpu: dict[str, float] | None = None
 
 
 class PhaseRun:
@@ -132,6 +133,8 @@ class PhaseRun:
         for pub in swarm.publishers:
             pub.results.clear()
         self.window.hub0 = self.server.hub()
+        self.server.lag_samples.clear()
+        extra0 = self.server.extra_cpu()
         gc_was = gc.isenabled()
         gc.disable()
         swarm.measuring = True
@@ -146,6 +149,7 @@ class PhaseRun:
             w.srv_cpu, w.gen_cpu = self.server.cpu() - srv0, self_cpu_seconds() - gen0
             w.cores, w.irq = core_busy(cores0, cores1), core_irq(cores0, cores1)
             w.wall = time.monotonic() - t0
+            w.extra_cpu = {k: v - extra0.get(k, 0.0) for k, v in self.server.extra_cpu().items()}
             if gc_was:
                 gc.enable()
         self.window.hub1 = self.server.hub()
@@ -159,6 +163,7 @@ class PhaseRun:
             if now >= cap_at and self.published < self.events and not self.stopped_early:
                 self.stop_early(f"phase cap of {self.spec.cap:.0f} s reached")
             self.collect()
+            self.server.sample(now)
             pub = next((p for p in self.swarm.publishers if p.idle), None)
             if pub is not None and self.published < self.events:
                 if self.spec.mode == "max":
@@ -332,6 +337,10 @@ class PhaseRun:
             "gen_cpu_s": w.gen_cpu,
             "gen_cpu_util": gen_util,
             "cpu_us_per_delivery": w.srv_cpu * 1e6 / received if received else math.nan,
+            "extra_cpu_us_per_delivery": {
+                k: v * 1e6 / received if received else math.nan
+                for k, v in (w.extra_cpu or {}).items()
+            },
             "gen_cpu_us_per_delivery": w.gen_cpu * 1e6 / received if received else math.nan,
             "core_busy": {str(k): round(v, 3) for k, v in cores.items()},
             "core_irq": {str(k): round(v, 3) for k, v in irq.items()},
@@ -346,7 +355,12 @@ class PhaseRun:
         def delta(key: str) -> int:
             return int(hub1.get(key, 0)) - int(hub0.get(key, 0))
 
+        lags = sorted(self.server.lag_samples)
         return {
+            "relay_lag_samples": len(lags),
+            "relay_lag_p50": percentile(lags, 0.50) if lags else None,
+            "relay_lag_max": lags[-1] if lags else None,
+            "clients_by_worker": hub1.get("clients_by_worker"),
             "hub_deliveries": delta("deliveries"),
             "hub_evicted": delta("evicted"),
             "hub_refused": delta("refused_broadcasts"),

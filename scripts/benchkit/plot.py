@@ -20,7 +20,7 @@ def plot(report: dict[str, Any], path: str) -> None:
             "--plot needs matplotlib: run through scripts/bench (it installs it into .venv) "
             "or .venv/bin/pip install matplotlib"
         ) from None
-    runs = report["runs"]
+    runs = [r for r in report["runs"] if r.get("server", "in-process") == "in-process"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     maxes = [(r["clients"], r["phases"]["max"]) for r in runs if "max" in r.get("phases", {})]
     if maxes:

@@ -57,9 +57,25 @@ TARGETS = (
 )
 
 
+def label(run: dict[str, Any]) -> str:
+    """How tables name a run: its client count, and the kind of server unless in-process."""
+    kind = run.get("server", "in-process")
+    return str(run["clients"]) + ("" if kind == "in-process" else f" {kind}")
+
+
 def measure(target: Target, runs: list[dict[str, Any]]) -> tuple[float | None, str]:
-    """The value of ``target`` in ``runs`` (``None`` when not measured) and a note."""
-    run = next((r for r in runs if r["clients"] == target.clients), None)
+    """The value of ``target`` in ``runs`` (``None`` when not measured) and a note.
+
+    The targets are the in-process sidecar's (issue 5); broker runs are reported beside them.
+    """
+    run = next(
+        (
+            r
+            for r in runs
+            if r["clients"] == target.clients and r.get("server", "in-process") == "in-process"
+        ),
+        None,
+    )
     measured: float | None = None
     note = ""
     if run is None:
@@ -145,10 +161,17 @@ def render(report: dict[str, Any]) -> str:
         ("rate", f"Fixed rate {rate:g} events/s"),
     ):
         phases = [
-            (r["clients"], r["phases"][mode]) for r in report["runs"] if mode in r.get("phases", {})
+            (label(r), r["phases"][mode]) for r in report["runs"] if mode in r.get("phases", {})
         ]
         if phases:
             out += ["", title, _phase_table(phases)]
+    broker = [r for r in report["runs"] if r.get("server") == "broker" and r.get("phases")]
+    if broker:
+        out += [
+            "",
+            f"Broker mode: gunicorn -w {report['config'].get('workers')} on one port, Redis",
+        ]
+        out.append(_broker_table(broker))
     notes = _notes(report["runs"])
     if notes:
         out += ["", "Notes", *(f"  {n}" for n in notes)]
@@ -218,7 +241,7 @@ def _connect_table(runs: list[dict[str, Any]]) -> str:
         shutdown = r.get("shutdown") or {}
         rows.append(
             [
-                str(r["clients"]),
+                label(r),
                 f"{cn.get('connected', 0)}/{r['clients']}",
                 fmt(cn.get("seconds"), ".2f"),
                 fmt(cn.get("handshake_p50_ms"), ".1f"),
@@ -253,10 +276,10 @@ PHASE_COLUMNS = [
 ]
 
 
-def _phase_table(phases: list[tuple[int, dict[str, Any]]]) -> str:
+def _phase_table(phases: list[tuple[str, dict[str, Any]]]) -> str:
     rows = [
         [
-            str(n),
+            n,
             fmt(p["events_accepted"], ",d"),
             fmt(p["received"], ",d"),
             fmt(p["msgs_per_s"]),
@@ -274,14 +297,48 @@ def _phase_table(phases: list[tuple[int, dict[str, Any]]]) -> str:
     return table(PHASE_COLUMNS, rows)
 
 
+BROKER_COLUMNS = [
+    "N",
+    "phase",
+    "clients per worker",
+    "relay lag p50",
+    "relay lag max",
+    "lag samples",
+    "workers µs/deliv",
+    "redis µs/deliv",
+]
+
+
+def _broker_table(runs: list[dict[str, Any]]) -> str:
+    """Per broker phase: how the clients split, the relay lag (events), CPU per delivery."""
+    rows = []
+    for r in runs:
+        for mode, p in r["phases"].items():
+            split = p.get("clients_by_worker") or {}
+            rows.append(
+                [
+                    str(r["clients"]),
+                    mode,
+                    "/".join(str(split[k]) for k in sorted(split)) or "-",
+                    fmt(p.get("relay_lag_p50"), ",.0f"),
+                    fmt(p.get("relay_lag_max"), ",d"),
+                    fmt(p.get("relay_lag_samples"), "d"),
+                    fmt(p["cpu_us_per_delivery"], ".2f"),
+                    fmt((p.get("extra_cpu_us_per_delivery") or {}).get("redis"), ".3f"),
+                ]
+            )
+    return table(BROKER_COLUMNS, rows, left=frozenset({1}))
+
+
 def _notes(runs: list[dict[str, Any]]) -> list[str]:
     """Everything worth a line below the tables: losses, early stops, odd exits."""
     notes = []
     reconnects = 0
     for r in runs:
         for mode, p in r.get("phases", {}).items():
-            notes += _phase_notes(f"N={r['clients']} {mode}", p)
-            if p.get("posts") and p.get("publisher_connections", 0) >= p["posts"]:
+            notes += _phase_notes(f"N={label(r)} {mode}", p)
+            werkzeug = r.get("server", "in-process") == "in-process"
+            if werkzeug and p.get("posts") and p.get("publisher_connections", 0) >= p["posts"]:
                 reconnects += 1
         notes += _run_notes(r)
     if reconnects:
@@ -335,19 +392,19 @@ def _run_notes(r: dict[str, Any]) -> list[str]:
         or sd.get("seconds", 0) > 3
     ):
         notes.append(
-            f"N={r['clients']}: after SIGTERM: {sd.get('closes')} of {sd.get('clients')} "
+            f"N={label(r)}: after SIGTERM: {sd.get('closes')} of {sd.get('clients')} "
             f"subscribers; exited: {sd.get('exited')} ({sd.get('exit_code')}) "
             f"in {sd.get('seconds', 0):.2f} s"
         )
     ex = r.get("server_exit") or {}
     if ex and (ex.get("code") != 0 or ex.get("killed")):
         notes.append(
-            f"N={r['clients']}: server exit {ex.get('code')} after SIGTERM "
+            f"N={label(r)}: server exit {ex.get('code')} after SIGTERM "
             f"({ex.get('seconds')} s{', killed' if ex.get('killed') else ''})"
             + (f"; its stacks: {ex['stacks']}" if ex.get("stacks") else "")
         )
     if r.get("error"):
-        notes.append(f"N={r['clients']}: {r['error']}")
+        notes.append(f"N={label(r)}: {r['error']}")
     return notes
 
 

@@ -5,11 +5,12 @@ interface: :meth:`~Server.start`, :attr:`~Server.port`, :attr:`~Server.token`,
 :meth:`~Server.status` and :meth:`~Server.cpu` (summed over :meth:`~Server.pids`),
 :meth:`~Server.hub`, :meth:`~Server.send_signal` / :meth:`~Server.poll` (for the SIGTERM
 watch) and :meth:`~Server.stop`. :class:`SidecarServer` is one ``python -m sidecar`` process,
-started through :mod:`sidecar.launcher`. A later broker mode (gunicorn with N workers sharing
-one port) is another subclass: its :meth:`~Server.command` runs gunicorn, its
-:meth:`~Server.pids` adds the workers (the master's children) so that CPU and memory count
-every process, and its :meth:`~Server.start` waits for the port if gunicorn prints no ready
-line; :func:`make_server` picks the class from the options.
+started through :mod:`sidecar.launcher`. The broker mode (gunicorn with N workers sharing
+one port, and Redis) is another subclass, :class:`benchkit.broker.BrokerServer`: its
+:meth:`~Server.command` runs gunicorn, its :meth:`~Server.pids` adds the workers (the
+master's children) so that CPU and memory count every process, its :meth:`~Server.hub` sums
+the workers, and :meth:`~Server.sample` takes relay-lag samples; :func:`make_server` picks
+the class by kind.
 
 Threads: a :class:`Server` belongs to the bench's main thread (the launcher's reader threads
 own the child's pipes and the log file).
@@ -57,6 +58,9 @@ def find_py_spy() -> str | None:
 class Server:
     """A server process under test (see the module docstring for the seam it is)."""
 
+    #: How reports name this kind of server.
+    kind = "in-process"
+
     def __init__(
         self, args: argparse.Namespace, max_clients: int, *, token: str, core: int | None
     ) -> None:
@@ -70,6 +74,9 @@ class Server:
         self.process: SidecarProcess | None = None
         self.ready: dict[str, Any] = {}
         self.exit: dict[str, Any] = {}
+        #: Relay-lag samples (events) taken by :meth:`sample` during the current phase.
+        self.lag_samples: list[int] = []
+        self._next_sample = 0.0
 
     # -- what a subclass may change ---------------------------------------------------------
     def command(self) -> list[str]:
@@ -83,6 +90,14 @@ class Server:
     def start(self, timeout: float) -> dict[str, Any]:
         """Start the server and wait (at most ``timeout`` s) for it to serve; its ready line."""
         raise NotImplementedError
+
+    def extra_cpu(self) -> dict[str, float]:
+        """CPU seconds so far of helper processes, reported apart (the broker mode's Redis)."""
+        return {}
+
+    def sample(self, now: float) -> None:
+        """Called at every step of a phase's loop; a subclass may sample cheaply (at ``now``,
+        ``time.monotonic()``) into :attr:`lag_samples`."""
 
     # -- the process ------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
@@ -230,10 +245,19 @@ class SidecarServer(Server):
 
 
 def make_server(
-    args: argparse.Namespace, max_clients: int, *, token: str, core: int | None
+    args: argparse.Namespace,
+    max_clients: int,
+    *,
+    token: str,
+    core: int | None,
+    kind: str = "in-process",
 ) -> Server:
-    """The server for one client count (the seam where a broker mode would choose another)."""
-    return SidecarServer(args, max_clients, token=token, core=core)
+    """The server of ``kind`` (``in-process`` or ``broker``) for one client count."""
+    if kind == SidecarServer.kind:
+        return SidecarServer(args, max_clients, token=token, core=core)
+    from .broker import BrokerServer
+
+    return BrokerServer(args, max_clients, token=token, core=core)
 
 
 @contextmanager

@@ -143,11 +143,17 @@ def bench_clients(
     deadline: float,
     cores: tuple[int | None, int | None],
     progress: Progress,
+    kind: str = "in-process",
 ) -> dict[str, Any]:
-    """Start a server, connect ``n`` subscribers, run the phases, stop the server."""
+    """Start a server of ``kind``, connect ``n`` subscribers, run the phases, stop it."""
     token = secrets.token_urlsafe(24)
-    server = make_server(args, n, token=token, core=cores[0])
-    run: dict[str, Any] = {"clients": n, "command": shlex.join(server.cmd), "phases": {}}
+    server = make_server(args, n, token=token, core=cores[0], kind=kind)
+    run: dict[str, Any] = {
+        "clients": n,
+        "server": kind,
+        "command": shlex.join(server.cmd),
+        "phases": {},
+    }
     swarm: Swarm | None = None
     try:
         ready = server.start(timeout=min(30.0, max(1.0, deadline - time.monotonic())))

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..protocol import PublishRefused
+
 if TYPE_CHECKING:
     from .publisher import Publisher
     from .redis import RedisBroker, RelayStats
@@ -26,8 +28,12 @@ class BrokerError(Exception):
     """A broker operation failed; the message is one line and never holds a password."""
 
 
-class BrokerUnavailable(BrokerError):
+class BrokerUnavailable(BrokerError, PublishRefused):
     """The broker cannot be reached (or refuses writes): nothing was accepted.
+
+    A :class:`~sidecar.protocol.PublishRefused` (the hub's), so that everything that handles
+    a refused publish handles it too: ``broadcast*`` return ``False``, the HTTP API answers
+    503 with ``Retry-After``, ``sidecar serve`` reports ``broker-unreachable`` (exit 5).
 
     When the connection broke after the request was sent, the events may still have been
     published; they are then delivered like any other (the caller sees a refusal, never a

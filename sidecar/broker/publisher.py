@@ -12,47 +12,51 @@ other mutable state.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..catalog import CATALOG, validate_payload
-from ..envelope import Event, encode, is_event_name, new_event
-from ..protocol import RESERVED_NAMESPACES
+from ..catalog import PublishError, validate_items
+from ..envelope import Event, encode
 from .redis import MAX_BATCH, RedisBroker
 
-__all__ = ["EventLike", "Publisher", "checked_event"]
+__all__ = ["EventLike", "Publisher", "checked_events"]
 
 #: What :meth:`Publisher.publish_many` takes: an :class:`Event`, or ``(type, payload)``.
 EventLike = Event | tuple[str, Mapping[str, Any]]
 
 
-def checked_event(item: EventLike) -> Event:
-    """``item`` as an :class:`Event`, validated as the HTTP API does; ``ValueError`` if not.
-
-    Refused: a type that is not ``namespace:kebab-case``, the hub's own ``connection:*``
-    types, catalogued client-to-server types, and payloads that do not match the catalog.
-    Types outside the catalog (app-specific events) pass with any object payload.
-    """
+def _as_item(item: object) -> dict[str, Any]:
     if isinstance(item, Event):
         event_type, payload = item.type, item.payload
     elif isinstance(item, tuple) and len(item) == 2:
         event_type, payload = item
     else:
         raise ValueError(f"expected an Event or a (type, payload) pair, got {item!r:.80}")
-    if not is_event_name(event_type):
-        raise ValueError(f"event type {event_type!r} is not namespace:kebab-case")
-    if event_type.split(":", 1)[0] in RESERVED_NAMESPACES:
-        raise ValueError(f"{event_type}: the {event_type.split(':')[0]}:* events are the hub's")
-    if not isinstance(payload, Mapping):
-        raise ValueError(f"{event_type}: payload must be an object (a mapping)")
-    spec = CATALOG.get(event_type)
-    if spec is not None:
-        if spec.direction != "server":
-            raise ValueError(f"{event_type} is a client-to-server event")
-        problem = validate_payload(event_type, payload)
-        if problem:
-            raise ValueError(f"{event_type}: {problem}")
-    return item if isinstance(item, Event) else new_event(event_type, payload)
+    return {
+        "type": event_type,
+        "payload": dict(payload) if isinstance(payload, Mapping) else payload,
+    }
+
+
+def checked_events(items: Sequence[EventLike], max_event_bytes: int) -> list[Event]:
+    """``items`` as :class:`Event`\\ s, validated exactly as ``POST /api/v1/events`` does.
+
+    The catalog's publish validation (:func:`sidecar.catalog.validate_items`) decides: a type
+    that is not ``namespace:kebab-case``, the hub's own ``connection:*`` types, catalogued
+    client-to-server types, payloads that do not match the catalog, values JSON cannot carry
+    and events over ``max_event_bytes`` (with their ``seq``) are refused with ``ValueError``
+    naming the event and the field (``events[1].payload.streamId: …``). Types outside the
+    catalog pass with any object payload. An :class:`Event` keeps its timestamp; pairs are
+    stamped now.
+    """
+    try:
+        events = validate_items([_as_item(item) for item in items], max_event_bytes=max_event_bytes)
+    except PublishError as exc:
+        raise ValueError(exc.message) from None
+    return [
+        Event(event.type, event.payload, item.timestamp) if isinstance(item, Event) else event
+        for item, event in zip(items, events, strict=True)
+    ]
 
 
 class Publisher:
@@ -97,26 +101,25 @@ class Publisher:
         Every event is validated before anything is published. At most
         :data:`~sidecar.broker.redis.MAX_BATCH` events; raises like :meth:`publish`.
         """
-        encoded = [self._encode(item) for item in itertools.islice(events, MAX_BATCH + 1)]
-        if len(encoded) > MAX_BATCH:
+        items = list(itertools.islice(events, MAX_BATCH + 1))
+        if len(items) > MAX_BATCH:
             raise ValueError(f"more than {MAX_BATCH} events in one batch")
-        return self.broker.publish(encoded)
+        if not items:
+            return []
+        return self.broker.publish(
+            [self._encode(e) for e in checked_events(items, self.max_event_bytes)]
+        )
 
     def head(self) -> tuple[str, int]:
         """``(epoch, seq)``: the current epoch and the last seq assigned."""
         return self.broker.head()
 
-    def _encode(self, item: EventLike) -> bytes:
-        event = checked_event(item)
+    @staticmethod
+    def _encode(event: Event) -> bytes:
         try:
-            data = encode(event)
-        except (TypeError, ValueError) as exc:
+            return encode(event)
+        except (TypeError, ValueError) as exc:  # the catalog checks JSON types; belt and braces
             raise ValueError(f"{event.type}: payload is not JSON: {exc}") from None
-        if len(data) > self.max_event_bytes:
-            raise ValueError(
-                f"{event.type}: event of {len(data)} bytes; at most {self.max_event_bytes}"
-            )
-        return data
 
     def close(self) -> None:
         """Close the connections (a later publish opens new ones)."""

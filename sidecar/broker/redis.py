@@ -40,7 +40,7 @@ try:
     from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(
-        "the Redis broker needs the redis client library: pip install 'sidecar[redis]'"
+        "the Redis broker needs the redis client library: pip install 'sidecar-hub[redis]'"
     ) from exc
 
 from . import BrokerUnavailable, Sink

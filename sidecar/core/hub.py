@@ -18,10 +18,16 @@ Threads and what they own
       stop are always accepted (they are bounded by the number of connections).
     * ``_start_lock`` guards starting the hub thread (explicitly, or lazily with
       ``autostart`` in the process that uses it: never before a fork).
+    * ``_advanced`` (a Condition) guards ``_waiters``, the request threads waiting in
+      :meth:`Hub.wait_for_seq`; the hub thread notifies it after a batch or a reset only
+      while someone waits (one attribute read per batch otherwise).
 
 Numbering: without a sequencer the hub assigns ``seq`` itself. With one (a broker), publishing
 goes to the sequencer, which assigns ``seq`` for every process, and a relay thread hands the
 numbered envelopes back through :meth:`Hub.deliver` (the :class:`sidecar.broker.Sink` side).
+The hub fans out a delivered event only if it is the next one (``seq`` = its last + 1, same
+epoch): events it already has are dropped (a replayed read), and a gap or another epoch is a
+reset: every client is closed with 4001 and resumes, so that no live connection ever skips.
 
 Consecutive broadcasts waiting in the inbox are handled as one batch: every client gets one
 write (or one queue item) carrying all their frames, in ``seq`` order.
@@ -49,6 +55,7 @@ from ..protocol import (
     RESERVED_NAMESPACES,
     SEQ_SPLICE_MAX,
     CloseCode,
+    PublishRefused,
     Since,
     connection_status,
 )
@@ -75,11 +82,6 @@ _PING_FRAME = frames.frame(frames.OP_PING, b"")
 StatusFactory = Callable[[str, int, bool], Event]
 
 
-class PublishRefused(Exception):
-    """Events not accepted for broadcast: the hub is stopped or overloaded, or the broker is
-    unreachable. Nothing of the refused events was broadcast."""
-
-
 class Sequencer(Protocol):
     """Assigns ``seq`` for every process (the broker); the hub then delivers what comes back."""
 
@@ -103,6 +105,8 @@ class HubStats:
     replayed_events: int = 0
     unrecovered_resumes: int = 0
     resets: int = 0
+    reset_drops: int = 0
+    duplicates_dropped: int = 0
 
 
 class Hub:
@@ -161,6 +165,8 @@ class Hub:
         self._pending = 0
         self._next_seq = 1
         self._refused = 0
+        self._advanced = threading.Condition(threading.Lock())
+        self._waiters = 0
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -191,6 +197,8 @@ class Hub:
             with self._room:
                 self._room.notify_all()
             self._stopped.set()
+            with self._advanced:
+                self._advanced.notify_all()
 
     def stop(
         self,
@@ -221,6 +229,26 @@ class Hub:
     def seq(self) -> int:
         """The last ``seq`` delivered to clients (a snapshot)."""
         return self._seq
+
+    def wait_for_seq(self, epoch: str, seq: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` until the hub has fanned out ``seq`` of ``epoch``.
+
+        For a resume that saw events on a faster process than this one: its relay is behind
+        the broker. Returns whether the hub got there (``False`` at the deadline, or once the
+        hub stops). Never on the hub thread.
+        """
+        deadline = time.monotonic() + timeout
+        with self._advanced:
+            self._waiters += 1
+            try:
+                while not (self.epoch == epoch and self._seq >= seq):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self._running.is_set():
+                        return False
+                    self._advanced.wait(remaining)
+                return True
+            finally:
+                self._waiters -= 1
 
     def snapshot(self) -> dict[str, Any]:
         """Counters and gauges for monitoring (a consistent copy of each part)."""
@@ -356,13 +384,12 @@ class Hub:
         """
         self._ensure_started()
         deadline = time.monotonic() + timeout
-        with self._room:
-            while self._running.is_set() and self._pending + len(items) > self.inbox_limit:
+        with self._room:  # a stopped hub also makes the relay wait: it must not spin
+            while not self._running.is_set() or self._pending + len(items) > self.inbox_limit:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._room.wait(remaining):
+                if remaining <= 0:
                     return False
-            if not self._running.is_set():
-                return False
+                self._room.wait(remaining)
             self._pending += len(items)
             self._inbox.put(Deliver(epoch, tuple(items)))
         return True
@@ -501,12 +528,7 @@ class Hub:
                     self._done(len(events))
                 case Deliver(epoch=epoch, items=items):
                     self._done(len(items))
-                    if epoch != self.epoch or (items and items[0][0] != self._next_delivery(batch)):
-                        self._broadcast(batch)
-                        batch = []
-                        why = "new epoch" if epoch != self.epoch else "gap in the stream"
-                        self._reset(epoch, items[0][0] - 1 if items else self._seq, why)
-                    batch.extend(items)
+                    batch = self._take(batch, epoch, items)
                 case _:
                     held = command
                     break
@@ -519,8 +541,32 @@ class Hub:
         self._broadcast(batch)
         return held
 
-    def _next_delivery(self, batch: list[tuple[int, bytes]]) -> int:
-        return (batch[-1][0] if batch else self._seq) + 1
+    def _take(
+        self, batch: list[tuple[int, bytes]], epoch: str, items: Sequence[tuple[int, bytes]]
+    ) -> list[tuple[int, bytes]]:
+        """Add delivered ``items`` to ``batch``: only what follows it, in the hub's epoch.
+
+        Items at or below the last seq (already fanned out) are dropped and counted. A gap,
+        or another epoch, ends the batch: it goes out, then a reset (clients resume), and the
+        items start the next one.
+        """
+        expected = (batch[-1][0] if batch else self._seq) + 1
+        if epoch == self.epoch:
+            skip = 0
+            while skip < len(items) and items[skip][0] < expected:
+                skip += 1
+            if skip:
+                self.stats.duplicates_dropped += skip
+                items = items[skip:]
+            if not items or items[0][0] == expected:
+                batch.extend(items)
+                return batch
+        if not items:
+            return batch
+        self._broadcast(batch)
+        why = "new epoch" if epoch != self.epoch else f"gap in the stream before {items[0][0]}"
+        self._reset(epoch, items[0][0] - 1, why)
+        return list(items)
 
     def _broadcast(self, batch: list[tuple[int, bytes]]) -> None:
         if not batch:
@@ -536,6 +582,12 @@ class Hub:
             self._evict(client)
         self.stats.broadcasts += len(batch)
         self.stats.deliveries += len(batch) * len(self._clients)
+        if self._waiters:
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        with self._advanced:
+            self._advanced.notify_all()
 
     def _keepalive(self) -> None:
         """Ping every client with no ping outstanding; drop those silent for ``ping_timeout``."""
@@ -570,6 +622,8 @@ class Hub:
             return True, local
         if not backfill or backfill[0][0] != since.seq + 1:
             return False, ()
+        # the broker may be ahead of this hub: what it has not fanned out yet comes live
+        backfill = backfill[: max(0, self._seq - since.seq)]
         last = backfill[-1][0]
         rest = self._history.after(last) if last < self._seq else ()
         if rest is None or last - backfill[0][0] + 1 != len(backfill):
@@ -631,10 +685,13 @@ class Hub:
                 len(self._clients),
                 CloseCode.RESUME,
             )
+        self.stats.reset_drops += len(self._clients)
         self._close_all(CloseCode.RESUME, "events may have been missed: resume")
         self.epoch, self._seq = epoch, seq
         self._history.clear()
         self.stats.resets += 1
+        if self._waiters:
+            self._wake_waiters()
 
     def _close_all(self, code: int, reason: str) -> None:
         for client in self._clients:

@@ -8,12 +8,17 @@ events to the hub (whose inbox is its only synchronisation) or to the broker.
 names must be ``namespace:kebab-case`` (app-specific events pass through). The server stamps
 the timestamp; the hub (or the broker) assigns ``seq``. Answers 202 with the envelopes as
 broadcast, ``seq`` included. Every error is JSON ``{"error": "…"}``, 404 and 405 included.
+
+``GET /metrics`` (:func:`metrics_blueprint`, token required) serves Prometheus text from
+:mod:`sidecar.metrics`, which imports ``prometheus_client`` only then.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -78,11 +83,49 @@ def _publish(state: SidecarState) -> Response:
 
 
 def _counters(state: SidecarState) -> dict[str, Any]:
-    return {
+    counters: dict[str, Any] = {
+        "pid": os.getpid(),
         "hub": state.hub.snapshot(),
         "sessions": state.sessions.snapshot(),
         "logs": {"dropped": logs.dropped()},
     }
+    if state.broker is not None:
+        counters["relay"] = asdict(state.broker.relay_stats())
+    return counters
+
+
+def _unauthorized(state: SidecarState) -> Response | None:
+    if check_token(request.environ, state.token):
+        state.sessions.count_rejection("token", handshake=False)
+        return error(401, "Unauthorized: a valid token is required")
+    return None
+
+
+def _metrics(state: SidecarState) -> Response:
+    if request.method not in ("GET", "HEAD"):
+        return error(405, "method not allowed: use GET", {"Allow": "GET"})
+    try:
+        from ..metrics import render
+
+        body, content_type = render(state)
+    except ImportError:
+        return error(501, "metrics need prometheus_client: pip install 'sidecar-hub[metrics]'")
+    return Response(body, status=200, content_type=content_type)
+
+
+def metrics_blueprint(
+    state: SidecarState, path: str = "/metrics", guard: Callable[[], Response | None] | None = None
+) -> Blueprint:
+    """``GET path``: Prometheus text (token required); ``guard`` runs first (the Host check)."""
+    bp = Blueprint("sidecar_metrics", __name__)
+
+    @bp.route(path, methods=_ALL_METHODS)
+    def metrics() -> Response:
+        if guard is not None and (response := guard()) is not None:
+            return response
+        return _unauthorized(state) or _metrics(state)
+
+    return bp
 
 
 def api_blueprint(
@@ -95,10 +138,7 @@ def api_blueprint(
     def authenticate() -> Response | None:
         if guard is not None and (response := guard()) is not None:
             return response
-        if check_token(request.environ, state.token):
-            state.sessions.count_rejection("token", handshake=False)
-            return error(401, "Unauthorized: a valid token is required")
-        return None
+        return _unauthorized(state)
 
     def route(path: str, method: str, view: Callable[[], Response]) -> None:
         def dispatch() -> Response:

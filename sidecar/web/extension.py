@@ -24,12 +24,12 @@ from typing import Any
 from flask import Flask, Response, current_app, has_app_context, jsonify, request
 
 from .. import __version__
-from ..config import Config, load, resolve_token
+from ..config import Config, ConfigError, load, resolve_token
 from ..core.client import Client, MessageHandler
-from ..core.hub import Hub
+from ..core.hub import Hub, PublishRefused
 from ..envelope import Event
-from .api import api_blueprint
-from .guards import check_host, redact
+from .api import api_blueprint, metrics_blueprint
+from .guards import Rejection, check_host, redact
 from .pages import pages_blueprint
 from .session import EventHandler, ServerOptions, envelope_handler, reject, ws_blueprint
 from .state import SidecarState
@@ -80,8 +80,9 @@ class EventHub:
     ``EventHub(app, token="…")`` or ``EventHub(**options)`` + ``init_app(app)``. ``options``
     are :class:`~sidecar.config.Config` fields (``queue_size=…``, ``broker="redis://…"``).
     ``ws_path`` and ``api_prefix`` place the routes; ``debug_page`` (a path, default none)
-    serves the debug page; ``guard_all_routes`` applies the Host guard to every route of the
-    app (the sidecar's own app does), not only the hub's.
+    serves the debug page; ``metrics_path`` (default none; the sidecar's own app: ``/metrics``)
+    serves Prometheus metrics (the ``metrics`` extra); ``guard_all_routes`` applies the Host
+    guard to every route of the app (the sidecar's own app does), not only the hub's.
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class EventHub:
         ws_path: str = "/ws",
         api_prefix: str = "/api/v1",
         debug_page: str | None = None,
+        metrics_path: str | None = None,
         guard_all_routes: bool = False,
         **options: Any,
     ) -> None:
@@ -102,6 +104,7 @@ class EventHub:
         self.ws_path = ws_path
         self.api_prefix = api_prefix
         self.debug_page = debug_page
+        self.metrics_path = metrics_path
         self.guard_all_routes = guard_all_routes
         self._handler: EventHandler | None = None
         self._states: list[weakref.ReferenceType[SidecarState]] = []
@@ -136,6 +139,8 @@ class EventHub:
         app.register_blueprint(
             pages_blueprint(state, debug_page=self.debug_page, guard=route_guard)
         )
+        if self.metrics_path:
+            app.register_blueprint(metrics_blueprint(state, self.metrics_path, guard=route_guard))
         _install_redaction()
         if not config.auth:
             log.warning(
@@ -147,8 +152,14 @@ class EventHub:
         ws_endpoint = "sidecar_ws.websocket"
 
         def guard_host() -> Response | None:
-            state.ensure_started()
-            rejection = check_host(request.environ, state.hosts)
+            try:
+                state.ensure_started()
+            except PublishRefused as exc:  # the broker: retried on the next request
+                rejection: Rejection | None = Rejection(
+                    503, f"Service Unavailable: {exc}", "broker", {"Retry-After": "1"}
+                )
+            else:
+                rejection = check_host(request.environ, state.hosts)
             if rejection is None:
                 return None
             return reject(state, rejection, handshake=request.endpoint == ws_endpoint)
@@ -174,9 +185,18 @@ class EventHub:
 
     @property
     def hub(self) -> Hub:
-        """The :class:`~sidecar.core.hub.Hub` of the app in use (started on first use)."""
+        """The :class:`~sidecar.core.hub.Hub` of the app in use (started on first use).
+
+        When its broker cannot be reached yet, the hub is returned unstarted: its publishing
+        methods then refuse (``False``, or :class:`~sidecar.core.hub.PublishRefused`), and the
+        start is tried again on the next use.
+        """
         state = self.state
-        state.ensure_started()
+        try:
+            state.ensure_started()
+        except PublishRefused as exc:
+            if state.log_limit.check("broker-start") is not None:
+                log.warning("hub not started: %s", exc)
         return state.hub
 
     # -- the hub's API -------------------------------------------------------------------------
@@ -251,19 +271,29 @@ def _broker(config: Config) -> Any:
     """The broker for ``config.broker`` (imported only when one is configured)."""
     if not config.broker:
         return None
-    from ..broker.redis import RedisBroker
-
+    try:
+        from ..broker.redis import RedisBroker
+    except ImportError as exc:
+        raise ConfigError("--broker", f"cannot be used: {exc}") from None
     return RedisBroker(config.broker, prefix=config.broker_prefix, history_size=config.history_size)
 
 
 def create_app(config: Config | None = None, hub: Hub | None = None, **options: Any) -> Flask:
-    """The sidecar's own app: the hub, ``/health`` and the debug page at ``/``.
+    """The sidecar's own app: the hub, ``/health``, ``/metrics`` and the debug page at ``/``.
 
     ``config`` (or keyword options, or ``SIDECAR_*`` variables) must give a token, or turn
     auth off. The Host guard covers every route; Flask's default static route is off.
     """
     app = Flask("sidecar", static_folder=None)
-    EventHub(app, config=config, hub=hub, debug_page="/", guard_all_routes=True, **options)
+    EventHub(
+        app,
+        config=config,
+        hub=hub,
+        debug_page="/",
+        metrics_path="/metrics",
+        guard_all_routes=True,
+        **options,
+    )
     state: SidecarState = app.extensions["sidecar"]
 
     @app.get("/health")

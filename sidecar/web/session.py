@@ -7,7 +7,10 @@ Request threads only. For each upgrade request:
    the replay budget, and what wsproto itself would refuse) and answers a refusal with a
    plain HTTP status. When it admits the request it takes a session slot, creates the
    :class:`~sidecar.core.connection.Connection` and puts its guarded socket where
-   simple-websocket looks for the request's socket.
+   simple-websocket looks for the request's socket. With a broker, a resume first waits (at
+   most :data:`CATCH_UP_TIMEOUT`) for this process's relay to reach the ``since`` the client
+   saw on a faster process, then reads from Redis what the local window no longer holds
+   (the backfill); Redis unreachable then is a 503.
 2. flask-sock's ``Sock.route`` view builds a stock simple-websocket ``Server`` with the options
    of :class:`ServerOptions` (our reader thread and wake-up event for this request) and calls
    :func:`run_session`, which registers a :class:`~sidecar.core.client.Client` with the hub,
@@ -33,6 +36,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 from flask_sock import Sock
 
+from ..broker import BrokerUnavailable
 from ..core.client import Client, Close, MessageHandler
 from ..core.connection import Connection, MessageSource
 from ..protocol import SINCE_PARAM, SUBPROTOCOL, CloseCode, Since
@@ -56,6 +60,11 @@ RECEIVE_BYTES = 16384
 SOCKET_KEYS = ("werkzeug.socket", "gunicorn.socket")
 #: What a client→server event is handed to: ``fn(client, event)`` on the reader's thread.
 EventHandler = Callable[[Client, dict[str, Any]], None]
+#: Longest a resume waits for this process's relay to reach what the client already saw.
+CATCH_UP_TIMEOUT = 1.0
+#: Events a broker backfill reaches into the local window, so that the window may move on
+#: between the request thread's read and the hub thread's registration.
+BACKFILL_OVERLAP = 64
 
 
 @dataclass(frozen=True)
@@ -127,17 +136,37 @@ def _checks(state: SidecarState, environ: Mapping[str, Any]) -> Rejection | None
     return check_wsproto(environ)
 
 
-def _backfill(state: SidecarState, since: Since | None) -> tuple[tuple[int, bytes], ...]:
-    """Events older than the local window, from the broker (``()`` when not needed or gone)."""
+def _catch_up(state: SidecarState, since: Since | None) -> None:
+    """A resume from a faster process: wait (bounded) until this hub has fanned out ``since``.
+
+    A client that saw ``since.seq`` on another worker, whose relay was ahead of this one's,
+    would otherwise get ``recovered: false`` here. Only when the broker has that seq (its
+    head, one round trip) is it worth waiting; raises :class:`BrokerUnavailable`.
+    """
     hub, broker = state.hub, state.broker
-    if broker is None or since is None or since.epoch != hub.epoch:
+    if broker is None or since is None or (since.epoch == hub.epoch and since.seq <= hub.seq):
+        return
+    epoch, head = broker.head()
+    if since.epoch == epoch and since.seq <= head:
+        hub.wait_for_seq(since.epoch, since.seq, CATCH_UP_TIMEOUT)
+
+
+def _backfill(state: SidecarState, since: Since | None) -> tuple[tuple[int, bytes], ...]:
+    """Events older than the local window, from the broker (``()`` when not needed or gone).
+
+    Reads up to :data:`BACKFILL_OVERLAP` events into the window, never more than the history
+    size; raises :class:`BrokerUnavailable`.
+    """
+    hub, broker = state.hub, state.broker
+    limit = state.config.history_size
+    if broker is None or since is None or since.epoch != hub.epoch or limit <= 0:
         return ()
     start = hub.window_start()
-    if start is not None and since.seq + 1 >= start:
-        return ()
-    limit = state.config.history_size
-    items = broker.read_range(since.epoch, since.seq, limit) if limit > 0 else None
-    return tuple(items or ())
+    if start is not None:
+        if since.seq + 1 >= start + BACKFILL_OVERLAP:
+            return ()
+        limit = min(limit, start + BACKFILL_OVERLAP - since.seq - 1)
+    return tuple(broker.read_range(since.epoch, since.seq, limit) or ())
 
 
 def admit(state: SidecarState, environ: Mapping[str, Any]) -> Admission | Rejection:
@@ -151,11 +180,15 @@ def admit(state: SidecarState, environ: Mapping[str, Any]) -> Admission | Reject
     if not state.hub.is_running():
         return _unavailable("shutting down", "stopping")
     peer = request.remote_addr or "?"
-    if since is not None:
-        wait = state.replays.retry_after(peer, state.hub.replay_estimate(since))
-        if wait > 0:
-            return _unavailable("too many replays; resume later", "replay-rate", wait)
-    backfill = _backfill(state, since)
+    try:
+        _catch_up(state, since)
+        if since is not None:
+            wait = state.replays.retry_after(peer, state.hub.replay_estimate(since))
+            if wait > 0:
+                return _unavailable("too many replays; resume later", "replay-rate", wait)
+        backfill = _backfill(state, since)
+    except BrokerUnavailable:
+        return _unavailable("the broker is unreachable; resume later", "broker")
     if not state.sessions.try_enter():
         return _unavailable("too many connections", "capacity")
     key = next(key for key in SOCKET_KEYS if isinstance(environ.get(key), socket.socket))

@@ -28,6 +28,8 @@ from ..core.hub import Hub
 from ..logs import LogLimiter
 from .guards import OriginPolicy, allowed_hosts
 
+#: Longest :meth:`SidecarState.ensure_started` waits for the hub to take the broker's epoch.
+START_TIMEOUT = 5.0
 #: Sessions that ended, named by who ended them: ``client-close-1000``, ``slow-consumer`` …
 EndReason = str
 
@@ -178,7 +180,10 @@ class SidecarState:
             if self.broker is not None:
                 epoch, seq = self.broker.head()
                 self.hub.reset(epoch, seq, "start")
-                self.broker.start_relay(self.hub)
+                # the relay starts where the hub does: a second head() could be later
+                self.broker.start_relay(self.hub, (epoch, seq))
+                # the hub thread takes the reset in turn; until then hub.epoch is its own
+                self.hub.wait_for_seq(epoch, seq, START_TIMEOUT)
             self.hub.is_running()  # starts the hub thread here (autostart)
             self._started_pid = os.getpid()
 
