@@ -416,7 +416,7 @@ def test_handshakes(
         "Sec-WebSocket-Protocol": protocols.replace("TOKEN", TOKEN) if protocols else protocols,
     }
     lines += [f"{name}: {value}" for name, value in optional.items() if value is not None]
-    with socket.create_connection(("127.0.0.1", port), timeout=2.0) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=5.0) as sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         head = b""
         while b"\r\n" not in head:
@@ -431,7 +431,7 @@ def test_handshakes(
             while sock.recv(65536):
                 pass
         else:
-            ws = RawWS(sock, 2.0, 101, buffer=bytearray(head))
+            ws = RawWS(sock, 5.0, 101, buffer=bytearray(head))
             ws._read_head()
             if path.startswith("/ws"):
                 greeting = ws.read_message()
