@@ -34,6 +34,7 @@ from tests.conftest import TOKEN
 TREE = os.environ.get("SIDECAR_TREE") or str(PACKAGE_ROOT)
 #: The WebSocket key of RFC 6455's example.
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def child_environment(**extra: str) -> dict[str, str]:
@@ -45,17 +46,26 @@ def child_environment(**extra: str) -> dict[str, str]:
     return env
 
 
-def start(*args: str, env: dict[str, str] | None = None, **options: Any) -> SidecarProcess:
-    """``python -m sidecar --port 0 --ping-interval 0 *args`` from :data:`TREE`, ready."""
+def start(*args: str, env: dict[str, str] | None = None, **settings: Any) -> SidecarProcess:
+    """``python -m sidecar --port 0 --ping-interval 0 *args`` from :data:`TREE`, ready.
+
+    ``settings`` become ``SIDECAR_*`` variables (``handshake_timeout=1`` is
+    ``SIDECAR_HANDSHAKE_TIMEOUT=1``): an older checkout that lacks a setting still starts,
+    and then fails on the behaviour under test rather than on an unknown flag.
+    """
     argv = [sys.executable, "-m", "sidecar", "--port", "0", "--ping-interval", "0", *args]
-    options.setdefault("cwd", TREE)  # ``-m`` puts the working directory first on sys.path
-    return launch(argv, env=env or child_environment(), same_package=False, **options)
+    env = dict(env or child_environment())
+    env.update({f"SIDECAR_{name.upper()}": str(value) for name, value in settings.items()})
+    # ``-m`` puts the working directory first on sys.path: run from the tree under test
+    return launch(argv, env=env, same_package=False, cwd=TREE)
 
 
 @contextmanager
-def running(*args: str, **options: Any) -> Iterator[SidecarProcess]:
+def running(
+    *args: str, env: dict[str, str] | None = None, **settings: Any
+) -> Iterator[SidecarProcess]:
     """A sidecar child for the ``with`` block; stopped (SIGTERM, then SIGKILL) after it."""
-    child = start(*args, **options)
+    child = start(*args, env=env, **settings)
     try:
         yield child
     finally:
@@ -76,9 +86,17 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
     @property
+    def final(self) -> bytes:
+        """The reply without the interim ``100 Continue`` responses before it."""
+        raw = self.raw
+        while raw.startswith(_CONTINUE):
+            raw = raw[len(_CONTINUE) :]
+        return raw
+
+    @property
     def status(self) -> int:
-        """The status of the first response line (0: no response at all)."""
-        first = self.raw.split(b"\r\n", 1)[0].split(b" ")
+        """The status of the final response line (0: no response at all)."""
+        first = self.final.split(b"\r\n", 1)[0].split(b" ")
         return int(first[1]) if len(first) > 1 and first[0].startswith(b"HTTP/") else 0
 
     @property
@@ -92,8 +110,8 @@ class Reply:
 
     @property
     def body(self) -> bytes:
-        """What follows the last response head."""
-        return self.raw.rpartition(b"\r\n\r\n")[2]
+        """What follows the final response head."""
+        return self.final.partition(b"\r\n\r\n")[2]
 
     @property
     def closed(self) -> bool:
@@ -132,12 +150,11 @@ def read_reply(sock: socket.socket, timeout: float, started: float | None = None
             reply.ending = "eof"
             break
         reply.raw += chunk
-        final = reply.raw.replace(b"HTTP/1.1 100 Continue\r\n\r\n", b"")
-        if final.startswith(b"HTTP/1.1 101 ") and b"\r\n\r\n" in final:
+        if reply.final.startswith(b"HTTP/1.1 101 ") and b"\r\n\r\n" in reply.final:
             reply.ending = "upgraded"
             break
     reply.elapsed = time.monotonic() - started
-    reply.headers = _parse_headers(reply.raw.replace(b"HTTP/1.1 100 Continue\r\n\r\n", b""))
+    reply.headers = _parse_headers(reply.final)
     return reply
 
 

@@ -45,7 +45,7 @@ PACE = 0.2
 @pytest.fixture(scope="module")
 def child() -> Iterator[SidecarProcess]:
     """One sidecar for the module, with a short request deadline."""
-    with running("--handshake-timeout", str(TIMEOUT)) as sidecar:
+    with running(handshake_timeout=TIMEOUT) as sidecar:
         yield sidecar
 
 
@@ -99,7 +99,7 @@ def test_a_body_shorter_than_its_content_length_gets_408_not_silence(child):
 
 def test_pending_connections_are_capped_without_threads_and_real_clients_get_back_in():
     cap = 8
-    with running("--handshake-timeout", "20", "--max-pending-handshakes", str(cap)) as child:
+    with running(handshake_timeout=20, max_pending_handshakes=cap) as child:
         RawWS.connect(child.port, token=TOKEN).close()  # warm up
         baseline = settled_threads(child.pid)
         pending = [_connect(child.port) for _ in range(cap)]
