@@ -16,10 +16,14 @@ tests against another checkout) spoken to over raw sockets.
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.launcher import SidecarProcess
 from tests.conftest import TOKEN, wait_for
@@ -40,6 +44,7 @@ TIMEOUT = 1.0
 #: Seconds the server may take beyond the deadline (the watchdog's own latency, a busy CI).
 SLACK = 1.0
 PACE = 0.2
+HEAD_EXAMPLES = int(os.environ.get("SIDECAR_HEAD_FUZZ_EXAMPLES", "100"))
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +199,31 @@ def test_a_malformed_head_gets_a_4xx_and_a_closed_socket_and_is_counted(child, c
     assert b"Traceback" not in reply.raw
     wait_for(lambda: rejected_handshakes(child.url) > before, timeout=2.0)
     _assert_no_traceback(child)
+
+
+#: An independent model of an RFC 9112 field line: token ":" OWS value, no CTL but HTAB, CRLF.
+_FIELD_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n")
+_INSERTS = [b"\x00", b"\r", b"\n", b" ", b"\t", b":", b"(", b"\x7f", b"\x80", b"\xff", b",", b"@"]
+_FOLDS = [b"\r\n ", b"\r\n\t"]
+
+
+@settings(max_examples=HEAD_EXAMPLES, deadline=None)
+@given(
+    data=st.data(),
+    inserts=st.lists(st.sampled_from(_INSERTS + _FOLDS), min_size=1, max_size=3),
+)
+def test_mutated_header_lines_get_101_only_when_valid_and_never_5xx(child, data, inserts):
+    head = upgrade_head(child.port, headers=["X-Extra: some value"])
+    request_line, _, rest = head.partition(b"\r\n")
+    lines = [line + b"\r\n" for line in rest[:-4].split(b"\r\n")]
+    for insert in inserts:
+        index = data.draw(st.integers(0, len(lines) - 1))
+        at = data.draw(st.integers(0, len(lines[index]) - 2))  # before the CRLF
+        lines[index] = lines[index][:at] + insert + lines[index][at:]
+    valid = all(_FIELD_LINE.fullmatch(line) for line in lines)
+    reply = exchange(child.port, request_line + b"\r\n" + b"".join(lines) + b"\r\n", 3.0)
+    assert reply.status in range(400, 500) or (reply.status == 101 and valid), (lines, reply)
+    assert reply.closed or reply.status == 101, reply
 
 
 def test_a_refused_head_still_leaves_the_server_serving(child):
