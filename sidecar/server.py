@@ -44,7 +44,7 @@ from urllib.parse import unquote
 
 from werkzeug.serving import DechunkedInput, ThreadedWSGIServer, WSGIRequestHandler
 
-from . import __version__
+from . import __version__, logs
 from .config import Config
 from .httphead import (
     DechunkedBody,
@@ -500,6 +500,7 @@ def make_server(config: Config, app: Any | None = None) -> tuple[Server, Sidecar
     state: SidecarState = app.extensions["sidecar"]
     server = Server(bind(config), app, config)
     state.allow_own_origin(server.server_port)
+    logs.hide(state.token)
     return server, state
 
 
