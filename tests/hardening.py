@@ -158,9 +158,14 @@ def read_reply(sock: socket.socket, timeout: float, started: float | None = None
     return reply
 
 
-def exchange(port: int, data: bytes, timeout: float = 5.0) -> Reply:
-    """Send ``data`` on a new connection and read the reply (see :func:`read_reply`)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+def exchange(port: int, data: bytes, timeout: float = 5.0, source: str | None = None) -> Reply:
+    """Send ``data`` on a new connection and read the reply (see :func:`read_reply`).
+
+    ``source`` binds the client end to another loopback address (``127.0.0.2``): the server
+    sees another peer (its log rate limits are per peer).
+    """
+    address = (source, 0) if source else None
+    with socket.create_connection(("127.0.0.1", port), timeout, address) as sock:
         started = time.monotonic()
         try:
             sock.sendall(data)
