@@ -208,6 +208,8 @@ class RequestHandler(WSGIRequestHandler):
     access logs (see :mod:`sidecar.httphead` for what a strict head is)."""
 
     server: Server
+    #: Whether the request became a WebSocket session.
+    upgraded = False
 
     @property
     def watchdog(self) -> RequestWatchdog:
@@ -279,9 +281,13 @@ class RequestHandler(WSGIRequestHandler):
         environ = super().make_environ()
         if isinstance(environ["wsgi.input"], DechunkedInput):
             environ["wsgi.input"] = DechunkedBody(self.rfile, self.server.max_body)
-        conn, watchdog = self.connection, self.watchdog
-        environ["sidecar.upgraded"] = lambda: watchdog.release(conn)
+        environ["sidecar.upgraded"] = self._upgraded
         return environ
+
+    def _upgraded(self) -> None:
+        """The request became a WebSocket: no deadline; the access log says 101."""
+        self.upgraded = True
+        self.watchdog.release(self.connection)
 
     def run_wsgi(self) -> None:
         if "Expect" in self.headers and not _expects_body(self.headers):
@@ -302,7 +308,8 @@ class RequestHandler(WSGIRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         self.requestline = redact(self.requestline)
-        super().log_request(code, size)
+        # after a WebSocket session, flask-sock's trailing response is never sent: say 101
+        super().log_request(101 if self.upgraded else code, size)
 
 
 def _expects_body(headers: Any) -> bool:
