@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +46,12 @@ def child_environment(**extra: str) -> dict[str, str]:
     return env
 
 
-def start(*args: str, env: dict[str, str] | None = None, **settings: Any) -> SidecarProcess:
+def start(
+    *args: str,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+    **settings: Any,
+) -> SidecarProcess:
     """``python -m sidecar --port 0 --ping-interval 0 *args`` from :data:`TREE`, ready.
 
     ``settings`` become ``SIDECAR_*`` variables (``handshake_timeout=1`` is
@@ -57,15 +62,18 @@ def start(*args: str, env: dict[str, str] | None = None, **settings: Any) -> Sid
     env = dict(env or child_environment())
     env.update({f"SIDECAR_{name.upper()}": str(value) for name, value in settings.items()})
     # ``-m`` puts the working directory first on sys.path: run from the tree under test
-    return launch(argv, env=env, same_package=False, cwd=TREE)
+    return launch(argv, env=env, same_package=False, cwd=TREE, preexec_fn=preexec_fn)
 
 
 @contextmanager
 def running(
-    *args: str, env: dict[str, str] | None = None, **settings: Any
+    *args: str,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+    **settings: Any,
 ) -> Iterator[SidecarProcess]:
     """A sidecar child for the ``with`` block; stopped (SIGTERM, then SIGKILL) after it."""
-    child = start(*args, env=env, **settings)
+    child = start(*args, env=env, preexec_fn=preexec_fn, **settings)
     try:
         yield child
     finally:
