@@ -54,6 +54,9 @@ log = logging.getLogger("sidecar.session")
 RECEIVE_BYTES = 16384
 #: The environ keys under which Werkzeug and gunicorn hand over the request's socket.
 SOCKET_KEYS = ("werkzeug.socket", "gunicorn.socket")
+#: A resume replaying at most this many bytes is never refused by the replay budget: a
+#: reconnect after a blip replays a few events and must not wait (nor drain the budget).
+SMALL_REPLAY = 64 << 10
 #: What a client→server event is handed to: ``fn(client, event)`` on the reader's thread.
 EventHandler = Callable[[Client, dict[str, Any]], None]
 
@@ -152,7 +155,8 @@ def admit(state: SidecarState, environ: Mapping[str, Any]) -> Admission | Reject
         return _unavailable("shutting down", "stopping")
     peer = request.remote_addr or "?"
     if since is not None:
-        wait = state.replays.retry_after(peer, state.hub.replay_estimate(since))
+        cost = state.hub.replay_estimate(since)
+        wait = state.replays.retry_after(peer, cost) if cost > SMALL_REPLAY else 0.0
         if wait > 0:
             return _unavailable("too many replays; resume later", "replay-rate", wait)
     backfill = _backfill(state, since)
