@@ -4,9 +4,10 @@ Python's ``http.server`` (under Werkzeug's development server) is lenient: it ta
 as a line end, folds ``obs-fold`` lines into the previous value, ends the header block at the
 first line that is not a header (a space in a name: the rest of the head is silently
 dropped), serves a two-word request line as HTTP/0.9 and a head cut off by EOF as if it were
-complete. The checks here refuse each of those with a status, a reason tag (for the
-``rejectedHandshakes``/``rejectedRequests`` counters) and a message for the client. They
-follow RFC 9112 (which obsoletes RFC 7230's message syntax):
+complete. The checks here refuse each of those with a
+:class:`~sidecar.web.guards.Rejection`: a status, a message for the client and a reason tag
+(for the ``rejectedHandshakes``/``rejectedRequests`` counters). They follow RFC 9112 (which
+obsoletes RFC 7230's message syntax):
 
 * request line: ``method SP request-target SP HTTP/1.0|1.1 CRLF``, printable ASCII target;
 * header lines: ``token ":" OWS value OWS CRLF``; no whitespace before the colon, no line that
@@ -23,12 +24,13 @@ thread that reads the request.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.serving import DechunkedInput
+
+from .web.guards import Rejection
 
 #: Longest request head (request line and header lines) taken, in bytes.
 MAX_HEAD_BYTES = 64 << 10
@@ -45,13 +47,9 @@ _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(;[^\x00-\x08\x0a-\x1f\x7f]
 _DECIMAL = re.compile(r"[0-9]{1,18}")
 
 
-@dataclass(frozen=True)
-class HeadProblem:
-    """Why a request head is refused: the status, a reason tag and a message for the client."""
-
-    status: int
-    reason: str
-    message: str
+def _bad(reason: str, message: str, status: int = 400) -> Rejection:
+    """A refusal of a head (400 unless told)."""
+    return Rejection(status, message, reason)
 
 
 def _shown(data: bytes, limit: int = 40) -> str:
@@ -60,25 +58,23 @@ def _shown(data: bytes, limit: int = 40) -> str:
     return text if len(data) <= limit else text[:-1] + "…'"
 
 
-def request_line_problem(line: bytes) -> HeadProblem | None:
+def request_line_problem(line: bytes) -> Rejection | None:
     """What is wrong with a request line (with its line end), or ``None``."""
     if _REQUEST_LINE.fullmatch(line):
         return None
     if not line.endswith(b"\n"):
-        return HeadProblem(400, "request-line", "incomplete request line")
+        return _bad("request-line", "incomplete request line")
     if not line.endswith(b"\r\n"):
-        return HeadProblem(400, "request-line", "request line ends with a bare LF (send CRLF)")
+        return _bad("request-line", "request line ends with a bare LF (send CRLF)")
     if _ANY_VERSION.fullmatch(line) and line.count(b" ") == 2:
         version = line.rsplit(b" ", 1)[1].strip()
-        return HeadProblem(400, "version", f"unsupported version {_shown(version)} (HTTP/1.1)")
+        return _bad("version", f"unsupported version {_shown(version)} (HTTP/1.1)")
     if line.count(b" ") == 1:
-        return HeadProblem(400, "request-line", "HTTP/0.9 requests are not served")
-    return HeadProblem(
-        400, "request-line", "malformed request line (method SP target SP HTTP/1.1 CRLF)"
-    )
+        return _bad("request-line", "HTTP/0.9 requests are not served")
+    return _bad("request-line", "malformed request line (method SP target SP HTTP/1.1 CRLF)")
 
 
-def field_line_problem(line: bytes) -> HeadProblem | None:
+def field_line_problem(line: bytes) -> Rejection | None:
     """What is wrong with one header line (with its line end), or ``None``.
 
     The empty line that ends the head is fine; an EOF (``b""``) is an incomplete head. The
@@ -87,44 +83,40 @@ def field_line_problem(line: bytes) -> HeadProblem | None:
     if line == b"\r\n" or _FIELD_LINE.fullmatch(line):
         return None
     if not line.endswith(b"\n"):
-        return HeadProblem(400, "header", "incomplete request head")
+        return _bad("header", "incomplete request head")
     if line[:1] in (b" ", b"\t"):
-        return HeadProblem(400, "header", "obs-fold (a header line starting with whitespace)")
+        return _bad("header", "obs-fold (a header line starting with whitespace)")
     if not line.endswith(b"\r\n") or b"\n" in line[:-2]:
-        return HeadProblem(400, "header", "header line ends with a bare LF (send CRLF)")
+        return _bad("header", "header line ends with a bare LF (send CRLF)")
     if b"\r" in line[:-2]:
-        return HeadProblem(400, "header", "bare CR in a header line")
+        return _bad("header", "bare CR in a header line")
     name, colon, value = line[:-2].partition(b":")
     if not colon:
-        return HeadProblem(400, "header", f"header line without a colon: {_shown(name)}")
+        return _bad("header", f"header line without a colon: {_shown(name)}")
     if not name:
-        return HeadProblem(400, "header", "empty header name")
+        return _bad("header", "empty header name")
     if name.rstrip(b" \t") != name:
-        return HeadProblem(400, "header", f"whitespace before the colon of {_shown(name)}")
+        return _bad("header", f"whitespace before the colon of {_shown(name)}")
     if not _FIELD_NAME.fullmatch(name):
-        return HeadProblem(400, "header", f"character not allowed in header name {_shown(name)}")
+        return _bad("header", f"character not allowed in header name {_shown(name)}")
     if _VALUE_CONTROL.search(value):
-        return HeadProblem(400, "header", f"control character in the value of {_shown(name)}")
-    return HeadProblem(400, "header", f"malformed header line {_shown(name)}")  # pragma: no cover
+        return _bad("header", f"control character in the value of {_shown(name)}")
+    return _bad("header", f"malformed header line {_shown(name)}")  # pragma: no cover
 
 
-def framing_problem(headers: Message) -> HeadProblem | None:
+def framing_problem(headers: Message) -> Rejection | None:
     """What is wrong with the body framing of a parsed head (RFC 9112 section 6), or ``None``."""
     encodings = headers.get_all("Transfer-Encoding") or []
     lengths = headers.get_all("Content-Length") or []
     if encodings:
         codings = [c.strip(" \t").lower() for value in encodings for c in value.split(",")]
         if codings != ["chunked"]:
-            return HeadProblem(
-                400, "body-framing", "Transfer-Encoding must be chunked alone (nothing else)"
-            )
+            return _bad("body-framing", "Transfer-Encoding must be chunked alone (nothing else)")
         if lengths:
-            return HeadProblem(
-                400, "body-framing", "both Content-Length and Transfer-Encoding: send one"
-            )
+            return _bad("body-framing", "both Content-Length and Transfer-Encoding: send one")
     values = {v.strip(" \t") for value in lengths for v in str(value).split(",")}
     if values and (len(values) > 1 or not _DECIMAL.fullmatch(next(iter(values)))):
-        return HeadProblem(400, "body-framing", "malformed Content-Length (one decimal number)")
+        return _bad("body-framing", "malformed Content-Length (one decimal number)")
     return None
 
 
@@ -138,7 +130,7 @@ class HeadReader:
     def __init__(self, raw: Any) -> None:
         self.raw = raw
         self.size = 0
-        self.problem: HeadProblem | None = None
+        self.problem: Rejection | None = None
 
     def readline(self, limit: int = -1) -> bytes:
         """The next header line, as the wrapped stream gives it (``CRLF`` after a problem)."""
@@ -147,8 +139,8 @@ class HeadReader:
         line = bytes(self.raw.readline(limit))
         self.size += len(line)
         if self.size > MAX_HEAD_BYTES:
-            self.problem = HeadProblem(
-                431, "head-too-large", f"request head larger than {MAX_HEAD_BYTES} bytes"
+            self.problem = _bad(
+                "head-too-large", f"request head larger than {MAX_HEAD_BYTES} bytes", 431
             )
         elif len(line) != limit:  # a line at the limit: http.client answers 431 itself
             self.problem = field_line_problem(line)

@@ -48,14 +48,13 @@ from . import __version__, logs
 from .config import Config
 from .httphead import (
     DechunkedBody,
-    HeadProblem,
     HeadReader,
     framing_problem,
     request_line_problem,
 )
 from .logs import LogLimiter
 from .platform import install_stop_handlers, nonblocking_send_flag
-from .web.guards import printable, redact
+from .web.guards import Rejection, printable, redact
 from .web.state import SidecarState
 
 log = logging.getLogger("sidecar")
@@ -169,18 +168,25 @@ class RequestWatchdog:
 
 
 class _QuietReader(io.BufferedIOBase):
-    """The request stream: reads that fail report EOF instead of raising.
+    """The request stream: reads that fail report EOF instead of raising, and reads after the
+    response has started return what has arrived instead of waiting for more.
 
     Werkzeug drains what is left of a request after the response with an epoll selector that
     it closes only if that read returns; a reset connection made it raise, and the selector's
-    descriptor stayed open until a garbage collection.
+    descriptor stayed open until a garbage collection. Its drain asks for 10 MB at a time: a
+    client that sent a too-large body and then waited for the server to close (a 413) waited
+    for the request deadline, its thread and its pending slot held meanwhile.
     """
 
     def __init__(self, raw: Any) -> None:
         self._raw = raw
+        #: Set when the response starts: from then on a read takes only what is there.
+        self.responded = False
 
     def read(self, size: int | None = -1) -> bytes:
         try:
+            if self.responded and size is not None and size > 0:
+                return bytes(self._raw.read1(size))
             return bytes(self._raw.read(size))
         except OSError:
             return b""
@@ -254,9 +260,9 @@ class RequestHandler(WSGIRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """``http.server``'s own refusals (431, 414 …) go the way of every refused head."""
         reason = {414: "target-too-long", 431: "head-too-large"}.get(code, "request-line")
-        self._refuse(HeadProblem(code, reason, explain or message or HTTPStatus(code).phrase))
+        self._refuse(Rejection(code, explain or message or HTTPStatus(code).phrase, reason))
 
-    def _refuse(self, problem: HeadProblem) -> bool:
+    def _refuse(self, problem: Rejection) -> bool:
         """Answer ``problem`` in plain text, close, count and log it (rate-limited); False."""
         self.close_connection = True
         if not self.watchdog.responding(self.connection):
@@ -296,6 +302,8 @@ class RequestHandler(WSGIRequestHandler):
 
     def send_response(self, code: int, message: str | None = None) -> None:
         self.watchdog.responding(self.connection)  # from here on, no 408
+        if isinstance(self.rfile, _QuietReader):
+            self.rfile.responded = True  # Werkzeug's drain follows: never wait for more
         super().send_response(code, message)
 
     def log(self, type: str, message: str, *args: Any) -> None:
@@ -390,7 +398,7 @@ class Server(ThreadedWSGIServer):
             more = f" ({suppressed} more since the last line)" if suppressed else ""
             log.warning("%s: answered 503%s", why, more)
 
-    def count_refusal(self, problem: HeadProblem, request_line: bytes, peer: Any) -> None:
+    def count_refusal(self, problem: Rejection, request_line: bytes, peer: Any) -> None:
         """Count a refused request head (a handshake if it names a WebSocket path); log it.
 
         One line per peer and reason per interval (:class:`~sidecar.logs.LogLimiter`); the

@@ -17,10 +17,10 @@ import json
 import os
 import select
 import socket
+import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -78,6 +78,31 @@ def running(
         yield child
     finally:
         child.stop(timeout=3.0)
+
+
+def start_failure(
+    *args: str, env: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any], subprocess.CompletedProcess[str]]:
+    """Start ``python -m sidecar *args``, which must fail: its status, JSON line and result.
+
+    Checks the start-up failure contract: exactly one JSON ``error`` line on stdout, one line
+    on stderr, no traceback.
+    """
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env or child_environment(),
+        cwd=TREE,
+        timeout=20,
+    )
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result
+    line = json.loads(lines[0])
+    assert set(line) == {"event", "error", "message"} and line["event"] == "error", line
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    return result.returncode, line, result
 
 
 # -- raw HTTP -----------------------------------------------------------------------------------
@@ -249,23 +274,12 @@ def post_events(port: int, body: bytes, headers: Iterable[str] = (), timeout: fl
     return exchange(port, head + body, timeout)
 
 
-def api_get(url: str, path: str, token: str | None = TOKEN) -> tuple[int, Any]:
-    """``GET url+path`` with the bearer token; the status and the JSON body."""
-    request = urllib.request.Request(url + path)
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
 def counters(url: str) -> dict[str, Any]:
     """``/api/v1/hub`` of the sidecar at ``url``."""
-    status, body = api_get(url, "/api/v1/hub")
-    assert status == 200, body
-    return dict(body)
+    request = urllib.request.Request(url + "/api/v1/hub")
+    request.add_header("Authorization", f"Bearer {TOKEN}")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return dict(json.loads(response.read()))
 
 
 def rejected_handshakes(url: str) -> int:

@@ -20,15 +20,13 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
 
 from sidecar.web.extension import create_app
 from tests.conftest import TOKEN, RunningSidecar, wait_for
-from tests.hardening import TREE, child_environment, exchange, request_head, running
+from tests.hardening import exchange, request_head, running, start_failure
 from tests.rawws import OP_TEXT, RawWS, build_frame
 
 
@@ -44,30 +42,16 @@ def _ipv6_loopback() -> bool:
 needs_ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
 
 
-def _second_start(host: str, port: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar", "--host", host, "--port", str(port)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=child_environment(),
-        cwd=TREE,
-        timeout=20,
-    )
-
-
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", pytest.param("::1", marks=needs_ipv6)])
 def test_a_second_sidecar_on_the_same_host_and_port_fails_with_one_line(host):
     with running("--host", host) as first:
-        result = _second_start(host, first.port)
-    assert result.returncode == 3, result
-    (line,) = [json.loads(text) for text in result.stdout.splitlines()]
+        code, line, _ = start_failure("--host", host, "--port", str(first.port))
+    assert code == 3, line
     assert line == {
         "event": "error",
         "error": "port-in-use",
         "message": f"{host}:{first.port} is in use",
     }
-    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
 def _epoch_at(host: str, port: int) -> str:

@@ -16,9 +16,6 @@ loopback address (``127.0.0.N``).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 
@@ -26,7 +23,7 @@ import pytest
 
 from sidecar.launcher import SidecarProcess
 from tests.conftest import TOKEN, wait_for
-from tests.hardening import TREE, child_environment, exchange, running, upgrade_head
+from tests.hardening import exchange, running, start_failure, upgrade_head
 
 DEFAULT_SHELLS = [
     "file://",
@@ -127,17 +124,6 @@ def test_a_refused_host_is_logged_with_its_value(defaults):
     ["localhost:5173", "http://a.example/path", "http://user@a.example", "http://a:99999", "*"],
 )
 def test_a_bad_allowed_origins_value_is_one_line_naming_it_and_the_form(value):
-    result = subprocess.run(
-        [sys.executable, "-m", "sidecar", "--port", "0", "--allowed-origins", f"file://,{value}"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=child_environment(),
-        cwd=TREE,
-        timeout=20,
-    )
-    assert result.returncode == 2, result
-    (line,) = [json.loads(text) for text in result.stdout.splitlines()]
-    assert line["error"] == "bad-option", line
+    code, line, _ = start_failure("--port", "0", "--allowed-origins", f"file://,{value}")
+    assert (code, line["error"]) == (2, "bad-option"), line
     assert repr(value) in line["message"] and "scheme://host[:port]" in line["message"], line
-    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr

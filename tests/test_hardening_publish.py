@@ -316,6 +316,7 @@ def test_bodies_the_decoder_chokes_on_get_a_4xx_naming_the_problem(
     reply = post_events(target.child.port, body)
     assert reply.status == status, reply
     assert needle in reply.json()["error"], reply.json()
+    assert reply.closed and reply.elapsed < 1.0, f"closed after {reply.elapsed:.2f} s"  # not 2
     target.drain_until_probe(0)
 
 

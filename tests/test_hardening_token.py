@@ -15,7 +15,6 @@ Black box: child processes (``SIDECAR_TREE`` picks the code, see :mod:`tests.har
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -27,7 +26,15 @@ import pytest
 
 from sidecar.launcher import SidecarProcess
 from tests.conftest import TOKEN, wait_for
-from tests.hardening import TREE, child_environment, exchange, request_head, running, upgrade_head
+from tests.hardening import (
+    TREE,
+    child_environment,
+    exchange,
+    request_head,
+    running,
+    start_failure,
+    upgrade_head,
+)
 
 #: Query strings that carry the token under a name the server must not accept.
 SPELLINGS = [
@@ -162,20 +169,7 @@ def test_werkzeugs_own_access_log_never_shows_the_token(app_run):
     ids=["space", "comma", "quote", "non-ascii"],
 )
 def test_a_token_that_cannot_travel_is_refused_at_start_with_one_line(token):
-    result = subprocess.run(
-        [sys.executable, "-m", "sidecar", "--port", "0"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=child_environment(SIDECAR_TOKEN=token),
-        cwd=TREE,
-        timeout=20,
-    )
-    assert result.returncode == 2, result
-    lines = result.stdout.splitlines()
-    assert len(lines) == 1, result.stdout
-    line = json.loads(lines[0])
-    assert (line["event"], line["error"]) == ("error", "bad-option"), line
+    code, line, result = start_failure("--port", "0", env=child_environment(SIDECAR_TOKEN=token))
+    assert (code, line["error"]) == (2, "bad-option"), line
     assert "SIDECAR_TOKEN" in line["message"], line
     assert token not in result.stdout + result.stderr  # the refusal does not repeat it
-    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
