@@ -301,6 +301,7 @@ class RequestHandler(WSGIRequestHandler):
         super().run_wsgi()
 
     def send_response(self, code: int, message: str | None = None) -> None:
+        """The response starts: no 408 from the watchdog, no waiting drain."""
         self.watchdog.responding(self.connection)  # from here on, no 408
         if isinstance(self.rfile, _QuietReader):
             self.rfile.responded = True  # Werkzeug's drain follows: never wait for more

@@ -109,6 +109,7 @@ def test_a_soft_descriptor_limit_below_the_caps_is_raised_at_start():
         pytest.skip(f"the hard limit ({hard}) leaves no room to raise the soft one")
 
     def low_soft_limit() -> None:
+        """In the child before exec: a soft limit far below what the caps need."""
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
 
     with running("--max-clients", "1000", preexec_fn=low_soft_limit) as child:

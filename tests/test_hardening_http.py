@@ -63,6 +63,7 @@ def settled_threads(pid: int) -> int:
     seen: list[int] = []
 
     def settled() -> int:
+        """The count if it equals the one before, else 0 (poll again)."""
         seen.append(threads_of(pid))
         return seen[-1] if len(seen) > 1 and seen[-1] == seen[-2] else 0
 

@@ -59,6 +59,7 @@ def _paths(running: RunningSidecar) -> dict[str, Callable[[str], Any]]:
     hub, extension = running.hub, running.state.extension
 
     def api(name: str) -> None:
+        """POST one event; ``ValueError`` unless it was accepted."""
         status = _post(running, name)
         if status != 202:
             raise ValueError(f"HTTP {status}")
@@ -112,6 +113,7 @@ def test_the_protocol_list_of_client_types_is_the_catalog_s():
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
+    """The URL of a real redis-server, stopped afterwards."""
     server = RedisServer()
     server.start()
     try:

@@ -61,6 +61,7 @@ def test_forty_stalled_resumers_share_the_history_and_are_dropped():
         try:
 
             def all_dropped() -> bool:
+                """Whether every resumer is gone; records the highest RSS seen."""
                 nonlocal peak
                 peak = max(peak, rss_of(child.pid))
                 return _hub(child)["hub"]["clients"] == 0
