@@ -30,12 +30,38 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOGGERS = ("sidecar", "werkzeug", "gunicorn.error")
 
 
+#: Secrets no log line may show (:func:`hide`); shorter ones are not scrubbed (too common).
+_SECRETS: set[str] = set()
+MIN_SECRET = 8
+
+
+def hide(secret: str | None) -> None:
+    """Replace ``secret`` by ``[redacted]`` in every log line from now on (see :func:`scrub`)."""
+    if secret and len(secret) >= MIN_SECRET:
+        _SECRETS.add(secret)  # a set add under the GIL; readers copy it first
+
+
+def scrub(text: str) -> str:
+    """``text`` without any secret given to :func:`hide`."""
+    for secret in tuple(_SECRETS):
+        if secret in text:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
 class DroppingQueueHandler(logging.handlers.QueueHandler):
-    """A ``QueueHandler`` that drops (and counts) instead of blocking or raising when full."""
+    """A ``QueueHandler`` that drops (and counts) instead of blocking or raising when full,
+    and scrubs the secrets given to :func:`hide` from every record (tracebacks included)."""
 
     def __init__(self, q: queue.Queue[logging.LogRecord | None]) -> None:
         super().__init__(q)
         self.dropped = 0  # benign race between logging threads: a monitoring counter
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        """The record as queued: its message formatted (with any traceback) and scrubbed."""
+        record = super().prepare(record)
+        record.msg = scrub(str(record.msg))
+        return record
 
     def enqueue(self, record: logging.LogRecord) -> None:
         """Queue ``record`` without waiting; count it when there is no room."""

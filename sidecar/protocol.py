@@ -25,6 +25,9 @@ SINCE_PARAM = "since"
 CONNECTION_STATUS = "connection:status"
 #: Namespaces only the hub itself may use (publishers are refused).
 RESERVED_NAMESPACES = frozenset({"connection"})
+#: Types only clients send (client -> server): never broadcast. The catalog's directions say
+#: the same (``tests/test_hardening_names.py`` checks that they agree).
+CLIENT_EVENT_TYPES = frozenset({"chat:send", "chat:cancel"})
 
 
 class PublishRefused(Exception):

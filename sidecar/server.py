@@ -38,15 +38,23 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any, TextIO
+from urllib.parse import unquote
 
-from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+from werkzeug.serving import DechunkedInput, ThreadedWSGIServer, WSGIRequestHandler
 
-from . import __version__
+from . import __version__, logs
 from .config import Config
+from .httphead import (
+    DechunkedBody,
+    HeadReader,
+    framing_problem,
+    request_line_problem,
+)
 from .logs import LogLimiter
 from .platform import install_stop_handlers, nonblocking_send_flag
-from .web.guards import redact
+from .web.guards import Rejection, printable, redact
 from .web.state import SidecarState
 
 log = logging.getLogger("sidecar")
@@ -79,14 +87,15 @@ class RequestWatchdog:
     """Deadlines for connections whose request is not finished (and not upgraded).
 
     At most ``limit`` connections at once (:meth:`admit` says no beyond). At the deadline a
-    connection whose head has not arrived gets 408; any late connection is shut down, which
-    ends its request thread. One thread; ``_cond`` guards ``_live`` and ``_heap``.
+    connection that has not started its response gets 408, whether its head or its body is
+    late; any late connection is shut down, which ends its request thread. One thread;
+    ``_cond`` guards ``_live`` and ``_heap``, so a response and the 408 never both start.
     """
 
     def __init__(self, timeout: float, limit: int) -> None:
         self.timeout = timeout
         self.limit = limit
-        self._live: dict[socket.socket, bool] = {}  # connection -> its head has arrived
+        self._live: dict[socket.socket, bool] = {}  # connection -> its response has started
         self._heap: list[tuple[float, int, socket.socket]] = []
         self._cond = threading.Condition()
         self._stopping = False
@@ -108,11 +117,13 @@ class RequestWatchdog:
             self._cond.notify()
             return True
 
-    def head_done(self, conn: socket.socket) -> None:
-        """``conn``'s request head has arrived: no 408 any more (a response may be under way)."""
+    def responding(self, conn: socket.socket) -> bool:
+        """``conn``'s response starts: no 408 any more. ``False`` if it has already expired."""
         with self._cond:
-            if conn in self._live:
-                self._live[conn] = True
+            if conn not in self._live:
+                return False
+            self._live[conn] = True
+            return True
 
     def release(self, conn: socket.socket) -> None:
         """``conn`` finished its request, or was upgraded: no deadline any more."""
@@ -138,18 +149,18 @@ class RequestWatchdog:
                         self._expire(conn, self._live.pop(conn))
                 self._cond.wait(self._heap[0][0] - now if self._heap else None)
 
-    def _expire(self, conn: socket.socket, head_done: bool) -> None:
+    def _expire(self, conn: socket.socket, answered: bool) -> None:
         self.timed_out += 1
         suppressed = self._log.check("expired")
         if suppressed is not None:
             log.info(
                 "a request was not finished within %g s (--handshake-timeout): %s%s",
                 self.timeout,
-                "shut down" if head_done else "answered 408",
+                "shut down" if answered else "answered 408",
                 f" ({suppressed} more since the last line)" if suppressed else "",
             )
         try:
-            if not head_done:
+            if not answered:
                 conn.send(_TIMEOUT, _DONTWAIT)
             conn.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -157,18 +168,25 @@ class RequestWatchdog:
 
 
 class _QuietReader(io.BufferedIOBase):
-    """The request stream: reads that fail report EOF instead of raising.
+    """The request stream: reads that fail report EOF instead of raising, and reads after the
+    response has started return what has arrived instead of waiting for more.
 
     Werkzeug drains what is left of a request after the response with an epoll selector that
     it closes only if that read returns; a reset connection made it raise, and the selector's
-    descriptor stayed open until a garbage collection.
+    descriptor stayed open until a garbage collection. Its drain asks for 10 MB at a time: a
+    client that sent a too-large body and then waited for the server to close (a 413) waited
+    for the request deadline, its thread and its pending slot held meanwhile.
     """
 
     def __init__(self, raw: Any) -> None:
         self._raw = raw
+        #: Set when the response starts: from then on a read takes only what is there.
+        self.responded = False
 
     def read(self, size: int | None = -1) -> bytes:
         try:
+            if self.responded and size is not None and size > 0:
+                return bytes(self._raw.read1(size))
             return bytes(self._raw.read(size))
         except OSError:
             return b""
@@ -192,9 +210,12 @@ class _QuietReader(io.BufferedIOBase):
 
 
 class RequestHandler(WSGIRequestHandler):
-    """Werkzeug's handler with a request watchdog, ``TCP_NODELAY`` and redacted access logs."""
+    """Werkzeug's handler with a request watchdog, strict heads, ``TCP_NODELAY`` and redacted
+    access logs (see :mod:`sidecar.httphead` for what a strict head is)."""
 
     server: Server
+    #: Whether the request became a WebSocket session.
+    upgraded = False
 
     @property
     def watchdog(self) -> RequestWatchdog:
@@ -216,17 +237,75 @@ class RequestHandler(WSGIRequestHandler):
         finally:
             self.watchdog.release(self.connection)
 
+    def parse_request(self) -> bool:
+        """Parse the head as ``http.server`` does, and refuse what it would let through."""
+        problem = request_line_problem(self.raw_requestline)
+        if problem is not None:
+            return self._refuse(problem)
+        reader = HeadReader(self.rfile)
+        rfile, self.rfile = self.rfile, reader  # type: ignore[assignment]
+        try:
+            parsed = super().parse_request()  # errors answered by send_error below
+        finally:
+            self.rfile = rfile
+        if not parsed:
+            return False
+        problem = reader.problem or framing_problem(self.headers)
+        return self._refuse(problem) if problem is not None else True
+
+    def handle_expect_100(self) -> bool:
+        """No ``100 Continue`` here: :meth:`run_wsgi` sends it, only when a body is expected."""
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """``http.server``'s own refusals (431, 414 …) go the way of every refused head."""
+        reason = {414: "target-too-long", 431: "head-too-large"}.get(code, "request-line")
+        self._refuse(Rejection(code, explain or message or HTTPStatus(code).phrase, reason))
+
+    def _refuse(self, problem: Rejection) -> bool:
+        """Answer ``problem`` in plain text, close, count and log it (rate-limited); False."""
+        self.close_connection = True
+        if not self.watchdog.responding(self.connection):
+            return False  # the watchdog has already answered (408) and shut it down
+        self.server.count_refusal(problem, self.raw_requestline, self.client_address)
+        phrase = HTTPStatus(problem.status).phrase
+        body = f"{phrase}: {problem.message}\n".encode()
+        head = (
+            f"HTTP/1.1 {problem.status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        try:
+            self.wfile.write(head.encode() + body)
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        _drain(self.connection)
+        return False
+
     def make_environ(self) -> dict[str, Any]:
         environ = super().make_environ()
-        self.watchdog.head_done(self.connection)
-        conn, watchdog = self.connection, self.watchdog
-        environ["sidecar.upgraded"] = lambda: watchdog.release(conn)
+        if isinstance(environ["wsgi.input"], DechunkedInput):
+            environ["wsgi.input"] = DechunkedBody(self.rfile, self.server.max_body)
+        environ["sidecar.upgraded"] = self._upgraded
         return environ
 
+    def _upgraded(self) -> None:
+        """The request became a WebSocket: no deadline; the access log says 101."""
+        self.upgraded = True
+        self.watchdog.release(self.connection)
+
     def run_wsgi(self) -> None:
-        if self.command in ("GET", "HEAD") and "Expect" in self.headers:
+        if "Expect" in self.headers and not _expects_body(self.headers):
             del self.headers["Expect"]  # no body to wait for: never a 100 Continue before 101
         super().run_wsgi()
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        """The response starts: no 408 from the watchdog, no waiting drain."""
+        self.watchdog.responding(self.connection)  # from here on, no 408
+        if isinstance(self.rfile, _QuietReader):
+            self.rfile.responded = True  # Werkzeug's drain follows: never wait for more
+        super().send_response(code, message)
 
     def log(self, type: str, message: str, *args: Any) -> None:
         super().log(type, redact(message % args) if args else redact(message))
@@ -238,7 +317,34 @@ class RequestHandler(WSGIRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         self.requestline = redact(self.requestline)
-        super().log_request(code, size)
+        # after a WebSocket session, flask-sock's trailing response is never sent: say 101
+        super().log_request(101 if self.upgraded else code, size)
+
+
+def _expects_body(headers: Any) -> bool:
+    """Whether a request head announces a body (and is not an upgrade)."""
+    if headers.get("Upgrade"):
+        return False
+    length = str(headers.get("Content-Length", "")).strip()
+    return "Transfer-Encoding" in headers or (length.isdecimal() and int(length) > 0)
+
+
+def _drain(conn: socket.socket, limit: int = 1 << 20, seconds: float = 0.5) -> None:
+    """Read and drop what the peer still sends (at most ``limit`` bytes, ``seconds`` s).
+
+    Closing a socket with unread input sends a reset, which can destroy the answer just
+    written before the client has read it.
+    """
+    deadline = time.monotonic() + seconds
+    try:
+        while limit > 0 and (remaining := deadline - time.monotonic()) > 0:
+            conn.settimeout(remaining)
+            data = conn.recv(65536)
+            if not data:
+                return
+            limit -= len(data)
+    except OSError:
+        pass
 
 
 class Server(ThreadedWSGIServer):
@@ -262,6 +368,9 @@ class Server(ThreadedWSGIServer):
         self._fd_episode = False
         self._pause = threading.Event()
         self._busy_log = LogLimiter()
+        self._head_log = LogLimiter()
+        #: The largest request body the app takes (a larger chunk is refused at once).
+        self.max_body = config.max_event_bytes
         self._reserve = os.open(os.devnull, os.O_RDONLY)
         self.watchdog = RequestWatchdog(config.handshake_timeout, config.max_pending_handshakes)
 
@@ -281,11 +390,39 @@ class Server(ThreadedWSGIServer):
             self.state.sessions.count_rejection(reason, handshake=True)
         suppressed = self._busy_log.check(reason)
         if suppressed is not None:
-            log.warning(
-                "%d connections still sending their request (--max-pending-handshakes): "
-                "answered 503%s",
-                self.watchdog.limit if self.watchdog else 0,
-                f" ({suppressed} more since the last line)" if suppressed else "",
+            why = (
+                f"{self.watchdog.limit if self.watchdog else 0} connections still sending their "
+                "request (--max-pending-handshakes)"
+                if reason == "pending-handshakes"
+                else "out of file descriptors"
+            )
+            more = f" ({suppressed} more since the last line)" if suppressed else ""
+            log.warning("%s: answered 503%s", why, more)
+
+    def count_refusal(self, problem: Rejection, request_line: bytes, peer: Any) -> None:
+        """Count a refused request head (a handshake if it names a WebSocket path); log it.
+
+        One line per peer and reason per interval (:class:`~sidecar.logs.LogLimiter`); the
+        request target is shown redacted and truncated.
+        """
+        words = request_line.split()
+        target = words[1].decode("latin-1") if len(words) > 1 else ""
+        path = unquote(target.partition("?")[0])
+        handshake = self.state is not None and path in self.state.ws_paths
+        if self.state is not None:
+            self.state.sessions.count_rejection(problem.reason, handshake=handshake)
+        host = peer[0] if isinstance(peer, tuple) and peer else "?"
+        suppressed = self._head_log.check((host, problem.reason))
+        if suppressed is not None:
+            log.info(
+                "%s refused (%d %s): %s, target %s from %s%s",
+                "handshake" if handshake else "request",
+                problem.status,
+                problem.reason,
+                problem.message,
+                printable(redact(target), 80),
+                host,
+                f" ({suppressed} more like it not logged)" if suppressed else "",
             )
 
     def get_request(self) -> tuple[socket.socket, Any]:
@@ -379,6 +516,7 @@ def make_server(config: Config, app: Any | None = None) -> tuple[Server, Sidecar
     state: SidecarState = app.extensions["sidecar"]
     server = Server(bind(config), app, config)
     state.allow_own_origin(server.server_port)
+    logs.hide(state.token)
     return server, state
 
 

@@ -51,6 +51,7 @@ from .. import frames
 from ..config import Config
 from ..envelope import Event, encode, is_event_name, with_seq
 from ..protocol import (
+    CLIENT_EVENT_TYPES,
     MAX_FRAME_HEADER,
     RESERVED_NAMESPACES,
     SEQ_SPLICE_MAX,
@@ -80,6 +81,30 @@ _MAX_BATCH = 256
 _PING_FRAME = frames.frame(frames.OP_PING, b"")
 
 StatusFactory = Callable[[str, int, bool], Event]
+
+
+def check_broadcast_type(name: object) -> None:
+    """``ValueError`` unless ``name`` is a type anyone but the hub may broadcast.
+
+    It must be ``namespace:kebab-case`` as a whole string (no trailing newline), outside the
+    hub's own namespaces (``connection:*``) and not a client-to-server type (``chat:send``):
+    a client library would take a broadcast ``connection:status`` for its own.
+    """
+    if not is_event_name(name):
+        raise ValueError(f"event type {name!r:.80} is not namespace:kebab-case")
+    assert isinstance(name, str)
+    if name.partition(":")[0] in RESERVED_NAMESPACES:
+        raise ValueError(f"{name} is sent by the hub itself, never broadcast")
+    if name in CLIENT_EVENT_TYPES:
+        raise ValueError(f"{name} is a client-to-server event, never broadcast")
+
+
+def _broadcastable(events: Iterable[Event]) -> list[Event]:
+    """``events`` as a list, each checked by :func:`check_broadcast_type`."""
+    checked = list(events)
+    for event in checked:
+        check_broadcast_type(event.type)
+    return checked
 
 
 class Sequencer(Protocol):
@@ -278,12 +303,9 @@ class Hub:
             obj = json.loads(raw)
         except ValueError as exc:
             raise ValueError(f"broadcast data is not JSON: {exc}") from None
-        if not isinstance(obj, dict) or not is_event_name(obj.get("type")):
-            raise ValueError(
-                "broadcast data must be a JSON object with a namespace:kebab-case type"
-            )
-        if obj["type"].partition(":")[0] in RESERVED_NAMESPACES:
-            raise ValueError(f"{obj['type']} is sent by the hub itself, never broadcast")
+        if not isinstance(obj, dict):
+            raise ValueError("broadcast data must be a JSON object with a type")
+        check_broadcast_type(obj.get("type"))
         if "seq" in obj:
             raise ValueError("broadcast data must not carry seq: the hub assigns it")
         return self._publish_quietly([raw.strip()])
@@ -292,21 +314,24 @@ class Hub:
         """Encode ``event`` once and broadcast it to every client.
 
         Returns ``False`` if the hub is stopped or overloaded; raises ``ValueError`` if the
-        encoded event is larger than ``max_event_bytes`` (a caller's bug, not a load condition).
+        encoded event is larger than ``max_event_bytes`` or its type may not be broadcast
+        (:func:`check_broadcast_type`): a caller's bug, not a load condition.
         """
+        check_broadcast_type(event.type)
         return self._publish_quietly([encode(event)])
 
     def broadcast_many(self, events: Iterable[Event]) -> int:
         """Broadcast several events, in order, as one batch: all are accepted or none (0)."""
-        encoded = [encode(event) for event in events]
+        encoded = [encode(event) for event in _broadcastable(events)]
         return len(encoded) if encoded and self._publish_quietly(encoded) else 0
 
     def publish(self, events: Sequence[Event]) -> list[int]:
         """Broadcast ``events`` as one batch and return their ``seq`` numbers.
 
-        Raises :class:`PublishRefused` (nothing was broadcast) or ``ValueError`` (too large).
+        Raises :class:`PublishRefused` (nothing was broadcast) or ``ValueError`` (too large,
+        or a type that may not be broadcast: :func:`check_broadcast_type`).
         """
-        return self.publish_encoded([encode(event) for event in events])
+        return self.publish_encoded([encode(event) for event in _broadcastable(events)])
 
     def publish_encoded(self, encoded: Sequence[bytes]) -> list[int]:
         """:meth:`publish` for envelopes already encoded by :func:`sidecar.envelope.encode`."""
@@ -454,6 +479,10 @@ class Hub:
         """The first ``seq`` in the local window (a snapshot), ``None`` when it is empty."""
         span = self._history.span
         return None if span is None else span[0]
+
+    def window_span(self) -> tuple[int, int, int] | None:
+        """``(first seq, last seq, bytes)`` of the local window (a snapshot), or ``None``."""
+        return self._history.span
 
     # -- hub thread ------------------------------------------------------------------------
     def _loop(self) -> None:

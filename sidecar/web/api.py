@@ -22,7 +22,7 @@ from dataclasses import asdict
 from typing import Any
 
 from flask import Blueprint, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .. import logs
 from ..catalog import PublishError, parse_publish_body
@@ -57,7 +57,11 @@ def read_body(limit: int) -> bytes:
         raise PublishError(413, f"body of {length} bytes; at most {limit}")
     try:
         body = request.stream.read(limit + 1)
-    except (OSError, ValueError, HTTPException) as exc:  # a malformed chunk, a cut-off body
+    except RequestEntityTooLarge as exc:  # a chunk larger than the limit (sidecar.httphead)
+        raise PublishError(413, f"body too large: {exc.description}") from None
+    except HTTPException as exc:  # a cut-off body
+        raise PublishError(400, f"malformed request body: {exc.description}") from None
+    except (OSError, ValueError) as exc:  # a malformed chunk
         raise PublishError(400, f"malformed request body: {exc}") from None
     if len(body) > limit:
         raise PublishError(413, f"body larger than {limit} bytes")

@@ -1,6 +1,8 @@
 """Checks made before the WebSocket upgrade: Host, Origin, token, handshake headers; redaction.
 
-Pure functions over a WSGI environ plus immutable policies; no thread owns anything here.
+Pure functions over a WSGI environ plus immutable policies; no thread owns anything here. One
+side effect: :func:`check_token` hands the token to :func:`sidecar.logs.hide`, so that no log
+line written after the first check can show it.
 Each check returns ``None`` (pass) or a :class:`Rejection` (an HTTP status, a short body,
 extra headers and a reason tag for the counters); the web layer turns it into a plain HTTP
 response, so a rejected handshake never sees a ``101``. Header values are compared the way
@@ -13,6 +15,7 @@ import base64
 import binascii
 import hmac
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +24,7 @@ from urllib.parse import unquote, unquote_plus, urlsplit
 from wsproto import ConnectionType, WSConnection
 from wsproto.utilities import ProtocolError
 
+from ..logs import hide, scrub
 from ..protocol import AUTH_PREFIX, TOKEN_PARAM
 
 _LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
@@ -252,6 +256,7 @@ def check_token(environ: Mapping[str, Any], token: str | None) -> Rejection | No
     """
     if token is None:
         return None
+    hide(token)  # from the first check on, no log line can show it (sidecar.logs.scrub)
     given = presented_token(environ)
     if given is None or not hmac.compare_digest(given.encode(), token.encode()):
         return UNAUTHORIZED
@@ -285,22 +290,44 @@ def check_origin(environ: Mapping[str, Any], policy: OriginPolicy) -> Rejection 
     )
 
 
-_QUERY_PARAM = re.compile(r"(?<=[?&;])([^=&\s\"']*)=([^&\s\"']*)")
+#: One query parameter (``name=value``, or a bare name) after ``?``, ``&`` or ``;``.
+_QUERY_PART = re.compile(r"(?<=[?&;])[^&;\s\"'#]+")
+#: Decoding rounds tried on a parameter name (``%2574oken`` is ``%74oken`` is ``token``).
+_DECODE_ROUNDS = 4
 
 
-def _redact_param(match: re.Match[str]) -> str:
-    name = match[1]
-    if unquote_plus(name).strip().casefold() == TOKEN_PARAM:
-        return f"{name}=[redacted]"
-    return match[0]
+def _decoded(text: str) -> str:
+    for _ in range(_DECODE_ROUNDS):
+        decoded = unquote_plus(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
+def names_a_token(name: str) -> bool:
+    """Whether a query parameter name, decoded and normalised, mentions ``token``."""
+    letters = re.sub(r"[^a-z]", "", unicodedata.normalize("NFKC", _decoded(name)).casefold())
+    return TOKEN_PARAM in letters
+
+
+def _redact_part(match: re.Match[str]) -> str:
+    part = match[0]
+    name, equals, _value = part.partition("=")
+    if not names_a_token(_decoded(part).partition("=")[0]):
+        return part
+    return f"{name}=[redacted]" if equals else "[redacted]"  # ``token%3D…``: all of it
 
 
 def redact(text: str) -> str:
-    """``text`` with the value of every query parameter that decodes to ``token`` removed.
+    """``text`` with the value of every query parameter whose name mentions ``token`` removed.
 
-    Every spelling counts (``%74oken``, ``TOKEN``, ``tok%65n``), so that no log line can show a
-    token even when the request used a spelling the server does not accept.
+    Every spelling counts, decoded as often as it takes (``%74oken``, ``TOKEN``, ``tok%65n``,
+    ``%2574oken``, ``token%3D…``, ``access_token``), so that no log line can show a token even
+    when the request used a spelling the server does not accept (it accepts only ``token``).
+    The token's own value is removed wherever it is (:func:`sidecar.logs.scrub`).
     """
-    if "=" not in text:
+    text = scrub(text)
+    if "?" not in text and "&" not in text and ";" not in text:
         return text
-    return _QUERY_PARAM.sub(_redact_param, text)
+    return _QUERY_PART.sub(_redact_part, text)

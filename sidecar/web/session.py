@@ -58,6 +58,9 @@ log = logging.getLogger("sidecar.session")
 RECEIVE_BYTES = 16384
 #: The environ keys under which Werkzeug and gunicorn hand over the request's socket.
 SOCKET_KEYS = ("werkzeug.socket", "gunicorn.socket")
+#: A resume replaying at most this many bytes is never refused by the replay budget: a
+#: reconnect after a blip replays a few events and must not wait (nor drain the budget).
+SMALL_REPLAY = 64 << 10
 #: What a client→server event is handed to: ``fn(client, event)`` on the reader's thread.
 EventHandler = Callable[[Client, dict[str, Any]], None]
 #: Longest a resume waits for this process's relay to reach what the client already saw.
@@ -151,11 +154,29 @@ def _catch_up(state: SidecarState, since: Since | None) -> None:
         hub.wait_for_seq(since.epoch, since.seq, CATCH_UP_TIMEOUT)
 
 
+def _replay_cost(state: SidecarState, since: Since) -> int:
+    """Bytes a resume from ``since`` will replay: the local window's part, and with a broker
+    the older part the stream holds (estimated at the window's average frame size)."""
+    hub = state.hub
+    cost = hub.replay_estimate(since)
+    start, span = hub.window_start(), hub.window_span()
+    if (
+        state.broker is not None
+        and start is not None
+        and span is not None
+        and since.seq + 1 < start
+    ):
+        first, last, total = span
+        cost += total // (last - first + 1) * min(start - since.seq - 1, state.config.history_size)
+    return cost
+
+
 def _backfill(state: SidecarState, since: Since | None) -> tuple[tuple[int, bytes], ...]:
     """Events older than the local window, from the broker (``()`` when not needed or gone).
 
     Reads up to :data:`BACKFILL_OVERLAP` events into the window, never more than the history
-    size; raises :class:`BrokerUnavailable`.
+    size, and gives up (``()``: ``recovered: false``) past ``--history-bytes``, the bound of the
+    local window too; raises :class:`BrokerUnavailable`.
     """
     hub, broker = state.hub, state.broker
     limit = state.config.history_size
@@ -166,7 +187,10 @@ def _backfill(state: SidecarState, since: Since | None) -> tuple[tuple[int, byte
         if since.seq + 1 >= start + BACKFILL_OVERLAP:
             return ()
         limit = min(limit, start + BACKFILL_OVERLAP - since.seq - 1)
-    return tuple(broker.read_range(since.epoch, since.seq, limit) or ())
+    items = tuple(broker.read_range(since.epoch, since.seq, limit) or ())
+    if sum(len(data) for _seq, data in items) > state.config.history_bytes:
+        return ()
+    return items
 
 
 def admit(state: SidecarState, environ: Mapping[str, Any]) -> Admission | Rejection:
@@ -183,7 +207,8 @@ def admit(state: SidecarState, environ: Mapping[str, Any]) -> Admission | Reject
     try:
         _catch_up(state, since)
         if since is not None:
-            wait = state.replays.retry_after(peer, state.hub.replay_estimate(since))
+            cost = _replay_cost(state, since)
+            wait = state.replays.retry_after(peer, cost) if cost > SMALL_REPLAY else 0.0
             if wait > 0:
                 return _unavailable("too many replays; resume later", "replay-rate", wait)
         backfill = _backfill(state, since)
