@@ -104,6 +104,7 @@ README_ROUTES = {
     "/api/v1/hub",
     "/api/v1/",
     "/api/v1/<path:rest>",
+    "/metrics",
 }
 
 

@@ -83,9 +83,16 @@ def _connects(port: int) -> bool:
         return False
 
 
+def _open_fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
 def test_out_of_descriptors_answers_503_backs_off_logs_once_and_recovers(hogged):
     port = hogged.port
+    idle = _open_fds(hogged.pid)
     assert _connects(port)
+    # the session's socket closes a moment after the client's: the hog must not leave it free
+    wait_for(lambda: _open_fds(hogged.pid) <= idle, timeout=5.0)
     _command(hogged, "hog", "fdhog: holding")
     for head in (upgrade_head(port), request_head(port, "GET", "/health")):
         reply = exchange(port, head, timeout=2.0)

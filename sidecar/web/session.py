@@ -175,8 +175,9 @@ def _backfill(state: SidecarState, since: Since | None) -> tuple[tuple[int, byte
     """Events older than the local window, from the broker (``()`` when not needed or gone).
 
     Reads up to :data:`BACKFILL_OVERLAP` events into the window, never more than the history
-    size, and gives up (``()``: ``recovered: false``) past ``--history-bytes``, the bound of the
-    local window too; raises :class:`BrokerUnavailable`.
+    size, and gives up (``()``: ``recovered: false``) past ``--max-pending-bytes``: a replay
+    larger than the client's queue may hold would only get it dropped; raises
+    :class:`BrokerUnavailable`.
     """
     hub, broker = state.hub, state.broker
     limit = state.config.history_size
@@ -188,7 +189,7 @@ def _backfill(state: SidecarState, since: Since | None) -> tuple[tuple[int, byte
             return ()
         limit = min(limit, start + BACKFILL_OVERLAP - since.seq - 1)
     items = tuple(broker.read_range(since.epoch, since.seq, limit) or ())
-    if sum(len(data) for _seq, data in items) > state.config.history_bytes:
+    if sum(len(data) for _seq, data in items) > state.config.max_pending_bytes:
         return ()
     return items
 
