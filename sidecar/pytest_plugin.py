@@ -23,7 +23,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -164,31 +164,30 @@ class SidecarClient:
             pass
 
 
+T = TypeVar("T")
+
+
+def managed(make: Callable[..., T], finish: Callable[[T], object]) -> Iterator[Callable[..., T]]:
+    """A factory fixture's body: yield ``make``, then ``finish`` everything it made, in order."""
+    made: list[T] = []
+
+    def factory(*args: Any, **kwargs: Any) -> T:
+        item = make(*args, **kwargs)
+        made.append(item)
+        return item
+
+    yield factory
+    for item in made:
+        finish(item)
+
+
 @pytest.fixture
 def sidecar_server() -> Iterator[Callable[..., ServedSidecar]]:
     """Factory: ``sidecar_server(app=None, **options)`` → a :class:`ServedSidecar`."""
-    served: list[ServedSidecar] = []
-
-    def start(app: Flask | None = None, **options: Any) -> ServedSidecar:
-        instance = serve(app, **options)
-        served.append(instance)
-        return instance
-
-    yield start
-    for instance in served:
-        instance.stop()
+    yield from managed(serve, ServedSidecar.stop)
 
 
 @pytest.fixture
 def sidecar_client() -> Iterator[Callable[..., SidecarClient]]:
     """Factory: ``sidecar_client(server, since=None)`` → a connected :class:`SidecarClient`."""
-    clients: list[SidecarClient] = []
-
-    def connect(server: ServedSidecar, since: str | None = None) -> SidecarClient:
-        client = SidecarClient(server, since)
-        clients.append(client)
-        return client
-
-    yield connect
-    for client in clients:
-        client.close()
+    yield from managed(SidecarClient, SidecarClient.close)

@@ -15,7 +15,7 @@ import pytest
 import websocket
 
 from sidecar.config import Config
-from sidecar.pytest_plugin import ServedSidecar
+from sidecar.pytest_plugin import ServedSidecar, managed
 from sidecar.server import Server, make_server
 from sidecar.web.state import SidecarState
 
@@ -126,16 +126,7 @@ def start_sidecar(app: Any = None, **overrides: Any) -> RunningSidecar:
 @pytest.fixture
 def sidecar_factory() -> Iterator[Callable[..., RunningSidecar]]:
     """Start sidecars with ``Config`` overrides; all are stopped at teardown."""
-    running: list[RunningSidecar] = []
-
-    def start(**overrides: Any) -> RunningSidecar:
-        instance = start_sidecar(**overrides)
-        running.append(instance)
-        return instance
-
-    yield start
-    for instance in running:
-        instance.close()
+    yield from managed(start_sidecar, RunningSidecar.close)
 
 
 @pytest.fixture

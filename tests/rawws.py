@@ -16,6 +16,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Unpack
 
@@ -23,7 +24,7 @@ from sidecar import frames
 from sidecar.config import Config
 from sidecar.conformance import conformance_app
 from sidecar.frames import Frame, FrameOptions, FrameParser, parse_response_head
-from tests.conftest import TOKEN, RunningSidecar, start_sidecar
+from tests.conftest import TOKEN, RunningSidecar, start_sidecar, wait_for
 
 # The codec's names the tests import from here.
 OP_CONT, OP_TEXT, OP_BINARY = frames.OP_CONT, frames.OP_TEXT, frames.OP_BINARY
@@ -254,15 +255,15 @@ class RawWS:
         except OSError:
             pass
 
-    def close(self) -> None:
-        """Close the socket (no closing handshake)."""
-        self.sock.close()
-
     def __enter__(self) -> RawWS:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+    def close(self) -> None:
+        """Close the socket (no closing handshake)."""
+        self.sock.close()
 
 
 # -- process gauges and an in-process conformance server ----------------------------------------
@@ -282,6 +283,23 @@ def fd_targets() -> list[str]:
         except OSError:
             pass
     return sorted(targets)
+
+
+def wait_for_baseline(
+    threads: int, fds: int, settled: Callable[[], bool] = lambda: True, timeout: float = 5.0
+) -> None:
+    """Wait until threads and descriptors are back to a baseline (and ``settled()``); fail
+    the test with what is still there."""
+    try:
+        wait_for(
+            lambda: threading.active_count() <= threads and open_fds() <= fds and settled(),
+            timeout=timeout,
+        )
+    except AssertionError:
+        names = sorted(t.name for t in threading.enumerate())
+        raise AssertionError(
+            f"threads {names} (baseline {threads}); fds {fd_targets()} (baseline {fds})"
+        ) from None
 
 
 def rss_bytes() -> int:

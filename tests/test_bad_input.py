@@ -16,20 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from sidecar.frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT
 from tests.conftest import TOKEN, RunningSidecar, wait_for
-from tests.rawws import (
-    OP_BINARY,
-    OP_CLOSE,
-    OP_CONT,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    Problems,
-    RawWS,
-    build_frame,
-    close_payload,
-    start_conformance,
-)
+from tests.rawws import Problems, RawWS, build_frame, close_payload, start_conformance
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
@@ -347,31 +336,28 @@ def _registered_client(server: RunningSidecar, path: str) -> RawWS:
     return ws
 
 
-@pytest.mark.parametrize("path", ["/ws", "/echo"])
-def test_abrupt_reset_mid_frame_unregisters_within_1s(
-    echo_server: RunningSidecar, path: str
-) -> None:
-    before = echo_server.hub.client_count()
-    ws = _registered_client(echo_server, path)
-    ws.send_raw(build_frame(OP_TEXT, b"x" * 1000)[:300])  # half a frame
-    ws.reset()
-    wait_for(lambda: echo_server.hub.client_count() == before, timeout=1.0)
-    wait_for(lambda: echo_server.sidecar.sessions.active == 0, timeout=1.0)
+def _wait_gone(server: RunningSidecar, before: int) -> None:
+    """The client is out of the hub and its session has ended, within 1 s."""
+    wait_for(lambda: server.hub.client_count() == before, timeout=1.0)
+    wait_for(lambda: server.sidecar.sessions.active == 0, timeout=1.0)
 
 
 @pytest.mark.parametrize("path", ["/ws", "/echo"])
-def test_fin_without_close_mid_frame_unregisters_within_1s(
-    echo_server: RunningSidecar, path: str
+@pytest.mark.parametrize("leave", ["reset", "fin"])
+def test_a_client_gone_mid_frame_unregisters_within_1s(
+    echo_server: RunningSidecar, path: str, leave: str
 ) -> None:
+    """An abrupt RST, or a FIN without a close frame, in the middle of a frame."""
     before = echo_server.hub.client_count()
-    ws = _registered_client(echo_server, path)
-    with ws:
-        ws.send_raw(build_frame(OP_BINARY, b"x" * 1000)[:300])
-        ws.shutdown_write()
-        wait_for(lambda: echo_server.hub.client_count() == before, timeout=1.0)
-        rest = ws.read_eof(timeout=1.0)  # the server ends its side too
-        assert not rest or rest[0] & 0x0F == OP_CLOSE, rest[:20]
-    wait_for(lambda: echo_server.sidecar.sessions.active == 0, timeout=1.0)
+    with _registered_client(echo_server, path) as ws:
+        ws.send_raw(build_frame(OP_TEXT, b"x" * 1000)[:300])  # half a frame
+        if leave == "reset":
+            ws.reset()
+        else:
+            ws.shutdown_write()
+            rest = ws.read_eof(timeout=1.0)  # the server ends its side too
+            assert not rest or rest[0] & 0x0F == OP_CLOSE, rest[:20]
+    _wait_gone(echo_server, before)
 
 
 # -- the closing handshake ends with FIN, never RST ------------------------------------------------

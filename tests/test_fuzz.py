@@ -36,21 +36,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.envelope import new_event
+from sidecar.frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT
 from tests.conftest import TOKEN, RunningSidecar, recv_json, wait_for
 from tests.rawws import (
-    OP_BINARY,
-    OP_CLOSE,
-    OP_CONT,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
     Problems,
     RawWS,
     build_frame,
     close_payload,
-    fd_targets,
     open_fds,
     start_conformance,
+    wait_for_baseline,
 )
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -256,17 +251,7 @@ class FuzzTarget:
 
     def check_baseline(self) -> None:
         """Threads and fds return to their baseline (within 2 s)."""
-        try:
-            wait_for(
-                lambda: threading.active_count() <= self.threads and open_fds() <= self.fds,
-                timeout=2.0,
-            )
-        except AssertionError:
-            names = sorted(t.name for t in threading.enumerate())
-            raise AssertionError(
-                f"threads {names} (baseline {self.threads}), fds {fd_targets()} "
-                f"(baseline {self.fds})"
-            ) from None
+        wait_for_baseline(self.threads, self.fds, timeout=2.0)
         assert not self.problems.found, "\n".join(self.problems.found)
 
 

@@ -20,15 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from sidecar.envelope import new_event
-from tests.conftest import TOKEN, RunningSidecar, wait_for
+from tests.conftest import TOKEN, RunningSidecar
 from tests.rawws import (
     OP_TEXT,
     Problems,
     RawWS,
     build_frame,
-    fd_targets,
     open_fds,
     rss_bytes,
+    wait_for_baseline,
 )
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -153,13 +153,8 @@ def _trimmed_rss() -> int:
     return rss_bytes()
 
 
-def _settled(threads: int, fds: int, server: RunningSidecar) -> Callable[[], bool]:
-    return lambda: (
-        threading.active_count() <= threads
-        and open_fds() <= fds
-        and server.hub.client_count() == 0
-        and server.sidecar.sessions.active == 0
-    )
+def _settled(server: RunningSidecar) -> Callable[[], bool]:
+    return lambda: server.hub.client_count() == 0 and server.sidecar.sessions.active == 0
 
 
 def test_thousand_cycles_leak_nothing(sidecar_factory: Callable[..., RunningSidecar]) -> None:
@@ -179,20 +174,13 @@ def test_thousand_cycles_leak_nothing(sidecar_factory: Callable[..., RunningSide
         cycles = Cycles(server)
         rng = random.Random(6455)
         cycles.run_many(_kinds(WARMUP, rng))
-        wait_for(_settled(threads, fds, server), timeout=5.0)
+        wait_for_baseline(threads, fds, _settled(server))
         rss_before = _trimmed_rss()
         evicted_before = server.hub.stats.evicted
 
         cycles.run_many(_kinds(CYCLES, rng))
 
-        try:
-            wait_for(_settled(threads, fds, server), timeout=5.0)
-        except AssertionError:
-            names = sorted(t.name for t in threading.enumerate())
-            raise AssertionError(
-                f"threads {names} (baseline {threads}); fds {fd_targets()} (baseline {fds}); "
-                f"clients {server.hub.client_count()}"
-            ) from None
+        wait_for_baseline(threads, fds, _settled(server))
         grown = _trimmed_rss() - rss_before
         assert grown < margin, f"RSS grew by {grown / 2**20:.1f} MiB over {CYCLES} cycles"
         slow = CYCLES * MIX.count("slow") // len(MIX)

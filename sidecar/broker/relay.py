@@ -94,10 +94,9 @@ class Relay:
     """Feeds ``sink`` every event of ``broker``'s stream after ``(epoch, seq)``, in order."""
 
     def __init__(self, broker: RedisBroker, sink: Sink, epoch: str, seq: int) -> None:
-        self._broker = broker
-        self._sink = sink
-        self.epoch = epoch
-        self.last = seq
+        self._broker, self._sink = broker, sink
+        #: The stream position delivered so far (relay thread only).
+        self.epoch, self.last = epoch, seq
         self.stats = RelayStats(
             running=True,
             connected=True,

@@ -8,8 +8,9 @@ return an :class:`~sidecar.envelope.Event` stamped now. They never encode: that 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ParamSpec
 
 from sidecar.envelope import Event, new_event
 
@@ -43,7 +44,6 @@ from .payloads import (
     ChatStreamEndPayload,
     ChatStreamStartPayload,
     ChatTextDeltaPayload,
-    ChatThinkingDeltaPayload,
     ChatToolResultPayload,
     ChatToolStartPayload,
     ConnectionStatusPayload,
@@ -53,6 +53,27 @@ from .payloads import (
     StreamUpdatedPayload,
     WorkflowStatusChangedPayload,
 )
+
+P = ParamSpec("P")
+
+
+def _constructor(
+    event_type: str, build: Callable[P, Mapping[str, Any]], name: str, doc: str
+) -> Callable[P, Event]:
+    """The constructor of ``event_type`` whose payload ``build`` makes, with ``build``'s
+    signature (for event types that share a payload shape)."""
+
+    def constructor(*args: P.args, **kwargs: P.kwargs) -> Event:
+        return new_event(event_type, build(*args, **kwargs))
+
+    constructor.__name__ = constructor.__qualname__ = name
+    constructor.__doc__ = doc
+    constructor.__annotations__ = {**build.__annotations__, "return": "Event"}
+    constructor.__signature__ = inspect.signature(build).replace(  # type: ignore[attr-defined]
+        return_annotation="Event"
+    )
+    return constructor
+
 
 __all__ = [
     "new_artifact_created_event",
@@ -143,7 +164,7 @@ def _artifact_record(
     phase: str,
     phase_name: str,
     is_sharded: bool,
-    parent_id: str | None,
+    parent_id: str | None = None,
 ) -> ArtifactEventPayload:
     payload: ArtifactEventPayload = {
         "id": id,
@@ -160,40 +181,18 @@ def _artifact_record(
     return payload
 
 
-def new_artifact_created_event(
-    id: str,
-    name: str,
-    type: str,
-    path: str,
-    status: str,
-    phase: str,
-    phase_name: str,
-    is_sharded: bool,
-    parent_id: str | None = None,
-) -> Event:
-    """``artifact:created``, record form; ``parentId`` is omitted when ``parent_id`` is None."""
-    record = _artifact_record(
-        id, name, type, path, status, phase, phase_name, is_sharded, parent_id
-    )
-    return new_event(ARTIFACT_CREATED, record)
-
-
-def new_artifact_updated_event(
-    id: str,
-    name: str,
-    type: str,
-    path: str,
-    status: str,
-    phase: str,
-    phase_name: str,
-    is_sharded: bool,
-    parent_id: str | None = None,
-) -> Event:
-    """``artifact:updated``, record form; ``parentId`` is omitted when ``parent_id`` is None."""
-    record = _artifact_record(
-        id, name, type, path, status, phase, phase_name, is_sharded, parent_id
-    )
-    return new_event(ARTIFACT_UPDATED, record)
+new_artifact_created_event = _constructor(
+    ARTIFACT_CREATED,
+    _artifact_record,
+    "new_artifact_created_event",
+    "``artifact:created``, record form; ``parentId`` is omitted when ``parent_id`` is None.",
+)
+new_artifact_updated_event = _constructor(
+    ARTIFACT_UPDATED,
+    _artifact_record,
+    "new_artifact_updated_event",
+    "``artifact:updated``, record form; ``parentId`` is omitted when ``parent_id`` is None.",
+)
 
 
 def new_artifact_stream_event(
@@ -251,24 +250,19 @@ def new_chat_stream_start_event(
     return new_event(CHAT_STREAM_START, payload)
 
 
-def new_chat_text_delta_event(conversation_id: str, message_id: str, delta: str) -> Event:
-    """``chat:text-delta`` (legacy)."""
-    payload: ChatTextDeltaPayload = {
-        "conversationId": conversation_id,
-        "messageId": message_id,
-        "delta": delta,
-    }
-    return new_event(CHAT_TEXT_DELTA, payload)
+def _delta(conversation_id: str, message_id: str, delta: str) -> ChatTextDeltaPayload:
+    return {"conversationId": conversation_id, "messageId": message_id, "delta": delta}
 
 
-def new_chat_thinking_delta_event(conversation_id: str, message_id: str, delta: str) -> Event:
-    """``chat:thinking-delta`` (legacy)."""
-    payload: ChatThinkingDeltaPayload = {
-        "conversationId": conversation_id,
-        "messageId": message_id,
-        "delta": delta,
-    }
-    return new_event(CHAT_THINKING_DELTA, payload)
+new_chat_text_delta_event = _constructor(
+    CHAT_TEXT_DELTA, _delta, "new_chat_text_delta_event", "``chat:text-delta`` (legacy)."
+)
+new_chat_thinking_delta_event = _constructor(
+    CHAT_THINKING_DELTA,
+    _delta,
+    "new_chat_thinking_delta_event",
+    "``chat:thinking-delta`` (legacy).",
+)
 
 
 def new_chat_tool_start_event(

@@ -19,6 +19,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, current_app, has_app_context, jsonify, request
@@ -74,6 +75,17 @@ def _install_redaction() -> None:
         werkzeug_log.addFilter(_Redact())
 
 
+@dataclass(frozen=True)
+class Routes:
+    """Where :class:`EventHub` puts its routes."""
+
+    ws_path: str
+    api_prefix: str
+    debug_page: str | None
+    metrics_path: str | None
+    guard_all_routes: bool
+
+
 class EventHub:
     """The sidecar's WebSocket event hub for a Flask app (``from sidecar import EventHub``).
 
@@ -101,11 +113,8 @@ class EventHub:
         self._config = config
         self._hub = hub
         self._options = options
-        self.ws_path = ws_path
-        self.api_prefix = api_prefix
-        self.debug_page = debug_page
-        self.metrics_path = metrics_path
-        self.guard_all_routes = guard_all_routes
+        #: Where the hub's routes go, and whether the Host guard covers the whole app.
+        self.routes = Routes(ws_path, api_prefix, debug_page, metrics_path, guard_all_routes)
         self._handler: EventHandler | None = None
         self._states: list[weakref.ReferenceType[SidecarState]] = []
         if app is not None:
@@ -123,24 +132,25 @@ class EventHub:
         state.extension = self
         app.extensions["sidecar"] = state
         guard = self._guard(state)
-        if self.guard_all_routes:
+        if self.routes.guard_all_routes:
             app.before_request(guard)
-        route_guard = None if self.guard_all_routes else guard
+        route_guard = None if self.routes.guard_all_routes else guard
         app.config["SOCK_SERVER_OPTIONS"] = ServerOptions(app.config.get("SOCK_SERVER_OPTIONS"))
         app.wsgi_app = _UpgradeHeaders(app.wsgi_app, state.ws_paths)  # type: ignore[method-assign]
         add_websocket_route(
             app,
             "sidecar_ws",
-            self.ws_path,
+            self.routes.ws_path,
             lambda: envelope_handler(state, self._handler),
             guard=route_guard,
         )
-        app.register_blueprint(api_blueprint(state, self.api_prefix, guard=route_guard))
+        app.register_blueprint(api_blueprint(state, self.routes.api_prefix, guard=route_guard))
         app.register_blueprint(
-            pages_blueprint(state, debug_page=self.debug_page, guard=route_guard)
+            pages_blueprint(state, debug_page=self.routes.debug_page, guard=route_guard)
         )
-        if self.metrics_path:
-            app.register_blueprint(metrics_blueprint(state, self.metrics_path, guard=route_guard))
+        if self.routes.metrics_path:
+            metrics = metrics_blueprint(state, self.routes.metrics_path, guard=route_guard)
+            app.register_blueprint(metrics)
         _install_redaction()
         if not config.auth:
             log.warning(
@@ -250,21 +260,16 @@ class EventHub:
 
 
 def add_websocket_route(
-    app: Flask,
-    name: str,
-    path: str,
-    on_message: Callable[[], MessageHandler],
-    *,
-    greet: bool = True,
-    guard: Callable[[], Response | None] | None = None,
+    app: Flask, name: str, path: str, on_message: Callable[[], MessageHandler], **options: Any
 ) -> None:
     """Serve another WebSocket endpoint at ``path`` on the app's hub, with every guard of
-    ``/ws`` (``greet=False``: no ``connection:status``). ``on_message`` returns the handler
-    for each new session.
+    ``/ws``. ``on_message`` returns the handler for each new session; ``options`` are
+    :func:`~sidecar.web.session.ws_blueprint`'s (``greet=False``: no ``connection:status``;
+    ``guard``).
     """
     state: SidecarState = app.extensions["sidecar"]
     state.ws_paths.add(path)
-    app.register_blueprint(ws_blueprint(state, name, path, on_message, greet=greet, guard=guard))
+    app.register_blueprint(ws_blueprint(state, name, path, on_message, **options))
 
 
 def _broker(config: Config) -> Any:
