@@ -1,0 +1,61 @@
+"""Fixtures of the core's unit tests: a fake clock, hubs that are always stopped, barriers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from sidecar.core.hub import Hub
+from tests.unit.fakes import FakeClock
+
+HubFactory = Callable[..., Hub]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The keepalive's clock (shared with the fake transports' ``last_received``)."""
+    return FakeClock()
+
+
+@pytest.fixture
+def make_hub(clock: FakeClock) -> Iterator[HubFactory]:
+    """Start hubs with ``Config`` options on the fake clock; all are stopped at teardown."""
+    hubs: list[Hub] = []
+
+    def make(**options: Any) -> Hub:
+        options.setdefault("ping_interval", 0)
+        hub = Hub(clock=clock, **options)
+        hub.start()
+        hubs.append(hub)
+        return hub
+
+    yield make
+    for hub in hubs:
+        assert hub.stop(timeout=2.0), "the hub thread did not end"
+
+
+def sync(hub: Hub) -> None:
+    """Return once the hub thread has handled everything submitted before (a barrier)."""
+    done = threading.Event()
+    assert hub.call(done.set)
+    assert done.wait(5), "the hub thread did not get to the barrier"
+
+
+class Blocker:
+    """Holds the hub thread inside a ``hub.call`` until :meth:`release`, so commands pile up."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.entered = threading.Event()
+        self._release = threading.Event()
+        assert hub.call(self._hold)
+        assert self.entered.wait(5), "the hub thread never ran the blocker"
+
+    def _hold(self) -> None:
+        self.entered.set()
+        self._release.wait(10)
+
+    def release(self) -> None:
+        self._release.set()
