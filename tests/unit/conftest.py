@@ -10,6 +10,7 @@ import pytest
 
 from sidecar.core.hub import Hub
 from tests.unit.fakes import FakeClock
+from tests.unit.wire import Peer, Wire, open_wire
 
 HubFactory = Callable[..., Hub]
 
@@ -59,3 +60,23 @@ class Blocker:
 
     def release(self) -> None:
         self._release.set()
+
+
+WireFactory = Callable[..., tuple[Wire, Peer]]
+
+
+@pytest.fixture
+def make_wire() -> Iterator[WireFactory]:
+    """Open connections on socketpairs (:func:`~tests.unit.wire.open_wire` options); all are
+    shut down, their reader threads joined and their sockets closed at teardown."""
+    made: list[tuple[Wire, Peer]] = []
+
+    def make(**options: Any) -> tuple[Wire, Peer]:
+        made.append(open_wire(**options))
+        return made[-1]
+
+    yield make
+    for wire, peer in made:
+        wire.end()
+        peer.sock.close()
+        wire.raw.close()

@@ -9,6 +9,7 @@ blocking writes at a gate, so that a client's queue backs up exactly as far as t
 from __future__ import annotations
 
 import json
+import queue
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -54,6 +55,11 @@ class FakeTransport:
         self.shutdowns = 0
         self.in_send_all = threading.Event()
         self.last_received = clock() if clock else 0.0
+        #: What :meth:`receive` hands out, in order: messages, or exceptions it raises.
+        self.incoming: queue.Queue[str | bytes | BaseException] = queue.Queue()
+        #: What :meth:`join_reader` reports.
+        self.reader_done = True
+        self.lingered: list[float] = []
         self._cond = threading.Condition()
 
     # -- the Transport protocol ------------------------------------------------------------
@@ -94,13 +100,19 @@ class FakeTransport:
         self.gate.set()
 
     def linger(self, timeout: float) -> None:
-        pass
+        self.lingered.append(timeout)
 
     def receive(self, timeout: float) -> bytes | str | None:
-        return None
+        try:
+            item = self.incoming.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
     def join_reader(self, timeout: float) -> bool:
-        return True
+        return self.reader_done
 
     def ended_by(self) -> str:
         return "eof"

@@ -1,0 +1,359 @@
+"""The guarded socket and the connection over a socketpair, with a real simple-websocket Server.
+
+The rule under test is "nothing is written after a close frame", whoever writes: our own
+writes (the fast path, the writer, the request thread's close), and the library's (its close
+reply, its pongs, its 1009). Also: the outcomes of a non-blocking write, one close frame per
+connection, aborts, the write deadline, and ``receive`` (its end, the UTF-8 size limit).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from sidecar import frames
+from sidecar.core.connection import Ended, GuardedSocket, MessageTooBig, SendResult
+from sidecar.protocol import CloseCode
+from tests.unit.conftest import WireFactory
+from tests.unit.fakes import FakeClock
+from tests.unit.wire import TINY_BUFFER, Writer, fill, socket_pair
+
+BIG = frames.text_frame(b"x" * (1 << 20))
+SMALL = frames.text_frame(b'{"small":1}')
+
+
+def opcodes(got: list[frames.Frame]) -> list[int]:
+    return [f.opcode for f in got]
+
+
+# -- try_send -----------------------------------------------------------------------------------
+
+
+def test_try_send_writes_whole_frames_at_once(make_wire: WireFactory) -> None:
+    wire, peer = make_wire()
+    assert wire.conn.try_send(SMALL) is SendResult.SENT
+    assert wire.conn.try_send((SMALL, SMALL)) is SendResult.SENT
+    assert [f.payload for f in peer.frames(3)] == [b'{"small":1}'] * 3
+
+
+def test_a_partial_write_leaves_a_tail_that_blocks_later_writes(make_wire: WireFactory) -> None:
+    wire, peer = make_wire(sndbuf=TINY_BUFFER)
+    assert wire.conn.try_send(BIG) is SendResult.PARTIAL
+    assert wire.conn.try_send(SMALL) is SendResult.BUSY  # the tail goes first
+    assert wire.conn.try_send((SMALL,)) is SendResult.BUSY
+    flush = Writer(lambda: wire.conn.send_all([SMALL]))
+    got = peer.frames(2)
+    assert flush.wait() is None
+    assert [len(f.payload) for f in got] == [1 << 20, len(b'{"small":1}')]
+    assert wire.conn.try_send(SMALL) is SendResult.SENT
+
+
+def test_a_partial_write_of_several_buffers_keeps_their_order(make_wire: WireFactory) -> None:
+    wire, peer = make_wire(sndbuf=TINY_BUFFER)
+    assert wire.conn.try_send((SMALL, BIG, SMALL)) is SendResult.PARTIAL
+    flush = Writer(lambda: wire.conn.send_all([]))
+    got = peer.frames(3)
+    assert flush.wait() is None
+    assert [len(f.payload) for f in got] == [11, 1 << 20, 11]
+
+
+def test_a_full_buffer_keeps_the_whole_frame_pending(make_wire: WireFactory) -> None:
+    wire, peer = make_wire(sndbuf=TINY_BUFFER)
+    filler = fill(wire.raw)
+    assert wire.conn.try_send(SMALL) is SendResult.PARTIAL  # nothing went: all of it waits
+    assert wire.conn.try_send((SMALL,)) is SendResult.BUSY
+    flush = Writer(lambda: wire.conn.send_all([]))
+    peer.discard(filler)
+    assert [f.payload for f in peer.frames(1)] == [b'{"small":1}']
+    assert flush.wait() is None and peer.quiet()
+
+
+def test_a_full_buffer_keeps_several_buffers_pending(make_wire: WireFactory) -> None:
+    wire, peer = make_wire(sndbuf=TINY_BUFFER)
+    filler = fill(wire.raw)
+    assert wire.conn.try_send((SMALL, SMALL)) is SendResult.PARTIAL
+    flush = Writer(lambda: wire.conn.send_all([]))
+    peer.discard(filler)
+    assert len(peer.frames(2)) == 2
+    assert flush.wait() is None
+
+
+def test_try_send_is_busy_while_another_thread_holds_the_lock(make_wire: WireFactory) -> None:
+    wire, peer = make_wire()
+    with wire.conn.socket.lock:
+        assert wire.conn.try_send(SMALL) is SendResult.BUSY
+    assert peer.quiet()
+    assert wire.conn.try_send(SMALL) is SendResult.SENT
+
+
+def test_try_send_after_the_peer_is_gone_is_dead() -> None:
+    ours, theirs = socket_pair()
+    guarded = GuardedSocket(ours, write_deadline=1)
+    theirs.close()
+    assert guarded.try_send(SMALL) is SendResult.DEAD
+    assert guarded.closed
+    assert guarded.try_send((SMALL, SMALL)) is SendResult.DEAD
+    other, gone = socket_pair()
+    gone.close()
+    assert GuardedSocket(other, write_deadline=1).try_send((SMALL,)) is SendResult.DEAD
+    ours.close()
+    other.close()
+
+
+# -- one close frame, nothing after it ----------------------------------------------------------
+
+
+def test_nothing_is_written_after_our_close_frame(make_wire: WireFactory) -> None:
+    wire, peer = make_wire()
+    assert wire.conn.close(CloseCode.GOING_AWAY, "bye")
+    assert not wire.conn.is_open
+    assert wire.conn.try_send(SMALL) is SendResult.DEAD
+    wire.conn.send_all([SMALL])
+    assert wire.conn.close(CloseCode.NORMAL) is True  # once: the second writes nothing
+    peer.send(frames.OP_PING, b"are you there")  # the library's pong must not follow either
+    peer.close()
+    assert wire.conn.join_reader(5)
+    wire.conn.shutdown()
+    got = peer.to_eof()
+    assert opcodes(got) == [frames.OP_CLOSE]
+    assert got[0].payload == frames.close_payload(1001, b"bye")
+    assert wire.conn.ended_by() == "server-close-1001"
+
+
+def test_nothing_is_written_after_the_librarys_close_reply(make_wire: WireFactory) -> None:
+    wire, peer = make_wire()
+    peer.close(4321)
+    assert wire.conn.join_reader(5)
+    assert wire.conn.socket.closed_by_library
+    assert wire.conn.try_send(SMALL) is SendResult.DEAD
+    assert wire.conn.close(CloseCode.NORMAL)  # nothing left to write: done
+    wire.conn.shutdown()
+    got = peer.to_eof()
+    assert [f.close_code for f in got] == [4321]
+    assert wire.conn.ended_by() == "client-close-4321"
+    with pytest.raises(Ended):
+        wire.conn.receive(timeout=1)
+    assert wire.conn.peer_close is None or wire.conn.peer_close == 4321
+
+
+def test_the_librarys_writes_are_cut_after_a_close_frame() -> None:
+    ours, theirs = socket_pair()
+    guarded = GuardedSocket(ours, write_deadline=1)
+    head = b"HTTP/1.1 101 Switching Protocols\r\n\r\n" + frames.close_frame(1000)
+    assert guarded.send(head) == len(head)  # the 101 is written whole, whatever it holds
+    pong = frames.frame(frames.OP_PONG, b"p")
+    burst = pong + frames.close_frame(1002) + SMALL
+    assert guarded.send(bytearray(burst)) == len(burst)  # reported as sent in full
+    assert guarded.send(pong) == len(pong)
+    assert (guarded.sent_close, guarded.closed_by_library) == (1002, True)
+    ours.shutdown(socket.SHUT_RDWR)
+    data = b"".join(iter(lambda: theirs.recv(65536), b""))
+    assert data == head + pong + frames.close_frame(1002)
+    ours.close()
+    theirs.close()
+
+
+def test_the_librarys_1009_counts_as_the_servers_close(make_wire: WireFactory) -> None:
+    wire, peer = make_wire(max_message_size=10)
+    peer.send(frames.OP_TEXT, b"x" * 11)
+    assert [f.close_code for f in peer.frames(1)] == [CloseCode.TOO_BIG]
+    assert wire.conn.join_reader(5)
+    assert wire.conn.ended_by() == "server-close-1009"
+
+
+def test_a_session_without_close_frames_ended_by_eof(make_wire: WireFactory) -> None:
+    wire, peer = make_wire()
+    peer.sock.shutdown(socket.SHUT_WR)
+    assert wire.conn.join_reader(5)
+    assert wire.conn.ended_by() == "eof"
+    with pytest.raises(Ended):
+        wire.conn.receive(timeout=1)
+
+
+def test_a_blocking_close_flushes_the_pending_tail_first(make_wire: WireFactory) -> None:
+    wire, peer = make_wire(sndbuf=TINY_BUFFER)
+    assert wire.conn.try_send(BIG) is SendResult.PARTIAL
+    assert not wire.conn.close(CloseCode.NORMAL, block=False)  # a tail waits: not now
+    assert wire.conn.is_open
+    closing = Writer(lambda: wire.conn.close(4000, "later", block=True))
+    got = peer.frames(2)
+    assert closing.wait() is None
+    assert opcodes(got) == [frames.OP_TEXT, frames.OP_CLOSE]
+    assert got[1].close_code == 4000
+
+
+def test_a_non_blocking_close_gives_up_while_the_lock_is_held(make_wire: WireFactory) -> None:
+    wire, peer = make_wire()
+    with wire.conn.socket.lock:
+        assert not wire.conn.close(CloseCode.NORMAL, block=False)
+    assert wire.conn.is_open and peer.quiet()
+
+
+def test_a_close_frame_that_does_not_fit_is_flushed_by_the_next_blocking_write(
+    make_wire: WireFactory,
+) -> None:
+    wire, peer = make_wire(sndbuf=TINY_BUFFER)
+    filler = fill(wire.raw)
+    assert not wire.conn.close(4001, "resume", block=False)  # written later, by send_all
+    assert not wire.conn.is_open
+    assert wire.conn.try_send(SMALL) is SendResult.DEAD
+    flush = Writer(lambda: wire.conn.send_all([SMALL]))  # SMALL is dropped, the tail is not
+    peer.discard(filler)
+    assert flush.wait() is None
+    wire.conn.shutdown()
+    got = peer.to_eof()
+    assert [(f.opcode, f.close_code) for f in got] == [(frames.OP_CLOSE, 4001)]
+
+
+# -- abort and the write deadline -----------------------------------------------------------------
+
+
+def test_abort_sends_a_close_frame_and_shuts_down(make_wire: WireFactory) -> None:
+    wire, peer = make_wire()
+    wire.conn.abort(CloseCode.SLOW_CONSUMER, "slow consumer")
+    got = peer.to_eof()
+    assert [f.close_code for f in got] == [CloseCode.SLOW_CONSUMER]
+    assert wire.conn.try_send(SMALL) is SendResult.DEAD
+    assert wire.conn.ended_by() == "server-close-4008"
+
+
+def test_abort_while_a_writer_holds_the_lock_wakes_it_and_adds_nothing(
+    make_wire: WireFactory,
+) -> None:
+    wire, peer = make_wire(sndbuf=TINY_BUFFER)
+    blocked = Writer(lambda: wire.conn.send_all([BIG, BIG]))
+    while not wire.conn.socket.lock.locked():
+        pass
+    started = time.monotonic()
+    wire.conn.abort(CloseCode.SLOW_CONSUMER, "slow consumer")
+    assert time.monotonic() - started < 0.5  # never waits for the lock
+    assert isinstance(blocked.wait(), OSError)
+    peer.sock.settimeout(5)
+    data = b"".join(iter(lambda: peer.sock.recv(1 << 20), b""))
+    assert len(data) < 2 * len(BIG)
+    assert all(f.opcode == frames.OP_TEXT for f in frames.FrameParser().feed(data))
+    assert wire.conn.try_send(SMALL) is SendResult.DEAD
+
+
+def test_abort_with_a_tail_pending_sends_no_close_frame(make_wire: WireFactory) -> None:
+    wire, peer = make_wire(sndbuf=TINY_BUFFER)
+    assert wire.conn.try_send(BIG) is SendResult.PARTIAL
+    wire.conn.abort(CloseCode.SLOW_CONSUMER, "slow consumer")
+    data = b"".join(iter(lambda: peer.sock.recv(1 << 20), b""))
+    assert 0 < len(data) < len(BIG)  # cut, but no close frame inside a frame
+    assert wire.conn.socket.sent_close is None  # the client says why (client.ended_by)
+
+
+def test_a_write_that_makes_no_progress_fails_at_the_deadline(make_wire: WireFactory) -> None:
+    wire, _peer = make_wire(sndbuf=TINY_BUFFER, write_deadline=0.2)
+    started = time.monotonic()
+    writer = Writer(lambda: wire.conn.send_all([BIG]))
+    assert isinstance(writer.wait(), OSError)
+    assert 0.15 <= time.monotonic() - started < 3
+
+
+# -- receive ------------------------------------------------------------------------------------
+
+
+def test_receive_returns_messages_and_none_after_the_timeout(make_wire: WireFactory) -> None:
+    wire, peer = make_wire()
+    peer.send(frames.OP_TEXT, "héllo".encode())
+    peer.send(frames.OP_BINARY, b"\x00\x01")
+    assert wire.conn.receive(timeout=5) == "héllo"
+    assert wire.conn.receive(timeout=5) == b"\x00\x01"
+    assert wire.conn.receive(timeout=0.01) is None
+
+
+def test_the_inbound_limit_counts_utf8_bytes_not_characters(make_wire: WireFactory) -> None:
+    wire, peer = make_wire(max_message_size=12)
+    peer.send(frames.OP_TEXT, ("é" * 6).encode())  # 12 bytes: at the limit
+    assert wire.conn.receive(timeout=5) == "é" * 6
+    peer.send(frames.OP_TEXT, "aé€".encode() * 2)  # 6 characters, 12 bytes
+    assert wire.conn.receive(timeout=5) == "aé€" * 2
+    peer.send(frames.OP_TEXT, ("é" * 6 + "a").encode())  # 7 characters, 13 bytes
+    with pytest.raises(MessageTooBig) as info:
+        wire.conn.receive(timeout=5)
+    assert (info.value.size, info.value.limit) == (13, 12)
+    assert str(info.value) == "message of 13 bytes; the limit is 12"
+    peer.send(frames.OP_TEXT, b"a" * 3)  # the connection itself is still usable
+    assert wire.conn.receive(timeout=5) == "aaa"
+
+
+def test_receive_ends_when_the_peer_closes(make_wire: WireFactory) -> None:
+    wire, peer = make_wire()
+    peer.close(1000)
+    with pytest.raises(Ended):
+        while True:
+            wire.conn.receive(timeout=5)
+    assert [f.close_code for f in peer.frames(1)] == [1000]
+
+
+def test_receive_ends_at_once_after_our_close(make_wire: WireFactory) -> None:
+    wire, peer = make_wire()
+    waiting = Writer(lambda: wire.conn.receive(timeout=10))
+    wire.conn.close(CloseCode.NORMAL)
+    assert isinstance(waiting.wait(2), Ended)
+    peer.send(frames.OP_TEXT, b"late")
+    with pytest.raises(Ended):
+        wire.conn.receive(timeout=10)
+
+
+def test_receive_before_the_handshake_is_over_is_the_end() -> None:
+    from sidecar.core.connection import Connection
+
+    ours, theirs = socket_pair()
+    conn = Connection(ours, write_deadline=1, max_message_size=10)
+    with pytest.raises(Ended):
+        conn.receive(timeout=1)
+    assert not conn.join_reader(0) and conn.ended_by() == "eof"
+    ours.close()
+    theirs.close()
+
+
+def test_last_received_follows_the_injected_clock(make_wire: WireFactory) -> None:
+    clock = FakeClock(50.0)
+    wire, peer = make_wire(clock=clock)
+    assert wire.conn.last_received == 50.0
+    clock.advance(7)
+    peer.send(frames.OP_PONG)
+    deadline = time.monotonic() + 5
+    while wire.conn.last_received != 57.0 and time.monotonic() < deadline:
+        wire.conn.receive(timeout=0.01)
+    assert wire.conn.last_received == 57.0
+
+
+def test_linger_reads_to_the_peers_eof_and_is_bounded(make_wire: WireFactory) -> None:
+    wire, peer = make_wire()
+    peer.close(1000)
+    assert wire.conn.join_reader(5)
+    started = time.monotonic()
+    wire.conn.linger(0.2)  # the peer never hangs up: the timeout ends it
+    assert 0.15 <= time.monotonic() - started < 2
+    assert [f.close_code for f in peer.to_eof()] == [1000]
+
+
+def test_the_peers_hangup_ends_linger_at_once() -> None:
+    ours, theirs = socket_pair()
+    guarded = GuardedSocket(ours, write_deadline=1)
+    theirs.sendall(b"trailing bytes")
+    theirs.shutdown(socket.SHUT_WR)
+    started = time.monotonic()
+    guarded.linger(5)
+    assert time.monotonic() - started < 1
+    assert theirs.recv(10) == b""  # our FIN
+    assert guarded.try_send(SMALL) is SendResult.DEAD
+    ours.close()
+    theirs.close()
+
+
+def test_linger_stops_reading_after_max_bytes() -> None:
+    ours, theirs = socket_pair()
+    guarded = GuardedSocket(ours, write_deadline=1)
+    theirs.sendall(b"x" * 3000)
+    started = time.monotonic()
+    guarded.linger(5, max_bytes=1000)
+    assert time.monotonic() - started < 1
+    ours.close()
+    theirs.close()
