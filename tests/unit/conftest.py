@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sidecar.core.hub import Hub
-from tests.unit.fakes import FakeClock
+from tests.unit.fakes import PATIENCE, FakeClock
 from tests.unit.wire import Peer, Wire, open_wire
 
 HubFactory = Callable[..., Hub]
@@ -35,14 +35,14 @@ def make_hub(clock: FakeClock) -> Iterator[HubFactory]:
 
     yield make
     for hub in hubs:
-        assert hub.stop(timeout=2.0), "the hub thread did not end"
+        assert hub.stop(timeout=PATIENCE), "the hub thread did not end"
 
 
 def sync(hub: Hub) -> None:
     """Return once the hub thread has handled everything submitted before (a barrier)."""
     done = threading.Event()
     assert hub.call(done.set)
-    assert done.wait(5), "the hub thread did not get to the barrier"
+    assert done.wait(PATIENCE), "the hub thread did not get to the barrier"
 
 
 class Blocker:
@@ -52,11 +52,11 @@ class Blocker:
         self.entered = threading.Event()
         self._release = threading.Event()
         assert hub.call(self._hold)
-        assert self.entered.wait(5), "the hub thread never ran the blocker"
+        assert self.entered.wait(PATIENCE), "the hub thread never ran the blocker"
 
     def _hold(self) -> None:
         self.entered.set()
-        self._release.wait(10)
+        self._release.wait(2 * PATIENCE)
 
     def release(self) -> None:
         self._release.set()

@@ -9,9 +9,10 @@ blocking writes at a gate, so that a client's queue backs up exactly as far as t
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sidecar import frames
@@ -20,6 +21,15 @@ from sidecar.core.client import Client
 from sidecar.core.connection import Data, SendResult, iter_data
 from sidecar.envelope import Event
 from tests.conftest import wait_for
+
+#: How long a test waits for what takes milliseconds when the code is right (5 s by default);
+#: ``SIDECAR_TEST_PATIENCE`` shortens it where broken code is the point (mutation testing).
+PATIENCE = float(os.environ.get("SIDECAR_TEST_PATIENCE", "5"))
+
+
+def wait_until(predicate: Callable[[], Any]) -> Any:
+    """:func:`tests.conftest.wait_for` with the unit tests' patience."""
+    return wait_for(predicate, PATIENCE)
 
 
 class FakeClock:
@@ -75,7 +85,7 @@ class FakeTransport:
 
     def send_all(self, buffers: Iterable[bytes]) -> None:
         self.in_send_all.set()
-        if not self.gate.wait(10):
+        if not self.gate.wait(2 * PATIENCE):
             raise TimeoutError("the test never opened the gate")
         if self.aborts or self.shutdowns:
             raise OSError("shut down")
@@ -133,11 +143,11 @@ class FakeTransport:
         """The JSON of every text frame written so far."""
         return [json.loads(f.payload) for f in self.frames() if f.opcode == frames.OP_TEXT]
 
-    def wait_messages(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    def wait_messages(self, count: int, timeout: float = PATIENCE) -> list[dict[str, Any]]:
         """Wait until ``count`` text frames were written; all of them."""
         return wait_for(lambda: len(m := self.messages()) >= count and m, timeout)
 
-    def wait_closed(self, timeout: float = 5.0) -> None:
+    def wait_closed(self, timeout: float = PATIENCE) -> None:
         """Wait until the client closed or aborted the transport."""
         with self._cond:
             assert self._cond.wait_for(lambda: not self.is_open, timeout), "never closed"

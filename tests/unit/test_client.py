@@ -19,9 +19,8 @@ from sidecar.config import Config
 from sidecar.core.client import Client, Close
 from sidecar.core.connection import Ended, MessageTooBig, SendResult
 from sidecar.protocol import CloseCode
-from tests.conftest import wait_for
 from tests.unit.conftest import WireFactory
-from tests.unit.fakes import new_client
+from tests.unit.fakes import PATIENCE, new_client, wait_until
 from tests.unit.wire import TINY_BUFFER, Peer, Wire, Writer
 
 BIG = frames.text_frame(b"x" * (1 << 20))
@@ -66,7 +65,7 @@ def test_a_partial_write_leaves_its_tail_to_the_writer_and_order_holds(
     assert client.offer(text(2))
     got = peer.frames(3)
     assert len(got[0].payload) == 1 << 20 and numbers(got) == [1, 2]
-    wait_for(lambda: client.backlog() == 0)
+    wait_until(lambda: client.backlog() == 0)
     assert client.offer(text(3))  # the fast path again
     assert numbers(peer.frames(1)) == [3]
 
@@ -76,13 +75,13 @@ def test_a_busy_transport_hands_over_to_the_writer_in_order() -> None:
     transport.outcome = SendResult.BUSY
     transport.gate.clear()
     assert client.offer(text(1))
-    assert transport.in_send_all.wait(5)
+    assert transport.in_send_all.wait(PATIENCE)
     transport.outcome = SendResult.SENT  # free again, but the queue is not empty
     assert client.offer(text(2))
     assert client.offer((text(3), text(4)))
     assert transport.try_sends == 1
     transport.gate.set()
-    wait_for(lambda: client.backlog() == 0)
+    wait_until(lambda: client.backlog() == 0)
     assert numbers(transport.frames()) == [1, 2, 3, 4]
     assert client.offer(text(5)) and transport.try_sends == 2
 
@@ -99,7 +98,7 @@ def test_without_the_fast_path_every_write_goes_through_the_writer() -> None:
     client, transport = new_client(fast_path=False)
     for n in range(3):
         assert client.offer(text(n))
-    wait_for(lambda: len(transport.frames()) == 3)
+    wait_until(lambda: len(transport.frames()) == 3)
     assert transport.try_sends == 0 and writer_of(client)
 
 
@@ -115,11 +114,11 @@ def test_the_writer_sends_everything_queued_in_one_write() -> None:
 
     transport.send_all = counting  # type: ignore[method-assign]
     client.offer(text(0))
-    assert transport.in_send_all.wait(5)
+    assert transport.in_send_all.wait(PATIENCE)
     for n in range(1, 6):
         client.offer(text(n))
     transport.gate.set()
-    wait_for(lambda: client.backlog() == 0)
+    wait_until(lambda: client.backlog() == 0)
     assert len(calls) == 2 and numbers(transport.frames()) == list(range(6))
 
 
@@ -142,7 +141,7 @@ def test_offer_refuses_past_max_pending_bytes() -> None:
     assert [client.offer(text(n)) for n in range(4)] == [True, True, True, False]
     assert not client.offer((text(1),))
     transport.gate.set()
-    wait_for(lambda: client.backlog() == 0)
+    wait_until(lambda: client.backlog() == 0)
     assert client.offer((text(1), text(2), text(3), text(4)))  # one item, over the bound: taken
 
 
@@ -154,7 +153,7 @@ def test_close_while_writing_flushes_the_queue_then_closes_once() -> None:
     transport.outcome = SendResult.BUSY
     transport.gate.clear()
     client.offer(text(1))
-    assert transport.in_send_all.wait(5)  # the writer is inside a write
+    assert transport.in_send_all.wait(PATIENCE)  # the writer is inside a write
     client.offer(text(2))
     client.offer(text(3))
     client.request_close(CloseCode.GOING_AWAY, "bye")
@@ -194,13 +193,13 @@ def test_abort_while_the_writer_holds_the_lock(
     client, wire, peer = on_wire(make_wire)
     client.offer(BIG)
     client.offer(BIG)
-    wait_for(lambda: wire.conn.socket.lock.locked())  # the writer is blocked in its write
+    wait_until(lambda: wire.conn.socket.lock.locked())  # the writer is blocked in its write
     started = time.monotonic()
     client.abort(CloseCode.SLOW_CONSUMER, "slow consumer")
     assert time.monotonic() - started < 0.5
     writer = writer_of(client)
     if writer:
-        writer[0].join(5)
+        writer[0].join(PATIENCE)
         assert not writer[0].is_alive()
     data = b"".join(iter(lambda: peer.sock.recv(1 << 20), b""))
     assert len(data) < 2 * len(BIG)
@@ -225,7 +224,7 @@ def test_the_write_deadline_drops_a_stalled_client(
     client.offer(BIG)
     writer = writer_of(client)
     assert writer
-    writer[0].join(5)
+    writer[0].join(PATIENCE)
     assert 0.15 <= time.monotonic() - started < 3
     assert client.ended_by == "write-deadline"
     assert f"client {client.id}: write failed (write deadline exceeded), dropped" in caplog.text
@@ -241,7 +240,7 @@ def test_a_failed_write_is_named(caplog: pytest.LogCaptureFixture) -> None:
 
     transport.send_all = broken  # type: ignore[method-assign]
     client.offer(text(1))
-    wait_for(lambda: transport.shutdowns == 1)
+    wait_until(lambda: transport.shutdowns == 1)
     assert client.ended_by == "write-failed"
     assert "write failed (Connection reset by peer), dropped" in caplog.text
 
@@ -311,7 +310,7 @@ def test_finish_waits_for_the_writer_to_flush_and_close() -> None:
     client, transport = new_client(fast_path=False)
     transport.gate.clear()
     client.offer(text(1))
-    assert transport.in_send_all.wait(5)
+    assert transport.in_send_all.wait(PATIENCE)
     finishing = Writer(lambda: client.finish(close_timeout=5.0))
     transport.gate.set()
     assert finishing.wait() is None

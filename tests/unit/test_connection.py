@@ -17,7 +17,7 @@ from sidecar import frames
 from sidecar.core.connection import Ended, GuardedSocket, MessageTooBig, SendResult
 from sidecar.protocol import CloseCode
 from tests.unit.conftest import WireFactory
-from tests.unit.fakes import FakeClock
+from tests.unit.fakes import PATIENCE, FakeClock
 from tests.unit.wire import TINY_BUFFER, Writer, fill, socket_pair
 
 BIG = frames.text_frame(b"x" * (1 << 20))
@@ -114,7 +114,7 @@ def test_nothing_is_written_after_our_close_frame(make_wire: WireFactory) -> Non
     assert wire.conn.close(CloseCode.NORMAL) is True  # once: the second writes nothing
     peer.send(frames.OP_PING, b"are you there")  # the library's pong must not follow either
     peer.close()
-    assert wire.conn.join_reader(5)
+    assert wire.conn.join_reader(PATIENCE)
     wire.conn.shutdown()
     got = peer.to_eof()
     assert opcodes(got) == [frames.OP_CLOSE]
@@ -125,7 +125,7 @@ def test_nothing_is_written_after_our_close_frame(make_wire: WireFactory) -> Non
 def test_nothing_is_written_after_the_librarys_close_reply(make_wire: WireFactory) -> None:
     wire, peer = make_wire()
     peer.close(4321)
-    assert wire.conn.join_reader(5)
+    assert wire.conn.join_reader(PATIENCE)
     assert wire.conn.socket.closed_by_library
     assert wire.conn.try_send(SMALL) is SendResult.DEAD
     assert wire.conn.close(CloseCode.NORMAL)  # nothing left to write: done
@@ -159,14 +159,14 @@ def test_the_librarys_1009_counts_as_the_servers_close(make_wire: WireFactory) -
     wire, peer = make_wire(max_message_size=10)
     peer.send(frames.OP_TEXT, b"x" * 11)
     assert [f.close_code for f in peer.frames(1)] == [CloseCode.TOO_BIG]
-    assert wire.conn.join_reader(5)
+    assert wire.conn.join_reader(PATIENCE)
     assert wire.conn.ended_by() == "server-close-1009"
 
 
 def test_a_session_without_close_frames_ended_by_eof(make_wire: WireFactory) -> None:
     wire, peer = make_wire()
     peer.sock.shutdown(socket.SHUT_WR)
-    assert wire.conn.join_reader(5)
+    assert wire.conn.join_reader(PATIENCE)
     assert wire.conn.ended_by() == "eof"
     with pytest.raises(Ended):
         wire.conn.receive(timeout=1)
@@ -261,24 +261,24 @@ def test_receive_returns_messages_and_none_after_the_timeout(make_wire: WireFact
     wire, peer = make_wire()
     peer.send(frames.OP_TEXT, "héllo".encode())
     peer.send(frames.OP_BINARY, b"\x00\x01")
-    assert wire.conn.receive(timeout=5) == "héllo"
-    assert wire.conn.receive(timeout=5) == b"\x00\x01"
+    assert wire.conn.receive(timeout=PATIENCE) == "héllo"
+    assert wire.conn.receive(timeout=PATIENCE) == b"\x00\x01"
     assert wire.conn.receive(timeout=0.01) is None
 
 
 def test_the_inbound_limit_counts_utf8_bytes_not_characters(make_wire: WireFactory) -> None:
     wire, peer = make_wire(max_message_size=12)
     peer.send(frames.OP_TEXT, ("é" * 6).encode())  # 12 bytes: at the limit
-    assert wire.conn.receive(timeout=5) == "é" * 6
+    assert wire.conn.receive(timeout=PATIENCE) == "é" * 6
     peer.send(frames.OP_TEXT, "aé€".encode() * 2)  # 6 characters, 12 bytes
-    assert wire.conn.receive(timeout=5) == "aé€" * 2
+    assert wire.conn.receive(timeout=PATIENCE) == "aé€" * 2
     peer.send(frames.OP_TEXT, ("é" * 6 + "a").encode())  # 7 characters, 13 bytes
     with pytest.raises(MessageTooBig) as info:
-        wire.conn.receive(timeout=5)
+        wire.conn.receive(timeout=PATIENCE)
     assert (info.value.size, info.value.limit) == (13, 12)
     assert str(info.value) == "message of 13 bytes; the limit is 12"
     peer.send(frames.OP_TEXT, b"a" * 3)  # the connection itself is still usable
-    assert wire.conn.receive(timeout=5) == "aaa"
+    assert wire.conn.receive(timeout=PATIENCE) == "aaa"
 
 
 def test_receive_ends_when_the_peer_closes(make_wire: WireFactory) -> None:
@@ -286,7 +286,7 @@ def test_receive_ends_when_the_peer_closes(make_wire: WireFactory) -> None:
     peer.close(1000)
     with pytest.raises(Ended):
         while True:
-            wire.conn.receive(timeout=5)
+            wire.conn.receive(timeout=PATIENCE)
     assert [f.close_code for f in peer.frames(1)] == [1000]
 
 
@@ -327,7 +327,7 @@ def test_last_received_follows_the_injected_clock(make_wire: WireFactory) -> Non
 def test_linger_reads_to_the_peers_eof_and_is_bounded(make_wire: WireFactory) -> None:
     wire, peer = make_wire()
     peer.close(1000)
-    assert wire.conn.join_reader(5)
+    assert wire.conn.join_reader(PATIENCE)
     started = time.monotonic()
     wire.conn.linger(0.2)  # the peer never hangs up: the timeout ends it
     assert 0.15 <= time.monotonic() - started < 2

@@ -20,7 +20,7 @@ from sidecar.core.hub import Hub, PublishRefused
 from sidecar.envelope import Event, encode, with_seq
 from sidecar.protocol import SEQ_SPLICE_MAX, CloseCode
 from tests.unit.conftest import Blocker, HubFactory, sync
-from tests.unit.fakes import FakeClock, FakeTransport, new_client, seqs, tick
+from tests.unit.fakes import PATIENCE, FakeClock, FakeTransport, new_client, seqs, tick
 
 
 def joined(hub: Hub, clock: FakeClock | None = None, **config: Any) -> FakeTransport:
@@ -50,7 +50,7 @@ def test_concurrent_publishers_get_one_seq_order_and_the_seqs_they_were_told(
     start = threading.Barrier(publishers)
 
     def publish(p: int) -> None:
-        start.wait(5)
+        start.wait(PATIENCE)
         for b in range(batches):
             batch = [tick(b * size + k, p=p) for k in range(size)]
             told[p].append(hub.publish(batch))
@@ -59,7 +59,7 @@ def test_concurrent_publishers_get_one_seq_order_and_the_seqs_they_were_told(
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(10)
+        thread.join(2 * PATIENCE)
     total = publishers * batches * size
     got = transport.wait_messages(total + 1)[1:]
     assert seqs(got) == list(range(1, total + 1))

@@ -18,7 +18,7 @@ from sidecar.core.hub import Hub
 from sidecar.envelope import encode, new_event, with_seq
 from sidecar.protocol import CloseCode, Since
 from tests.unit.conftest import Blocker, HubFactory, sync
-from tests.unit.fakes import FakeClock, FakeTransport, new_client, seqs, tick
+from tests.unit.fakes import PATIENCE, FakeClock, FakeTransport, new_client, seqs, tick
 
 
 def envelope(i: int, seq: int) -> bytes:
@@ -307,7 +307,7 @@ def test_deliver_waits_for_room_in_the_inbox_up_to_its_timeout(make_hub: HubFact
     )
     waiter.start()
     blocker.release()
-    waiter.join(5)
+    waiter.join(PATIENCE)
     assert result == [True]
     sync(hub)
     assert hub.seq == 3
@@ -324,7 +324,7 @@ def test_deliver_to_a_stopped_hub_is_refused(make_hub: HubFactory) -> None:
     waiter.start()
     hub.stop(timeout=0)
     blocker.release()
-    waiter.join(5)
+    waiter.join(PATIENCE)
     assert result == [False]  # woken by the stop, not by the timeout
     assert not hub.deliver(hub.epoch, [(2, envelope(1, 2))], 1.0)
 

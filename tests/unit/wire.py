@@ -19,6 +19,7 @@ import simple_websocket
 from sidecar import frames
 from sidecar.core.connection import Connection
 from sidecar.frames import Frame
+from tests.unit.fakes import PATIENCE
 
 #: The smallest send buffer Linux grants (it doubles the value and applies a floor).
 TINY_BUFFER = 4096
@@ -56,7 +57,7 @@ class Peer:
         self.received += data
         return self.parser.feed(data)
 
-    def frames(self, count: int, timeout: float = 5.0) -> list[Frame]:
+    def frames(self, count: int, timeout: float = PATIENCE) -> list[Frame]:
         """Read until ``count`` frames arrived (fewer at EOF); fail after ``timeout``."""
         deadline = time.monotonic() + timeout
         out: list[Frame] = []
@@ -66,7 +67,7 @@ class Peer:
             out.extend(self._read(remaining))
         return out
 
-    def to_eof(self, timeout: float = 5.0) -> list[Frame]:
+    def to_eof(self, timeout: float = PATIENCE) -> list[Frame]:
         """Every frame until the other end shuts the socket down."""
         deadline = time.monotonic() + timeout
         out: list[Frame] = []
@@ -81,7 +82,7 @@ class Peer:
         """Whether nothing at all arrives within ``timeout`` (and the socket is still open)."""
         return not self._read(timeout) and not self.eof and not self.parser.buffered
 
-    def discard(self, count: int, timeout: float = 5.0) -> None:
+    def discard(self, count: int, timeout: float = PATIENCE) -> None:
         """Read and drop exactly ``count`` raw bytes (what :func:`fill` wrote)."""
         deadline = time.monotonic() + timeout
         while count:
@@ -110,7 +111,7 @@ class Wire:
     def end(self) -> None:
         """Shut both directions down and wait for the reader thread."""
         self.conn.shutdown()
-        assert self.conn.join_reader(5), "the reader thread did not end"
+        assert self.conn.join_reader(PATIENCE), "the reader thread did not end"
 
 
 def upgrade_environ(conn: Connection) -> dict[str, object]:
@@ -188,7 +189,7 @@ class Writer:
         finally:
             self.done.set()
 
-    def wait(self, timeout: float = 5.0) -> BaseException | None:
+    def wait(self, timeout: float = PATIENCE) -> BaseException | None:
         """Wait for the call to end; what it raised."""
         assert self.done.wait(timeout), "the call did not end"
         return self.error
