@@ -67,8 +67,11 @@ class FakeTransport:
         self.last_received = clock() if clock else 0.0
         #: What :meth:`receive` hands out, in order: messages, or exceptions it raises.
         self.incoming: queue.Queue[str | bytes | BaseException] = queue.Queue()
-        #: What :meth:`join_reader` reports.
+        #: What :meth:`join_reader` reports, and the timeouts it was given.
         self.reader_done = True
+        self.joins: list[float] = []
+        #: The timeout of each :meth:`receive`.
+        self.receives: list[float] = []
         self.lingered: list[float] = []
         self._cond = threading.Condition()
 
@@ -113,15 +116,17 @@ class FakeTransport:
         self.lingered.append(timeout)
 
     def receive(self, timeout: float) -> bytes | str | None:
+        self.receives.append(timeout)
         try:
             item = self.incoming.get(timeout=timeout)
         except queue.Empty:
             return None
         if isinstance(item, BaseException):
             raise item
-        return item
+        return item or None  # "" stands for a poll that timed out
 
     def join_reader(self, timeout: float) -> bool:
+        self.joins.append(timeout)
         return self.reader_done
 
     def ended_by(self) -> str:

@@ -291,11 +291,10 @@ def test_a_message_over_the_limit_closes_with_1009() -> None:
 
 
 def test_finish_closes_lingers_and_returns() -> None:
-    client, transport = new_client(close_timeout=2.0)
+    client, transport = new_client()
     client.finish(close_timeout=2.0)
     assert transport.closes == [(CloseCode.NORMAL, "", True)]
-    assert transport.shutdowns == 0
-    assert len(transport.lingered) == 1 and 1.5 < transport.lingered[0] <= 2.0
+    assert transport.shutdowns == 0 and len(transport.lingered) == 1
 
 
 def test_finish_shuts_down_a_reader_that_does_not_end(caplog: pytest.LogCaptureFixture) -> None:
@@ -317,3 +316,118 @@ def test_finish_waits_for_the_writer_to_flush_and_close() -> None:
     assert numbers(transport.frames()) == [1]
     assert transport.closes == [(CloseCode.NORMAL, "", True)]
     assert not writer_of(client)
+
+
+# -- details a user can see -------------------------------------------------------------------
+
+
+def test_the_byte_count_follows_tuples_through_the_writer() -> None:
+    size = len(text(1))
+    client, transport = new_client(fast_path=False, queue_size=100, max_pending_bytes=3 * size - 1)
+    for _ in range(3):  # tuples written by the writer: their bytes are counted out again
+        assert client.offer((text(1), text(2)))
+        wait_until(lambda: client.backlog() == 0)
+    transport.gate.clear()
+    assert client.offer(text(1))
+    assert transport.in_send_all.wait(PATIENCE)
+    assert client.offer(text(2))  # 2 frames queued: within the bound
+    assert not client.offer(text(3))  # 3 frames: one byte over it
+    assert not client.offer((text(3),))
+    transport.gate.set()
+
+
+def test_a_second_item_over_the_byte_bound_is_refused() -> None:
+    size = len(text(1))
+    client, transport = new_client(queue_size=100, max_pending_bytes=size)
+    transport.outcome = SendResult.BUSY
+    transport.gate.clear()
+    assert client.offer(text(1))
+    assert not client.offer(text(2))
+    assert not client.offer((text(2), text(3)))
+    transport.gate.set()
+
+
+def test_a_client_remembers_where_it_came_from() -> None:
+    transport = new_client()[1]
+    assert Client(transport).remote == "?"
+    assert Client(transport, remote="10.0.0.1:9").remote == "10.0.0.1:9"
+
+
+def test_the_writer_is_a_named_daemon() -> None:
+    client, transport = new_client(fast_path=False)
+    transport.gate.clear()
+    client.offer(text(1))
+    assert [(t.name, t.daemon) for t in writer_of(client)] == [
+        (f"sidecar-writer-{client.id}", True)
+    ]
+    transport.gate.set()
+
+
+def test_a_write_error_without_a_message_is_named_by_its_type(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client, transport = new_client(fast_path=False)
+
+    def broken(buffers: object) -> None:
+        raise OSError
+
+    transport.send_all = broken  # type: ignore[method-assign]
+    client.offer(text(1))
+    wait_until(lambda: transport.shutdowns == 1)
+    assert "write failed (OSError), dropped" in caplog.text
+
+
+def test_the_read_loop_polls_and_goes_on_after_a_quiet_poll() -> None:
+    client, transport = new_client()
+    for item in ("", "a", "", "b", Ended()):
+        transport.incoming.put(item)
+    seen: list[str | bytes] = []
+    client.read_loop(lambda c, m: seen.append(m), poll=0.25)
+    assert seen == ["a", "b"]
+    assert set(transport.receives) == {0.25}
+
+
+def test_a_close_on_the_request_thread_carries_its_reason() -> None:
+    client, transport = new_client()
+    client.request_close(4000, "bye", may_block=True)
+    assert transport.closes == [(4000, "bye", True)]
+
+
+def test_close_carries_its_code_and_reason() -> None:
+    close = Close(4000, "go away")
+    assert (close.code, close.reason, close.args) == (4000, "go away", (4000, "go away"))
+
+
+def test_finish_bounds_each_wait() -> None:
+    client, transport = new_client()
+    transport.reader_done = False
+    started = time.monotonic()
+    client.finish(close_timeout=0.5)
+    assert time.monotonic() - started < 0.5
+    first, second = transport.joins
+    assert 0.3 < first <= 0.5 and second == 1.0
+
+
+def test_finish_lingers_only_for_what_is_left_of_the_close_timeout() -> None:
+    client, transport = new_client()
+    client.finish(close_timeout=0.5)
+    assert len(transport.lingered) == 1 and 0.3 < transport.lingered[0] <= 0.5
+
+
+def test_finish_gives_up_on_a_writer_that_never_ends() -> None:
+    client, transport = new_client(fast_path=False)
+    stuck = threading.Event()
+
+    def never(buffers: object) -> None:
+        transport.in_send_all.set()
+        stuck.wait(2 * PATIENCE)  # ignores the shutdown, as a wedged write would
+
+    transport.send_all = never  # type: ignore[method-assign]
+    client.offer(text(1))
+    assert transport.in_send_all.wait(PATIENCE)
+    started = time.monotonic()
+    client.finish(close_timeout=0.05)
+    elapsed = time.monotonic() - started
+    stuck.set()
+    assert 1.0 <= elapsed < 1.5  # the close timeout, then one more second after the shutdown
+    assert transport.shutdowns == 1

@@ -8,6 +8,7 @@ connection, aborts, the write deadline, and ``receive`` (its end, the UTF-8 size
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 
@@ -355,5 +356,139 @@ def test_linger_stops_reading_after_max_bytes() -> None:
     started = time.monotonic()
     guarded.linger(5, max_bytes=1000)
     assert time.monotonic() - started < 1
+    ours.close()
+    theirs.close()
+
+
+# -- details a peer can see -----------------------------------------------------------------------
+
+
+def test_a_close_by_default_carries_no_reason_and_waits_for_a_tail(
+    make_wire: WireFactory,
+) -> None:
+    wire, peer = make_wire(sndbuf=TINY_BUFFER)
+    assert wire.conn.try_send(BIG) is SendResult.PARTIAL
+    closing = Writer(lambda: wire.conn.close(4000))  # blocks until the tail is out
+    got = peer.frames(2)
+    assert closing.wait() is None
+    assert got[1].payload == frames.close_payload(4000)
+    wire2, peer2 = make_wire()
+    assert wire2.conn.socket.send_close(1000, block=True)
+    assert peer2.frames(1)[0].payload == frames.close_payload(1000)
+
+
+def test_a_non_blocking_close_on_an_idle_connection_goes_at_once(make_wire: WireFactory) -> None:
+    wire, peer = make_wire()
+    assert wire.conn.close(4001, "resume", block=False) is True
+    assert peer.frames(1)[0].payload == frames.close_payload(4001, b"resume")
+
+
+def test_non_blocking_writes_on_a_full_buffer_never_wait(make_wire: WireFactory) -> None:
+    wire, peer = make_wire(sndbuf=TINY_BUFFER)
+    filler = fill(wire.raw)
+    started = time.monotonic()
+    assert wire.conn.try_send((SMALL, SMALL)) is SendResult.PARTIAL
+    assert time.monotonic() - started < 1.0  # the write deadline (5 s) is not waited for
+    flush = Writer(lambda: wire.conn.send_all([]))
+    peer.discard(filler)
+    assert flush.wait() is None
+    filler = fill(wire.raw)
+    started = time.monotonic()
+    assert not wire.conn.close(4001, block=False)
+    wire.conn.abort(CloseCode.SLOW_CONSUMER, "slow consumer")
+    assert time.monotonic() - started < 1.0
+    assert not wire.conn.is_open
+
+
+def test_thousands_of_buffers_go_out_in_order(make_wire: WireFactory) -> None:
+    wire, peer = make_wire()
+    many = tuple(frames.text_frame(b"%d" % i) for i in range(2000))
+    assert wire.conn.try_send(many) in (SendResult.SENT, SendResult.PARTIAL)
+    flush = Writer(lambda: wire.conn.send_all(many))
+    got = peer.frames(4000)
+    assert flush.wait() is None
+    assert [int(f.payload) for f in got] == list(range(2000)) * 2
+
+
+def test_abort_sends_its_reason_and_counts_as_closed(make_wire: WireFactory) -> None:
+    wire, peer = make_wire()
+    wire.conn.abort(4008, "slow consumer")
+    assert peer.to_eof()[0].payload == frames.close_payload(4008, b"slow consumer")
+    wire2, _peer2 = make_wire(sndbuf=TINY_BUFFER)
+    assert wire2.conn.try_send(BIG) is SendResult.PARTIAL
+    wire2.conn.abort(4008, "slow consumer")  # no close frame fits behind the tail
+    assert not wire2.conn.is_open
+
+
+def test_a_library_write_to_a_dead_socket_closes_the_guard() -> None:
+    ours, theirs = socket_pair()
+    guarded = GuardedSocket(ours, write_deadline=1)
+    guarded.send(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    theirs.close()
+    pong = frames.frame(frames.OP_PONG, b"")
+    assert guarded.send(pong) == len(pong)  # swallowed
+    assert guarded.closed
+    ours.close()
+
+
+def test_linger_returns_at_the_peers_hangup_and_leaves_the_socket_closed() -> None:
+    ours, theirs = socket_pair()
+    guarded = GuardedSocket(ours, write_deadline=1)
+    theirs.shutdown(socket.SHUT_WR)  # nothing more to read: only the EOF
+    started = time.monotonic()
+    guarded.linger(5)
+    assert time.monotonic() - started < 1
+    assert guarded.closed and guarded.try_send(SMALL) is SendResult.DEAD
+    ours.close()
+    theirs.close()
+
+
+def test_binary_messages_are_the_librarys_to_limit(make_wire: WireFactory) -> None:
+    wire, peer = make_wire(max_message_size=12)
+    peer.send(frames.OP_BINARY, b"\x00" * 10)
+    assert wire.conn.receive(timeout=PATIENCE) == b"\x00" * 10
+
+
+def test_an_eof_is_reported_after_receive_has_seen_it(make_wire: WireFactory) -> None:
+    wire, peer = make_wire()
+    peer.sock.shutdown(socket.SHUT_WR)
+    assert wire.conn.join_reader(PATIENCE)
+    with pytest.raises(Ended):
+        wire.conn.receive(timeout=1)
+    assert wire.conn.peer_close == CloseCode.NO_STATUS
+    assert wire.conn.ended_by() == "eof"
+
+
+def test_join_reader_with_no_time_left_does_not_wait() -> None:
+    from sidecar.core.connection import Connection
+
+    ours, theirs = socket_pair()
+    conn = Connection(ours, write_deadline=1, max_message_size=10)
+    started = time.monotonic()
+    assert not conn.join_reader(0) and not conn.join_reader(-1)
+    assert time.monotonic() - started < 0.5
+    ours.close()
+    theirs.close()
+
+
+def test_the_reader_thread_is_a_named_daemon_that_logs_how_it_ended(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sidecar.core.connection import Connection
+
+    caplog.set_level(logging.DEBUG, "sidecar.connection")
+    ours, theirs = socket_pair()
+    conn = Connection(ours, write_deadline=1, max_message_size=10)
+
+    def target() -> None:
+        raise ValueError("the library's race")
+
+    thread = conn.reader_thread(target)
+    assert (thread.name, thread.daemon) == ("sidecar-reader", True)
+    thread.start()
+    assert conn.join_reader(PATIENCE)
+    assert [r.getMessage() for r in caplog.records] == [
+        'reader thread ended: ValueError("the library\'s race")'
+    ]
     ours.close()
     theirs.close()

@@ -9,7 +9,9 @@ the broker's side (``deliver``/``reset``) are in ``test_hub_stream.py``.
 from __future__ import annotations
 
 import logging
+import re
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -20,7 +22,15 @@ from sidecar.core.hub import Hub, PublishRefused
 from sidecar.envelope import Event, encode, with_seq
 from sidecar.protocol import SEQ_SPLICE_MAX, CloseCode
 from tests.unit.conftest import Blocker, HubFactory, sync
-from tests.unit.fakes import PATIENCE, FakeClock, FakeTransport, new_client, seqs, tick
+from tests.unit.fakes import (
+    PATIENCE,
+    FakeClock,
+    FakeTransport,
+    new_client,
+    seqs,
+    tick,
+    wait_until,
+)
 
 
 def joined(hub: Hub, clock: FakeClock | None = None, **config: Any) -> FakeTransport:
@@ -322,22 +332,6 @@ def test_keepalive_off_never_pings(make_hub: HubFactory, clock: FakeClock) -> No
     assert pings(transport) == 0 and not transport.aborts
 
 
-def test_the_hub_wakes_by_itself_for_a_ping(clock: FakeClock) -> None:
-    real = Hub(ping_interval=0.05)  # the real clock: nothing else wakes the hub thread
-    real.start()
-    try:
-        client, transport = new_client()
-        transport.last_received = float("inf")  # always answered
-        real.register(client)
-        for _ in range(500):
-            if pings(transport) >= 2:
-                break
-            threading.Event().wait(0.01)
-        assert pings(transport) >= 2
-    finally:
-        assert real.stop()
-
-
 # -- stop, drop_all, one-client sends -------------------------------------------------------------
 
 
@@ -574,3 +568,248 @@ def test_a_failing_call_is_logged_and_the_hub_goes_on(
     sync(hub)
     assert "the caller's bug" in caplog.text
     assert hub.publish([tick(0)]) == [1]
+
+
+# -- what operators read: counters, thread names, log lines, messages -----------------------------
+
+
+def test_counters_add_up_over_several_events(make_hub: HubFactory, clock: FakeClock) -> None:
+    hub = make_hub(ping_interval=10, queue_size=1)
+    transports = [joined(hub, clock) for _ in range(3)]
+    hub.publish([tick(0), tick(1)])
+    hub.publish([tick(2)])
+    sync(hub)
+    first, second = new_client(), new_client()
+    hub.register(first[0])
+    hub.register(second[0])
+    assert hub.send_to_client(first[0], tick(9)) and hub.send_to_client(second[0], tick(9))
+    sync(hub)
+    clock.advance(10)  # everyone is pinged; nobody answers
+    sync(hub)
+    clock.advance(10)  # the two silent ones that were pinged are dropped
+    sync(hub)
+    snapshot = hub.snapshot()
+    assert snapshot["deliveries"] == 2 * 3 + 1 * 3
+    assert (snapshot["registered"], snapshot["sent_to_client"]) == (5, 2)
+    assert (snapshot["keepalive_drops"], snapshot["pending"]) == (5, 0)
+    assert all(t.aborts for t in transports)
+
+
+def test_two_evictions_count_two(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    pairs = [new_client(queue_size=1) for _ in range(2)]
+    for client, transport in pairs:
+        hub.register(client)
+        sync(hub)
+        stall(transport)
+    for i in range(2):
+        hub.publish([tick(i)])
+        sync(hub)
+    assert hub.snapshot()["evicted"] == 2
+
+
+def test_an_answered_ping_is_not_repeated_before_the_next_interval(
+    make_hub: HubFactory, clock: FakeClock
+) -> None:
+    hub = make_hub(ping_interval=10)
+    transport = joined(hub, clock)
+    clock.advance(10)
+    sync(hub)
+    transport.last_received = clock.advance(1)
+    for _ in range(3):
+        sync(hub)
+    assert pings(transport) == 1
+
+
+def test_one_outstanding_ping_does_not_hold_up_the_others(
+    make_hub: HubFactory, clock: FakeClock
+) -> None:
+    hub = make_hub(ping_interval=10, ping_timeout=30)
+    silent = [joined(hub, clock) for _ in range(20)]
+    answering = joined(hub, clock)
+    clock.advance(10)
+    sync(hub)
+    answering.last_received = clock.advance(1)
+    clock.advance(9)
+    sync(hub)
+    assert pings(answering) == 2  # pinged again, whatever order the clients are in
+    assert all(pings(t) == 1 for t in silent)
+
+
+def test_the_hub_pings_on_time_by_itself() -> None:
+    real = Hub(ping_interval=0.05)
+    real.start()
+    try:
+        client, transport = new_client()
+        transport.last_received = float("inf")  # always answered
+        real.register(client)
+        started = time.monotonic()
+        wait_until(lambda: pings(transport) >= 5)
+        assert time.monotonic() - started < 2.0  # 0.25 s on time; a late wake-up takes seconds
+    finally:
+        assert real.stop()
+
+
+def test_keepalive_and_drop_all_say_why_in_the_log(
+    make_hub: HubFactory, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = make_hub(ping_interval=10)
+    client, _ = new_client(clock)
+    client.remote = "peer:1"
+    hub.register(client)
+    sync(hub)
+    clock.advance(10)
+    sync(hub)
+    clock.advance(10)
+    sync(hub)
+    other, _ = new_client()
+    other.remote = "peer:2"
+    hub.register(other)
+    hub.drop_all(4501, "bye now")
+    sync(hub)
+    lines = [r.getMessage() for r in caplog.records if r.name == "sidecar.hub"]
+    assert lines == [
+        f"client {client.id} (peer:1) dropped: nothing received within 10 s of a ping, close 1011",
+        f"client {other.id} (peer:2) dropped: dropped by the app (bye now), close 4501",
+    ]
+
+
+def test_registration_is_logged_at_debug(
+    make_hub: HubFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, "sidecar.hub")
+    hub = make_hub()
+    client = new_client()[0]
+    hub.register(client)
+    sync(hub)
+    assert f"client {client.id} registered (1 clients)" in [r.getMessage() for r in caplog.records]
+
+
+def test_a_failing_call_names_the_function(
+    make_hub: HubFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = make_hub()
+
+    def boom() -> None:
+        raise RuntimeError("x")
+
+    hub.call(boom)
+    sync(hub)
+    assert [r.getMessage() for r in caplog.records] == [f"hub.call({boom!r}) failed"]
+
+
+def test_refusals_are_logged_at_the_first_the_thousandth_and_every_100000th(
+    make_hub: HubFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = make_hub(inbox_limit=1)
+    blocker = Blocker(hub)
+    hub.publish_encoded([b'{"type":"app:x"}'])
+    logged = []
+    for n in range(1, 100_001):
+        with pytest.raises(PublishRefused):
+            hub.publish_encoded([b'{"type":"app:x"}'])
+        if n in (1, 999, 1000, 99_999, 100_000):
+            logged.append(len(caplog.records))
+    blocker.release()
+    assert logged == [1, 1, 2, 2, 3]
+    assert caplog.records[0].getMessage() == "hub inbox full (1 waiting): broadcast refused"
+
+
+def test_oversized_sends_are_logged_with_the_client_and_type(
+    make_hub: HubFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = make_hub(max_event_bytes=100)
+    client = new_client()[0]
+    assert not hub.send_to_client(client, tick(0, blob="x" * 100))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"send_to_client({client.id}, app:tick) refused: event larger than 100 bytes"
+    ]
+
+
+def test_the_hub_thread_is_a_named_daemon(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    seen: list[threading.Thread] = []
+    hub.call(lambda: seen.append(threading.current_thread()))
+    sync(hub)
+    assert [(t.name, t.daemon) for t in seen] == [("sidecar-hub", True)]
+
+
+def test_each_hub_run_has_its_own_16_hex_digit_epoch(make_hub: HubFactory) -> None:
+    first, second = make_hub(), make_hub()
+    for hub in (first, second):
+        assert re.fullmatch("[0-9a-f]{16}", hub.epoch)
+        assert hub.snapshot()["epoch"] == hub.epoch
+    assert first.epoch != second.epoch
+
+
+def test_the_snapshot_of_a_fresh_hub(make_hub: HubFactory) -> None:
+    snapshot = make_hub().snapshot()
+    assert {k: snapshot[k] for k in ("seq", "historyEvents", "historyBytes", "pending")} == {
+        "seq": 0,
+        "historyEvents": 0,
+        "historyBytes": 0,
+        "pending": 0,
+    }
+
+
+def test_pending_counts_every_queued_command(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    client = new_client()[0]
+    blocker = Blocker(hub)
+    hub.deliver(hub.epoch, [(1, b'{"seq":1}')], 1.0)
+    hub.deliver(hub.epoch, [(2, b'{"seq":2}'), (3, b'{"seq":3}')], 1.0)
+    hub.send_frame(client, b"\x81\x00")
+    hub.send_frame(client, b"\x81\x00")
+    assert hub.snapshot()["pending"] == 5
+    blocker.release()
+    sync(hub)
+    assert hub.snapshot()["pending"] == 0
+
+
+def test_a_hub_is_not_started_unless_asked() -> None:
+    hub = Hub()
+    assert not hub.is_running()
+    with pytest.raises(PublishRefused, match=r"^the hub is stopped$"):
+        hub.publish([tick(0)])
+    lazy = Hub(autostart=True)
+    assert lazy.stop()  # stopped before its first use: it never starts
+    assert not lazy.is_running()
+    with pytest.raises(PublishRefused):
+        lazy.publish([tick(0)])
+
+
+def test_stop_gives_up_waiting_after_its_timeout(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    blocker = Blocker(hub)
+    started = time.monotonic()
+    assert not hub.stop(timeout=0.05)
+    assert time.monotonic() - started < 1.0
+    blocker.release()
+
+
+def test_a_closed_client_is_gone_for_send_to_client(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    client = new_client()[0]
+    hub.register(client)
+    hub.reset("next", 0, "test")
+    sync(hub)
+    assert client.gone
+    assert not hub.send_to_client(client, tick(0))
+
+
+def test_the_messages_of_refused_arguments() -> None:
+    hub = Hub()
+    hub.start()
+    try:
+        with pytest.raises(RuntimeError, match=r"^hub already started$"):
+            hub.start()
+        with pytest.raises(ValueError) as info:
+            hub.broadcast(b'{"type": "nocolon"}')
+        assert str(info.value) == (
+            "broadcast data must be a JSON object with a namespace:kebab-case type"
+        )
+        with pytest.raises(ValueError) as info:
+            hub.broadcast(b'{"type": "app:x", "seq": 3}')
+        assert str(info.value) == "broadcast data must not carry seq: the hub assigns it"
+    finally:
+        assert hub.stop()

@@ -391,3 +391,38 @@ def test_a_forked_child_starts_a_fresh_hub_on_first_use(make_hub: HubFactory) ->
     assert waited[1] == 0
     assert (epoch != hub.epoch, seq, running) == (True, "1", "True")
     assert hub.publish([tick(0)]) == [3]  # the parent's hub goes on
+
+
+def test_a_broken_stream_is_logged_with_its_cause(
+    make_hub: HubFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = make_hub()
+    hub.register(new_client()[0])
+    delivered(hub, hub.epoch, [(1, envelope(0, 1))])
+    delivered(hub, hub.epoch, [(3, envelope(2, 3))])  # a gap
+    hub.register(new_client()[0])
+    delivered(hub, "another", [(1, envelope(0, 1))])  # a new epoch
+    lines = [r.getMessage() for r in caplog.records if r.name == "sidecar.hub"]
+    assert lines == [
+        "stream continuity broke (gap in the stream): closing 1 clients with 4001 so they resume",
+        "stream continuity broke (new epoch): closing 1 clients with 4001 so they resume",
+    ]
+    assert hub.snapshot()["resets"] == 2
+
+
+def test_unrecovered_resumes_add_up(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    for _ in range(2):
+        resume(hub, Since("elsewhere", 1))
+    assert hub.snapshot()["unrecovered_resumes"] == 2
+
+
+def test_the_replay_estimate_is_whole_bytes_and_zero_from_ahead(make_hub: HubFactory) -> None:
+    hub = make_hub(history_size=3)
+    hub.publish([tick(1), tick(22), tick(333)])  # frames of 3 different sizes
+    sync(hub)
+    total = hub.snapshot()["historyBytes"]
+    estimate = hub.replay_estimate(Since(hub.epoch, 1))
+    assert estimate == total * 2 // 3 and isinstance(estimate, int)
+    assert hub.replay_estimate(Since(hub.epoch, 4)) == 0
+    assert hub.replay_estimate(Since(hub.epoch, 1000)) == 0
