@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 
 import pytest
@@ -248,11 +249,11 @@ def test_abort_with_a_tail_pending_sends_no_close_frame(make_wire: WireFactory) 
 
 
 def test_a_write_that_makes_no_progress_fails_at_the_deadline(make_wire: WireFactory) -> None:
-    wire, _peer = make_wire(sndbuf=TINY_BUFFER, write_deadline=0.2)
+    wire, _peer = make_wire(sndbuf=TINY_BUFFER, write_deadline=0.1)
     started = time.monotonic()
     writer = Writer(lambda: wire.conn.send_all([BIG]))
     assert isinstance(writer.wait(), OSError)
-    assert 0.15 <= time.monotonic() - started < 3
+    assert 0.08 <= time.monotonic() - started < 3
 
 
 # -- receive ------------------------------------------------------------------------------------
@@ -330,8 +331,8 @@ def test_linger_reads_to_the_peers_eof_and_is_bounded(make_wire: WireFactory) ->
     peer.close(1000)
     assert wire.conn.join_reader(PATIENCE)
     started = time.monotonic()
-    wire.conn.linger(0.2)  # the peer never hangs up: the timeout ends it
-    assert 0.15 <= time.monotonic() - started < 2
+    wire.conn.linger(0.1)  # the peer never hangs up: the timeout ends it
+    assert 0.08 <= time.monotonic() - started < 2
     assert [f.close_code for f in peer.to_eof()] == [1000]
 
 
@@ -492,3 +493,42 @@ def test_the_reader_thread_is_a_named_daemon_that_logs_how_it_ended(
     ]
     ours.close()
     theirs.close()
+
+
+def test_linger_reads_on_until_the_peer_hangs_up() -> None:
+    ours, theirs = socket_pair()
+    guarded = GuardedSocket(ours, write_deadline=1)
+    lingering = Writer(lambda: guarded.linger(PATIENCE))
+    theirs.sendall(b"the rest of a message")  # input before the peer's EOF: read and dropped
+    assert not lingering.done.wait(0.1)  # still waiting for the EOF
+    theirs.sendall(b"more")
+    assert not lingering.done.wait(0.05)
+    theirs.shutdown(socket.SHUT_WR)
+    assert lingering.wait() is None
+    ours.close()
+    theirs.close()
+
+
+def test_linger_gives_up_after_max_bytes_of_input() -> None:
+    ours, theirs = socket_pair()
+    guarded = GuardedSocket(ours, write_deadline=1)
+    stop = threading.Event()
+
+    def flood() -> None:
+        chunk = b"x" * 16384
+        try:
+            while not stop.is_set():
+                theirs.sendall(chunk)
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=flood, daemon=True)
+    sender.start()
+    started = time.monotonic()
+    guarded.linger(PATIENCE, max_bytes=200_000)
+    elapsed = time.monotonic() - started
+    stop.set()
+    theirs.close()
+    sender.join(PATIENCE)
+    ours.close()
+    assert elapsed < PATIENCE / 2  # the byte budget ended it, not the timeout

@@ -19,15 +19,14 @@ KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's sample key: 16 bytes
 
 def upgrade(**headers: str) -> dict[str, Any]:
     """A valid upgrade request's environ, with header overrides (``HTTP_`` names)."""
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": "GET",
-        "QUERY_STRING": "",
-        "HTTP_HOST": "127.0.0.1:3008",
-        "HTTP_UPGRADE": "websocket",
-        "HTTP_CONNECTION": "Upgrade",
-        "HTTP_SEC_WEBSOCKET_KEY": KEY,
-        "HTTP_SEC_WEBSOCKET_VERSION": "13",
-    }
+    head = (
+        "HOST=127.0.0.1:3008 UPGRADE=websocket CONNECTION=Upgrade "
+        f"SEC_WEBSOCKET_KEY={KEY} SEC_WEBSOCKET_VERSION=13"
+    )
+    environ: dict[str, Any] = {"REQUEST_METHOD": "GET", "QUERY_STRING": ""}
+    for pair in head.split():
+        name, value = pair.split("=", 1)
+        environ["HTTP_" + name] = value
     environ.update(headers)
     return environ
 

@@ -8,6 +8,7 @@ the broker's side (``deliver``/``reset``) are in ``test_hub_stream.py``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from sidecar import frames
+from sidecar.core.client import Client
 from sidecar.core.connection import SendResult
 from sidecar.core.hub import Hub, PublishRefused
 from sidecar.envelope import Event, encode, with_seq
@@ -130,12 +132,20 @@ def stall(transport: FakeTransport) -> None:
     transport.gate.clear()
 
 
-def test_a_full_queue_of_items_evicts_with_4008(make_hub: HubFactory) -> None:
-    hub = make_hub()
-    client, transport = new_client(queue_size=3, max_pending_bytes=1 << 30)
+def stalled_client(hub: Hub, **config: Any) -> tuple[Client, FakeTransport]:
+    """A registered client (``Config`` overrides) that takes nothing from now on."""
+    remote = config.pop("remote", "test")
+    client, transport = new_client(**config)
+    client.remote = remote
     hub.register(client)
     sync(hub)
     stall(transport)
+    return client, transport
+
+
+def test_a_full_queue_of_items_evicts_with_4008(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    client, transport = stalled_client(hub, queue_size=3, max_pending_bytes=1 << 30)
     for i in range(3):  # three batches, three queued items: full, not over
         hub.publish([tick(i)])
         sync(hub)
@@ -153,10 +163,7 @@ def test_a_full_queue_of_bytes_evicts_with_4008(
 ) -> None:
     hub = make_hub()
     size = frame_size(tick(0), 1)
-    client, transport = new_client(queue_size=100, max_pending_bytes=2 * size)
-    hub.register(client)
-    sync(hub)
-    stall(transport)
+    client, transport = stalled_client(hub, queue_size=100, max_pending_bytes=2 * size)
     for i in range(2):  # exactly max_pending_bytes queued: kept
         hub.publish([tick(i)])
         sync(hub)
@@ -196,10 +203,7 @@ def test_an_unanswerable_ping_evicts_a_stalled_client(
 
 def test_a_send_to_a_client_whose_queue_filled_meanwhile_evicts_it(make_hub: HubFactory) -> None:
     hub = make_hub()
-    client, transport = new_client(queue_size=2)
-    hub.register(client)
-    sync(hub)
-    stall(transport)
+    client, transport = stalled_client(hub, queue_size=2)
     hub.publish([tick(0)])
     sync(hub)
     blocker = Blocker(hub)
@@ -214,10 +218,7 @@ def test_a_send_to_a_client_whose_queue_filled_meanwhile_evicts_it(make_hub: Hub
 
 def test_a_full_queue_refuses_a_send_without_evicting(make_hub: HubFactory) -> None:
     hub = make_hub()
-    client, transport = new_client(queue_size=1)
-    hub.register(client)
-    sync(hub)
-    stall(transport)
+    client, transport = stalled_client(hub, queue_size=1)
     hub.publish([tick(0)])
     sync(hub)
     assert not hub.send_to_client(client, tick(1))
@@ -230,11 +231,7 @@ def test_an_eviction_is_logged_once_with_the_backlog(
 ) -> None:
     caplog.set_level(logging.WARNING, "sidecar.hub")
     hub = make_hub()
-    client, transport = new_client(queue_size=1)
-    client.remote = "10.0.0.1:5"
-    hub.register(client)
-    sync(hub)
-    stall(transport)
+    client, _transport = stalled_client(hub, queue_size=1, remote="10.0.0.1:5")
     for i in range(3):
         hub.publish([tick(i)])
         sync(hub)
@@ -249,6 +246,16 @@ def test_an_eviction_is_logged_once_with_the_backlog(
 
 def pings(transport: FakeTransport) -> int:
     return sum(1 for f in transport.frames() if f.opcode == frames.OP_PING)
+
+
+def pinged(make_hub: HubFactory, clock: FakeClock, **options: Any) -> tuple[Hub, FakeTransport]:
+    """A hub (keepalive every 10 s) with one client that has just been pinged."""
+    hub = make_hub(ping_interval=10, **options)
+    transport = joined(hub, clock)
+    clock.advance(10)
+    sync(hub)
+    assert pings(transport) == 1
+    return hub, transport
 
 
 def test_the_first_ping_goes_out_after_one_interval_not_before(
@@ -286,10 +293,7 @@ def test_a_silent_peer_is_dropped_with_1011_at_the_timeout_not_before(
 
 
 def test_the_timeout_defaults_to_the_interval(make_hub: HubFactory, clock: FakeClock) -> None:
-    hub = make_hub(ping_interval=10)
-    transport = joined(hub, clock)
-    clock.advance(10)
-    sync(hub)
+    hub, transport = pinged(make_hub, clock)
     clock.advance(9.9)
     sync(hub)
     assert not transport.aborts
@@ -314,10 +318,7 @@ def test_a_peer_that_answers_each_ping_stays(make_hub: HubFactory, clock: FakeCl
 def test_bytes_received_at_the_instant_of_the_ping_count_as_an_answer(
     make_hub: HubFactory, clock: FakeClock
 ) -> None:
-    hub = make_hub(ping_interval=10)
-    transport = joined(hub, clock)
-    clock.advance(10)
-    sync(hub)
+    hub, transport = pinged(make_hub, clock)
     transport.last_received = clock.now
     clock.advance(10)
     sync(hub)
@@ -566,7 +567,8 @@ def test_a_failing_call_is_logged_and_the_hub_goes_on(
 
     assert hub.call(boom)
     sync(hub)
-    assert "the caller's bug" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [f"hub.call({boom!r}) failed"]
+    assert "the caller's bug" in caplog.text  # with its traceback
     assert hub.publish([tick(0)]) == [1]
 
 
@@ -597,11 +599,8 @@ def test_counters_add_up_over_several_events(make_hub: HubFactory, clock: FakeCl
 
 def test_two_evictions_count_two(make_hub: HubFactory) -> None:
     hub = make_hub()
-    pairs = [new_client(queue_size=1) for _ in range(2)]
-    for client, transport in pairs:
-        hub.register(client)
-        sync(hub)
-        stall(transport)
+    for _ in range(2):
+        stalled_client(hub, queue_size=1)
     for i in range(2):
         hub.publish([tick(i)])
         sync(hub)
@@ -611,10 +610,7 @@ def test_two_evictions_count_two(make_hub: HubFactory) -> None:
 def test_an_answered_ping_is_not_repeated_before_the_next_interval(
     make_hub: HubFactory, clock: FakeClock
 ) -> None:
-    hub = make_hub(ping_interval=10)
-    transport = joined(hub, clock)
-    clock.advance(10)
-    sync(hub)
+    hub, transport = pinged(make_hub, clock)
     transport.last_received = clock.advance(1)
     for _ in range(3):
         sync(hub)
@@ -683,19 +679,6 @@ def test_registration_is_logged_at_debug(
     hub.register(client)
     sync(hub)
     assert f"client {client.id} registered (1 clients)" in [r.getMessage() for r in caplog.records]
-
-
-def test_a_failing_call_names_the_function(
-    make_hub: HubFactory, caplog: pytest.LogCaptureFixture
-) -> None:
-    hub = make_hub()
-
-    def boom() -> None:
-        raise RuntimeError("x")
-
-    hub.call(boom)
-    sync(hub)
-    assert [r.getMessage() for r in caplog.records] == [f"hub.call({boom!r}) failed"]
 
 
 def test_refusals_are_logged_at_the_first_the_thousandth_and_every_100000th(
@@ -813,3 +796,8 @@ def test_the_messages_of_refused_arguments() -> None:
         assert str(info.value) == "broadcast data must not carry seq: the hub assigns it"
     finally:
         assert hub.stop()
+
+
+def test_the_documented_defaults() -> None:
+    assert inspect.signature(Hub.stop).parameters["timeout"].default == 2.0
+    assert inspect.signature(Client.read_loop).parameters["poll"].default == 5.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -368,29 +369,44 @@ def test_the_replay_estimate_and_window_start(make_hub: HubFactory) -> None:
     assert hub.replay_estimate(Since("other", 4)) == 0
 
 
-def test_a_forked_child_starts_a_fresh_hub_on_first_use(make_hub: HubFactory) -> None:
-    hub = make_hub()
-    publish(hub, 2)
+def in_child(report: Callable[[], str]) -> str:
+    """Run ``report`` in a forked child (which leaves at once); the line it returned."""
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: report the hub's state, then leave at once
+    if pid == 0:  # the child
         code = 1
         try:
-            seqs_ = hub.publish([tick(0)])
-            line = f"{hub.epoch} {seqs_[0]} {hub.is_running()}\n"
-            os.write(write, line.encode())
+            os.write(write, report().encode())
             code = 0
         finally:
             os._exit(code)
     os.close(write)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 2 * PATIENCE
     while (waited := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
         threading.Event().wait(0.01)
     with os.fdopen(read) as pipe:
-        epoch, seq, running = pipe.read().split()
-    assert waited[1] == 0
+        line = pipe.read()
+    assert waited[1] == 0, f"the child failed: {waited}"
+    return line
+
+
+def test_a_forked_child_starts_a_fresh_hub_on_first_use(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    publish(hub, 2)
+
+    def report() -> str:
+        seq = hub.publish([tick(0)])[0]
+        return f"{hub.epoch} {seq} {hub.is_running()}"
+
+    epoch, seq, running = in_child(report).split()
     assert (epoch != hub.epoch, seq, running) == (True, "1", "True")
     assert hub.publish([tick(0)]) == [3]  # the parent's hub goes on
+
+
+def test_a_hub_that_never_ran_stays_unstarted_in_a_child() -> None:
+    hub = Hub()
+    epoch = hub.epoch
+    assert in_child(lambda: f"{hub.epoch} {hub.is_running()}") == f"{epoch} False"
 
 
 def test_a_broken_stream_is_logged_with_its_cause(
