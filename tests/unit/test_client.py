@@ -242,7 +242,13 @@ def test_a_failed_write_is_named(caplog: pytest.LogCaptureFixture) -> None:
     client.offer(text(1))
     wait_until(lambda: transport.shutdowns == 1)
     assert client.ended_by == "write-failed"
-    assert "write failed (Connection reset by peer), dropped" in caplog.text
+    assert messages(caplog) == [
+        f"client {client.id}: write failed (Connection reset by peer), dropped"
+    ]
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "sidecar.client"]
 
 
 # -- the read loop and the end of a session -----------------------------------------------------
@@ -276,18 +282,28 @@ def test_a_handler_failure_closes_the_connection(
     def handler(_client: Client, _message: str | bytes) -> None:
         raise failure
 
+    caplog.set_level(logging.INFO, "sidecar.client")
     client.read_loop(handler, poll=0.01)
     assert transport.closes == [close]
     assert transport.incoming.qsize() == 1
     if isinstance(failure, ValueError):
-        assert "message handler failed" in caplog.text and "the app's bug" in caplog.text
+        assert messages(caplog) == [
+            f"message handler failed for client {client.id}: closing with 1011"
+        ]
+        assert "the app's bug" in caplog.text  # with its traceback
+    else:
+        assert messages(caplog) == [f"client {client.id}: closing with 4000 (go away)"]
 
 
-def test_a_message_over_the_limit_closes_with_1009() -> None:
+def test_a_message_over_the_limit_closes_with_1009(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "sidecar.client")
     client, transport = new_client()
     transport.incoming.put(MessageTooBig(13, 12))
     client.read_loop(lambda c, m: None, poll=0.01)
     assert transport.closes == [(CloseCode.TOO_BIG, "message too big", True)]
+    assert messages(caplog) == [
+        f"client {client.id}: closing with 1009 (message of 13 bytes; the limit is 12)"
+    ]
 
 
 def test_finish_closes_lingers_and_returns() -> None:
@@ -302,7 +318,7 @@ def test_finish_shuts_down_a_reader_that_does_not_end(caplog: pytest.LogCaptureF
     transport.reader_done = False
     client.finish(close_timeout=0.01)
     assert transport.shutdowns == 1 and transport.lingered == []
-    assert "reader thread still running after shutdown" in caplog.text
+    assert messages(caplog) == [f"client {client.id}: reader thread still running after shutdown"]
 
 
 def test_finish_waits_for_the_writer_to_flush_and_close() -> None:

@@ -532,3 +532,22 @@ def test_linger_gives_up_after_max_bytes_of_input() -> None:
     sender.join(PATIENCE)
     ours.close()
     assert elapsed < PATIENCE / 2  # the byte budget ended it, not the timeout
+
+
+def test_abort_on_a_full_buffer_never_waits(make_wire: WireFactory) -> None:
+    wire, _peer = make_wire(sndbuf=TINY_BUFFER)
+    fill(wire.raw)
+    started = time.monotonic()
+    wire.conn.abort(CloseCode.SLOW_CONSUMER, "slow consumer")  # the close frame cannot go
+    assert time.monotonic() - started < 1.0  # the write deadline (5 s) is not waited for
+    assert not wire.conn.is_open
+
+
+def test_after_linger_reads_see_the_end_at_once() -> None:
+    ours, theirs = socket_pair()
+    guarded = GuardedSocket(ours, write_deadline=1)
+    guarded.linger(0.05)  # the peer never hangs up
+    ours.settimeout(PATIENCE)
+    assert ours.recv(1) == b""  # what the WSGI server's last read gets: no wait, no error
+    ours.close()
+    theirs.close()

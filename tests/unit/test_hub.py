@@ -579,6 +579,7 @@ def test_counters_add_up_over_several_events(make_hub: HubFactory, clock: FakeCl
     hub = make_hub(ping_interval=10, queue_size=1)
     transports = [joined(hub, clock) for _ in range(3)]
     hub.publish([tick(0), tick(1)])
+    sync(hub)
     hub.publish([tick(2)])
     sync(hub)
     first, second = new_client(), new_client()
