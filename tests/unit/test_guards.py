@@ -377,3 +377,64 @@ def test_printable_escapes_and_cuts() -> None:
 )
 def test_redact(text: str, redacted: str) -> None:
     assert guards.redact(text) == redacted
+
+
+# -- the exact characters each check strips, splits and compares --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"HTTP_UPGRADE": "websocket\x0b"}, 400),  # only spaces and tabs are whitespace here
+        ({"HTTP_UPGRADE": "Xwebsocket"}, 400),
+        ({"HTTP_CONNECTION": "keep-alive,Upgrade"}, None),
+        ({"HTTP_SEC_WEBSOCKET_VERSION": "13\x0b"}, 426),
+        ({"HTTP_SEC_WEBSOCKET_VERSION": "X13"}, 426),
+        ({"HTTP_SEC_WEBSOCKET_KEY": KEY + "\x0b"}, 400),
+        ({"HTTP_SEC_WEBSOCKET_KEY": "X" + KEY}, 400),
+    ],
+)
+def test_check_upgrade_strips_only_optional_whitespace(
+    headers: dict[str, str], status: int | None
+) -> None:
+    rejection = guards.check_upgrade(upgrade(**headers))
+    assert (rejection.status if rejection else None) == status
+
+
+def test_a_header_name_is_checked_from_its_first_character() -> None:
+    rejection = guards.check_headers(upgrade(**{"HTTP_(X": "1"}))
+    assert rejection is not None and rejection.reason == "header"
+
+
+def test_check_host_names_a_missing_host_as_empty() -> None:
+    environ = upgrade()
+    del environ["HTTP_HOST"]
+    rejection = guards.check_host(environ, guards.allowed_hosts("127.0.0.1"))
+    assert rejection is not None
+    assert rejection.detail == "host '' not allowed (only loopback names and --host)"
+
+
+def test_an_origin_without_a_host_header_is_not_the_servers_own() -> None:
+    environ = upgrade(HTTP_ORIGIN="http://xxxx")
+    del environ["HTTP_HOST"]
+    assert refusal(guards.check_origin(environ, OriginPolicy([]))) == (403, "origin")
+
+
+def test_a_bracketed_host_ends_at_its_first_bracket() -> None:
+    assert guards.host_name("[::1]]") is None
+
+
+def test_subprotocols_keep_all_but_spaces_and_tabs() -> None:
+    environ = upgrade(HTTP_SEC_WEBSOCKET_PROTOCOL="\x0bsidecar.v1, auth.abcX ,X,\x0b")
+    assert guards.offered_subprotocols(environ) == ["\x0bsidecar.v1", "auth.abcX", "X", "\x0b"]
+    assert guards.presented_token(environ) == "abcX"
+
+
+def test_a_token_value_may_hold_an_equals_sign() -> None:
+    assert guards.query_token("token=a=b") == "a=b"
+
+
+def test_allows_answers_a_boolean() -> None:
+    policy = OriginPolicy(["http://localhost:5173"])
+    assert policy.allows("null") is False and policy.allows_null is False
+    assert policy.allows("http://localhost:5173") is True
