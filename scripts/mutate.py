@@ -52,7 +52,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "guards": (["sidecar/web/guards.py"], ["tests/unit/test_guards.py"]),
     "catalog": (
         ["sidecar/catalog/publish.py", "sidecar/catalog/validate.py"],
-        ["tests/test_publish.py", "tests/test_events.py"],
+        ["tests/unit/test_catalog.py", "tests/test_publish.py", "tests/test_events.py"],
     ),
     "relay": (["sidecar/broker/relay.py"], ["tests/test_broker.py"]),
 }
