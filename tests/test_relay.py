@@ -145,13 +145,13 @@ def test_contiguous_entries_are_delivered_and_counted(relay: Any) -> None:
     assert broker.client.reads[-1].startswith("13-0 ")
 
 
-def test_a_refused_delivery_is_offered_again(relay: Any) -> None:
-    relay_, broker, _sink = relay
-    sink = Sink(refuse=2)
-    relay_._sink = sink  # the sink the hub would be, refusing twice (a full inbox)
+def test_a_refused_delivery_is_offered_again() -> None:
+    broker, sink = FakeBroker(), Sink(refuse=2)  # the hub's inbox is full twice
+    relay = new_relay(broker, sink)
     broker.client.replies.put((entries(11), "e1", 11))
-    relay_.start()
+    relay.start()
     wait_until(lambda: sink.delivered)
+    assert relay.stop(PATIENCE)
     assert sink.offers == 3 and sink.delivered == [("e1", entries(11))]
 
 
