@@ -403,6 +403,13 @@ def test_the_read_loop_polls_and_goes_on_after_a_quiet_poll() -> None:
     assert set(transport.receives) == {0.25}
 
 
+def test_the_read_loop_polls_every_five_seconds_by_default() -> None:
+    client, transport = new_client()
+    transport.incoming.put(Ended())
+    client.read_loop(lambda c, m: None)
+    assert transport.receives == [5.0]
+
+
 def test_a_close_on_the_request_thread_carries_its_reason() -> None:
     client, transport = new_client()
     client.request_close(4000, "bye", may_block=True)

@@ -32,7 +32,7 @@ def test_build_frame_names_a_length_form_that_cannot_be_used(
 
 def test_build_frame_defaults_and_the_fin_bit() -> None:
     assert frames.build_frame(frames.OP_PING, mask=False) == b"\x89\x00"
-    assert frames.build_frame(frames.OP_TEXT, b"a", fin=False, mask=False) == b"\x01\x01a"
+    assert frames.build_frame(frames.OP_BINARY, b"a", fin=False, mask=False) == b"\x02\x01a"
 
 
 def test_close_frames_and_payloads() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -25,6 +26,17 @@ from sidecar.envelope import Event, encode, is_event_name, new_event, rfc3339_ut
 )
 def test_timestamps_are_go_style_rfc3339_in_utc(moment: datetime, text: str) -> None:
     assert rfc3339_utc(moment) == text
+
+
+def test_timestamps_are_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+        assert rfc3339_utc(moment) == "2026-01-02T03:04:05Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_the_default_timestamp_is_now() -> None:

@@ -801,4 +801,3 @@ def test_the_messages_of_refused_arguments() -> None:
 
 def test_the_documented_defaults() -> None:
     assert inspect.signature(Hub.stop).parameters["timeout"].default == 2.0
-    assert inspect.signature(Client.read_loop).parameters["poll"].default == 5.0
