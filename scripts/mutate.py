@@ -12,6 +12,7 @@ tell it from the original) as neither killed nor survived.
     scripts/mutate --group core        one group (repeatable)
     scripts/mutate --sample 10         a fixed sample of 10 mutants of the hub, the client and
                                        the history (what CI runs: under 60 s)
+    scripts/mutate --retest            run again only what survived last time (after new tests)
     scripts/mutate --check             exit 1 if a mutant survived that is not listed as
                                        equivalent (with --sample: in the sample)
 """
@@ -196,7 +197,15 @@ def run_group(group: str, work: Path, args: argparse.Namespace) -> dict[str, dic
     children = ["--max-children", str(args.max_children * WAITING.get(group, 1))]
     if args.report_only:
         return results(work, modules)
-    prepare(group, work, fresh=not args.resume)
+    prepare(group, work, fresh=not (args.resume or args.retest))
+    if args.retest:  # only what was not killed last time, against the tests as they are now
+        last = results(work, modules)
+        alive = [
+            n for codes in last.values() for n, c in codes.items() if status_of(c) in SURVIVING
+        ]
+        if alive:
+            check(work, mutmut(work, "run", *children, *alive))
+        return results(work, modules)
     if args.sample:  # generate every mutant (and run one), then run the sample
         check(
             work, mutmut(work, "run", *children, "sidecar.core.history.xǁHistoryǁafter__mutmut_1")
@@ -209,6 +218,11 @@ def run_group(group: str, work: Path, args: argparse.Namespace) -> dict[str, dic
     return results(work, modules)
 
 
+def status_of(code: int | None) -> str:
+    """mutmut's verdict for an exit code."""
+    return STATUS.get(code, "suspicious") if code is not None else "not checked"
+
+
 def check(work: Path, code: int) -> None:
     if code != 0:
         raise SystemExit(f"mutmut failed (exit {code}); see {work / 'mutmut.log'}")
@@ -218,11 +232,7 @@ def tally(
     work: Path, found: dict[str, dict[str, int | None]], equivalent: dict[str, tuple[str, str]]
 ) -> tuple[dict[str, Tally], list[str], list[str]]:
     """Per-module counts, the survivors' report blocks, and stale equivalent entries."""
-    statuses = {
-        name: STATUS.get(code, "suspicious") if code is not None else "not checked"
-        for codes in found.values()
-        for name, code in codes.items()
-    }
+    statuses = {name: status_of(code) for codes in found.values() for name, code in codes.items()}
     alive = {n: m for m, codes in found.items() for n in codes if statuses[n] in SURVIVING}
     diffs = diffs_of(work, alive)
     tallies: dict[str, Tally] = {}
@@ -270,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=0, help="a fixed sample of N core mutants")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--resume", action="store_true", help="keep earlier results")
+    parser.add_argument(
+        "--retest", action="store_true", help="run again only the last run's survivors"
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 on an unlisted survivor")
     parser.add_argument(
         "--report-only", action="store_true", help="tally the last run's results again"
