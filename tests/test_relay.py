@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
@@ -17,6 +18,7 @@ import pytest
 import redis
 
 from sidecar.broker import BrokerUnavailable
+from sidecar.broker import relay as relay_module
 from sidecar.broker.relay import Backoff, Relay, RelayStats, parse_entries
 from tests.unit.fakes import PATIENCE, wait_until
 
@@ -27,7 +29,8 @@ class ScriptedRedis:
     """A redis client whose pipeline answers each round from ``replies`` (blocking until one
     is there, as XREAD BLOCK would)."""
 
-    def __init__(self) -> None:
+    def __init__(self, resp3: bool = False) -> None:
+        self.resp3 = resp3
         self.replies: queue.Queue[Reply] = queue.Queue()
         self.reads: list[str] = []
         self.closed = False
@@ -60,7 +63,8 @@ class ScriptedRedis:
         entries, epoch, head = reply
         self.head = head
         stream = [(b"%d-0" % seq, {b"d": data}) for seq, data in entries]
-        return [[[b"s", stream]], (None if epoch is None else epoch.encode(), b"%d" % head)]
+        read: Any = {b"s": [stream]} if self.resp3 else [[b"s", stream]]
+        return [read, (None if epoch is None else epoch.encode(), b"%d" % head)]
 
     head = 0
 
@@ -72,8 +76,9 @@ class FakeBroker:
     backoff = (0.001, 0.004)
     safe_url = "redis://fake"
 
-    def __init__(self) -> None:
-        self.client = ScriptedRedis()
+    def __init__(self, block: float = 0.05, resp3: bool = False) -> None:
+        self.block = block
+        self.client = ScriptedRedis(resp3)
         self.scripts = 0
 
     def connect(self, socket_timeout: float, name: str) -> ScriptedRedis:
@@ -81,6 +86,7 @@ class FakeBroker:
         return self.client
 
     def run_script(self, args: Sequence[Any], client: Any) -> tuple[str, int]:
+        assert client is self.client  # on the relay's own connection
         self.scripts += 1
         return "fresh", 0
 
@@ -91,7 +97,10 @@ class FakeBroker:
 class Sink:
     """Records what the relay hands over; ``refuse`` deliveries are refused first."""
 
-    def __init__(self, refuse: int = 0) -> None:
+    def __init__(self, refuse: int = 0, hold: threading.Event | None = None) -> None:
+        #: While set and not released, deliveries wait for it (a hub that does not take them).
+        self.hold = hold
+        self.entered = threading.Event()
         self.delivered: list[tuple[str, list[tuple[int, bytes]]]] = []
         self.resets: list[tuple[str, int, str]] = []
         self.refuse = refuse
@@ -99,6 +108,10 @@ class Sink:
         self.changed = threading.Condition()
 
     def deliver(self, epoch: str, items: Sequence[tuple[int, bytes]], timeout: float) -> bool:
+        if self.hold is not None:
+            self.entered.set()
+            self.hold.wait(2 * PATIENCE)
+            return False
         with self.changed:
             self.offers += 1
             if self.refuse:
@@ -166,10 +179,11 @@ def test_a_new_epoch_resets_and_drops_what_was_read(
     assert sink.delivered == []
     assert (relay_.epoch, relay_.last, relay_.stats.resets) == ("e2", 2, 1)
     assert relay_.stats.last_delivered_seq == 2
-    assert (
+    assert relay_.stats.epoch == "e2"
+    assert [r.getMessage() for r in caplog.records] == [
         "relay: epoch changed from e1 (Redis lost its data); continuing from e2:2"
         " (clients must resume)"
-    ) in caplog.text
+    ]
 
 
 def test_a_head_behind_the_relay_resets(relay: Any) -> None:
@@ -266,3 +280,89 @@ def test_parse_entries_takes_the_seq_from_the_id() -> None:
         (42, b"x"),
         (43, b"y"),
     ]
+
+
+def test_the_relay_thread_is_a_named_daemon(relay: Any) -> None:
+    relay_, _broker, _sink = relay
+    relay_.start()
+    found = [t for t in threading.enumerate() if t.name == "sidecar-broker-relay"]
+    assert found and all(t.daemon for t in found)
+
+
+def test_a_head_equal_to_the_relay_is_no_reset(relay: Any) -> None:
+    relay_, broker, sink = relay
+    for _ in range(2):
+        broker.client.replies.put(([], "e1", 10))
+    broker.client.replies.put((entries(11, 13), "e1", 13))
+    relay_.start()
+    wait_until(lambda: sink.resets)
+    assert sink.delivered == [("e1", entries(11))]
+    assert sink.resets == [("e1", 13, "events 12..12 are no longer in the stream")]
+
+
+def test_resp3_replies_are_read_too() -> None:
+    broker, sink = FakeBroker(resp3=True), Sink()
+    relay = new_relay(broker, sink)
+    broker.client.replies.put((entries(11), "e1", 11))
+    relay.start()
+    wait_until(lambda: sink.delivered)
+    assert relay.stop(PATIENCE)
+    assert sink.delivered == [("e1", entries(11))]
+
+
+@pytest.mark.parametrize(("block", "ms"), [(1.0, 1000), (0.0001, 1)])
+def test_xread_blocks_for_the_brokers_block_in_whole_milliseconds(block: float, ms: int) -> None:
+    broker = FakeBroker(block=block)
+    relay = new_relay(broker, Sink())
+    relay.start()
+    wait_until(lambda: broker.client.reads)
+    assert relay.stop(PATIENCE)
+    assert broker.client.reads[0] == f"10-0 count=100 block={ms}"
+
+
+def test_an_outage_shows_in_the_stats_while_it_lasts(caplog: pytest.LogCaptureFixture) -> None:
+    gate = threading.Event()
+    broker, sink = FakeBroker(), Sink(hold=gate)
+    relay = new_relay(broker, sink)
+    broker.client.replies.put(RuntimeError("a bug"))
+    broker.client.replies.put((entries(11), "e1", 11))
+    relay.start()
+    wait_until(lambda: relay.stats.failed_attempts == 1)
+    assert relay.stats.connected is False and relay.stats.outages == 1
+    record = next(r for r in caplog.records if r.getMessage().startswith("relay failed"))
+    assert record.exc_info is not None  # an unexpected failure comes with its traceback
+    gate.set()
+    assert relay.stop(PATIENCE)
+
+
+def test_stop_gives_up_on_a_relay_stuck_in_its_sink() -> None:
+    release = threading.Event()
+    broker, sink = FakeBroker(), Sink(hold=release)
+    relay = new_relay(broker, sink)
+    broker.client.replies.put((entries(11, 13), "e1", 13))
+    relay.start()
+    assert sink.entered.wait(PATIENCE)
+    started = time.monotonic()
+    assert not relay.stop(0.1)
+    assert time.monotonic() - started < 1.0
+    release.set()
+    assert relay.stop(PATIENCE)
+    assert sink.resets == []  # stopped while delivering: no reset after the stop
+
+
+def test_the_outage_duration_is_logged(relay: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "sidecar.broker")
+    relay_, broker, _sink = relay
+    broker.client.replies.put(redis.ConnectionError("down"))
+    broker.client.replies.put((entries(11), "e1", 11))
+    relay_.start()
+    wait_until(lambda: relay_.stats.reconnects == 1)
+    line = next(r.getMessage() for r in caplog.records if "reachable again" in r.getMessage())
+    seconds = float(line.split("reachable again after ")[1].split()[0])
+    assert 0 <= seconds < 5
+
+
+def test_backoff_doubles_exactly_without_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(relay_module.random, "uniform", lambda low, high: high)
+    backoff = Backoff(0.1, 0.4)
+    assert [backoff.next() for _ in range(4)] == [0.1, 0.2, 0.4, 0.4]
