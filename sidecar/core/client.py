@@ -208,8 +208,12 @@ class Client:
     def _write_loop(self) -> None:
         get, get_nowait = self._queue.get, self._queue.get_nowait
         try:
-            while self._close_request is None:
-                items = [get()]
+            closing = False
+            while not closing:
+                # Once a close is requested, what was queued before it still goes out (in
+                # one last write), then the close frame.
+                closing = self._close_request is not None
+                items = [] if closing else [get()]
                 while True:  # everything already queued goes out in one write
                     try:
                         items.append(get_nowait())

@@ -219,11 +219,7 @@ def test_do_not_reconnect_close_code_is_final(
     start_client(browser, running.ws_url, token=TOKEN, backoff={"base": 10, "cap": 20})
     wait_open(browser)
 
-    def close_all() -> None:
-        for client in list(hub._clients):
-            client.request_close(4501, "not welcome")
-
-    hub.call(close_all)
+    assert hub.drop_all(4501, "not welcome")
     wait_js(browser, "window.client.state === 'closed'", what="state closed")
     wait_for(lambda: hub.client_count() == 0)
     rec = record(browser)

@@ -7,6 +7,7 @@ from typing import Any
 
 from sidecar import events
 from sidecar.envelope import new_event
+from sidecar.protocol import CloseCode
 from tests.browser.conftest import artifacts_dir
 from tests.browser.helpers import wait_js
 from tests.conftest import TOKEN, wait_for
@@ -112,13 +113,10 @@ def test_debug_page_survives_a_sidecar_eviction(browser: Any, web_sidecar_factor
     browser.get(f"{running.url}/?token={TOKEN}")
     wait_js(browser, "document.body.dataset.state === 'open'", what="the page to connect")
 
-    def evict_and_publish() -> None:
-        for client in list(hub._clients):
-            hub._evict(client)
-        for i in range(20):
-            hub.broadcast_event(new_event("app:tick", {"i": i}))
-
-    hub.call(evict_and_publish)
+    # dropped as a slow consumer (4008), then 20 events while the page is away
+    assert hub.drop_all(CloseCode.SLOW_CONSUMER, "slow consumer")
+    for i in range(20):
+        assert hub.broadcast_event(new_event("app:tick", {"i": i}))
     wait_js(
         browser,
         "document.querySelectorAll('#events tr[data-type=\"app:tick\"]').length === 20",

@@ -1,0 +1,1 @@
+"""Unit tests of the hub core: no server, no TCP; socketpairs and fake transports."""

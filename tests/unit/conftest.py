@@ -1,0 +1,82 @@
+"""Fixtures of the core's unit tests: a fake clock, hubs that are always stopped, barriers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from sidecar.core.hub import Hub
+from tests.unit.fakes import PATIENCE, FakeClock
+from tests.unit.wire import Peer, Wire, open_wire
+
+HubFactory = Callable[..., Hub]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The keepalive's clock (shared with the fake transports' ``last_received``)."""
+    return FakeClock()
+
+
+@pytest.fixture
+def make_hub(clock: FakeClock) -> Iterator[HubFactory]:
+    """Start hubs with ``Config`` options on the fake clock; all are stopped at teardown."""
+    hubs: list[Hub] = []
+
+    def make(**options: Any) -> Hub:
+        options.setdefault("ping_interval", 0)
+        hub = Hub(clock=clock, **options)
+        hub.start()
+        hubs.append(hub)
+        return hub
+
+    yield make
+    for hub in hubs:
+        assert hub.stop(timeout=PATIENCE), "the hub thread did not end"
+
+
+def sync(hub: Hub) -> None:
+    """Return once the hub thread has handled everything submitted before (a barrier)."""
+    done = threading.Event()
+    assert hub.call(done.set)
+    assert done.wait(PATIENCE), "the hub thread did not get to the barrier"
+
+
+class Blocker:
+    """Holds the hub thread inside a ``hub.call`` until :meth:`release`, so commands pile up."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.entered = threading.Event()
+        self._release = threading.Event()
+        assert hub.call(self._hold)
+        assert self.entered.wait(PATIENCE), "the hub thread never ran the blocker"
+
+    def _hold(self) -> None:
+        self.entered.set()
+        self._release.wait(2 * PATIENCE)
+
+    def release(self) -> None:
+        self._release.set()
+
+
+WireFactory = Callable[..., tuple[Wire, Peer]]
+
+
+@pytest.fixture
+def make_wire() -> Iterator[WireFactory]:
+    """Open connections on socketpairs (:func:`~tests.unit.wire.open_wire` options); all are
+    shut down, their reader threads joined and their sockets closed at teardown."""
+    made: list[tuple[Wire, Peer]] = []
+
+    def make(**options: Any) -> tuple[Wire, Peer]:
+        made.append(open_wire(**options))
+        return made[-1]
+
+    yield make
+    for wire, peer in made:
+        wire.end()
+        peer.sock.close()
+        wire.raw.close()

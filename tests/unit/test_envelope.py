@@ -1,0 +1,104 @@
+"""The wire envelope: event names, the timestamp format, encoding once, the ``seq`` splice."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from sidecar.envelope import Event, encode, is_event_name, new_event, rfc3339_utc, with_seq
+
+
+@pytest.mark.parametrize(
+    ("moment", "text"),
+    [
+        (datetime(2026, 11, 26, 8, 11, 16, 500000, UTC), "2026-11-26T08:11:16.5Z"),
+        (datetime(2026, 11, 26, 8, 11, 16, tzinfo=UTC), "2026-11-26T08:11:16Z"),
+        (datetime(2026, 1, 2, 3, 4, 5, 123456, UTC), "2026-01-02T03:04:05.123456Z"),
+        (datetime(2026, 1, 2, 3, 4, 5, 1000, UTC), "2026-01-02T03:04:05.001Z"),
+        (
+            datetime(2026, 1, 2, 5, 4, 5, tzinfo=timezone(timedelta(hours=2))),
+            "2026-01-02T03:04:05Z",
+        ),
+    ],
+)
+def test_timestamps_are_go_style_rfc3339_in_utc(moment: datetime, text: str) -> None:
+    assert rfc3339_utc(moment) == text
+
+
+def test_timestamps_are_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        moment = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+        assert rfc3339_utc(moment) == "2026-01-02T03:04:05Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_the_default_timestamp_is_now() -> None:
+    before = datetime.now(UTC).replace(microsecond=0)
+    stamp = datetime.fromisoformat(rfc3339_utc().replace("Z", "+00:00"))
+    assert before <= stamp <= datetime.now(UTC)
+    assert rfc3339_utc().endswith("Z")
+
+
+@pytest.mark.parametrize("name", ["app:tick", "stream:phase-changed", "a1:b2-c3", "x:y"])
+def test_event_names_are_namespace_kebab_case(name: str) -> None:
+    assert is_event_name(name)
+    assert new_event(name, {}).type == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "app",
+        "App:tick",
+        "app:Tick",
+        "app:tick\n",
+        "1app:tick",
+        "app:-tick",
+        "app:tick-",
+        "a:b:c",
+        "",
+        3,
+    ],
+)
+def test_other_names_are_refused(name: object) -> None:
+    assert not is_event_name(name)
+    if isinstance(name, str):
+        with pytest.raises(ValueError, match="is not namespace:kebab-case"):
+            new_event(name, {})
+
+
+def test_an_event_encodes_once_compactly_and_keeps_unicode() -> None:
+    event = Event("app:tick", {"text": "é€", "n": 1}, "2026-01-01T00:00:00Z")
+    data = encode(event)
+    expected = (
+        '{"type":"app:tick","payload":{"text":"é€","n":1},"timestamp":"2026-01-01T00:00:00Z"}'
+    )
+    assert data == expected.encode()
+    assert event.to_dict() == json.loads(data)
+    with pytest.raises(ValueError):
+        encode(Event("app:tick", {"x": float("nan")}))
+
+
+def test_the_payload_is_copied_into_the_dict() -> None:
+    payload = {"a": 1}
+    as_dict = Event("app:tick", payload, "t").to_dict()
+    as_dict["payload"]["a"] = 2
+    assert payload == {"a": 1}
+
+
+def test_new_event_is_stamped_now() -> None:
+    event = new_event("app:tick", {"a": 1})
+    assert event.timestamp.endswith("Z") and event.payload == {"a": 1}
+
+
+def test_with_seq_appends_the_key_last() -> None:
+    data = encode(Event("app:tick", {}, "t"))
+    assert with_seq(data, 42) == b'{"type":"app:tick","payload":{},"timestamp":"t","seq":42}'
+    assert json.loads(with_seq(b'{"a":1}', 0)) == {"a": 1, "seq": 0}
