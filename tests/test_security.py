@@ -268,3 +268,21 @@ def test_redact_hides_every_token_value():
     assert security.redact("GET /ws?token=abc&since=x:1 HTTP/1.1") == (
         "GET /ws?token=[redacted]&since=x:1 HTTP/1.1"
     )
+
+
+@pytest.mark.parametrize(
+    "offer",
+    [
+        "permessage-deflate; server_max_window_bits=abc",
+        "permessage-deflate; client_max_window_bits=x",
+    ],
+)
+def test_a_head_the_websocket_library_refuses_is_a_400_not_a_500(sidecar_factory, offer):
+    """Our checks pass it, simple-websocket's parser raises before the 101: a plain 400."""
+    running = sidecar_factory(compression=True)
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        running.connect(header=[f"Sec-WebSocket-Extensions: {offer}"])
+    assert refused.value.status_code == 400
+    counts = running.sidecar.sessions.snapshot()["rejectedHandshakes"]
+    assert counts == {"handshake": 1}
+    running.connect_ready()  # the server goes on

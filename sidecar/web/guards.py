@@ -21,9 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, unquote_plus, urlsplit
 
-from wsproto import ConnectionType, WSConnection
-from wsproto.utilities import ProtocolError
-
 from ..logs import hide, scrub
 from ..protocol import AUTH_PREFIX, TOKEN_PARAM
 
@@ -194,29 +191,6 @@ def check_upgrade(environ: Mapping[str, Any]) -> Rejection | None:
         valid_key = False
     if not valid_key:
         return Rejection(400, "Bad Request: missing or malformed Sec-WebSocket-Key", "key")
-    return None
-
-
-def handshake_bytes(environ: Mapping[str, Any]) -> bytes:
-    """The request head as simple-websocket's ``Server`` rebuilds it from the environ."""
-    lines = [b"GET / HTTP/1.1\r\n"]
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            name = "-".join(part.capitalize() for part in key[5:].split("_"))
-            lines.append(f"{name}: {value}\r\n".encode())
-    return b"".join(lines) + b"\r\n"
-
-
-def check_wsproto(environ: Mapping[str, Any]) -> Rejection | None:
-    """400 if wsproto would refuse the handshake the WebSocket library is about to make.
-
-    The checks above answer every case we know of; this one guarantees that nothing the
-    library's parser refuses can slip past them and turn into a 500 after the fact.
-    """
-    try:
-        WSConnection(ConnectionType.SERVER).receive_data(handshake_bytes(environ))
-    except (ProtocolError, UnicodeEncodeError) as exc:
-        return Rejection(400, f"Bad Request: malformed WebSocket handshake ({exc})", "handshake")
     return None
 
 

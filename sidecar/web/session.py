@@ -33,8 +33,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, g, request
 from flask_sock import Sock
+from wsproto.utilities import ProtocolError
 
 from ..broker import BrokerUnavailable
 from ..core.client import Client, Close, MessageHandler
@@ -46,7 +47,6 @@ from .guards import (
     check_origin,
     check_token,
     check_upgrade,
-    check_wsproto,
     offered_subprotocols,
     redact,
 )
@@ -78,6 +78,8 @@ class Admission:
     since: Since | None
     backfill: tuple[tuple[int, bytes], ...]
     remote: str
+    #: simple-websocket's ``Server`` options for this session (see :class:`ServerOptions`).
+    options: Mapping[str, Any]
 
 
 def reject(state: SidecarState, rejection: Rejection, *, handshake: bool) -> Response:
@@ -136,7 +138,7 @@ def _checks(state: SidecarState, environ: Mapping[str, Any]) -> Rejection | None
             "(use the sidecar CLI, Werkzeug or gunicorn -k gthread)",
             "server",
         )
-    return check_wsproto(environ)
+    return None
 
 
 def _catch_up(state: SidecarState, since: Since | None) -> None:
@@ -223,7 +225,15 @@ def admit(state: SidecarState, environ: Mapping[str, Any]) -> Admission | Reject
     conn = Connection(
         sock, write_deadline=config.write_deadline, max_message_size=config.max_message_size
     )
-    return Admission(conn, since, backfill, f"{peer}:{environ.get('REMOTE_PORT', '?')}")
+    options = {
+        "subprotocols": [SUBPROTOCOL],
+        "receive_bytes": RECEIVE_BYTES,
+        "ping_interval": None,  # keepalive is the hub thread's job
+        "max_message_size": config.max_message_size,  # coarse: it counts characters
+        "thread_class": conn.reader_thread,
+        "event_class": conn.wakeup_event,
+    }
+    return Admission(conn, since, backfill, f"{peer}:{environ.get('REMOTE_PORT', '?')}", options)
 
 
 class ServerOptions(Mapping[str, Any]):
@@ -239,18 +249,7 @@ class ServerOptions(Mapping[str, Any]):
 
     def _current(self) -> Mapping[str, Any]:
         admission = g.get("sidecar_session")
-        if admission is None:
-            return self.previous
-        state: SidecarState = current_app.extensions["sidecar"]
-        conn = admission.conn
-        return {
-            "subprotocols": [SUBPROTOCOL],
-            "receive_bytes": RECEIVE_BYTES,
-            "ping_interval": None,  # keepalive is the hub thread's job
-            "max_message_size": state.config.max_message_size,  # coarse: counts characters
-            "thread_class": conn.reader_thread,
-            "event_class": conn.wakeup_event,
-        }
+        return self.previous if admission is None else admission.options
 
     def __getitem__(self, key: str) -> Any:
         return self._current()[key]
@@ -363,6 +362,16 @@ def ws_blueprint(
         g.sidecar_session = result  # from here on, teardown gives the slot back
         _hand_over(state, request.environ, result)
         return None
+
+    @bp.errorhandler(ProtocolError)
+    @bp.errorhandler(ValueError)
+    def refused_by_the_library(exc: Exception) -> Response:
+        # simple-websocket's Server refused a head our checks let through: wsproto raised
+        # before a byte of the 101 was written (a malformed request, a bad extension offer
+        # such as server_max_window_bits=abc). A plain 400, never Flask's 500 page. (Our own
+        # code does not raise these here: the session catches everything it raises.)
+        detail = f"Bad Request: malformed WebSocket handshake ({exc})"
+        return reject(state, Rejection(400, detail[:200], "handshake"), handshake=True)
 
     @bp.teardown_request
     def give_slot_back(_exc: BaseException | None) -> None:
