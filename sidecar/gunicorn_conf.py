@@ -85,7 +85,7 @@ def on_starting(server: Any) -> None:
                 "PROMETHEUS_MULTIPROC_DIR is set but prometheus_client is not installed: "
                 "pip install 'sidecar-hub[metrics]'"
             )
-        from sidecar.metrics import clear_multiprocess_dir
+        from sidecar.web.metrics import clear_multiprocess_dir
 
         clear_multiprocess_dir()
     if server.cfg.workers != 1 and not config.broker:
@@ -108,7 +108,7 @@ def post_worker_init(worker: Any) -> None:
     except PublishRefused as exc:  # Redis is down: every request tries again (503 until then)
         worker.log.warning("sidecar: %s; starting on a later request", exc)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from sidecar.metrics import start_sampler
+        from sidecar.web.metrics import start_sampler
 
         start_sampler(state)
     previous = signal.getsignal(signal.SIGTERM)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,14 @@ def test_the_readme_option_table_is_generated_from_the_config() -> None:
         "the README's option table differs from the Config table; paste this between the "
         f"markers:\n{expected}"
     )
+
+
+def test_every_module_has_a_place_in_the_layers() -> None:
+    """A new module cannot escape the import contracts (pyproject.toml's [tool.importlinter])."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    layers = config["tool"]["importlinter"]["contracts"][0]["layers"]
+    listed = {name.strip() for layer in layers for name in layer.replace(":", "|").split("|")}
+    package = ROOT / "sidecar"
+    top = {f"sidecar.{p.stem}" for p in package.glob("*.py") if p.stem != "__init__"}
+    top |= {f"sidecar.{p.parent.name}" for p in package.glob("*/__init__.py")}
+    assert sorted(top - listed) == []

@@ -10,7 +10,7 @@ the timestamp; the hub (or the broker) assigns ``seq``. Answers 202 with the env
 broadcast, ``seq`` included. Every error is JSON ``{"error": "…"}``, 404 and 405 included.
 
 ``GET /metrics`` (:func:`metrics_blueprint`, token required) serves Prometheus text from
-:mod:`sidecar.metrics`, which imports ``prometheus_client`` only then.
+:mod:`sidecar.web.metrics`, which imports ``prometheus_client`` only then.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def _metrics(state: SidecarState) -> Response:
     if request.method not in ("GET", "HEAD"):
         return error(405, "method not allowed: use GET", {"Allow": "GET"})
     try:
-        from ..metrics import render
+        from .metrics import render
 
         body, content_type = render(state)
     except ImportError:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .web.state import SidecarState
+    from .state import SidecarState
 
 log = logging.getLogger("sidecar.metrics")
 
