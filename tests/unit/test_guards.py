@@ -97,21 +97,23 @@ def test_an_origin_policy_names_an_entry_that_is_not_an_origin() -> None:
     )
 
 
+def described(rejection: Rejection | None) -> tuple[int, str, str, str]:
+    """A refusal's status, message, reason and log detail (it must be one)."""
+    assert rejection is not None
+    return rejection.status, rejection.message, rejection.reason, rejection.detail
+
+
 def test_check_origin() -> None:
     policy = OriginPolicy(["http://localhost:5173"])
     assert guards.check_origin(upgrade(), policy) is None  # no Origin: the token decides
     assert guards.check_origin(upgrade(HTTP_ORIGIN="http://localhost:5173"), policy) is None
     own = upgrade(HTTP_ORIGIN="http://127.0.0.1:3008", HTTP_HOST="127.0.0.1:3008")
     assert guards.check_origin(own, policy) is None  # the server's own pages
-    foreign = guards.check_origin(upgrade(HTTP_ORIGIN="http://evil.example"), policy)
-    assert foreign is not None
-    assert (foreign.status, foreign.message, foreign.reason) == (
+    assert described(guards.check_origin(upgrade(HTTP_ORIGIN="http://evil.example"), policy)) == (
         403,
         "Forbidden: origin not allowed",
         "origin",
-    )
-    assert foreign.detail == (
-        "origin 'http://evil.example' not allowed (add it with --allowed-origins)"
+        "origin 'http://evil.example' not allowed (add it with --allowed-origins)",
     )
     for origin, host in [("https://127.0.0.1:3008", "127.0.0.1:3008"), ("null", "x"), ("x", "")]:
         environ = upgrade(HTTP_ORIGIN=origin, HTTP_HOST=host)
@@ -164,15 +166,11 @@ def test_allowed_hosts_are_loopback_plus_the_bound_host() -> None:
 def test_check_host() -> None:
     hosts = guards.allowed_hosts("127.0.0.1")
     assert guards.check_host(upgrade(HTTP_HOST="localhost:1"), hosts) is None
-    refused = guards.check_host(upgrade(HTTP_HOST="evil.example:3008"), hosts)
-    assert refused is not None
-    assert (refused.status, refused.message, refused.reason) == (
+    assert described(guards.check_host(upgrade(HTTP_HOST="evil.example:3008"), hosts)) == (
         403,
         "Forbidden: unexpected Host header",
         "host",
-    )
-    assert refused.detail == (
-        "host 'evil.example:3008' not allowed (only loopback names and --host)"
+        "host 'evil.example:3008' not allowed (only loopback names and --host)",
     )
     no_host = upgrade()
     del no_host["HTTP_HOST"]
@@ -286,19 +284,20 @@ def test_offered_subprotocols_in_order() -> None:
     assert guards.offered_subprotocols(environ) == ["sidecar.v1", "auth.x"]
 
 
-@pytest.mark.parametrize(
-    ("query", "token"),
-    [
-        ("token=abc", "abc"),
-        ("a=1&token=a%2Db&token=second", "a-b"),
-        ("token=", ""),
-        ("TOKEN=abc", None),
-        ("%74oken=abc", None),
-        ("tokens=abc", None),
-        ("token", None),
-        ("", None),
-    ],
-)
+#: A query string, and the token it carries under exactly the name ``token`` (or none).
+QUERY_TOKENS: dict[str, str | None] = {
+    "token=abc": "abc",
+    "a=1&token=a%2Db&token=second": "a-b",
+    "token=": "",
+    "TOKEN=abc": None,
+    "%74oken=abc": None,
+    "tokens=abc": None,
+    "token": None,
+    "": None,
+}
+
+
+@pytest.mark.parametrize(("query", "token"), QUERY_TOKENS.items())
 def test_query_token_takes_exactly_the_token_name(query: str, token: str | None) -> None:
     assert guards.query_token(query) == token
 
