@@ -36,6 +36,7 @@ import enum
 import logging
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -56,8 +57,17 @@ _IOV = 512
 #: The flag of one non-blocking send; ``None`` where the OS has none (Windows): then nothing
 #: is written without blocking and every frame goes through a writer thread.
 _DONTWAIT = nonblocking_send_flag()
-#: Scatter-gather writes (POSIX); elsewhere buffers are written one by one.
-_SENDMSG = hasattr(socket.socket, "sendmsg")
+if sys.platform != "win32":
+    #: Scatter-gather writes: up to ``_IOV`` buffers in one system call.
+    _sendmsg = socket.socket.sendmsg
+else:
+
+    def _sendmsg(
+        sock: socket.socket, buffers: Iterable[memoryview], _anc: object = (), flags: int = 0
+    ) -> int:
+        """Windows has no ``sendmsg``: write the first buffer (callers loop on the rest)."""
+        return sock.send(next(iter(buffers)), flags)
+
 
 #: What a client hands over: one buffer, or several sent in order (e.g. a replay).
 Data = bytes | tuple[bytes, ...]
@@ -176,7 +186,7 @@ class GuardedSocket:
                     self._pending.append(memoryview(data)[sent:])
                     return SendResult.PARTIAL
                 self._pending.extend(memoryview(b) for b in data)
-                self._consume(self.raw.sendmsg(islice(self._pending, _IOV), (), _DONTWAIT))
+                self._consume(_sendmsg(self.raw, islice(self._pending, _IOV), (), _DONTWAIT))
             except (BlockingIOError, InterruptedError):
                 if isinstance(data, bytes):
                     self._pending.append(memoryview(data))
@@ -219,7 +229,7 @@ class GuardedSocket:
                 if block:
                     self._drain_locked()
                 elif self._pending and _DONTWAIT is not None:
-                    self._consume(self.raw.sendmsg(islice(self._pending, _IOV), (), _DONTWAIT))
+                    self._consume(_sendmsg(self.raw, islice(self._pending, _IOV), (), _DONTWAIT))
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:
@@ -298,10 +308,10 @@ class GuardedSocket:
     def _drain_locked(self) -> None:
         pending = self._pending
         while pending:
-            if len(pending) == 1 or not _SENDMSG:
+            if len(pending) == 1:
                 self._consume(self.raw.send(pending[0]))
             else:
-                self._consume(self.raw.sendmsg(islice(pending, _IOV)))
+                self._consume(_sendmsg(self.raw, islice(pending, _IOV)))
 
     def _consume(self, sent: int) -> None:
         pending = self._pending

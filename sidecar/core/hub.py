@@ -40,6 +40,7 @@ import logging
 import os
 import queue
 import secrets
+import sys
 import threading
 import time
 import weakref
@@ -169,7 +170,8 @@ class Hub:
         self._sequencer = sequencer
         self._autostart = autostart
         self._reset_state()
-        os.register_at_fork(after_in_child=_forked(weakref.ref(self)))
+        if sys.platform != "win32":  # Windows has no fork
+            os.register_at_fork(after_in_child=_forked(weakref.ref(self)))
 
     def _reset_state(self) -> None:
         """Fresh inbox, locks and clients: at construction, and in a forked child."""

@@ -17,6 +17,7 @@ built; the mutable parts each have one guard:
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -160,7 +161,8 @@ class SidecarState:
         self.started = time.monotonic()
         self._started_pid: int | None = None
         self._start_lock = threading.Lock()
-        os.register_at_fork(after_in_child=self._forked)
+        if sys.platform != "win32":  # Windows has no fork
+            os.register_at_fork(after_in_child=self._forked)
 
     def _forked(self) -> None:
         self._start_lock = threading.Lock()  # another thread may have held it at the fork
