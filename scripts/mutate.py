@@ -55,7 +55,10 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["sidecar/catalog/publish.py", "sidecar/catalog/validate.py"],
         ["tests/unit/test_catalog.py", "tests/test_publish.py", "tests/test_events.py"],
     ),
-    "relay": (["sidecar/broker/relay.py"], ["tests/test_relay.py", "tests/test_broker.py"]),
+    "relay": (
+        ["sidecar/broker/relay.py"],
+        ["tests/test_relay.py", "tests/unit/test_backoff.py"],
+    ),
 }
 
 #: Groups whose tests mostly wait (on Redis): more mutants at once than cores.
