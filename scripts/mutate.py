@@ -55,11 +55,16 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["sidecar/catalog/publish.py", "sidecar/catalog/validate.py"],
         ["tests/unit/test_catalog.py", "tests/test_publish.py", "tests/test_events.py"],
     ),
-    "relay": (["sidecar/broker/relay.py"], ["tests/test_relay.py", "tests/test_broker.py"]),
+    "relay": (
+        ["sidecar/broker/relay.py"],
+        ["tests/test_relay.py", "tests/unit/test_backoff.py"],
+    ),
 }
 
-#: Groups whose tests mostly wait (on Redis): more mutants at once than cores.
-WAITING = {"relay": 2}
+#: Groups whose tests mostly wait (on Redis): more mutants at once than cores. The relay's 4x
+#: (8 on 2 cores) keeps about one core busy: 1.2 min instead of 2.1 at 2x, and its equivalent
+#: mutants still survive (no test fails from the load alone).
+WAITING = {"relay": 4}
 
 #: mutmut's exit codes, as it reports them (``mutmut.stats.status_by_exit_code``).
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"}

@@ -95,6 +95,9 @@ class RedisServer:
         args += ["--dir", str(self.dir), "--save", "", "--daemonize", "no"]
         args += ["--appendonly", "yes" if self.persistent else "no"]
         args += ["--logfile", str(self.dir / "redis.log")]
+        # SIGTERM is acted on at the next serverCron tick: 10 ms apart at hz 100 (100 ms at the
+        # default 10), which every stop and restart of a test waits for
+        args += ["--hz", "100"]
         if self.password:
             args += ["--requirepass", self.password]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
