@@ -43,13 +43,10 @@ class RecordingSink:
         self._next: int | None = None
 
     def deliver(self, epoch: str, items: Sequence[tuple[int, bytes]], timeout: float) -> bool:
-        if not self.accepting.wait(timeout):
-            with self.cond:
-                self.refusals += 1
-                self.cond.notify_all()
-            return False
+        accepted = self.accepting.wait(timeout)
         with self.cond:
-            for seq, data in items:
+            self.refusals += not accepted
+            for seq, data in items if accepted else ():
                 if self._next is not None and seq != self._next:
                     self.errors.append(f"seq {seq} delivered, expected {self._next}")
                 if json.loads(data)["seq"] != seq:
@@ -57,7 +54,7 @@ class RecordingSink:
                 self._next = seq + 1
                 self.items.append((epoch, seq, bytes(data)))
             self.cond.notify_all()
-        return True
+        return accepted
 
     def reset(self, epoch: str, seq: int, reason: str) -> None:
         with self.cond:
