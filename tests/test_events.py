@@ -342,6 +342,10 @@ def test_validate_payload_multi_shape_reports_closest_shape() -> None:
     assert validate_payload("artifact:updated", record_like) == (
         "payload.phaseName: required field missing"
     )
+    # Shares no key with either shape (a tie): blame the first declared, the record form.
+    assert (
+        validate_payload("artifact:created", {"other": 1}) == "payload.id: required field missing"
+    )
 
 
 def test_validate_payload_allows_extra_keys_and_missing_optionals() -> None:

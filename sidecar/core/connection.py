@@ -228,8 +228,8 @@ class GuardedSocket:
             try:
                 if block:
                     self._drain_locked()
-                elif self._pending and _DONTWAIT is not None:
-                    self._consume(_sendmsg(self.raw, islice(self._pending, _IOV), (), _DONTWAIT))
+                elif self._pending and _DONTWAIT is not None:  # the close frame, or its tail
+                    self._consume(self.raw.send(self._pending[0], _DONTWAIT))
             except (BlockingIOError, InterruptedError):
                 pass
             except OSError:

@@ -531,6 +531,7 @@ class Hub:
                 case Stop(code=code, reason=reason):
                     self._running.clear()
                     self._close_all(code, reason)
+                    self._wake_waiters()  # a resume waiting for a seq gives up now
                     return
 
     def _done(self, n: int) -> None:
@@ -654,7 +655,7 @@ class Hub:
         if not backfill or backfill[0][0] != since.seq + 1:
             return False, ()
         # the broker may be ahead of this hub: what it has not fanned out yet comes live
-        backfill = backfill[: max(0, self._seq - since.seq)]
+        backfill = backfill[: self._seq - since.seq]  # since.seq < self._seq here
         last = backfill[-1][0]
         rest = self._history.after(last) if last < self._seq else ()
         if rest is None or last - backfill[0][0] + 1 != len(backfill):

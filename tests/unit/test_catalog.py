@@ -91,6 +91,12 @@ def test_a_value_at_the_deepest_allowed_level_is_named_not_the_depth(
     assert message.startswith(root + ".payload.a.a.") and message.endswith(
         ".x: number out of range (larger than a 64-bit float)"
     )
+    event = b'{"type": "a:b", "payload": ' + nested(65, b"1e400") + b"}"  # one level more
+    status, message = refused(b"[" + event + b"]" if batch else event)
+    assert status == 422
+    assert message.startswith(root + ".payload.a.a.") and message.endswith(
+        ": nested deeper than 64 levels"
+    )
 
 
 # -- how values and keys are named ----------------------------------------------------------------

@@ -382,6 +382,9 @@ def test_a_non_blocking_close_on_an_idle_connection_goes_at_once(make_wire: Wire
     wire, peer = make_wire()
     assert wire.conn.close(4001, "resume", block=False) is True
     assert peer.frames(1)[0].payload == frames.close_payload(4001, b"resume")
+    assert wire.conn.close(CloseCode.NORMAL, block=False) is True  # done already: nothing more
+    wire.conn.shutdown()
+    assert peer.to_eof() == []
 
 
 def test_non_blocking_writes_on_a_full_buffer_never_wait(make_wire: WireFactory) -> None:

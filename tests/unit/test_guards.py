@@ -7,10 +7,12 @@ the reason tag the counters (``/api/v1/hub``) use. The same checks run over real
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import pytest
 
+from sidecar import logs
 from sidecar.web import guards
 from sidecar.web.guards import OriginPolicy, Rejection
 
@@ -332,6 +334,13 @@ def test_check_token() -> None:
     assert guards.check_token(upgrade(QUERY_STRING="token=s3cre"), "s3cret") is not None
 
 
+def test_a_checked_token_is_scrubbed_from_every_later_log_line() -> None:
+    token = "tok-" + secrets.token_hex(8)  # a value no other test has hidden
+    assert logs.scrub(f"peer sent {token}") == f"peer sent {token}"
+    guards.check_token(upgrade(), token)
+    assert logs.scrub(f"peer sent {token}") == "peer sent [redacted]"
+
+
 # -- logging ------------------------------------------------------------------------------------
 
 
@@ -354,6 +363,13 @@ def test_printable_escapes_and_cuts() -> None:
         ("/ws?tokens=abc", "/ws?tokens=[redacted]"),  # any name that mentions token
         ("/ws?x=1;token=abc", "/ws?x=1;token=[redacted]"),
         ("/ws?a=token", "/ws?a=token"),
+        ("/ws?mode=token=x", "/ws?mode=token=x"),  # the name is what counts, up to the first =
+        ("/ws?token=a=b&c=d", "/ws?token=[redacted]&c=d"),  # the whole value, = and all
+        ("/ws?token%3Dabc", "/ws?[redacted]"),  # the = is encoded: the whole part goes
+        ("/ws?x=1&token%253Dabc", "/ws?x=1&[redacted]"),
+        ("/ws?to_ken=abc", "/ws?to_ken=[redacted]"),  # letters only: separators do not hide it
+        ("/ws?t.o-k%20en=abc", "/ws?t.o-k%20en=[redacted]"),
+        ("a&token=abc", "a&token=[redacted]"),  # no ? or ;: an & alone starts a parameter
         ("no query", "no query"),
         ("token=abc", "token=abc"),  # not a query parameter
     ],

@@ -793,6 +793,12 @@ def test_the_messages_of_refused_arguments() -> None:
         with pytest.raises(ValueError) as info:
             hub.broadcast(b'{"type": "app:x", "seq": 3}')
         assert str(info.value) == "broadcast data must not carry seq: the hub assigns it"
+        with pytest.raises(ValueError) as info:
+            hub.broadcast(b"[1]")
+        assert str(info.value) == "broadcast data must be a JSON object with a type"
+        with pytest.raises(ValueError) as info:
+            hub.broadcast(b'{"type": "chat:send"}')
+        assert str(info.value) == "chat:send is a client-to-server event, never broadcast"
     finally:
         assert hub.stop()
 

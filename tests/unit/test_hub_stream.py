@@ -205,6 +205,22 @@ def test_backfill_that_does_not_connect_is_not_recovered(
     assert (status["recovered"], replayed) == (False, [])
 
 
+def test_backfill_with_history_off_recovers_up_to_the_last_seq(make_hub: HubFactory) -> None:
+    hub = make_hub(history_size=0)
+    publish(hub, 5)
+    backfill = tuple((s, envelope(s, s)) for s in range(3, 6))
+    status, replayed = resume(hub, Since(hub.epoch, 2), backfill)
+    assert (status["recovered"], replayed) == (True, [3, 4, 5])
+
+
+def test_backfill_ahead_of_the_hub_stops_at_its_last_seq(make_hub: HubFactory) -> None:
+    # the broker has 6 and 7 already; this hub fans them out live, so they must not come twice
+    hub = windowed(make_hub)
+    backfill = tuple((s, envelope(s, s)) for s in range(2, 8))
+    status, replayed = resume(hub, Since(hub.epoch, 1), backfill)
+    assert (status["recovered"], replayed) == (True, [2, 3, 4, 5])
+
+
 # -- deliver and reset (the broker's side) --------------------------------------------------------
 
 
@@ -295,6 +311,93 @@ def test_reset_goes_on_from_the_given_point(
     assert (hub.epoch, hub.seq, hub.window_start()) == ("fresh", 40, None)
     delivered(hub, "fresh", [(41, envelope(0, 41))])
     assert resume(hub, Since("fresh", 40))[1] == [41]
+
+
+def test_redelivered_envelopes_are_dropped_and_counted(make_hub: HubFactory) -> None:
+    # the relay may offer again what the hub already has (a retry after a timeout)
+    hub = make_hub()
+    client, transport = new_client()
+    hub.register(client)
+    for batch in ((1, 2, 3), (3, 4), (2, 3, 4), (2, 3, 4, 5)):
+        delivered(hub, hub.epoch, [(s, envelope(s, s)) for s in batch])
+    assert seqs(transport.messages()) == [1, 2, 3, 4, 5]
+    assert closes(transport) == []
+    assert hub.snapshot()["duplicates_dropped"] == 1 + 3 + 3
+
+
+def test_reset_drops_add_up_over_resets(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    for epoch, clients in (("second", 2), ("third", 1)):
+        for _ in range(clients):
+            assert hub.register(new_client()[0])
+        hub.reset(epoch, 0, "test")
+        sync(hub)
+    snapshot = hub.snapshot()
+    assert (snapshot["reset_drops"], snapshot["resets"], hub.client_count()) == (3, 2, 0)
+
+
+# -- wait_for_seq (a resume that reached a worker whose relay is behind) -------------------------
+
+
+def waiting(hub: Hub, epoch: str, seq: int) -> tuple[threading.Thread, list[bool]]:
+    """A thread in ``wait_for_seq`` with a timeout far past the test's patience."""
+    result: list[bool] = []
+    thread = threading.Thread(
+        target=lambda: result.append(hub.wait_for_seq(epoch, seq, 6 * PATIENCE)), daemon=True
+    )
+    thread.start()
+    return thread, result
+
+
+def returned(thread: threading.Thread, result: list[bool]) -> bool:
+    """What the waiter returned; fails if it is still waiting (it was never woken)."""
+    thread.join(PATIENCE)
+    assert not thread.is_alive(), "wait_for_seq was not woken"
+    return result[0]
+
+
+def test_wait_for_seq_is_true_at_once_when_the_hub_is_there(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    publish(hub, 2)
+    assert hub.wait_for_seq(hub.epoch, 2, timeout=0)
+    assert hub.wait_for_seq(hub.epoch, 1, timeout=0)
+
+
+@pytest.mark.parametrize("other_epoch", [False, True])
+def test_wait_for_seq_is_false_after_its_timeout(make_hub: HubFactory, other_epoch: bool) -> None:
+    hub = make_hub()
+    publish(hub, 2)
+    epoch, seq = ("other", 1) if other_epoch else (hub.epoch, 3)
+    started = time.monotonic()
+    assert not hub.wait_for_seq(epoch, seq, timeout=0.05)
+    assert time.monotonic() - started >= 0.05
+
+
+def test_wait_for_seq_wakes_on_each_fan_out_that_gets_there(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    first, second = waiting(hub, hub.epoch, 1), waiting(hub, hub.epoch, 2)
+    delivered(hub, hub.epoch, [(1, envelope(0, 1))])
+    assert returned(*first) is True
+    assert second[0].is_alive()  # 2 has not come yet
+    delivered(hub, hub.epoch, [(2, envelope(1, 2))])
+    assert returned(*second) is True
+
+
+def test_wait_for_seq_wakes_on_a_reset_into_its_epoch(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    waiter = waiting(hub, "next", 7)
+    hub.reset("next", 7, "test")
+    assert returned(*waiter) is True
+
+
+def test_wait_for_seq_gives_up_when_the_hub_stops(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    waiter = waiting(hub, hub.epoch, 1)
+    assert hub.stop(timeout=PATIENCE)
+    assert returned(*waiter) is False
+    started = time.monotonic()
+    assert not hub.wait_for_seq(hub.epoch, 1, timeout=PATIENCE)  # stopped: no wait at all
+    assert time.monotonic() - started < PATIENCE
 
 
 def test_deliver_waits_for_room_in_the_inbox_up_to_its_timeout(make_hub: HubFactory) -> None:
