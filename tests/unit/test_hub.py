@@ -782,23 +782,21 @@ def test_a_closed_client_is_gone_for_send_to_client(make_hub: HubFactory) -> Non
 
 
 def test_the_messages_of_refused_arguments() -> None:
+    refusals = {
+        b'{"type": "nocolon"}': "event type 'nocolon' is not namespace:kebab-case",
+        b'{"type": "app:x", "seq": 3}': "broadcast data must not carry seq: the hub assigns it",
+        b"[1]": "broadcast data must be a JSON object with a type",
+        b'{"type": "chat:send"}': "chat:send is a client-to-server event, never broadcast",
+    }
     hub = Hub()
     hub.start()
     try:
         with pytest.raises(RuntimeError, match=r"^hub already started$"):
             hub.start()
-        with pytest.raises(ValueError) as info:
-            hub.broadcast(b'{"type": "nocolon"}')
-        assert str(info.value) == "event type 'nocolon' is not namespace:kebab-case"
-        with pytest.raises(ValueError) as info:
-            hub.broadcast(b'{"type": "app:x", "seq": 3}')
-        assert str(info.value) == "broadcast data must not carry seq: the hub assigns it"
-        with pytest.raises(ValueError) as info:
-            hub.broadcast(b"[1]")
-        assert str(info.value) == "broadcast data must be a JSON object with a type"
-        with pytest.raises(ValueError) as info:
-            hub.broadcast(b'{"type": "chat:send"}')
-        assert str(info.value) == "chat:send is a client-to-server event, never broadcast"
+        for data, message in refusals.items():
+            with pytest.raises(ValueError) as info:
+                hub.broadcast(data)
+            assert str(info.value) == message
     finally:
         assert hub.stop()
 
