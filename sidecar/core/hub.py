@@ -20,7 +20,7 @@ Threads and what they own
       ``autostart`` in the process that uses it: never before a fork).
     * ``_advanced`` (a Condition) guards ``_waiters``, the request threads waiting in
       :meth:`Hub.wait_for_seq`; the hub thread notifies it after a batch or a reset only
-      while someone waits (one attribute read per batch otherwise).
+      while someone waits (one attribute read per batch otherwise), and when it stops.
 
 Numbering: without a sequencer the hub assigns ``seq`` itself. With one (a broker), publishing
 goes to the sequencer, which assigns ``seq`` for every process, and a relay thread hands the
