@@ -14,23 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.needs import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 ONEFILE = os.environ.get("SIDECAR_BINARY_ONEFILE") == "1"
 BUILD_TIMEOUT = 300
-
-
-def in_ci() -> bool:
-    """Whether this is a CI run (where nothing may be skipped for want of a tool)."""
-    return os.environ.get("CI") == "true"
-
-
-def unavailable(message: str) -> None:
-    """Fail under CI, skip (with the reason) elsewhere."""
-    if in_ci():
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @functools.cache

@@ -14,7 +14,8 @@ import subprocess
 
 import pytest
 
-from tests.frozen import ROOT, built_binary, unavailable
+from tests.frozen import ROOT, built_binary
+from tests.needs import unavailable
 
 ELECTRON = ROOT / "examples" / "electron"
 

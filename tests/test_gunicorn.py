@@ -9,13 +9,13 @@ import subprocess
 import sys
 import urllib.request
 
-import pytest
 import websocket
 
 from tests.conftest import TOKEN, recv_close, recv_json, wait_for
+from tests.needs import needs_module
 from tests.test_process import _env
 
-pytest.importorskip("gunicorn")
+needs_module("gunicorn", "pip install '.[gunicorn]'")
 
 
 def _free_port() -> int:

@@ -23,6 +23,7 @@ from sidecar.broker import Publisher
 from sidecar.envelope import encode, new_event, with_seq
 from sidecar.launcher import launch
 from tests.conftest import TOKEN, RunningSidecar, recv_close, wait_for
+from tests.needs import needs_module
 from tests.redis_server import RedisServer, free_port
 from tests.scale_helpers import (
     WAIT,
@@ -37,7 +38,7 @@ from tests.scale_helpers import (
 from tests.test_broker import relay_warnings
 from tests.test_process import _env
 
-pytest.importorskip("gunicorn")
+needs_module("gunicorn", "pip install '.[gunicorn]'")
 
 
 @pytest.fixture
