@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -25,11 +26,17 @@ def test_the_plugin_is_registered_as_a_pytest11_entry_point() -> None:
     assert names.get("sidecar") == "sidecar.pytest_plugin"
 
 
-def test_a_downstream_suite_passes_with_plain_pytest() -> None:
+def test_a_downstream_suite_passes_with_plain_pytest(tmp_path: Path) -> None:
+    report = tmp_path / "report.xml"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    command.append(f"--junitxml={report}")
     result = subprocess.run(command, cwd=EXAMPLE, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 passed" in result.stdout, result.stdout
+    # counted from the JUnit report, not from pytest's summary wording
+    suite = ElementTree.parse(report).getroot().find("testsuite")
+    assert suite is not None
+    counts = {key: int(suite.get(key, "0")) for key in ("tests", "failures", "errors", "skipped")}
+    assert counts == {"tests": 3, "failures": 0, "errors": 0, "skipped": 0}, result.stdout
 
 
 def test_a_client_times_out_with_timeout_error(sidecar_server, sidecar_client) -> None:

@@ -437,8 +437,9 @@ def test_a_redis_that_stops_answering_fails_a_round_after_block_and_timeout(
         os.kill(pid, signal.SIGCONT)
     wait_until(lambda: relay.stats.reconnects == 1)
     began, _ended = outage_lines(caplog)
-    timed_out = " unreachable: Timeout reading from socket; relay retrying with backoff up to"
-    assert began[0].endswith(f"{timed_out} 0.04 s"), began
+    # our words around redis-py's detail, which differs between versions and parsers
+    assert began[0].startswith(f"redis broker {redis.server.url} unreachable (no answer in time): ")
+    assert began[0].endswith("; relay retrying with backoff up to 0.04 s"), began
 
 
 def test_the_backoff_grows_up_to_its_cap(

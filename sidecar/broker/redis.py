@@ -126,7 +126,9 @@ class RedisBroker:
         detail = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
         if isinstance(exc, redis.AuthenticationError):
             return f"redis broker {self.safe_url} rejected the credentials: {detail}"
-        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        if isinstance(exc, redis.TimeoutError):  # the detail is redis-py's (and varies)
+            return f"redis broker {self.safe_url} unreachable (no answer in time): {detail}"
+        if isinstance(exc, redis.ConnectionError):
             return f"redis broker {self.safe_url} unreachable: {detail}"
         return f"redis broker {self.safe_url} refused the request: {detail}"
 
