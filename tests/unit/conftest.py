@@ -46,17 +46,22 @@ def sync(hub: Hub) -> None:
 
 
 class Blocker:
-    """Holds the hub thread inside a ``hub.call`` until :meth:`release`, so commands pile up."""
+    """Holds the hub thread inside a ``hub.call`` until :meth:`release`, so commands pile up.
 
-    def __init__(self, hub: Hub) -> None:
+    ``hold`` bounds the wait (default: twice the patience) for a test that never releases;
+    a test whose own work may take long (under a mutation tool's tracing) gives more.
+    """
+
+    def __init__(self, hub: Hub, hold: float | None = None) -> None:
         self.entered = threading.Event()
         self._release = threading.Event()
+        self._limit = 2 * PATIENCE if hold is None else hold
         assert hub.call(self._hold)
         assert self.entered.wait(PATIENCE), "the hub thread never ran the blocker"
 
     def _hold(self) -> None:
         self.entered.set()
-        self._release.wait(2 * PATIENCE)
+        self._release.wait(self._limit)
 
     def release(self) -> None:
         self._release.set()
