@@ -38,6 +38,7 @@ DEFAULT_ORIGINS: tuple[str, ...] = (
     "file://",
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json", "auto")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -147,6 +148,18 @@ class Config:
     log_file: str | None = _opt(
         None, "write the log to PATH instead of stderr", kind=str, metavar="PATH"
     )
+    log_format: str = _opt(
+        "text",
+        "log lines as `text`, `json` (one object per line) or `auto` (JSON unless a terminal)",
+        choices=LOG_FORMATS,
+        metavar="FORMAT",
+    )
+    drain: float = _opt(
+        0.0,
+        "seconds open sessions keep being served after SIGTERM (new WebSockets get 503), then 1001",
+        least=0,
+        metavar="SECONDS",
+    )
     parent_pid: int | None = _opt(
         None, "exit gracefully within 2 s of process PID ending", least=1, kind=int, metavar="PID"
     )
@@ -158,6 +171,13 @@ class Config:
         metavar="URL",
     )
     broker_prefix: str = _opt("sidecar", "prefix of the broker's Redis keys", metavar="PREFIX")
+    ready_max_lag: int = _opt(
+        1000,
+        "relay lag, in events, beyond which `/health/ready` answers 503 (with --broker); 0 = "
+        "no bound",
+        least=0,
+        metavar="EVENTS",
+    )
 
     def __post_init__(self) -> None:
         problem = _problem(self)
@@ -259,7 +279,7 @@ def parse_value(name: str, text: str) -> Any:
             return False
         raise ValueError("is not a boolean (1/0, true/false, yes/no, on/off)")
     if kind is str:
-        return text.strip().lower() if name == "log_level" else text
+        return text.strip().lower() if name in ("log_level", "log_format") else text
     try:
         return kind(text)
     except ValueError:

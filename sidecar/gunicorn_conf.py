@@ -13,7 +13,9 @@
 * the hub thread (and the broker's relay) start in each worker after the fork
   (``post_worker_init``), so ``--preload`` works; a worker (re)started while Redis is down
   boots anyway, answers 503 and starts them on a later request, so an outage never halts
-  gunicorn. On SIGTERM every client gets close 1001 before the worker exits;
+  gunicorn. On SIGTERM readiness (``/health/ready``) turns 503 at once; open sessions are
+  served for ``SIDECAR_DRAIN`` seconds (default 0), then every client gets close 1001
+  before the worker exits; ``graceful_timeout`` is the drain plus 5 s;
 * with ``PROMETHEUS_MULTIPROC_DIR`` set (``/metrics`` over several workers), the master
   empties that directory of its ``*.db`` files at start and marks each worker that ends as
   dead (``child_exit``), as prometheus_client's multiprocess mode wants;
@@ -26,6 +28,7 @@ Override any of them on the command line as usual (``--bind``, ``--threads``, ``
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import signal
 import sys
@@ -39,7 +42,19 @@ worker_class = "gthread"
 workers = int(os.environ.get("SIDECAR_WORKERS", "1"))
 threads = int(os.environ.get("SIDECAR_THREADS", "256"))
 backlog = 2048
-graceful_timeout = 5
+
+
+def _drain_seconds() -> float:
+    """``SIDECAR_DRAIN`` (0 when unset; a bad value is refused by :func:`on_starting`)."""
+    try:
+        return max(0.0, float(os.environ.get("SIDECAR_DRAIN", "0") or 0))
+    except ValueError:
+        return 0.0
+
+
+#: The drain window, then 5 s to close every client with 1001 and exit: the master waits
+#: this long for its workers after SIGTERM (and a worker for its sessions) before SIGKILL.
+graceful_timeout = math.ceil(_drain_seconds()) + 5
 timeout = 30
 keepalive = 2
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(f)s" "%(a)s"'
@@ -113,15 +128,21 @@ def post_worker_init(worker: Any) -> None:
         start_sampler(state)
     previous = signal.getsignal(signal.SIGTERM)
     term = threading.Event()  # only the closer thread ever holds its lock
+    drain = state.config.drain
 
     def close_clients() -> None:
         term.wait()
+        if drain > 0:  # open sessions go on for the window (gunicorn accepts no new ones)
+            worker.log.info("sidecar: draining for up to %g s", drain)
+            state.sessions.wait_idle(drain)
+        state.stopping = "stopping"
         if state.broker is not None:
             state.broker.stop()
         state.hub.stop(timeout=1.0)
-        state.sessions.wait_idle(graceful_timeout - 1)
+        state.sessions.wait_idle(max(1.0, worker.cfg.graceful_timeout - drain - 1))
 
     def on_term(signum: int, frame: Any) -> None:
+        state.stopping = "draining" if drain > 0 else "stopping"  # readiness: 503 at once
         term.set()  # no thread start in a signal handler: it may run while a lock is held
         if callable(previous):
             previous(signum, frame)

@@ -583,7 +583,12 @@ def run(
     state.ensure_started()
     stop = threading.Event()
     received: list[int] = []
-    install_stop_handlers(lambda signum, _frame: received.append(signum))
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        received.append(signum)  # list.append and an attribute store: no lock taken
+        state.stopping = "draining" if config.drain > 0 and len(received) == 1 else "stopping"
+
+    install_stop_handlers(on_signal)
     serving = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="sidecar-http", daemon=True
     )
@@ -599,8 +604,35 @@ def run(
         watcher(stop)
     while not received and not stop.wait(SIGNAL_POLL):
         pass
-    if received:
+    if received and config.drain > 0:
+        drain(state, config.drain, received, stop)
+    elif received:
         log.info("received %s, shutting down", signal.Signals(received[0]).name)
+    state.stopping = "stopping"
     shutdown(server, state)
     log.info("stopped")
     return 0
+
+
+def drain(state: SidecarState, seconds: float, received: list[int], stop: threading.Event) -> None:
+    """Serve open sessions for up to ``seconds`` after a stop signal (``--drain``).
+
+    Readiness already says 503 and new upgrades get 503 with ``Retry-After`` (the signal
+    handler set ``state.stopping``); publishing and open sessions go on. The window ends
+    early when no session is left, on a second signal, or when a watcher stops the process.
+    """
+    name = signal.Signals(received[0]).name
+    log.info(
+        "received %s: draining for up to %g s (%d sessions open; new WebSockets get 503)",
+        name,
+        seconds,
+        state.sessions.active,
+    )
+    deadline = time.monotonic() + seconds
+    while len(received) < 2 and not stop.is_set():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or state.sessions.wait_idle(min(remaining, SIGNAL_POLL)):
+            break
+    if len(received) > 1:
+        log.info("received %s again: ending the drain", signal.Signals(received[1]).name)
+    log.info("drain over: closing %d sessions with 1001", state.sessions.active)

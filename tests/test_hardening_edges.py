@@ -98,6 +98,8 @@ def test_sighup_closes_every_client_with_1001_and_exits_0():
 README_ROUTES = {
     "/ws",
     "/health",
+    "/health/live",
+    "/health/ready",
     "/",
     "/client/<name>",
     "/api/v1/events",

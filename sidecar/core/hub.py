@@ -243,6 +243,11 @@ class Hub:
             self._inbox.put(Stop(code, reason))
         return self._stopped.wait(timeout) if self._thread is not None else True
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`stop` has been called (a read that never starts the hub thread)."""
+        return self._closed
+
     def is_running(self) -> bool:
         """Whether the hub accepts broadcasts (starting it first with ``autostart``)."""
         self._ensure_started()

@@ -16,21 +16,21 @@ first request or publish, never before a fork: gunicorn ``--preload`` works.
 from __future__ import annotations
 
 import logging
-import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, current_app, has_app_context, jsonify, request
+from flask import Flask, Response, current_app, has_app_context, request
 
-from .. import __version__
 from ..config import Config, ConfigError, load, resolve_token
 from ..core.client import Client, MessageHandler
 from ..core.hub import Hub, PublishRefused
 from ..envelope import Event
 from .api import api_blueprint, metrics_blueprint
 from .guards import Rejection, check_host, redact
+from .health import NAME as HEALTH
+from .health import health_blueprint
 from .pages import pages_blueprint
 from .session import EventHandler, ServerOptions, envelope_handler, reject, ws_blueprint
 from .state import SidecarState
@@ -84,6 +84,7 @@ class Routes:
     debug_page: str | None
     metrics_path: str | None
     guard_all_routes: bool
+    health_path: str | None = None
 
 
 class EventHub:
@@ -93,8 +94,10 @@ class EventHub:
     are :class:`~sidecar.config.Config` fields (``queue_size=…``, ``broker="redis://…"``).
     ``ws_path`` and ``api_prefix`` place the routes; ``debug_page`` (a path, default none)
     serves the debug page; ``metrics_path`` (default none; the sidecar's own app: ``/metrics``)
-    serves Prometheus metrics (the ``metrics`` extra); ``guard_all_routes`` applies the Host
-    guard to every route of the app (the sidecar's own app does), not only the hub's.
+    serves Prometheus metrics (the ``metrics`` extra); ``health_path`` (default none; the
+    sidecar's own app: ``/health``) serves liveness at it and at ``<path>/live``, readiness at
+    ``<path>/ready`` (:mod:`sidecar.web.health`); ``guard_all_routes`` applies the Host guard to
+    every route of the app (the sidecar's own app does), not only the hub's.
     """
 
     def __init__(
@@ -108,13 +111,16 @@ class EventHub:
         debug_page: str | None = None,
         metrics_path: str | None = None,
         guard_all_routes: bool = False,
+        health_path: str | None = None,
         **options: Any,
     ) -> None:
         self._config = config
         self._hub = hub
         self._options = options
         #: Where the hub's routes go, and whether the Host guard covers the whole app.
-        self.routes = Routes(ws_path, api_prefix, debug_page, metrics_path, guard_all_routes)
+        self.routes = Routes(
+            ws_path, api_prefix, debug_page, metrics_path, guard_all_routes, health_path
+        )
         self._handler: EventHandler | None = None
         self._states: list[weakref.ReferenceType[SidecarState]] = []
         if app is not None:
@@ -151,6 +157,10 @@ class EventHub:
         if self.routes.metrics_path:
             metrics = metrics_blueprint(state, self.routes.metrics_path, guard=route_guard)
             app.register_blueprint(metrics)
+        if self.routes.health_path:
+            app.register_blueprint(
+                health_blueprint(state, self.routes.health_path, guard=route_guard)
+            )
         _install_redaction()
         if not config.auth:
             log.warning(
@@ -163,7 +173,8 @@ class EventHub:
 
         def guard_host() -> Response | None:
             try:
-                state.ensure_started()
+                if request.blueprint != HEALTH:  # liveness never starts anything
+                    state.ensure_started()
             except PublishRefused as exc:  # the broker: retried on the next request
                 rejection: Rejection | None = Rejection(
                     503, f"Service Unavailable: {exc}", "broker", {"Retry-After": "1"}
@@ -284,7 +295,8 @@ def _broker(config: Config) -> Any:
 
 
 def create_app(config: Config | None = None, hub: Hub | None = None, **options: Any) -> Flask:
-    """The sidecar's own app: the hub, ``/health``, ``/metrics`` and the debug page at ``/``.
+    """The sidecar's own app: the hub, ``/health`` (``/live``, ``/ready``), ``/metrics`` and
+    the debug page at ``/``.
 
     ``config`` (or keyword options, or ``SIDECAR_*`` variables) must give a token, or turn
     auth off. The Host guard covers every route; Flask's default static route is off.
@@ -296,17 +308,8 @@ def create_app(config: Config | None = None, hub: Hub | None = None, **options: 
         hub=hub,
         debug_page="/",
         metrics_path="/metrics",
+        health_path="/health",
         guard_all_routes=True,
         **options,
     )
-    state: SidecarState = app.extensions["sidecar"]
-
-    @app.get("/health")
-    def health() -> Response:
-        return jsonify(
-            status="ok" if state.hub.is_running() else "stopping",
-            version=__version__,
-            uptime=round(time.monotonic() - state.started, 3),
-        )
-
     return app

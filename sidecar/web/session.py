@@ -204,8 +204,8 @@ def admit(state: SidecarState, environ: Mapping[str, Any]) -> Admission | Reject
     since = _since(environ)
     if isinstance(since, Rejection):
         return since
-    if not state.hub.is_running():
-        return _unavailable("shutting down", "stopping")
+    if state.stopping is not None or not state.hub.is_running():
+        return _unavailable("shutting down; connect again later", state.stopping or "stopping")
     peer = request.remote_addr or "?"
     try:
         _catch_up(state, since)

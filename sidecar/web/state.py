@@ -12,6 +12,10 @@ built; the mutable parts each have one guard:
 * ``SidecarState._start_lock`` guards starting what must run in the serving process (the
   hub thread, a broker's relay): once per process, on first use, never before a fork.
 * the hub: see :mod:`sidecar.core.hub` (its inbox is its only synchronisation).
+* ``SidecarState.stopping`` (``None``, ``"draining"`` or ``"stopping"``) is written by
+  whoever stops the process (the main thread's signal handler, gunicorn's SIGTERM handler)
+  and read by request threads: one reference assignment, no lock (a signal handler must not
+  take one).
 """
 
 from __future__ import annotations
@@ -159,6 +163,9 @@ class SidecarState:
         #: Paths of the app's WebSocket endpoints (the upgrade-header middleware's list).
         self.ws_paths: set[str] = set()
         self.started = time.monotonic()
+        #: Why a stop is under way: ``"draining"`` (open sessions still served, new ones
+        #: refused) or ``"stopping"``; ``None`` while serving. See :meth:`not_ready`.
+        self.stopping: str | None = None
         self._started_pid: int | None = None
         self._start_lock = threading.Lock()
         if sys.platform != "win32":  # Windows has no fork
@@ -188,6 +195,29 @@ class SidecarState:
                 self.hub.wait_for_seq(epoch, seq, START_TIMEOUT)
             self.hub.is_running()  # starts the hub thread here (autostart)
             self._started_pid = os.getpid()
+
+    def not_ready(self) -> str | None:
+        """Why ``/health/ready`` answers 503 now, or ``None`` when this process is ready.
+
+        ``starting`` (the hub, or with a broker its relay, has not started in this process),
+        ``draining`` or ``stopping`` (a stop is under way), ``broker-disconnected`` (the
+        relay cannot read the stream) or ``broker-lagging`` (the relay is more than
+        ``--ready-max-lag`` events behind what Redis holds).
+        """
+        if self.stopping is not None:
+            return self.stopping
+        if self._started_pid != os.getpid():
+            return "starting"
+        if not self.hub.is_running():
+            return "stopping"
+        if self.broker is not None:
+            stats = self.broker.relay_stats()
+            if not stats.connected:
+                return "broker-disconnected"
+            bound = self.config.ready_max_lag
+            if bound and stats.last_published_seq - stats.last_delivered_seq > bound:
+                return "broker-lagging"
+        return None
 
     def allow_own_origin(self, port: int) -> None:
         """Allow pages served by the sidecar itself (``http://127.0.0.1:PORT`` and friends)."""
