@@ -46,11 +46,36 @@ EXIT_CODES: dict[str, int] = {
 
 
 def fail(code: str, message: str) -> int:
-    """Report a start-up failure: a JSON line on stdout, a line on stderr; the exit status."""
+    """Report a start-up failure: a JSON line on stdout, a line on stderr; the exit status.
+
+    The stderr line is a JSON log object when JSON logs were asked for (see
+    :func:`_json_stderr`), so that a log collector reading stderr sees only JSON.
+    """
     line = {"event": "error", "error": code, "message": message}
     print(json.dumps(line, separators=(",", ":")), flush=True)
-    print(f"sidecar: {message}", file=sys.stderr, flush=True)
+    if _json_stderr():
+        record = logging.makeLogRecord(
+            {"name": "sidecar", "levelno": logging.ERROR, "levelname": "ERROR", "msg": message}
+        )
+        record.error = code
+        print(logs.JsonFormatter().format(record), file=sys.stderr, flush=True)
+    else:
+        print(f"sidecar: {message}", file=sys.stderr, flush=True)
     return EXIT_CODES[code]
+
+
+def _json_stderr() -> bool:
+    """Whether ``--log-format`` or ``SIDECAR_LOG_FORMAT`` asks for JSON on stderr (read from
+    the raw arguments: a failure may come before they are parsed, or be about them)."""
+    chosen = os.environ.get("SIDECAR_LOG_FORMAT", "text")
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg == "--log-format" and i + 1 < len(argv):
+            chosen = argv[i + 1]
+        elif arg.startswith("--log-format="):
+            chosen = arg.partition("=")[2]
+    chosen = chosen.strip().lower()
+    return chosen in ("json", "auto") and logs.json_wanted(chosen, sys.stderr)
 
 
 class _ServeParser(argparse.ArgumentParser):
@@ -144,7 +169,7 @@ def serve(args: argparse.Namespace) -> int:
         if config.parent_pid is not None:
             platform.check_parent(config.parent_pid)
         try:
-            logs.setup(config.log_level, log_file=config.log_file)
+            logs.setup(config.log_level, log_file=config.log_file, log_format=config.log_format)
         except OSError as exc:
             return fail("log-file", f"cannot write --log-file {config.log_file}: {exc.strerror}")
         platform.tune_malloc()

@@ -35,7 +35,8 @@ import sys
 import threading
 from typing import Any
 
-from sidecar.config import Config, ConfigError, load, resolve_token
+from sidecar import logs
+from sidecar.config import LOG_LEVELS, Config, ConfigError, load, resolve_token
 
 bind = os.environ.get("SIDECAR_BIND", "127.0.0.1:3008")
 worker_class = "gthread"
@@ -58,6 +59,17 @@ graceful_timeout = math.ceil(_drain_seconds()) + 5
 timeout = 30
 keepalive = 2
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+
+
+def _log_format() -> str:
+    return os.environ.get("SIDECAR_LOG_FORMAT", "text").strip().lower()
+
+
+#: ``SIDECAR_LOG_FORMAT=json`` (or ``auto`` with stderr not a terminal): gunicorn's, the
+#: sidecar's and Werkzeug's log lines as JSON objects on stderr (see sidecar.logs).
+if logs.json_wanted(_log_format(), sys.stderr):
+    _level = os.environ.get("SIDECAR_LOG_LEVEL", "info").strip().lower()
+    logconfig_dict = logs.gunicorn_logconfig(_level if _level in LOG_LEVELS else "info")
 #: gunicorn >= 27 opens a control socket under ~/.gunicorn by default; a sidecar needs none.
 control_socket_disable = True
 

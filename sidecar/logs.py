@@ -7,12 +7,19 @@ queue and **one writer thread** (``sidecar-log``) writes them to stderr
 or ``--log-file``. When the queue is full the record is dropped and counted
 (:func:`dropped`, reported in ``/api/v1/hub``); no thread that logs ever waits.
 
+Formats (``--log-format``): ``text`` (``FORMAT``), ``json`` (:class:`JsonFormatter`: one
+object per line with ``ts``, ``level``, ``logger``, ``msg`` and the record's own fields, such
+as ``client``, ``peer``, ``code``, ``reason``), or ``auto`` (JSON unless the target is a
+terminal). Every secret given to :func:`hide` is scrubbed from both, fields included. Under
+gunicorn, :func:`gunicorn_logconfig` is a ``logconfig_dict`` with the same JSON lines.
+
 Threads: any thread logs; the writer thread alone touches the stream. ``_lock`` in
 :class:`LogLimiter` guards its table.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import queue
@@ -21,7 +28,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import TextIO
+from datetime import UTC, datetime
+from typing import Any, TextIO
 
 #: Records waiting for the writer thread before new ones are dropped.
 QUEUE_SIZE = 10_000
@@ -47,6 +55,86 @@ def scrub(text: str) -> str:
         if secret in text:
             text = text.replace(secret, "[redacted]")
     return text
+
+
+#: The attributes every ``LogRecord`` has: anything else on a record is a field of its own.
+_RECORD_ATTRIBUTES = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+def _field(value: Any) -> Any:
+    """A field's value as JSON can hold it, scrubbed."""
+    if isinstance(value, str):
+        return scrub(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return scrub(str(value))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line (newlines and control characters escaped).
+
+    ``ts`` (RFC 3339, UTC, milliseconds), ``level`` (``debug`` … ``critical``), ``logger``,
+    ``msg`` (with any traceback), then the record's own fields (``extra=``). Every secret given
+    to :func:`hide` is scrubbed, from the message and from the fields; the output is ASCII.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            message = f"{message}\n{record.exc_text}"
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": scrub(message),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRIBUTES and not key.startswith("_") and key not in line:
+                line[key] = _field(value)
+        return json.dumps(line, separators=(",", ":"))
+
+
+def json_wanted(log_format: str, stream: TextIO | None) -> bool:
+    """Whether ``log_format`` (``text``, ``json``, ``auto``) means JSON lines on ``stream``
+    (``None``: a file, never a terminal)."""
+    if log_format != "auto":
+        return log_format == "json"
+    try:
+        return stream is None or not stream.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return True
+
+
+def gunicorn_logconfig(level: str = "info") -> dict[str, Any]:
+    """A gunicorn ``logconfig_dict``: gunicorn's, the sidecar's and Werkzeug's loggers as JSON
+    lines (:class:`JsonFormatter`) on stderr, at ``level`` (the access log at ``info``).
+
+    gunicorn applies it in the master before forking, so it uses a plain ``StreamHandler``
+    (no writer thread, which would not survive the fork).
+    """
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "json",
+        "stream": "ext://sys.stderr",
+    }
+    named = {"handlers": ["stderr"], "level": level.upper(), "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "sidecar.logs.JsonFormatter"}},
+        "handlers": {"stderr": handler},
+        "root": {"handlers": ["stderr"], "level": "WARNING"},
+        "loggers": {
+            "gunicorn.error": named,
+            "gunicorn.access": {**named, "level": "INFO"},
+            "sidecar": named,
+            "werkzeug": {**named, "level": "WARNING"},
+        },
+    }
 
 
 class DroppingQueueHandler(logging.handlers.QueueHandler):
@@ -99,18 +187,27 @@ class _State:
     writer: _Writer | None = None
 
 
-def setup(level: str, *, log_file: str | None = None, stream: TextIO | None = None) -> None:
+def setup(
+    level: str,
+    *,
+    log_file: str | None = None,
+    stream: TextIO | None = None,
+    log_format: str = "text",
+) -> None:
     """Send the sidecar's log lines through the bounded queue to ``log_file`` or stderr.
 
-    Raises ``OSError`` when ``log_file`` cannot be opened for appending. Werkzeug's request
-    lines are shown only at ``debug``. Calling it again replaces the previous setup.
+    ``log_format`` is ``text``, ``json`` or ``auto`` (see :func:`json_wanted`). Raises
+    ``OSError`` when ``log_file`` cannot be opened for appending. Werkzeug's request lines are
+    shown only at ``debug``. Calling it again replaces the previous setup.
     """
     target: logging.Handler
     if log_file is not None:
         target = logging.FileHandler(log_file, encoding="utf-8")
+        wanted = json_wanted(log_format, None)
     else:
         target = logging.StreamHandler(stream or sys.stderr)
-    target.setFormatter(logging.Formatter(FORMAT))
+        wanted = json_wanted(log_format, stream or sys.stderr)
+    target.setFormatter(JsonFormatter() if wanted else logging.Formatter(FORMAT))
     shutdown()
     records: queue.Queue[logging.LogRecord | None] = queue.Queue(QUEUE_SIZE)
     handler = DroppingQueueHandler(records)

@@ -250,7 +250,12 @@ class Client:
             except Ended:
                 return
             except MessageTooBig as exc:
-                log.info("client %s: closing with 1009 (%s)", self.id, exc)
+                log.info(
+                    "client %s: closing with 1009 (%s)",
+                    self.id,
+                    exc,
+                    extra={"client": self.id, "code": CloseCode.TOO_BIG},
+                )
                 conn.close(CloseCode.TOO_BIG, "message too big")
                 return
             if message is None:
@@ -258,7 +263,13 @@ class Client:
             try:
                 on_message(self, message)
             except Close as close:
-                log.info("client %s: closing with %d (%s)", self.id, close.code, close.reason)
+                log.info(
+                    "client %s: closing with %d (%s)",
+                    self.id,
+                    close.code,
+                    close.reason,
+                    extra={"client": self.id, "code": close.code, "reason": close.reason},
+                )
                 conn.close(close.code, close.reason)
                 return
             except Exception:  # the application's handler: any failure is its bug, not ours

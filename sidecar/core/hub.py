@@ -710,7 +710,14 @@ class Hub:
         """Give up on ``client``: remove it, log once, close without blocking; whether it was in."""
         if not self._remove(client):
             return False
-        log.warning("client %s (%s) dropped: %s, close %d", client.id, client.remote, why, code)
+        log.warning(
+            "client %s (%s) dropped: %s, close %d",
+            client.id,
+            client.remote,
+            why,
+            code,
+            extra={"client": client.id, "peer": client.remote, "code": code, "reason": reason},
+        )
         client.abort(code, reason)
         return True
 

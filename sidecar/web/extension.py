@@ -23,6 +23,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, has_app_context, request
 
+from .. import logs
 from ..config import Config, ConfigError, load, resolve_token
 from ..core.client import Client, MessageHandler
 from ..core.hub import Hub, PublishRefused
@@ -132,6 +133,7 @@ class EventHub:
         config = self._config.with_options(**self._options) if self._config else None
         config = config or load(self._options, app_config=app.config)
         config = resolve_token(config, generate=False)
+        logs.hide(config.token)  # scrubbed from every line logged through sidecar.logs
         broker = _broker(config)
         hub = self._hub or Hub(config, autostart=True, sequencer=broker)
         state = SidecarState(config, hub, broker=broker)

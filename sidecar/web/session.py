@@ -98,6 +98,11 @@ def reject(state: SidecarState, rejection: Rejection, *, handshake: bool) -> Res
             request.remote_addr,
             f": {rejection.detail}" if rejection.detail else "",
             more,
+            extra={
+                "peer": request.remote_addr,
+                "status": rejection.status,
+                "reason": rejection.reason,
+            },
         )
     response = Response(rejection.message + "\n", status=rejection.status, mimetype="text/plain")
     response.headers.update(rejection.headers)
@@ -272,7 +277,13 @@ def envelope_handler(state: SidecarState, dispatch: EventHandler | None) -> Mess
         suppressed = state.log_limit.check((client.id, kind))
         if suppressed is not None:
             more = f" ({suppressed} more not logged)" if suppressed else ""
-            log.warning("client %s sent %s (ignored)%s", client.id, text, more)
+            log.warning(
+                "client %s sent %s (ignored)%s",
+                client.id,
+                text,
+                more,
+                extra={"client": client.id, "reason": kind},
+            )
 
     def on_message(client: Client, message: str | bytes) -> None:
         if isinstance(message, bytes | bytearray):
@@ -310,7 +321,12 @@ def run_session(
     hub, conn = state.hub, admission.conn
     conn.attach(source)
     client = Client(conn, state.config, remote=admission.remote)
-    log.info("client %s connected from %s", client.id, client.remote)
+    log.info(
+        "client %s connected from %s",
+        client.id,
+        client.remote,
+        extra={"client": client.id, "peer": client.remote},
+    )
     try:
         if hub.register(client, admission.since, greet=greet, backfill=admission.backfill):
             client.read_loop(on_message)
@@ -329,7 +345,12 @@ def run_session(
                 log.warning(
                     "client %s: %d more %s messages were not logged", client.id, suppressed, kind
                 )
-        log.info("client %s disconnected (%s)", client.id, ended_by)
+        log.info(
+            "client %s disconnected (%s)",
+            client.id,
+            ended_by,
+            extra={"client": client.id, "reason": ended_by},
+        )
 
 
 def ws_blueprint(
