@@ -3,7 +3,7 @@
     scripts/build-binary              one folder (the default): a directory holding the
                                       executable and its ``_internal/`` libraries
     scripts/build-binary --onefile    one file; it unpacks itself at each start and runs as
-                                      two processes (see the README's "Shipping a binary")
+                                      two processes (see docs/desktop.md)
     scripts/build-binary --force      rebuild even if the cache has this build
     scripts/build-binary --copy-to D  also copy the build into folder D (e.g. Tauri's
                                       src-tauri/binaries) and print the copy's path

@@ -3,8 +3,8 @@
 Each field of :class:`Config` carries its own metadata (:class:`Option`): help text, bounds,
 and whether it has a CLI flag. From that one table come the ``sidecar serve`` argument parser
 (:func:`add_arguments`), the ``SIDECAR_*`` environment loader, the Flask ``app.config``
-loader, the range checks, and the README's option table (:func:`markdown_table`; a test fails
-when the README differs). Precedence, highest first: explicit options (CLI flags or keyword
+loader, the range checks, and the table of ``docs/options.md`` (:func:`markdown_table`; a test
+fails when it differs). Precedence, highest first: explicit options (CLI flags or keyword
 arguments), ``app.config["SIDECAR_…"]``, ``SIDECAR_…`` variables, defaults.
 
 Immutable once built; shared read-only by every thread.
@@ -57,7 +57,7 @@ class Option:
     flag: bool = True
     #: The value type for optional fields (``None`` default): int or str.
     kind: type | None = None
-    #: How the README shows the default, when ``repr`` would not do.
+    #: How the options reference shows the default, when ``repr`` would not do.
     shown: str | None = None
     metavar: str | None = None
 
@@ -81,7 +81,7 @@ class Config:
         DEFAULT_ORIGINS,
         "comma-separated origins allowed to connect, replacing the defaults (`null` only if "
         "listed)",
-        shown="see [Security](#security)",
+        shown="see [Security](security.md)",
         metavar="LIST",
     )
     max_clients: int = _opt(1024, "concurrent WebSockets (503 beyond)", least=1)
@@ -434,7 +434,7 @@ def _shown_default(name: str) -> str:
 
 
 def markdown_table() -> str:
-    """The README's option table, generated from :data:`OPTIONS`."""
+    """The options reference's table (``docs/options.md``), generated from :data:`OPTIONS`."""
     rows = ["| option | variable | default | meaning |", "|---|---|---|---|"]
     for name, meta in OPTIONS.items():
         default = _DEFAULTS[name]

@@ -112,7 +112,7 @@ def connection_status(epoch: str, seq: int, recovered: bool) -> Event:
     """The ``connection:status`` event a client gets first: ``{status, epoch, seq, recovered}``.
 
     ``seq`` is the last broadcast ``seq`` when the client joined; ``recovered`` says whether
-    the resume it asked for is replayed (see the README's "Delivery guarantees").
+    the resume it asked for is replayed (see docs/delivery.md).
     """
     payload = {"status": "connected", "epoch": epoch, "seq": seq, "recovered": recovered}
     return Event(CONNECTION_STATUS, payload)

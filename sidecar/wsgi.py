@@ -6,7 +6,7 @@
 unless ``SIDECAR_AUTH=0``). The hub thread (and a broker's relay) start in the worker process
 on first use, never in gunicorn's master, so ``--preload`` works. Without ``SIDECAR_BROKER``
 exactly one worker process may run it (the hub lives in process memory); with a broker, any
-number (see the README's "Scaling out").
+number (see docs/redis.md).
 """
 
 from __future__ import annotations

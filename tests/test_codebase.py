@@ -2,8 +2,9 @@
 
 * no Python function over 80 lines, no string literal over 40 lines (in ``sidecar``,
   ``tests``, ``scripts`` and ``examples``);
-* the README's option table is the one :func:`sidecar.config.markdown_table` generates from
-  the single option table, so that documentation and code cannot drift apart.
+* the options reference (``docs/options.md``) holds the table
+  :func:`sidecar.config.markdown_table` generates from the single option table, so that
+  documentation and code cannot drift apart.
 """
 
 from __future__ import annotations
@@ -50,13 +51,13 @@ def test_no_function_over_80_lines_and_no_string_over_40(path: Path) -> None:
     assert _too_long(path) == []
 
 
-def test_the_readme_option_table_is_generated_from_the_config() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert BEGIN in readme and END in readme, f"the README lacks the {BEGIN} markers"
-    table = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+def test_the_options_reference_is_generated_from_the_config() -> None:
+    reference = (ROOT / "docs" / "options.md").read_text(encoding="utf-8")
+    assert BEGIN in reference and END in reference, f"docs/options.md lacks the {BEGIN} markers"
+    table = reference.split(BEGIN, 1)[1].split(END, 1)[0].strip()
     expected = markdown_table().strip()
     assert table == expected, (
-        "the README's option table differs from the Config table; paste this between the "
+        "docs/options.md's option table differs from the Config table; paste this between the "
         f"markers:\n{expected}"
     )
 
