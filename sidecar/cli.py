@@ -29,6 +29,8 @@ from .server import StartupError, Watcher, check_descriptors, run
 log = logging.getLogger("sidecar")
 
 SUBCOMMANDS = ("serve", "publish", "tail", "schema")
+#: The arguments :func:`main` was given (read by :func:`fail`; the main thread's alone).
+_ARGV: list[str] = []
 
 #: Exit status of ``sidecar serve`` for each start-up failure (the JSON line's ``error``).
 EXIT_CODES: dict[str, int] = {
@@ -68,7 +70,7 @@ def _json_stderr() -> bool:
     """Whether ``--log-format`` or ``SIDECAR_LOG_FORMAT`` asks for JSON on stderr (read from
     the raw arguments: a failure may come before they are parsed, or be about them)."""
     chosen = os.environ.get("SIDECAR_LOG_FORMAT", "text")
-    argv = sys.argv[1:]
+    argv = _ARGV
     for i, arg in enumerate(argv):
         if arg == "--log-format" and i + 1 < len(argv):
             chosen = argv[i + 1]
@@ -191,6 +193,7 @@ def serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sidecar`` and ``python -m sidecar``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    _ARGV[:] = argv
     if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "serve")
     if argv[0] == "serve":

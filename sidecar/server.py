@@ -62,8 +62,10 @@ log = logging.getLogger("sidecar")
 LISTEN_BACKLOG = 2048
 #: Refusals are written without blocking where the OS allows (a fresh socket's buffer is empty).
 _DONTWAIT = nonblocking_send_flag() or 0
-#: Longest the main thread waits between checks for a stop (see :func:`run`).
-SIGNAL_POLL = 0.25
+#: Longest the main thread waits between checks for a stop (see :func:`run`). A signal that
+#: the OS delivers to another thread runs its Python handler only when the main thread wakes,
+#: so this bounds how late readiness turns 503 after SIGTERM (the promise is 100 ms).
+SIGNAL_POLL = 0.05
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
     b"Connection: close\r\nContent-Length: 36\r\n\r\nService Unavailable: server is busy\n"

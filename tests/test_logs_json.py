@@ -97,14 +97,17 @@ def test_auto_means_json_unless_the_stream_is_a_terminal():
 
 
 def test_setup_writes_json_through_the_bounded_writer():
+    loggers = [logging.getLogger(name) for name in logs.LOGGERS]
+    saved = [(lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
     stream = io.StringIO()
     logs.setup("info", stream=stream, log_format="json")
     try:
         logging.getLogger("sidecar").info("hello %s", "there", extra={"client": "c1"})
     finally:
         logs.shutdown()
-        logs.setup("info", stream=io.StringIO())  # leave text on a throwaway stream
-        logs.shutdown()
+        for logger, (handlers, propagate, level) in zip(loggers, saved, strict=True):
+            logger.handlers, logger.propagate = handlers, propagate  # caplog needs them back
+            logger.setLevel(level)
     (value,) = parse_lines(stream.getvalue())
     assert (value["msg"], value["client"]) == ("hello there", "c1")
 
@@ -243,3 +246,27 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("argv", "as_json"),
+    [
+        (["--port", "-1", "--log-format", "json"], True),
+        (["--log-format=json", "--port", "-1"], True),
+        (["--port", "-1"], False),
+        (["--port", "-1", "--log-format", "text"], False),
+    ],
+)
+def test_a_startup_failure_writes_its_stderr_line_in_the_format_asked_for(
+    argv, as_json, capsys, monkeypatch
+):
+    from sidecar import cli
+
+    monkeypatch.delenv("SIDECAR_LOG_FORMAT", raising=False)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    if as_json:
+        (line,) = parse_lines(err)
+        assert line["error"] == "bad-option" and "--port" in line["msg"]
+    else:
+        assert err.startswith("sidecar: ") and "--port" in err
