@@ -125,6 +125,14 @@ class RawWS:
         self.parser.append(self.buffer)  # frames that came with the response head
         self.buffer.clear()
 
+    def finish_upgrade(self) -> bytes:
+        """Read the response head of an upgrade sent by hand; frames that came with it are
+        kept for :meth:`read_frame`. Returns the head."""
+        head = self._read_head()
+        self.parser.append(self.buffer)
+        self.buffer.clear()
+        return head
+
     def _read_head(self) -> bytes:
         while b"\r\n\r\n" not in self.buffer:
             chunk = self.sock.recv(65536)
