@@ -130,6 +130,26 @@ class Config:
     history_bytes: int = _opt(
         8 * MiB, "bytes of broadcasts kept for resume; 0 = off", least=0, shown="8 MiB"
     )
+    history_total_bytes: int = _opt(
+        64 * MiB,
+        "bytes of history over all channels (the largest windows are cut first)",
+        least=0,
+        shown="64 MiB",
+    )
+    max_channels: int = _opt(
+        64, "named channels one connection may join (`channel:error` `limit` beyond)", least=0
+    )
+    max_channel_states: int = _opt(
+        16384,
+        "named channels held (position and window) before idle ones are forgotten",
+        least=1,
+    )
+    channel_ttl: float = _opt(
+        3600.0,
+        "seconds a channel with no subscriber and no event is kept (then: a new epoch)",
+        least=0,
+        inclusive=False,
+    )
     replay_rate: int = _opt(
         32 * MiB,
         "bytes of replay per second one peer address may ask for (503 beyond); 0 = off",

@@ -1,4 +1,5 @@
-"""The wire envelope: ``{"type", "payload", "timestamp"}`` (plus ``"seq"`` on broadcasts).
+"""The wire envelope: ``{"type", "payload", "timestamp"}`` (plus ``"seq"`` on broadcasts, and
+``"channel"`` after it on events of a named channel).
 
 Pure functions and immutable values; no thread owns anything here.
 
@@ -66,10 +67,14 @@ def encode(event: Event) -> bytes:
     return _ENCODER.encode(event.to_dict()).encode()
 
 
-def with_seq(encoded: bytes, seq: int) -> bytes:
-    """Return the encoded envelope object with ``"seq": seq`` appended as its last key.
+def with_seq(encoded: bytes, seq: int, channel: str = "") -> bytes:
+    """Return the encoded envelope object with ``"seq": seq`` appended as its last key, and
+    ``"channel": channel`` after it for a named channel (``""``: the default, no key).
 
     ``encoded`` must be a JSON object as produced by :func:`encode` (or any compact JSON
-    object); this is a byte splice, not a re-encode.
+    object); this is a byte splice, not a re-encode. ``channel`` must be a valid channel
+    name (ASCII that JSON never escapes).
     """
+    if channel:
+        return b'%s,"seq":%d,"channel":"%s"}' % (encoded[:-1], seq, channel.encode("ascii"))
     return b'%s,"seq":%d}' % (encoded[:-1], seq)

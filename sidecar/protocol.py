@@ -21,10 +21,22 @@ TOKEN_PARAM = "token"
 #: The query parameter of a resume point.
 SINCE_PARAM = "since"
 
+#: The query parameter that subscribes at connect: ``channels=project:p1,chat:c9``.
+CHANNELS_PARAM = "channels"
+
 #: The type of the first frame of every connection.
 CONNECTION_STATUS = "connection:status"
-#: Namespaces only the hub itself may use (publishers are refused).
-RESERVED_NAMESPACES = frozenset({"connection"})
+#: Client -> hub: join a channel (``{channel, since?}``) or leave one (``{channel}``).
+CHANNEL_SUBSCRIBE = "channel:subscribe"
+CHANNEL_UNSUBSCRIBE = "channel:unsubscribe"
+#: Hub -> client: the answers (``{channel, epoch, seq, recovered}``, ``{channel, reason}``)
+#: and a refusal (``{channel, code, message}``; the connection stays open).
+CHANNEL_SUBSCRIBED = "channel:subscribed"
+CHANNEL_UNSUBSCRIBED = "channel:unsubscribed"
+CHANNEL_ERROR = "channel:error"
+#: Namespaces only the hub itself may use (publishers are refused; clients' messages in them
+#: are the hub's to handle, never the app's).
+RESERVED_NAMESPACES = frozenset({"connection", "channel"})
 #: Types only clients send (client -> server): never broadcast. The catalog's directions say
 #: the same (``tests/test_hardening_names.py`` checks that they agree).
 CLIENT_EVENT_TYPES = frozenset({"chat:send", "chat:cancel"})
@@ -40,10 +52,65 @@ class PublishRefused(Exception):
     """
 
 
+#: The default channel (today's stream, events published without a channel) has no name.
+DEFAULT_CHANNEL = ""
+#: Longest channel name, in bytes (ASCII: characters).
+MAX_CHANNEL_BYTES = 128
+#: A channel name: a namespace, then 0-3 segments; ``,`` and ``@`` never occur (they separate
+#: list items and positions), nor does anything JSON would escape.
+CHANNEL_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}(?::[A-Za-z0-9._~-]{1,64}){0,3}")
+
+
+class ChannelErrorCode:
+    """The ``code`` of a ``channel:error`` frame (the connection stays open)."""
+
+    INVALID = "invalid"
+    LIMIT = "limit"
+    ALREADY_SUBSCRIBED = "already_subscribed"
+    NOT_SUBSCRIBED = "not_subscribed"
+    FORBIDDEN = "forbidden"
+    BAD_TOKEN = "bad_token"
+    TOKEN_EXPIRED = "token_expired"
+
+
+def is_channel_name(name: object) -> bool:
+    """Whether ``name`` is a valid (named) channel: see :data:`CHANNEL_RE`, at most 128 bytes."""
+    return (
+        isinstance(name, str)
+        and len(name) <= MAX_CHANNEL_BYTES
+        and CHANNEL_RE.fullmatch(name) is not None
+    )
+
+
+def check_channel(name: object) -> str:
+    """``name`` if it is a channel name; ``ValueError`` with a one-line reason otherwise."""
+    if is_channel_name(name):
+        assert isinstance(name, str)
+        return name
+    if not isinstance(name, str):
+        raise ValueError(f"a channel name is a string, not {type(name).__name__}")
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_CHANNEL_BYTES:
+        raise ValueError(f"channel name longer than {MAX_CHANNEL_BYTES} bytes")
+    raise ValueError(
+        f"channel {name[:40]!r} is not namespace[:segment]... (a namespace of a-z0-9_-, "
+        "then up to 3 segments of A-Za-z0-9._~-)"
+    )
+
+
 #: Largest header of an unmasked server frame: 2 bytes plus a 64-bit length.
 MAX_FRAME_HEADER = 10
 #: Most bytes the hub adds to an encoded event: ``,"seq":`` and up to 19 digits.
 SEQ_SPLICE_MAX = len(b',"seq":') + 19
+#: Most bytes the hub adds to an event of a named channel: the ``seq`` and
+#: ``,"channel":"…"`` with a name of at most :data:`MAX_CHANNEL_BYTES`.
+CHANNEL_SPLICE_MAX = SEQ_SPLICE_MAX + len(b',"channel":""') + MAX_CHANNEL_BYTES
+
+
+def splice_max(channel: str | None) -> int:
+    """Most bytes the hub adds to an event published on ``channel`` (``None``: the default)."""
+    return SEQ_SPLICE_MAX if not channel else SEQ_SPLICE_MAX + len(b',"channel":""') + len(channel)
+
+
 #: A close reason must fit in a control frame: 125 bytes minus the 2-byte code.
 MAX_CLOSE_REASON = 123
 
@@ -69,6 +136,8 @@ class CloseCode(IntEnum):
     RESUME = 4001
     #: The client fell too far behind and was dropped: resume with ``since``.
     SLOW_CONSUMER = 4008
+    #: The connection's identity expired: authenticate again, then reconnect.
+    IDENTITY_EXPIRED = 4401
 
 
 def should_reconnect(code: int) -> bool:
@@ -108,11 +177,90 @@ class Since:
         return f"{self.epoch}:{self.seq}"
 
 
-def connection_status(epoch: str, seq: int, recovered: bool) -> Event:
+#: Most items in a ``channels`` or ``since`` list (beyond any ``--max-channels``; the request
+#: head's own limit bounds it too).
+MAX_LIST_ITEMS = 1024
+
+
+def parse_channels(text: str) -> list[str]:
+    """The channels of a ``channels=`` value (comma-separated names, each once).
+
+    Raises ``ValueError`` with a one-line reason (a bad name, an empty item, a repeat).
+    """
+    names = text.split(",")
+    if len(names) > MAX_LIST_ITEMS:
+        raise ValueError(f"channels lists more than {MAX_LIST_ITEMS} names")
+    seen: set[str] = set()
+    for name in names:
+        if not name:
+            raise ValueError("channels has an empty item")
+        check_channel(name)
+        if name in seen:
+            raise ValueError(f"channels lists {name!r} twice")
+        seen.add(name)
+    return names
+
+
+def parse_since(text: str) -> dict[str, Since]:
+    """The resume points of a ``since=`` value, by channel (``""``: the default channel).
+
+    Comma-separated items: ``<epoch>:<seq>`` for the default channel,
+    ``<channel>@<epoch>:<seq>`` for a named one; each channel at most once. Raises
+    ``ValueError`` with a one-line reason.
+    """
+    items = text.split(",")
+    if len(items) > MAX_LIST_ITEMS:
+        raise ValueError(f"since lists more than {MAX_LIST_ITEMS} items")
+    points: dict[str, Since] = {}
+    for item in items:
+        channel, at, position = item.rpartition("@")
+        if at:
+            try:
+                check_channel(channel)
+            except ValueError as exc:
+                raise ValueError(f"since: {exc}") from None
+        point = Since.parse(position)
+        if channel in points:
+            raise ValueError(f"since names {channel or 'the default channel'!r} twice")
+        points[channel] = point
+    return points
+
+
+def connection_status(
+    epoch: str,
+    seq: int,
+    recovered: bool,
+    channels: dict[str, dict[str, object]] | None = None,
+) -> Event:
     """The ``connection:status`` event a client gets first: ``{status, epoch, seq, recovered}``.
 
-    ``seq`` is the last broadcast ``seq`` when the client joined; ``recovered`` says whether
-    the resume it asked for is replayed (see docs/delivery.md).
+    ``epoch``, ``seq`` and ``recovered`` describe the default channel: ``seq`` is its last
+    ``seq`` when the client joined; ``recovered`` says whether the resume it asked for is
+    replayed (see docs/delivery.md). ``channels`` (only when the client
+    has named channels) maps each granted one to ``{epoch, seq, recovered}``.
     """
-    payload = {"status": "connected", "epoch": epoch, "seq": seq, "recovered": recovered}
+    payload: dict[str, object] = {
+        "status": "connected",
+        "epoch": epoch,
+        "seq": seq,
+        "recovered": recovered,
+    }
+    if channels:
+        payload["channels"] = channels
     return Event(CONNECTION_STATUS, payload)
+
+
+def channel_subscribed(channel: str, epoch: str, seq: int, recovered: bool) -> Event:
+    """``channel:subscribed {channel, epoch, seq, recovered}``: the answer to a subscribe."""
+    payload = {"channel": channel, "epoch": epoch, "seq": seq, "recovered": recovered}
+    return Event(CHANNEL_SUBSCRIBED, payload)
+
+
+def channel_unsubscribed(channel: str, reason: str) -> Event:
+    """``channel:unsubscribed {channel, reason}``: nothing of ``channel`` follows it."""
+    return Event(CHANNEL_UNSUBSCRIBED, {"channel": channel, "reason": reason})
+
+
+def channel_error(channel: str, code: str, message: str) -> Event:
+    """``channel:error {channel, code, message}``: a refused channel request."""
+    return Event(CHANNEL_ERROR, {"channel": channel, "code": code, "message": message})

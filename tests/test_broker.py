@@ -21,6 +21,7 @@ import pytest
 from sidecar.broker import BrokerUnavailable
 from sidecar.broker.publisher import Publisher
 from sidecar.broker.redis import MAX_BATCH, RedisBroker
+from sidecar.core.stream import Numbered
 from sidecar.envelope import encode, new_event, with_seq
 from sidecar.protocol import Since
 from tests.conftest import wait_for
@@ -42,11 +43,11 @@ class RecordingSink:
         self.accepting.set()
         self._next: int | None = None
 
-    def deliver(self, epoch: str, items: Sequence[tuple[int, bytes]], timeout: float) -> bool:
+    def deliver(self, epoch: str, items: Sequence[Numbered], timeout: float) -> bool:
         accepted = self.accepting.wait(timeout)
         with self.cond:
             self.refusals += not accepted
-            for seq, data in items if accepted else ():
+            for seq, data in ((i.seq, i.data) for i in items) if accepted else ():
                 if self._next is not None and seq != self._next:
                     self.errors.append(f"seq {seq} delivered, expected {self._next}")
                 if json.loads(data)["seq"] != seq:

@@ -26,6 +26,7 @@ import pytest
 
 from sidecar.broker.redis import RedisBroker
 from sidecar.broker.relay import Relay, RelayStats, parse_entries
+from sidecar.core.stream import Numbered
 from tests.conftest import wait_for
 from tests.redis_server import RedisServer
 from tests.unit.fakes import PATIENCE, wait_until
@@ -116,7 +117,7 @@ class Sink:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def deliver(self, epoch: str, items: Sequence[tuple[int, bytes]], timeout: float) -> bool:
+    def deliver(self, epoch: str, items: Sequence[Numbered], timeout: float) -> bool:
         if self.hold:
             self.entered.set()
             self.release.wait(2 * PATIENCE)
@@ -135,7 +136,7 @@ class Sink:
             if self.refuse:
                 self.refuse -= 1
                 return False
-            self.delivered.append((epoch, list(items)))
+            self.delivered.append((epoch, [(item.seq, item.data) for item in items]))
             self.cond.notify_all()
             return True
 

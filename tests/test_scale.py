@@ -20,6 +20,7 @@ import pytest
 import websocket
 
 from sidecar.broker import Publisher
+from sidecar.core.stream import on_default
 from sidecar.envelope import encode, new_event, with_seq
 from sidecar.launcher import launch
 from tests.conftest import TOKEN, RunningSidecar, recv_close, wait_for
@@ -347,12 +348,14 @@ def test_a_resume_ahead_of_this_relay_waits_for_it_and_backfill_stops_at_the_hub
     ahead.join(WAIT)
     assert answers and answers[0]["recovered"] is True and answers[0]["seq"] == 6, answers
     assert [seq for seq, _id in read_until(behind, 6)] == [4, 5, 6]  # once each
-    hub.deliver(epoch, [(6, with_seq(encode(new_event("test:tick", {"id": "dup"})), 6))], 5.0)
+    dup = with_seq(encode(new_event("test:tick", {"id": "dup"})), 6)
+    hub.deliver(epoch, on_default(epoch, [(6, dup)]), 5.0)
     assert post_events(sidecar.port, [tick("d", 7)]) == [7]
     assert read_until(behind, 7) == [(7, "d-7")]  # the duplicate of 6 was dropped
     _status, future = sidecar.connect_ready(f"?since={epoch}:99")  # beyond the broker: no wait
     assert future["payload"]["recovered"] is False
-    hub.deliver(epoch, [(9, with_seq(encode(new_event("test:tick", {"id": "gap"})), 9))], 5.0)
+    gap = with_seq(encode(new_event("test:tick", {"id": "gap"})), 9)
+    hub.deliver(epoch, on_default(epoch, [(9, gap)]), 5.0)
     assert recv_close(behind, WAIT) == 4001  # a gap is never skipped on a live connection
 
 

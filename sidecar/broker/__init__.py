@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..core.stream import Numbered
 from ..protocol import PublishRefused
 
 if TYPE_CHECKING:
@@ -44,8 +45,8 @@ class BrokerUnavailable(BrokerError, PublishRefused):
 class Sink(Protocol):
     """What the relay feeds: the local hub (the hub thread fans the frames out)."""
 
-    def deliver(self, epoch: str, items: Sequence[tuple[int, bytes]], timeout: float) -> bool:
-        """Hand over contiguous events in seq order; items are (seq, envelope JSON bytes that
+    def deliver(self, epoch: str, items: Sequence[Numbered], timeout: float) -> bool:
+        """Hand over contiguous events in stream order (each with its envelope bytes, which
         already contain "seq"). Blocks up to timeout while the hub's inbox is full; False if
         the hub is stopped or the timeout passed (the relay then retries the same items)."""
         ...

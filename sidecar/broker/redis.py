@@ -43,6 +43,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "the Redis broker needs the redis client library: pip install 'sidecar-hub[redis]'"
     ) from exc
 
+from ..core.stream import Numbered, Position, on_default
+from ..protocol import PublishRefused
 from . import BrokerUnavailable, Sink
 from .relay import Relay, RelayStats, parse_entries
 
@@ -149,6 +151,29 @@ class RedisBroker:
                 raise ValueError("each event must be an encoded JSON object (without seq)")
         _epoch, last = self.run_script(encoded)
         return list(range(last - len(encoded) + 1, last + 1))
+
+    def publish_items(
+        self, items: Sequence[tuple[str, bytes]], idempotency_key: str | None = None
+    ) -> list[int]:
+        """:meth:`publish` as the hub's :class:`~sidecar.core.stream.Sequencer`."""
+        if any(channel for channel, _data in items):
+            raise PublishRefused("named channels need a newer broker")
+        return self.publish([data for _channel, data in items])
+
+    def heads(self, channels: Sequence[str]) -> list[Position]:
+        """Each channel's position (:class:`~sidecar.core.resume.BrokerPort`)."""
+        if any(channels):
+            raise PublishRefused("named channels need a newer broker")
+        return [Position(*self.head()) for _channel in channels]
+
+    def read_channel(
+        self, channel: str, epoch: str, after_seq: int, limit: int, max_bytes: int
+    ) -> list[Numbered] | None:
+        """:meth:`read_range` as :class:`~sidecar.core.resume.BrokerPort` reads it."""
+        if channel:
+            raise PublishRefused("named channels need a newer broker")
+        items = self.read_range(epoch, after_seq, limit)
+        return None if items is None else on_default(epoch, items)
 
     def head(self) -> tuple[str, int]:
         """``(epoch, seq)``: the current epoch (created if Redis has none) and last seq.

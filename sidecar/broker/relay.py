@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from ..core.stream import on_default
 from . import BrokerUnavailable, Sink
 
 if TYPE_CHECKING:
@@ -192,7 +193,7 @@ class Relay:
     def _deliver(self, items: Sequence[tuple[int, bytes]]) -> bool:
         """Hand ``items`` to the sink, retrying the same items; False if stopped first."""
         while not self._stopping.is_set():
-            if self._sink.deliver(self.epoch, items, self._broker.block):
+            if self._sink.deliver(self.epoch, on_default(self.epoch, items), self._broker.block):
                 self.last = items[-1][0]
                 delivered = self.stats.delivered + len(items)
                 self._update(last_delivered_seq=self.last, delivered=delivered)

@@ -18,7 +18,7 @@ from .codegen import json_schema
 from .constructors import *  # noqa: F403  (each module's __all__ is its public part)
 from .names import *  # noqa: F403
 from .payloads import *  # noqa: F403
-from .publish import MAX_BATCH, PublishError, parse_publish_body, validate_items
+from .publish import MAX_BATCH, Publication, PublishError, parse_publish_body, validate_items
 from .spec import CATALOG, Direction, EventSpec
 from .validate import MAX_DEPTH, json_problem, validate_payload
 
@@ -28,6 +28,7 @@ __all__ = [
     "MAX_DEPTH",
     "Direction",
     "EventSpec",
+    "Publication",
     "PublishError",
     "json_problem",
     "json_schema",

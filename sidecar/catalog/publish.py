@@ -5,9 +5,10 @@ JSON array of them, accepted all or nothing:
 
 * 400: not JSON (invalid UTF-8, bad syntax, ``NaN``/``Infinity`` literals);
 * 413: an event whose envelope, as :func:`sidecar.envelope.encode` writes it with the server
-  timestamp, plus :data:`~sidecar.protocol.SEQ_SPLICE_MAX` for the hub's ``seq``, is larger
-  than ``max_event_bytes``;
-* 422: anything else, naming the event and the field: a bad or reserved type name, a
+  timestamp, plus what the hub adds (``seq``, and ``channel`` on a named channel:
+  :func:`~sidecar.protocol.splice_max`), is larger than ``max_event_bytes``;
+* 422: anything else, naming the event and the field: a bad channel name, a bad or reserved
+  type name, a
   client-to-server type, a payload that does not match its catalogued shape, values the
   wire cannot carry (:func:`~sidecar.catalog.validate.json_problem`: deep nesting, numbers
   beyond a float or 64-bit integers, lone surrogates), an empty or oversized batch.
@@ -18,12 +19,19 @@ Nothing but :class:`PublishError` leaves :func:`parse_publish_body`, whatever th
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import msgspec
 
 from sidecar.envelope import Event, encode, is_event_name, rfc3339_utc
-from sidecar.protocol import RESERVED_NAMESPACES, SEQ_SPLICE_MAX
+from sidecar.protocol import (
+    CHANNEL_SPLICE_MAX,
+    DEFAULT_CHANNEL,
+    RESERVED_NAMESPACES,
+    check_channel,
+    splice_max,
+)
 
 from .spec import CATALOG
 from .validate import (
@@ -36,7 +44,7 @@ from .validate import (
     validate_payload,
 )
 
-__all__ = ["MAX_BATCH", "PublishError", "parse_publish_body", "validate_items"]
+__all__ = ["MAX_BATCH", "Publication", "PublishError", "parse_publish_body", "validate_items"]
 
 #: Most events in one body, by default.
 MAX_BATCH = 10_000
@@ -59,11 +67,21 @@ class PublishError(Exception):
         self.message = message
 
 
+@dataclass(frozen=True, slots=True)
+class Publication(Event):
+    """An event as a publisher sent it: the envelope, and the channel it goes to (``""``: the
+    default channel). It encodes like any :class:`~sidecar.envelope.Event` (the hub adds
+    ``seq`` and ``channel``)."""
+
+    channel: str = DEFAULT_CHANNEL
+
+
 class _Item(msgspec.Struct, forbid_unknown_fields=True):
     """One event as a publisher sends it."""
 
     type: str
     payload: dict[str, Any]
+    channel: str | None = None
 
 
 _Body = list[_Item] | _Item
@@ -72,11 +90,11 @@ _DECODER = msgspec.json.Decoder(_Body)
 
 def parse_publish_body(
     body: bytes, *, max_event_bytes: int, max_batch: int = MAX_BATCH
-) -> list[Event]:
+) -> list[Publication]:
     """Validate a publish body and build its events, stamped now (one timestamp per body).
 
     Raises :class:`PublishError` (and nothing else) for any body that cannot be broadcast as
-    it is; every event returned encodes within ``max_event_bytes - SEQ_SPLICE_MAX`` bytes.
+    it is; every event returned encodes within ``max_event_bytes - splice_max(channel)``.
     """
     try:
         data = _DECODER.decode(body)
@@ -93,10 +111,10 @@ def parse_publish_body(
 
 def validate_items(
     data: object, *, max_event_bytes: int | None = None, max_batch: int = MAX_BATCH
-) -> list[Event]:
-    """:func:`parse_publish_body` for data already decoded: one ``{type, payload}`` dict or a
-    list of them, holding only JSON types (``dict``, ``list``, ``str``, ``int``, ``float``,
-    ``bool``, ``None``).
+) -> list[Publication]:
+    """:func:`parse_publish_body` for data already decoded: one ``{type, payload, channel?}``
+    dict or a list of them, holding only JSON types (``dict``, ``list``, ``str``, ``int``,
+    ``float``, ``bool``, ``None``).
 
     ``max_event_bytes`` (None: no size check) bounds each encoded event as the server does.
     Raises :class:`PublishError` (and nothing else).
@@ -180,9 +198,18 @@ def _type_problem(event_type: str) -> str | None:
     return None if is_event_name(event_type) else f"{quote(event_type)} is not namespace:kebab-case"
 
 
+def _channel_of(item: _Item, where: str) -> str:
+    if item.channel is None:
+        return DEFAULT_CHANNEL
+    try:
+        return check_channel(item.channel)
+    except ValueError as exc:
+        _fail(422, f"{where}.channel: {exc}")
+
+
 def _build(
     data: list[_Item] | _Item, max_event_bytes: int | None, max_batch: int, *, size_hint: int | None
-) -> list[Event]:
+) -> list[Publication]:
     batch = isinstance(data, list)
     items = data if isinstance(data, list) else [data]
     if not items:
@@ -202,26 +229,30 @@ def _build(
         )
         if problem:
             _fail(422, f"{_where(batch, index)}.{problem}")
-        events.append(Event(event_type, payload, timestamp))
+        channel = _channel_of(item, _where(batch, index))
+        events.append(Publication(event_type, payload, timestamp, channel))
     if max_event_bytes is not None:
         _check_sizes(events, batch, max_event_bytes, size_hint)
     return events
 
 
-def _check_sizes(events: list[Event], batch: bool, max_event_bytes: int, hint: int | None) -> None:
-    """413 for the first event that would not fit, with its ``seq``, in ``max_event_bytes``.
+def _check_sizes(
+    events: list[Publication], batch: bool, max_event_bytes: int, hint: int | None
+) -> None:
+    """413 for the first event that would not fit, with its ``seq`` (and ``channel``), in
+    ``max_event_bytes``.
 
     ``hint`` bounds the encoded size of every event's type and payload (see ``_GROWTH``);
     when it fits, nothing is encoded here.
     """
-    limit = max_event_bytes - SEQ_SPLICE_MAX
+    limit = max_event_bytes - CHANNEL_SPLICE_MAX
     if hint is not None and hint + len(encode(Event("x:y", {}, events[0].timestamp))) <= limit:
         return
     for index, event in enumerate(events):
-        size = len(encode(event))
-        if size > limit:
+        size = len(encode(event)) + splice_max(event.channel)
+        if size > max_event_bytes:
             _fail(
                 413,
-                f"{_where(batch, index)}: {size + SEQ_SPLICE_MAX} bytes encoded (with timestamp"
+                f"{_where(batch, index)}: {size} bytes encoded (with timestamp"
                 f" and seq); at most {max_event_bytes}",
             )

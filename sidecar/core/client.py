@@ -3,7 +3,7 @@
 Threads and what they own
     * **hub thread**: the only producer. It calls :meth:`Client.offer` (fast path or queue,
       keepalive pings included) and :meth:`Client.abort`; it owns ``_enqueued`` /
-      ``_enqueued_bytes``, ``ping_sent_at`` and ``gone``.
+      ``_enqueued_bytes``, ``ping_sent_at``, ``gone`` and ``channels``.
     * **writer thread** (``sidecar-writer-N``), started the first time the client has a
       backlog (an idle or keeping-up client never needs one): drains the queue, writing
       everything queued in one go; closes gracefully when asked. Owns ``_dequeued`` /
@@ -107,6 +107,8 @@ class Client:
         self.ping_sent_at: float | None = None
         #: Set by the hub thread once the client is out of its set (or was never let in).
         self.gone = False
+        #: The channels it is subscribed to (``""``: the default one); hub thread only.
+        self.channels: set[str] = set()
         self._close_request: tuple[int, str] | None = None
         #: Why the server ended the session, if it did (set once, by the thread that decides).
         self.ended_by: str | None = None

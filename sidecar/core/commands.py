@@ -9,24 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..protocol import Since
 from .client import Client
-
-
-@dataclass(frozen=True, slots=True)
-class Broadcast:
-    """Encoded envelopes (without ``seq``) for everyone; they get ``first_seq``, ``+1`` …"""
-
-    first_seq: int
-    events: tuple[bytes, ...]
+from .resume import ChannelRequest
+from .stream import Numbered
 
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
-    """Envelopes that already carry their ``seq`` (from a broker), contiguous, for everyone."""
+    """Numbered events (from the local sequencer or a broker's relay), in stream order."""
 
     epoch: str
-    items: tuple[tuple[int, bytes], ...]
+    items: tuple[Numbered, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,16 +32,31 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Register:
-    """Add a client; greet it with ``connection:status`` and the replay ``since`` asks for.
-
-    ``backfill`` holds events older than the local window, read from the broker by the
-    request thread (``(seq, envelope)`` pairs, contiguous from ``since.seq + 1``).
-    """
+    """Add a client; greet it with ``connection:status``, then ``notices`` (frames, e.g. the
+    ``channel:error`` of channels refused at connect), then the replays of ``requests`` (the
+    channels it joins, the default one included unless left out), merged in stream order."""
 
     client: Client
-    since: Since | None
+    requests: tuple[ChannelRequest, ...]
     greet: bool
-    backfill: tuple[tuple[int, bytes], ...] = ()
+    notices: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """A registered client joins one more channel (``channel:subscribe``)."""
+
+    client: Client
+    request: ChannelRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """A client leaves a channel (``channel:unsubscribe``, or revoked: ``reason``)."""
+
+    client: Client
+    channel: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +75,11 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class Reset:
-    """The numbered stream broke or restarted: close every client (resume), go on from here."""
+    """The numbered stream broke or restarted: close every client (resume), go on from
+    stream position ``pos`` of ``epoch``, where the default channel is at ``seq``."""
 
     epoch: str
+    pos: int
     seq: int
     reason: str
 
@@ -91,4 +101,6 @@ class Stop:
     reason: str
 
 
-Command = Broadcast | Deliver | Send | Register | Unregister | Call | Reset | DropAll | Stop
+Command = (
+    Deliver | Send | Register | Subscribe | Unsubscribe | Unregister | Call | Reset | DropAll | Stop
+)

@@ -1,36 +1,37 @@
-"""The hub: one thread owns the set of clients and the numbered stream (gorilla's design).
+"""The hub: one thread owns the clients, the channels and the numbered stream (gorilla's design).
 
 Threads and what they own
     * **hub thread** (``sidecar-hub``, :meth:`Hub.run`): the only reader of the inbox and the
-      only thread that touches ``_clients``, ``_seq`` (the last ``seq`` delivered),
-      ``_history``, ``epoch`` and :class:`HubStats`. It builds each broadcast's frame once,
-      records it in the history and hands the same bytes to every client
-      (:meth:`Client.offer`). It never blocks on a client: a client whose queue is full is
-      dropped (4008). It also keeps clients alive: every ``ping_interval`` it pings each
-      client with no ping outstanding and drops one that has sent nothing for
-      ``ping_timeout`` seconds since its ping (1011).
+      only thread that touches ``_clients``, each client's ``channels``, the channels
+      (:class:`~sidecar.core.channels.Channels`: positions, windows, subscribers), the stream
+      tracker and :class:`HubStats`. It builds each event's frame once, records it in its
+      channel's window and hands the same bytes to every subscriber (:meth:`Client.offer`).
+      It never blocks on a client: a client whose queue is full is dropped (4008). It also
+      keeps clients alive: every ``ping_interval`` it pings each client with no ping
+      outstanding and drops one silent for ``ping_timeout`` seconds since its ping (1011).
     * **any thread** calls the public API; everything reaches the hub thread through the
       inbox (a ``queue.Queue`` of :mod:`sidecar.core.commands`). ``_pending_lock`` guards
-      ``_pending`` (events in the inbox), ``_next_seq`` (the next ``seq`` to assign when the
-      hub numbers events itself) and ``_refused``; assigning ``seq`` and putting the command
-      in the inbox happen under it, so the inbox order is the ``seq`` order. Publishing never
-      blocks and is refused once ``inbox_limit`` events are waiting. Register, unregister and
-      stop are always accepted (they are bounded by the number of connections).
+      ``_pending`` (events in the inbox) and ``_refused``. Publishing never blocks and is
+      refused once ``inbox_limit`` events are waiting. Register, subscribe, unregister and
+      stop are always accepted (bounded by connections and their rate-limited messages).
     * ``_start_lock`` guards starting the hub thread (explicitly, or lazily with
       ``autostart`` in the process that uses it: never before a fork).
     * ``_advanced`` (a Condition) guards ``_waiters``, the request threads waiting in
-      :meth:`Hub.wait_for_seq`; the hub thread notifies it after a batch or a reset only
-      while someone waits (one attribute read per batch otherwise), and when it stops.
+      :meth:`Hub.wait_for`; the hub thread notifies it after a batch or a reset only while
+      someone waits (one attribute read per batch otherwise), and when it stops.
 
-Numbering: without a sequencer the hub assigns ``seq`` itself. With one (a broker), publishing
-goes to the sequencer, which assigns ``seq`` for every process, and a relay thread hands the
-numbered envelopes back through :meth:`Hub.deliver` (the :class:`sidecar.broker.Sink` side).
-The hub fans out a delivered event only if it is the next one (``seq`` = its last + 1, same
-epoch): events it already has are dropped (a replayed read), and a gap or another epoch is a
-reset: every client is closed with 4001 and resumes, so that no live connection ever skips.
+Numbering has one home per mode (:mod:`sidecar.core.stream`): in one process the
+:class:`~sidecar.core.stream.LocalSequencer` numbers under its lock and puts the batch in the
+inbox under that lock (lock order: the sequencer's, then ``_pending_lock``); with a broker,
+Redis numbers and the relay thread hands the events back through :meth:`Hub.deliver`. Either
+way the hub thread takes numbered events (:class:`~sidecar.core.stream.Numbered`) and a
+:class:`~sidecar.core.stream.StreamTracker` decides: events it already has are dropped (a
+replayed read), and a gap or another epoch is a reset: every client is closed with 4001 and
+resumes, so that no live connection ever skips. Resume planning lives in
+:mod:`sidecar.core.resume`.
 
-Consecutive broadcasts waiting in the inbox are handled as one batch: every client gets one
-write (or one queue item) carrying all their frames, in ``seq`` order.
+Consecutive events waiting in the inbox are handled as one batch: every subscriber gets one
+write (or one queue item) carrying all the frames of its channels, in stream order.
 """
 
 from __future__ import annotations
@@ -45,25 +46,31 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from .. import frames
 from ..config import Config
-from ..envelope import Event, encode, is_event_name, with_seq
+from ..envelope import Event, encode, is_event_name
 from ..protocol import (
     CLIENT_EVENT_TYPES,
+    DEFAULT_CHANNEL,
     MAX_FRAME_HEADER,
     RESERVED_NAMESPACES,
-    SEQ_SPLICE_MAX,
+    ChannelErrorCode,
     CloseCode,
     PublishRefused,
     Since,
+    channel_error,
+    channel_subscribed,
+    channel_unsubscribed,
+    check_channel,
     connection_status,
+    splice_max,
 )
+from .channels import Channel, Channels, Verdict
 from .client import Client
 from .commands import (
-    Broadcast,
     Call,
     Command,
     Deliver,
@@ -72,24 +79,41 @@ from .commands import (
     Reset,
     Send,
     Stop,
+    Subscribe,
     Unregister,
+    Unsubscribe,
 )
-from .history import History
+from .resume import ChannelRequest, Entry, replay
+from .stream import (
+    Item,
+    LocalSequencer,
+    Numbered,
+    Position,
+    Restart,
+    Sequencer,
+    Step,
+    StreamTracker,
+    Take,
+)
+
+__all__ = ["Hub", "HubStats", "PublishRefused", "Sequencer", "check_broadcast_type"]
 
 log = logging.getLogger("sidecar.hub")
 
 _MAX_BATCH = 256
 _PING_FRAME = frames.frame(frames.OP_PING, b"")
+#: Longest time between two sweeps of idle channels.
+_SWEEP_INTERVAL = 30.0
 
-StatusFactory = Callable[[str, int, bool], Event]
+StatusFactory = Callable[..., Event]
 
 
 def check_broadcast_type(name: object) -> None:
     """``ValueError`` unless ``name`` is a type anyone but the hub may broadcast.
 
     It must be ``namespace:kebab-case`` as a whole string (no trailing newline), outside the
-    hub's own namespaces (``connection:*``) and not a client-to-server type (``chat:send``):
-    a client library would take a broadcast ``connection:status`` for its own.
+    hub's own namespaces (``connection:*``, ``channel:*``) and not a client-to-server type
+    (``chat:send``): a client library would take a broadcast ``connection:status`` for its own.
     """
     if not is_event_name(name):
         raise ValueError(f"event type {name!r:.80} is not namespace:kebab-case")
@@ -108,12 +132,13 @@ def _broadcastable(events: Iterable[Event]) -> list[Event]:
     return checked
 
 
-class Sequencer(Protocol):
-    """Assigns ``seq`` for every process (the broker); the hub then delivers what comes back."""
+def _channel(channel: str | None) -> str:
+    """The channel a publisher named (``None``: the default), checked."""
+    return DEFAULT_CHANNEL if channel is None else check_channel(channel)
 
-    def publish(self, encoded: Sequence[bytes]) -> list[int]:
-        """Number and store ``encoded`` envelopes (in order); raise ``PublishRefused``."""
-        ...
+
+def _frame_of(event: Event) -> bytes:
+    return frames.text_frame(encode(event))
 
 
 @dataclass
@@ -133,20 +158,26 @@ class HubStats:
     resets: int = 0
     reset_drops: int = 0
     duplicates_dropped: int = 0
+    subscribes: int = 0
+    unsubscribes: int = 0
+    channel_errors: int = 0
+    channel_resets: int = 0
 
 
 class Hub:
-    """Fan-out of events to every connected client, with sequence numbers and a replay window.
+    """Fan-out of events to the subscribers of their channels, numbered, with replay windows.
 
     Settings come from ``config`` (a :class:`~sidecar.config.Config`; keyword ``options`` are
-    applied on top, e.g. ``Hub(ping_interval=5)``): ``history_size`` events and at most
-    ``history_bytes`` bytes of frames are kept for clients that resume with ``since``; every
-    ``ping_interval`` seconds (0: never) each client is pinged, and one silent for
-    ``ping_timeout`` seconds after its ping (default: the interval) is dropped with 1011.
+    applied on top, e.g. ``Hub(ping_interval=5)``): each channel keeps ``history_size`` events
+    and at most ``history_bytes`` bytes of frames for clients that resume with ``since``,
+    all channels together at most ``history_total_bytes``; every ``ping_interval`` seconds
+    (0: never) each client is pinged, and one silent for ``ping_timeout`` seconds after its
+    ping (default: the interval) is dropped with 1011.
 
-    ``status`` builds the ``connection:status`` event; ``clock`` is the keepalive's clock (the
-    connections' ``last_received`` must use the same one); ``sequencer`` turns on broker mode;
-    ``autostart`` starts the hub thread on first use in each process.
+    ``status`` builds the ``connection:status`` event; ``clock`` is the keepalive's and the
+    channels' clock (the connections' ``last_received`` must use the same one);
+    ``sequencer`` (a broker) turns on broker mode; ``autostart`` starts the hub thread on
+    first use in each process.
     """
 
     def __init__(
@@ -165,23 +196,41 @@ class Hub:
         self.ping_timeout = self.config.effective_ping_timeout
         self.inbox_limit = self.config.inbox_limit
         self.max_event_bytes = self.config.max_event_bytes
+        self.max_channels = self.config.max_channels
         self._status = status
         self._clock = clock
-        self._sequencer = sequencer
+        self._broker = sequencer
         self._autostart = autostart
         self._reset_state()
         if sys.platform != "win32":  # Windows has no fork
             os.register_at_fork(after_in_child=_forked(weakref.ref(self)))
 
     def _reset_state(self) -> None:
-        """Fresh inbox, locks and clients: at construction, and in a forked child."""
-        self.epoch = secrets.token_hex(8)
+        """Fresh inbox, locks, channels and clients: at construction, and in a forked child."""
+        config = self.config
+        epoch = secrets.token_hex(8)
         self.stats = HubStats()
         self._inbox: queue.Queue[Command] = queue.Queue()
         self._clients: set[Client] = set()
         self._count = 0
-        self._seq = 0
-        self._history = History(self.config.history_size, self.config.history_bytes)
+        self._local: LocalSequencer | None = None
+        self._numbering: Sequencer
+        if self._broker is None:
+            self._local = LocalSequencer(epoch, self._submit, config.max_channel_states)
+            self._numbering = self._local
+        else:
+            self._numbering = self._broker
+        self._channels = Channels(
+            history_size=config.history_size,
+            history_bytes=config.history_bytes,
+            total_bytes=config.history_total_bytes,
+            max_states=config.max_channel_states,
+            ttl=config.channel_ttl,
+            clock=self._clock,
+            may_forget=self._local.forget if self._local is not None else _always,
+        )
+        self._channels.default.position = Position(epoch, 0)
+        self._tracker = StreamTracker(epoch)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._running = threading.Event()
@@ -190,7 +239,6 @@ class Hub:
         self._pending_lock = threading.Lock()
         self._room = threading.Condition(self._pending_lock)
         self._pending = 0
-        self._next_seq = 1
         self._refused = 0
         self._advanced = threading.Condition(threading.Lock())
         self._waiters = 0
@@ -258,22 +306,37 @@ class Hub:
         return self._count
 
     @property
+    def epoch(self) -> str:
+        """The default channel's (and the stream's) epoch (a snapshot)."""
+        return self._channels.default.position.epoch
+
+    @property
     def seq(self) -> int:
-        """The last ``seq`` delivered to clients (a snapshot)."""
-        return self._seq
+        """The last ``seq`` of the default channel delivered to clients (a snapshot)."""
+        return self._channels.default.position.seq
 
-    def wait_for_seq(self, epoch: str, seq: int, timeout: float) -> bool:
-        """Wait up to ``timeout`` until the hub has fanned out ``seq`` of ``epoch``.
+    def channel_position(self, channel: str) -> Position | None:
+        """Where this hub is in ``channel`` (a snapshot), ``None`` if it does not know it."""
+        known = self._channels.peek(channel)
+        return None if known is None else known.position
 
-        For a resume that saw events on a faster process than this one: its relay is behind
-        the broker. Returns whether the hub got there (``False`` at the deadline, or once the
-        hub stops). Never on the hub thread.
+    def wait_for(self, channel: str, epoch: str, seq: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` until the hub has fanned out ``seq`` of ``epoch`` in
+        ``channel`` (for a resume that saw events on a faster process: its relay is behind).
+
+        Returns whether the hub got there (``False`` at the deadline, or once it stops).
+        Never on the hub thread.
         """
         deadline = time.monotonic() + timeout
+
+        def there() -> bool:
+            position = self.channel_position(channel)
+            return position is not None and position.epoch == epoch and position.seq >= seq
+
         with self._advanced:
             self._waiters += 1
             try:
-                while not (self.epoch == epoch and self._seq >= seq):
+                while not there():
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or not self._running.is_set():
                         return False
@@ -282,25 +345,35 @@ class Hub:
             finally:
                 self._waiters -= 1
 
+    def wait_for_seq(self, epoch: str, seq: int, timeout: float) -> bool:
+        """:meth:`wait_for` on the default channel."""
+        return self.wait_for(DEFAULT_CHANNEL, epoch, seq, timeout)
+
     def snapshot(self) -> dict[str, Any]:
         """Counters and gauges for monitoring (a consistent copy of each part)."""
         with self._pending_lock:
             pending, refused = self._pending, self._refused
-        span = self._history.span
+        span = self._channels.default.window.span
+        channels = self._channels
         return {
             **asdict(self.stats),
             "refused_broadcasts": refused,
             "clients": self._count,
-            "seq": self._seq,
+            "seq": self.seq,
             "epoch": self.epoch,
             "historyEvents": 0 if span is None else span[1] - span[0] + 1,
             "historyBytes": 0 if span is None else span[2],
             "pending": pending,
+            "channels": len(channels),
+            "channelHistoryBytes": channels.total_bytes,
+            "channelsForgotten": channels.forgotten,
+            "channelTrims": channels.trims,
         }
 
     # -- publishing (any thread, never blocks) --------------------------------------------
-    def broadcast(self, data: bytes | str) -> bool:
-        """Broadcast an already-encoded envelope (a JSON object with a ``type``) to everyone.
+    def broadcast(self, data: bytes | str, channel: str | None = None) -> bool:
+        """Broadcast an already-encoded envelope (a JSON object with a ``type``) on
+        ``channel`` (``None``: the default channel, every client).
 
         Returns ``False`` if the hub is not running or is overloaded (counted and logged).
         Raises ``ValueError`` if ``data`` is not such an object, or is too large.
@@ -315,60 +388,91 @@ class Hub:
         check_broadcast_type(obj.get("type"))
         if "seq" in obj:
             raise ValueError("broadcast data must not carry seq: the hub assigns it")
-        return self._publish_quietly([raw.strip()])
+        if "channel" in obj:
+            raise ValueError("broadcast data must not carry channel: pass channel=")
+        return self._publish_quietly([raw.strip()], channel)
 
-    def broadcast_event(self, event: Event) -> bool:
-        """Encode ``event`` once and broadcast it to every client.
+    def broadcast_event(self, event: Event, channel: str | None = None) -> bool:
+        """Encode ``event`` once and broadcast it to the subscribers of ``channel``.
 
         Returns ``False`` if the hub is stopped or overloaded; raises ``ValueError`` if the
-        encoded event is larger than ``max_event_bytes`` or its type may not be broadcast
-        (:func:`check_broadcast_type`): a caller's bug, not a load condition.
+        encoded event is larger than ``max_event_bytes``, its type may not be broadcast
+        (:func:`check_broadcast_type`) or ``channel`` is not a channel name: a caller's
+        bug, not a load condition.
         """
         check_broadcast_type(event.type)
-        return self._publish_quietly([encode(event)])
+        return self._publish_quietly([encode(event)], channel)
 
-    def broadcast_many(self, events: Iterable[Event]) -> int:
+    def broadcast_many(self, events: Iterable[Event], channel: str | None = None) -> int:
         """Broadcast several events, in order, as one batch: all are accepted or none (0)."""
         encoded = [encode(event) for event in _broadcastable(events)]
-        return len(encoded) if encoded and self._publish_quietly(encoded) else 0
+        return len(encoded) if encoded and self._publish_quietly(encoded, channel) else 0
 
-    def publish(self, events: Sequence[Event]) -> list[int]:
-        """Broadcast ``events`` as one batch and return their ``seq`` numbers.
+    def publish(
+        self,
+        events: Sequence[Event],
+        channel: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> list[int]:
+        """Broadcast ``events`` on ``channel`` as one batch and return their ``seq`` numbers
+        (that channel's).
 
         Raises :class:`PublishRefused` (nothing was broadcast) or ``ValueError`` (too large,
-        or a type that may not be broadcast: :func:`check_broadcast_type`).
+        a type that may not be broadcast, a bad channel name).
         """
-        return self.publish_encoded([encode(event) for event in _broadcastable(events)])
+        encoded = [encode(event) for event in _broadcastable(events)]
+        return self.publish_encoded(encoded, channel, idempotency_key=idempotency_key)
 
-    def publish_encoded(self, encoded: Sequence[bytes]) -> list[int]:
+    def publish_encoded(
+        self,
+        encoded: Sequence[bytes],
+        channel: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> list[int]:
         """:meth:`publish` for envelopes already encoded by :func:`sidecar.envelope.encode`."""
-        for data in encoded:
-            if len(data) + SEQ_SPLICE_MAX > self.max_event_bytes:
+        name = _channel(channel)
+        return self.publish_items([(name, data) for data in encoded], idempotency_key)
+
+    def publish_items(self, items: Sequence[Item], idempotency_key: str | None = None) -> list[int]:
+        """Publish encoded envelopes, each on its own channel (``""``: the default), as one
+        batch in this order; returns each one's seq in its channel."""
+        for name, data in items:
+            if len(data) + splice_max(name) > self.max_event_bytes:
                 raise ValueError(f"event larger than {self.max_event_bytes} bytes")
-        if not encoded:
+        if not items:
             return []
-        if self._sequencer is not None:
-            return self._sequencer.publish(encoded)
+        return self._numbering.publish_items(items, idempotency_key)
+
+    def position(self, channel: str | None = None) -> Position:
+        """``(epoch, seq)`` of ``channel`` as numbered now: load the app's state, then have a
+        client subscribe with ``since`` at this position, and nothing falls between.
+
+        Raises :class:`PublishRefused` (a broker that cannot be reached, or no room for one
+        more channel) and ``ValueError`` for a bad channel name.
+        """
+        return self._numbering.heads([_channel(channel)])[0]
+
+    def _submit(self, epoch: str, items: tuple[Numbered, ...]) -> None:
+        """Put a numbered batch in the inbox (the local sequencer, under its lock)."""
         self._ensure_started()
         with self._pending_lock:
             if not self._running.is_set():
                 raise PublishRefused("the hub is stopped")
-            if self._pending + len(encoded) > self.inbox_limit:
-                self._refused += 1
-                refusals = self._refused
-            else:
-                first = self._next_seq
-                self._next_seq += len(encoded)
-                self._pending += len(encoded)
-                self._inbox.put(Broadcast(first, tuple(encoded)))
-                return list(range(first, first + len(encoded)))
+            if self._pending + len(items) <= self.inbox_limit:
+                self._pending += len(items)
+                self._inbox.put(Deliver(epoch, items))
+                return
+            self._refused += 1
+            refusals = self._refused
         if refusals in (1, 1000) or refusals % 100_000 == 0:
             log.warning("hub inbox full (%d waiting): broadcast refused", self.inbox_limit)
         raise PublishRefused(f"the hub is overloaded ({self.inbox_limit} events waiting)")
 
-    def _publish_quietly(self, encoded: Sequence[bytes]) -> bool:
+    def _publish_quietly(self, encoded: Sequence[bytes], channel: str | None) -> bool:
         try:
-            self.publish_encoded(encoded)
+            self.publish_encoded(encoded, channel)
         except PublishRefused:
             return False
         return True
@@ -408,8 +512,8 @@ class Hub:
         return True
 
     # -- the broker's side (the relay thread) ---------------------------------------------
-    def deliver(self, epoch: str, items: Sequence[tuple[int, bytes]], timeout: float) -> bool:
-        """Take envelopes numbered by the broker (contiguous, each carrying its ``seq``).
+    def deliver(self, epoch: str, items: Sequence[Numbered], timeout: float) -> bool:
+        """Take events numbered by the broker (in stream order, contiguous).
 
         Blocks up to ``timeout`` while the inbox is full; ``False`` if the hub is stopped or
         the time ran out (the relay then offers the same items again).
@@ -426,10 +530,11 @@ class Hub:
             self._inbox.put(Deliver(epoch, tuple(items)))
         return True
 
-    def reset(self, epoch: str, seq: int, reason: str) -> None:
-        """Go on from ``(epoch, seq)``: every client is closed with 4001 so that it resumes."""
+    def reset(self, epoch: str, seq: int, reason: str, *, pos: int | None = None) -> None:
+        """Go on from stream position ``pos`` (default ``seq``) of ``epoch``, where the
+        default channel is at ``seq``: every client is closed with 4001 so that it resumes."""
         self._ensure_started()
-        self._inbox.put(Reset(epoch, seq, reason))
+        self._inbox.put(Reset(epoch, seq if pos is None else pos, seq, reason))
 
     # -- clients (request threads) ---------------------------------------------------------
     def register(
@@ -438,17 +543,71 @@ class Hub:
         since: Since | None = None,
         *,
         greet: bool = True,
-        backfill: Sequence[tuple[int, bytes]] = (),
+        backfill: Sequence[Numbered] = (),
+        requests: Sequence[ChannelRequest] | None = None,
+        notices: Sequence[Event] = (),
     ) -> bool:
-        """Add ``client``; the hub sends it ``connection:status`` first (then any replay).
+        """Add ``client``; the hub sends it ``connection:status`` first, then ``notices``,
+        then the replays of the channels it joins (in stream order), then live events.
 
-        ``greet=False`` registers without that first frame (the conformance echo endpoint,
-        whose peer expects only its own messages back). ``backfill`` carries events older than
-        the local window, read from a broker (see :class:`~sidecar.core.commands.Register`).
+        ``requests`` are the channels it joins (:class:`~sidecar.core.resume.ChannelRequest`,
+        the default one among them unless it is left out); by default, only the default
+        channel, resumed from ``since`` with ``backfill`` (events older than the local window,
+        read from a broker). ``greet=False`` registers without the first frame and replay
+        (the conformance echo endpoint, whose peer expects only its own messages back).
         """
         if not self.is_running():
             return False
-        self._inbox.put(Register(client, since, greet, tuple(backfill)))
+        if requests is None:
+            requests = [ChannelRequest(DEFAULT_CHANNEL, since, backfill=tuple(backfill))]
+        notes = [_frame_of(event) for event in notices]
+        if self._local is None:
+            self._inbox.put(Register(client, tuple(requests), greet, tuple(notes)))
+            return True
+        with self._local.lock:  # origins read in inbox order
+            granted = self._local_origins(requests, notes)
+            self._inbox.put(Register(client, granted, greet, tuple(notes)))
+        return True
+
+    def _local_origins(
+        self, requests: Sequence[ChannelRequest], notes: list[bytes]
+    ) -> tuple[ChannelRequest, ...]:
+        """``requests`` with the local sequencer's positions (its lock held); a channel with
+        no room left is refused with a ``channel:error`` added to ``notes``."""
+        assert self._local is not None
+        granted = []
+        for request in requests:
+            if request.channel == DEFAULT_CHANNEL:
+                granted.append(request)
+                continue
+            origin = self._local.position(request.channel)
+            if origin is None:
+                notes.append(_frame_of(_no_room(request.channel)))
+                continue
+            granted.append(replace(request, origin=origin))
+        return tuple(granted)
+
+    def subscribe(self, client: Client, request: ChannelRequest) -> bool:
+        """Join ``client`` to one more channel (``channel:subscribed``, replay, then live)."""
+        if not self._running.is_set():
+            return False
+        if self._local is None:
+            self._inbox.put(Subscribe(client, request))
+            return True
+        notes: list[bytes] = []
+        with self._local.lock:
+            granted = self._local_origins([request], notes)
+            if granted:
+                self._inbox.put(Subscribe(client, granted[0]))
+        for note in notes:
+            self.send_frame(client, note)
+        return True
+
+    def unsubscribe(self, client: Client, channel: str, reason: str = "client") -> bool:
+        """Take ``client`` off ``channel`` (``channel:unsubscribed {channel, reason}``)."""
+        if not self._running.is_set():
+            return False
+        self._inbox.put(Unsubscribe(client, channel, reason))
         return True
 
     def unregister(self, client: Client) -> None:
@@ -474,70 +633,75 @@ class Hub:
         self._inbox.put(DropAll(code, reason, abrupt))
         return True
 
-    def replay_estimate(self, since: Since) -> int:
-        """Bytes a resume from ``since`` would replay from the local window (an estimate)."""
-        span = self._history.span
-        if span is None or since.epoch != self.epoch or since.seq >= span[1]:
-            return 0
-        first, last, total = span
-        return total * (last - max(since.seq, first - 1)) // (last - first + 1)
-
-    def window_start(self) -> int | None:
-        """The first ``seq`` in the local window (a snapshot), ``None`` when it is empty."""
-        span = self._history.span
+    def window_start(self, channel: str = DEFAULT_CHANNEL) -> int | None:
+        """The first ``seq`` in a channel's window (a snapshot), ``None`` when it is empty."""
+        span = self.window_span(channel)
         return None if span is None else span[0]
 
-    def window_span(self) -> tuple[int, int, int] | None:
-        """``(first seq, last seq, bytes)`` of the local window (a snapshot), or ``None``."""
-        return self._history.span
+    def window_span(self, channel: str = DEFAULT_CHANNEL) -> tuple[int, int, int] | None:
+        """``(first seq, last seq, bytes)`` of a channel's window (a snapshot), or ``None``."""
+        known = self._channels.peek(channel)
+        return None if known is None else known.window.span
 
     # -- hub thread ------------------------------------------------------------------------
     def _loop(self) -> None:
         get, clock = self._inbox.get, self._clock
         interval = self.ping_interval if self.ping_interval > 0 else None
         next_ping = clock() + interval if interval else None
+        sweep_every = min(_SWEEP_INTERVAL, max(self._channels.ttl / 4, 0.001))
+        next_sweep = clock() + sweep_every
         held: Command | None = None  # a command taken while collecting a batch
         while True:
             command, held = held, None
             if command is None:
+                wake = next_sweep if next_ping is None else min(next_ping, next_sweep)
                 try:
-                    timeout = None if next_ping is None else max(0.0, next_ping - clock())
-                    command = get(timeout=timeout)
+                    command = get(timeout=max(0.0, wake - clock()))
                 except queue.Empty:
                     command = None
-            if next_ping is not None and clock() >= next_ping:
+            now = clock()
+            if next_ping is not None and now >= next_ping:
                 self._keepalive()
                 next_ping = clock() + self.ping_interval
-            match command:
-                case None:
-                    continue
-                case Broadcast() | Deliver():
-                    held = self._fan_out(command)
-                case Send(client=client, frame=frame):
-                    self._done(1)
-                    if client in self._clients:
-                        self.stats.sent_to_client += 1
-                        if not client.offer(frame):
-                            self._evict(client)
-                case Register(client=client, since=since, greet=greet, backfill=backfill):
-                    self._register(client, since, greet, backfill)
-                case Unregister(client=client):
-                    self._remove(client)
-                case Call(fn=fn):
-                    self._call(fn)
-                case Reset(epoch=epoch, seq=seq, reason=reason):
-                    self._reset(epoch, seq, reason)
-                case DropAll(code=code, reason=reason, abrupt=abrupt):
-                    for client in list(self._clients):
-                        if abrupt and self._remove(client):
-                            client.conn.shutdown()
-                        else:
-                            self._drop(client, code, reason, f"dropped by the app ({reason})")
-                case Stop(code=code, reason=reason):
-                    self._running.clear()
-                    self._close_all(code, reason)
-                    self._wake_waiters()  # a resume waiting for a seq gives up now
-                    return
+            if now >= next_sweep:
+                self._channels.sweep()
+                next_sweep = now + sweep_every
+            if isinstance(command, Deliver):
+                held = self._fan_out(command)
+            elif isinstance(command, Stop):
+                self._running.clear()
+                self._close_all(command.code, command.reason)
+                self._wake_waiters()  # a resume waiting for a seq gives up now
+                return
+            elif command is not None:
+                self._dispatch(command)
+
+    def _dispatch(self, command: Command) -> None:
+        match command:
+            case Send(client=client, frame=frame):
+                self._done(1)
+                if client in self._clients:
+                    self.stats.sent_to_client += 1
+                    if not client.offer(frame):
+                        self._evict(client)
+            case Register(client=client, requests=requests, greet=greet, notices=notices):
+                self._register(client, requests, greet, notices)
+            case Subscribe(client=client, request=request):
+                self._subscribe(client, request)
+            case Unsubscribe(client=client, channel=channel, reason=reason):
+                self._unsubscribe(client, channel, reason)
+            case Unregister(client=client):
+                self._remove(client)
+            case Call(fn=fn):
+                self._call(fn)
+            case Reset(epoch=epoch, pos=pos, seq=seq, reason=reason):
+                self._restart(epoch, pos, seq, reason)
+            case DropAll(code=code, reason=reason, abrupt=abrupt):
+                for client in list(self._clients):
+                    if abrupt and self._remove(client):
+                        client.conn.shutdown()
+                    else:
+                        self._drop(client, code, reason, f"dropped by the app ({reason})")
 
     def _done(self, n: int) -> None:
         with self._room:
@@ -550,77 +714,123 @@ class Hub:
         except Exception:  # a caller's function: log its failure, keep the hub running
             log.exception("hub.call(%r) failed", fn)
 
-    def _fan_out(self, first: Broadcast | Deliver) -> Command | None:
-        """Broadcast ``first`` and every numbered command right behind it, as one batch.
+    def _fan_out(self, first: Deliver) -> Command | None:
+        """Fan out ``first`` and every delivery right behind it, as one batch.
 
         Returns the command that ended the batch, to be handled next.
         """
-        batch: list[tuple[int, bytes]] = []
+        taken: list[Numbered] = []
         command: Command | None = first
         held: Command | None = None
         while command is not None:
-            match command:
-                case Broadcast(first_seq=seq, events=events):
-                    batch.extend((seq + i, with_seq(e, seq + i)) for i, e in enumerate(events))
-                    self._done(len(events))
-                case Deliver(epoch=epoch, items=items):
-                    self._done(len(items))
-                    batch = self._take(batch, epoch, items)
-                case _:
-                    held = command
-                    break
-            if len(batch) >= _MAX_BATCH:
+            if not isinstance(command, Deliver):
+                held = command
+                break
+            self._done(len(command.items))
+            duplicates = self._tracker.duplicates
+            steps = self._tracker.take(command.epoch, command.items)
+            self.stats.duplicates_dropped += self._tracker.duplicates - duplicates
+            for step in steps:
+                if isinstance(step, Restart):
+                    self._send(taken)
+                    taken = []
+                    self._restart(step.epoch, step.pos, _default_seq(steps), step.reason)
+                else:
+                    taken.extend(step.items)
+            if len(taken) >= _MAX_BATCH:
                 break
             try:
                 command = self._inbox.get_nowait()
             except queue.Empty:
                 command = None
-        self._broadcast(batch)
+        self._send(taken)
         return held
 
-    def _take(
-        self, batch: list[tuple[int, bytes]], epoch: str, items: Sequence[tuple[int, bytes]]
-    ) -> list[tuple[int, bytes]]:
-        """Add delivered ``items`` to ``batch``: only what follows it, in the hub's epoch.
-
-        Items at or below the last seq (already fanned out) are dropped and counted. A gap,
-        or another epoch, ends the batch: it goes out, then a reset (clients resume), and the
-        items start the next one.
-        """
-        expected = (batch[-1][0] if batch else self._seq) + 1
-        if epoch == self.epoch:
-            skip = 0
-            while skip < len(items) and items[skip][0] < expected:
-                skip += 1
-            if skip:
-                self.stats.duplicates_dropped += skip
-                items = items[skip:]
-            if not items or items[0][0] == expected:
-                batch.extend(items)
-                return batch
+    def _send(self, items: list[Numbered]) -> None:
+        """Record ``items`` in their channels and hand each subscriber its frames, once."""
         if not items:
-            return batch
-        self._broadcast(batch)
-        why = "new epoch" if epoch != self.epoch else f"gap in the stream before {items[0][0]}"
-        self._reset(epoch, items[0][0] - 1, why)
-        return list(items)
-
-    def _broadcast(self, batch: list[tuple[int, bytes]]) -> None:
-        if not batch:
             return
-        out = []
-        for seq, data in batch:
-            frame = frames.text_frame(data)
-            out.append(frame)
-            self._history.append(seq, frame)
-        self._seq = batch[-1][0]
-        blob = out[0] if len(out) == 1 else b"".join(out)
-        for client in [client for client in self._clients if not client.offer(blob)]:
-            self._evict(client)
-        self.stats.broadcasts += len(batch)
-        self.stats.deliveries += len(batch) * len(self._clients)
+        batch: list[tuple[Channel, bytes]] = []
+        accept, append, text_frame = self._channels.accept, self._channels.append, frames.text_frame
+        for item in items:
+            verdict, channel = accept(item)
+            if verdict is Verdict.TAKE:
+                assert channel is not None
+            elif verdict is Verdict.BROKE:
+                assert channel is not None
+                self._offer_batch(batch)
+                batch = []
+                self._broke(channel, item)
+            else:
+                self.stats.duplicates_dropped += verdict is Verdict.DUPLICATE
+                continue
+            frame = text_frame(item.data)
+            append(channel, item, frame)
+            batch.append((channel, frame))
+        self._offer_batch(batch)
+        self._channels.shrink()
         if self._waiters:
             self._wake_waiters()
+
+    def _offer_batch(self, batch: list[tuple[Channel, bytes]]) -> None:
+        """Hand each subscriber of the batch's channels its frames, in order, in one offer."""
+        if not batch:
+            return
+        channels = dict.fromkeys(channel for channel, _frame in batch)
+        slow: list[Client] = []
+        deliveries = 0
+        if len(channels) == 1:
+            channel = batch[0][0]
+            blob = batch[0][1] if len(batch) == 1 else b"".join(f for _c, f in batch)
+            slow = [client for client in channel.subscribers if not client.offer(blob)]
+            deliveries = len(batch) * len(channel.subscribers)
+        else:
+            deliveries = self._offer_merged(batch, list(channels), slow)
+        for client in slow:
+            self._evict(client)
+        self.stats.broadcasts += len(batch)
+        self.stats.deliveries += deliveries
+
+    def _offer_merged(
+        self, batch: list[tuple[Channel, bytes]], channels: list[Channel], slow: list[Client]
+    ) -> int:
+        """:meth:`_offer_batch` for a batch of several channels; returns the deliveries."""
+        blobs = {c: b"".join(f for ch, f in batch if ch is c) for c in channels}
+        sizes = {c: sum(1 for ch, _f in batch if ch is c) for c in channels}
+        owner: dict[Client, Channel] = {}
+        several: set[Client] = set()
+        for channel in channels:
+            for client in channel.subscribers:
+                if owner.setdefault(client, channel) is not channel:
+                    several.add(client)
+        deliveries = 0
+        for client, channel in owner.items():
+            if client in several:
+                mine = [f for ch, f in batch if ch.name in client.channels]
+                deliveries += len(mine)
+                ok = client.offer(b"".join(mine))
+            else:
+                deliveries += sizes[channel]
+                ok = client.offer(blobs[channel])
+            if not ok:
+                slow.append(client)
+        return deliveries
+
+    def _broke(self, channel: Channel, item: Numbered) -> None:
+        """``channel`` lost continuity at ``item``: its subscribers resume (4001)."""
+        if channel.subscribers:
+            log.warning(
+                "channel %s broke at %s:%d: closing %d subscribers with %d so they resume",
+                channel.name or "(default)",
+                item.epoch,
+                item.seq,
+                len(channel.subscribers),
+                CloseCode.RESUME,
+            )
+        self.stats.channel_resets += 1
+        for client in list(channel.subscribers):
+            self._remove(client)
+            client.request_close(CloseCode.RESUME, "events may have been missed: resume")
 
     def _wake_waiters(self) -> None:
         with self._advanced:
@@ -646,56 +856,130 @@ class Hub:
         for client in slow:
             self._evict(client)
 
-    def _replay(
-        self, since: Since | None, backfill: tuple[tuple[int, bytes], ...]
-    ) -> tuple[bool, tuple[bytes, ...]]:
-        """Whether ``since`` can be recovered, and the frames that recover it (shared)."""
-        if since is None or since.epoch != self.epoch or since.seq > self._seq:
-            return False, ()
-        if since.seq == self._seq:
-            return True, ()
-        local = self._history.after(since.seq)
-        if local is not None:
-            return True, local
-        if not backfill or backfill[0][0] != since.seq + 1:
-            return False, ()
-        # the broker may be ahead of this hub: what it has not fanned out yet comes live
-        backfill = backfill[: self._seq - since.seq]  # since.seq < self._seq here
-        last = backfill[-1][0]
-        rest = self._history.after(last) if last < self._seq else ()
-        if rest is None or last - backfill[0][0] + 1 != len(backfill):
-            return False, ()
-        return True, (*(frames.text_frame(data) for _seq, data in backfill), *rest)
+    def _join(
+        self, client: Client, request: ChannelRequest
+    ) -> tuple[Channel | None, bool, tuple[Entry, ...]]:
+        """Find (or start, at the request's origin) the channel; whether it recovers, and its
+        replay. Counts resumes. ``None``: no room for the channel."""
+        channel = self._channels.peek(request.channel)
+        if channel is None and request.origin is not None:
+            channel = self._channels.ensure(request.channel, request.origin)
+        if channel is None:
+            return None, False, ()
+        recovered, entries = replay(channel, request)
+        if request.since is not None:
+            if recovered:
+                self.stats.replays += 1
+                self.stats.replayed_events += len(entries)
+            else:
+                self.stats.unrecovered_resumes += 1
+        return channel, recovered, entries
 
     def _register(
         self,
         client: Client,
-        since: Since | None,
+        requests: tuple[ChannelRequest, ...],
         greet: bool,
-        backfill: tuple[tuple[int, bytes], ...],
+        notices: tuple[bytes, ...],
     ) -> None:
+        joined: list[Channel] = []
+        states: dict[str, dict[str, object]] = {}
+        replays: list[tuple[Entry, ...]] = []
+        default_recovered = False
+        out = list(notices)
+        for request in requests:
+            channel, recovered, entries = (
+                self._join(client, request)
+                if greet
+                else (self._channels.peek(request.channel), False, ())
+            )
+            if channel is None:
+                out.append(_frame_of(_no_room(request.channel)))
+                continue
+            joined.append(channel)
+            replays.append(entries)
+            if channel.name:
+                position = channel.position
+                states[channel.name] = {
+                    "epoch": position.epoch,
+                    "seq": position.seq,
+                    "recovered": recovered,
+                }
+            else:
+                default_recovered = recovered
         if greet:
-            recovered, replay = self._replay(since, backfill)
-            if since is not None:
-                if recovered:
-                    self.stats.replays += 1
-                    self.stats.replayed_events += len(replay)
-                else:
-                    self.stats.unrecovered_resumes += 1
-            status = frames.text_frame(encode(self._status(self.epoch, self._seq, recovered)))
-            if not client.offer((status, *replay) if replay else status):
+            default = self._channels.default.position
+            args = (default.epoch, default.seq, default_recovered)
+            status = self._status(*args, states) if states else self._status(*args)
+            out.insert(0, _frame_of(status))
+            out.extend(_merged(replays))
+            if not client.offer(tuple(out) if len(out) > 1 else out[0]):
                 client.gone = True
                 client.abort(CloseCode.SLOW_CONSUMER, "slow consumer")
                 return
+        for channel in joined:
+            channel.subscribers.add(client)
+            client.channels.add(channel.name)
         self._clients.add(client)
         self._count = len(self._clients)
         self.stats.registered += 1
         log.debug("client %s registered (%d clients)", client.id, self._count)
 
+    def _refuse(self, client: Client, channel: str, code: str, message: str) -> None:
+        self.stats.channel_errors += 1
+        if not client.offer(_frame_of(channel_error(channel, code, message))):
+            self._evict(client)
+
+    def _subscribe(self, client: Client, request: ChannelRequest) -> None:
+        if client not in self._clients:
+            return
+        name = request.channel
+        if name in client.channels:
+            self._refuse(client, name, ChannelErrorCode.ALREADY_SUBSCRIBED, f"already in {name}")
+            return
+        if len(client.channels - {DEFAULT_CHANNEL}) >= self.max_channels:
+            message = f"at most {self.max_channels} channels per connection"
+            self._refuse(client, name, ChannelErrorCode.LIMIT, message)
+            return
+        channel, recovered, entries = self._join(client, request)
+        if channel is None:
+            error = _no_room(name)
+            self._refuse(client, name, ChannelErrorCode.LIMIT, str(error.payload["message"]))
+            return
+        position = channel.position
+        answer = _frame_of(channel_subscribed(name, position.epoch, position.seq, recovered))
+        data = (answer, *(frame for _pos, frame in entries)) if entries else answer
+        if not client.offer(data):
+            self._evict(client)
+            return
+        channel.subscribers.add(client)
+        client.channels.add(name)
+        self.stats.subscribes += 1
+
+    def _unsubscribe(self, client: Client, name: str, reason: str) -> None:
+        if client not in self._clients:
+            return
+        channel = self._channels.peek(name)
+        if not name or name not in client.channels or channel is None:
+            self._refuse(client, name, ChannelErrorCode.NOT_SUBSCRIBED, f"not in {name or '?'}")
+            return
+        client.channels.discard(name)
+        channel.subscribers.discard(client)
+        self._channels.left(channel)
+        self.stats.unsubscribes += 1
+        if not client.offer(_frame_of(channel_unsubscribed(name, reason))):
+            self._evict(client)
+
     def _remove(self, client: Client) -> bool:
         if client not in self._clients:
             return False
         self._clients.discard(client)
+        for name in client.channels:
+            channel = self._channels.peek(name)
+            if channel is not None:
+                channel.subscribers.discard(client)
+                self._channels.left(channel)
+        client.channels.clear()
         client.gone = True
         self._count = len(self._clients)
         self.stats.unregistered += 1
@@ -721,7 +1005,8 @@ class Hub:
         client.abort(code, reason)
         return True
 
-    def _reset(self, epoch: str, seq: int, reason: str) -> None:
+    def _restart(self, epoch: str, pos: int, seq: int, reason: str) -> None:
+        """The stream goes on from ``(epoch, pos)`` with the default channel at ``seq``."""
         if self._clients:
             log.warning(
                 "stream continuity broke (%s): closing %d clients with %d so they resume",
@@ -731,8 +1016,9 @@ class Hub:
             )
         self.stats.reset_drops += len(self._clients)
         self._close_all(CloseCode.RESUME, "events may have been missed: resume")
-        self.epoch, self._seq = epoch, seq
-        self._history.clear()
+        self._tracker.restart(epoch, pos)
+        self._channels.clear_named()
+        self._channels.restart(self._channels.default, Position(epoch, seq))
         self.stats.resets += 1
         if self._waiters:
             self._wake_waiters()
@@ -740,9 +1026,40 @@ class Hub:
     def _close_all(self, code: int, reason: str) -> None:
         for client in self._clients:
             client.gone = True
+            client.channels.clear()
             client.request_close(code, reason)  # never blocks: at once, or by a writer thread
+        for channel in self._channels:
+            channel.subscribers.clear()
         self._clients.clear()
         self._count = 0
+
+
+def _merged(replays: list[tuple[Entry, ...]]) -> list[bytes]:
+    """The frames of several channels' replays, in stream order (each is in order already)."""
+    present = [entries for entries in replays if entries]
+    if len(present) <= 1:
+        return [frame for entries in present for _pos, frame in entries]
+    return [frame for _pos, frame in sorted(e for entries in present for e in entries)]
+
+
+def _default_seq(steps: list[Step]) -> int:
+    """Where the default channel stands before a restart's events: just before its first
+    one among them (0 when there is none: its next event tells, and a gap then is a reset
+    of that channel alone)."""
+    for step in steps:
+        if isinstance(step, Take):
+            for item in step.items:
+                if item.channel == DEFAULT_CHANNEL:
+                    return item.seq - 1
+    return 0
+
+
+def _no_room(channel: str) -> Event:
+    return channel_error(channel, ChannelErrorCode.LIMIT, "too many channels on this server")
+
+
+def _always(_name: str, _position: Position) -> bool:
+    return True
 
 
 def _forked(ref: weakref.ReferenceType[Hub]) -> Callable[[], None]:

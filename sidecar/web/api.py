@@ -25,8 +25,9 @@ from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .. import logs
-from ..catalog import PublishError, parse_publish_body
+from ..catalog import Publication, PublishError, parse_publish_body
 from ..core.hub import PublishRefused
+from ..envelope import encode
 from .guards import check_token
 from .state import SidecarState
 
@@ -77,13 +78,21 @@ def _publish(state: SidecarState) -> Response:
     except PublishError as exc:
         return error(exc.status, exc.message)
     try:
-        seqs = state.hub.publish(events)
+        seqs = state.hub.publish_items([(event.channel, encode(event)) for event in events])
     except PublishRefused as exc:
         return error(503, f"not broadcast: {exc}; retry", {"Retry-After": "1"})
     except ValueError as exc:  # larger than the hub's limit (the parser checks this too)
         return error(413, str(exc))
-    out = [{**event.to_dict(), "seq": seq} for event, seq in zip(events, seqs, strict=True)]
+    out = [_envelope(event, seq) for event, seq in zip(events, seqs, strict=True)]
     return _json(202, {"accepted": len(out), "seqs": seqs, "events": out})
+
+
+def _envelope(event: Publication, seq: int) -> dict[str, Any]:
+    """The envelope as broadcast: with its ``seq``, and its ``channel`` if it has one."""
+    out = {**event.to_dict(), "seq": seq}
+    if event.channel:
+        out["channel"] = event.channel
+    return out
 
 
 def _counters(state: SidecarState) -> dict[str, Any]:

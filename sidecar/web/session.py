@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import socket
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,9 +39,25 @@ from flask_sock import Sock
 from wsproto.utilities import ProtocolError
 
 from ..broker import BrokerUnavailable
+from ..core import resume
 from ..core.client import Client, Close, MessageHandler
 from ..core.connection import Connection, MessageSource
-from ..protocol import SINCE_PARAM, SUBPROTOCOL, CloseCode, Since
+from ..core.resume import ChannelRequest
+from ..envelope import Event
+from ..protocol import (
+    CHANNELS_PARAM,
+    DEFAULT_CHANNEL,
+    RESERVED_NAMESPACES,
+    SINCE_PARAM,
+    SUBPROTOCOL,
+    ChannelErrorCode,
+    CloseCode,
+    Since,
+    channel_error,
+    parse_channels,
+    parse_since,
+)
+from .channels import ChannelMessages
 from .guards import (
     Rejection,
     check_headers,
@@ -63,11 +80,6 @@ SOCKET_KEYS = ("werkzeug.socket", "gunicorn.socket")
 SMALL_REPLAY = 64 << 10
 #: What a client→server event is handed to: ``fn(client, event)`` on the reader's thread.
 EventHandler = Callable[[Client, dict[str, Any]], None]
-#: Longest a resume waits for this process's relay to reach what the client already saw.
-CATCH_UP_TIMEOUT = 1.0
-#: Events a broker backfill reaches into the local window, so that the window may move on
-#: between the request thread's read and the hub thread's registration.
-BACKFILL_OVERLAP = 64
 
 
 @dataclass(frozen=True)
@@ -75,8 +87,10 @@ class Admission:
     """An admitted upgrade request, from the guard to the view."""
 
     conn: Connection
-    since: Since | None
-    backfill: tuple[tuple[int, bytes], ...]
+    #: The channels it joins, resume planning done (the default channel first).
+    requests: tuple[ChannelRequest, ...]
+    #: ``channel:error`` events for channels refused at connect (sent after the status).
+    notices: tuple[Event, ...]
     remote: str
     #: simple-websocket's ``Server`` options for this session (see :class:`ServerOptions`).
     options: Mapping[str, Any]
@@ -109,14 +123,25 @@ def reject(state: SidecarState, rejection: Rejection, *, handshake: bool) -> Res
     return response
 
 
-def _since(environ: Mapping[str, Any]) -> Since | Rejection | None:
-    values = request.args.getlist(SINCE_PARAM)
-    if not values:
-        return None
+def _channels(environ: Mapping[str, Any]) -> tuple[list[str], dict[str, Since]] | Rejection:
+    """The channels asked for at connect (``?channels=``) and the resume points (``?since=``).
+
+    ``since`` keeps its meaning for the default channel (the last value counts, as it always
+    did) and takes one ``<channel>@<epoch>:<seq>`` item per named channel, each of which must
+    be in ``channels``. Anything malformed is a 400 naming it.
+    """
+    values = request.args.getlist(CHANNELS_PARAM)
+    since_values = request.args.getlist(SINCE_PARAM)
     try:
-        return Since.parse(values[-1])
+        names = parse_channels(",".join(values)) if values else []
+        points = parse_since(since_values[-1]) if since_values else {}
     except ValueError as exc:
-        return Rejection(400, f"Bad Request: {exc}", "since")
+        field = "since" if str(exc).startswith("since") else "channels"
+        return Rejection(400, f"Bad Request: {exc}", field)
+    stray = [name for name in points if name and name not in names]
+    if stray:
+        return Rejection(400, f"Bad Request: since names {stray[0]!r}, not in channels", "since")
+    return names, points
 
 
 def _unavailable(message: str, reason: str, retry_after: float = 1.0) -> Rejection:
@@ -146,59 +171,36 @@ def _checks(state: SidecarState, environ: Mapping[str, Any]) -> Rejection | None
     return None
 
 
-def _catch_up(state: SidecarState, since: Since | None) -> None:
-    """A resume from a faster process: wait (bounded) until this hub has fanned out ``since``.
-
-    A client that saw ``since.seq`` on another worker, whose relay was ahead of this one's,
-    would otherwise get ``recovered: false`` here. Only when the broker has that seq (its
-    head, one round trip) is it worth waiting; raises :class:`BrokerUnavailable`.
-    """
-    hub, broker = state.hub, state.broker
-    if broker is None or since is None or (since.epoch == hub.epoch and since.seq <= hub.seq):
-        return
-    epoch, head = broker.head()
-    if since.epoch == epoch and since.seq <= head:
-        hub.wait_for_seq(since.epoch, since.seq, CATCH_UP_TIMEOUT)
-
-
-def _replay_cost(state: SidecarState, since: Since) -> int:
-    """Bytes a resume from ``since`` will replay: the local window's part, and with a broker
-    the older part the stream holds (estimated at the window's average frame size)."""
-    hub = state.hub
-    cost = hub.replay_estimate(since)
-    start, span = hub.window_start(), hub.window_span()
-    if (
-        state.broker is not None
-        and start is not None
-        and span is not None
-        and since.seq + 1 < start
-    ):
-        first, last, total = span
-        cost += total // (last - first + 1) * min(start - since.seq - 1, state.config.history_size)
-    return cost
+def _requests(
+    state: SidecarState, names: list[str], points: dict[str, Since]
+) -> tuple[list[ChannelRequest], list[Event]]:
+    """What a connection joins (the default channel, then ``names`` up to the per-connection
+    limit) and the ``channel:error`` notices of those refused."""
+    requests = [ChannelRequest(DEFAULT_CHANNEL, points.get(DEFAULT_CHANNEL))]
+    limit = state.config.max_channels
+    notices = [
+        channel_error(name, ChannelErrorCode.LIMIT, f"at most {limit} channels per connection")
+        for name in names[limit:]
+    ]
+    requests += [ChannelRequest(name, points.get(name)) for name in names[:limit]]
+    return requests, notices
 
 
-def _backfill(state: SidecarState, since: Since | None) -> tuple[tuple[int, bytes], ...]:
-    """Events older than the local window, from the broker (``()`` when not needed or gone).
-
-    Reads up to :data:`BACKFILL_OVERLAP` events into the window, never more than the history
-    size, and gives up (``()``: ``recovered: false``) past ``--max-pending-bytes``: a replay
-    larger than the client's queue may hold would only get it dropped; raises
-    :class:`BrokerUnavailable`.
-    """
-    hub, broker = state.hub, state.broker
-    limit = state.config.history_size
-    if broker is None or since is None or since.epoch != hub.epoch or limit <= 0:
-        return ()
-    start = hub.window_start()
-    if start is not None:
-        if since.seq + 1 >= start + BACKFILL_OVERLAP:
-            return ()
-        limit = min(limit, start + BACKFILL_OVERLAP - since.seq - 1)
-    items = tuple(broker.read_range(since.epoch, since.seq, limit) or ())
-    if sum(len(data) for _seq, data in items) > state.config.max_pending_bytes:
-        return ()
-    return items
+def _plan(
+    state: SidecarState, requests: list[ChannelRequest], peer: str
+) -> list[ChannelRequest] | Rejection:
+    """``requests`` completed by resume planning, or a 503 (replay budget, broker)."""
+    hub, broker, config = state.hub, state.broker, state.config
+    try:
+        requests = resume.locate(hub, broker, requests)
+        cost = sum(resume.replay_cost(hub, r, config.history_size) for r in requests)
+        wait = state.replays.retry_after(peer, cost) if cost > SMALL_REPLAY else 0.0
+        if wait > 0:
+            return _unavailable("too many replays; resume later", "replay-rate", wait)
+        limits = resume.Limits(config.history_size, config.max_pending_bytes)
+        return resume.fill(hub, broker, requests, limits)
+    except BrokerUnavailable:
+        return _unavailable("the broker is unreachable; resume later", "broker")
 
 
 def admit(state: SidecarState, environ: Mapping[str, Any]) -> Admission | Rejection:
@@ -206,22 +208,16 @@ def admit(state: SidecarState, environ: Mapping[str, Any]) -> Admission | Reject
     rejection = _checks(state, environ)
     if rejection:
         return rejection
-    since = _since(environ)
-    if isinstance(since, Rejection):
-        return since
+    asked = _channels(environ)
+    if isinstance(asked, Rejection):
+        return asked
     if state.stopping is not None or not state.hub.is_running():
         return _unavailable("shutting down; connect again later", state.stopping or "stopping")
     peer = request.remote_addr or "?"
-    try:
-        _catch_up(state, since)
-        if since is not None:
-            cost = _replay_cost(state, since)
-            wait = state.replays.retry_after(peer, cost) if cost > SMALL_REPLAY else 0.0
-            if wait > 0:
-                return _unavailable("too many replays; resume later", "replay-rate", wait)
-        backfill = _backfill(state, since)
-    except BrokerUnavailable:
-        return _unavailable("the broker is unreachable; resume later", "broker")
+    requests, notices = _requests(state, *asked)
+    planned = _plan(state, requests, peer)
+    if isinstance(planned, Rejection):
+        return planned
     if not state.sessions.try_enter():
         return _unavailable("too many connections", "capacity")
     key = next(key for key in SOCKET_KEYS if isinstance(environ.get(key), socket.socket))
@@ -238,7 +234,8 @@ def admit(state: SidecarState, environ: Mapping[str, Any]) -> Admission | Reject
         "thread_class": conn.reader_thread,
         "event_class": conn.wakeup_event,
     }
-    return Admission(conn, since, backfill, f"{peer}:{environ.get('REMOTE_PORT', '?')}", options)
+    remote = f"{peer}:{environ.get('REMOTE_PORT', '?')}"
+    return Admission(conn, tuple(planned), tuple(notices), remote, options)
 
 
 class ServerOptions(Mapping[str, Any]):
@@ -269,8 +266,10 @@ class ServerOptions(Mapping[str, Any]):
 def envelope_handler(state: SidecarState, dispatch: EventHandler | None) -> MessageHandler:
     """The ``/ws`` message policy: JSON envelopes go to ``dispatch``; binary closes with 1003.
 
-    Malformed JSON, and JSON that is not an object with a string ``type``, is logged (at most
-    one line per client and interval) and ignored, as in the Go original.
+    ``channel:*`` messages are the hub's (:class:`~sidecar.web.channels.ChannelMessages`);
+    other reserved types (``connection:*``) are logged and ignored. Malformed JSON, and JSON
+    that is not an object with a string ``type``, is logged (at most one line per client and
+    interval) and ignored, as in the Go original. Called once per session.
     """
 
     def complain(client: Client, kind: str, text: str) -> None:
@@ -285,6 +284,8 @@ def envelope_handler(state: SidecarState, dispatch: EventHandler | None) -> Mess
                 extra={"client": client.id, "reason": kind},
             )
 
+    channels = ChannelMessages(state, time.monotonic)
+
     def on_message(client: Client, message: str | bytes) -> None:
         if isinstance(message, bytes | bytearray):
             raise Close(CloseCode.UNSUPPORTED_DATA, "binary messages are not supported")
@@ -295,6 +296,13 @@ def envelope_handler(state: SidecarState, dispatch: EventHandler | None) -> Mess
             return
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             complain(client, "not-envelope", "JSON that is not an event envelope")
+            return
+        namespace = event["type"].partition(":")[0]
+        if namespace == "channel":
+            channels.handle(client, event)
+            return
+        if namespace in RESERVED_NAMESPACES:
+            complain(client, "reserved", f"{printable_type(event['type'])} (the hub's own)")
             return
         if dispatch is None:
             complain(client, "unhandled", f"{printable_type(event['type'])} (no message handler)")
@@ -328,7 +336,8 @@ def run_session(
         extra={"client": client.id, "peer": client.remote},
     )
     try:
-        if hub.register(client, admission.since, greet=greet, backfill=admission.backfill):
+        requests = admission.requests if greet else admission.requests[:1]
+        if hub.register(client, greet=greet, requests=requests, notices=admission.notices):
             client.read_loop(on_message)
         else:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
@@ -340,7 +349,7 @@ def run_session(
         ended_by = client.ended_by or conn.ended_by()  # before finish() sends its own close
         client.finish(state.config.close_timeout)
         state.sessions.count_end(ended_by)
-        for kind in ("malformed", "not-envelope", "unhandled"):
+        for kind in ("malformed", "not-envelope", "unhandled", "reserved"):
             if suppressed := state.log_limit.pop((client.id, kind)):
                 log.warning(
                     "client %s: %d more %s messages were not logged", client.id, suppressed, kind

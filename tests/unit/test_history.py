@@ -8,6 +8,8 @@ import pytest
 
 from sidecar.core import commands
 from sidecar.core.history import History
+from sidecar.core.resume import ChannelRequest
+from sidecar.core.stream import Numbered
 from sidecar.protocol import Since
 
 
@@ -97,6 +99,8 @@ def test_commands_are_frozen_and_slotted() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         command.code = 1000  # type: ignore[misc]
     assert not hasattr(command, "__dict__")
-    register = commands.Register(client=None, since=Since("e", 1), greet=True)  # type: ignore[arg-type]
-    assert register.backfill == ()
-    assert commands.Broadcast(1, (b"a",)) == commands.Broadcast(1, (b"a",))
+    request = ChannelRequest("", Since("e", 1))
+    register = commands.Register(client=None, requests=(request,), greet=True)  # type: ignore[arg-type]
+    assert register.notices == () and request.backfill == () and request.origin is None
+    item = Numbered(1, "", "e", 1, b"a")
+    assert commands.Deliver("e", (item,)) == commands.Deliver("e", (item,))

@@ -21,6 +21,7 @@ from sidecar import frames
 from sidecar.core.client import Client
 from sidecar.core.connection import SendResult
 from sidecar.core.hub import Hub, PublishRefused
+from sidecar.core.stream import on_default
 from sidecar.envelope import Event, encode, with_seq
 from sidecar.protocol import SEQ_SPLICE_MAX, CloseCode
 from tests.unit.conftest import Blocker, HubFactory, sync
@@ -740,8 +741,8 @@ def test_pending_counts_every_queued_command(make_hub: HubFactory) -> None:
     hub = make_hub()
     client = new_client()[0]
     blocker = Blocker(hub)
-    hub.deliver(hub.epoch, [(1, b'{"seq":1}')], 1.0)
-    hub.deliver(hub.epoch, [(2, b'{"seq":2}'), (3, b'{"seq":3}')], 1.0)
+    hub.deliver(hub.epoch, on_default(hub.epoch, [(1, b'{"seq":1}')]), 1.0)
+    hub.deliver(hub.epoch, on_default(hub.epoch, [(2, b'{"seq":2}'), (3, b'{"seq":3}')]), 1.0)
     hub.send_frame(client, b"\x81\x00")
     hub.send_frame(client, b"\x81\x00")
     assert hub.snapshot()["pending"] == 5

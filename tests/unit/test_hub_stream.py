@@ -16,6 +16,8 @@ import pytest
 
 from sidecar import frames
 from sidecar.core.hub import Hub
+from sidecar.core.resume import ChannelRequest, replay_cost
+from sidecar.core.stream import Position, on_default
 from sidecar.envelope import encode, new_event, with_seq
 from sidecar.protocol import CloseCode, Since
 from tests.unit.conftest import Blocker, HubFactory, sync
@@ -37,7 +39,7 @@ def resume(
 ) -> tuple[dict[str, Any], list[int]]:
     """Register with ``since``; the status payload and the seqs replayed after it."""
     client, transport = new_client()
-    assert hub.register(client, since, backfill=backfill)
+    assert hub.register(client, since, backfill=on_default(hub.epoch, backfill))
     sync(hub)
     first, *rest = transport.messages()
     assert first["type"] == "connection:status"
@@ -225,7 +227,7 @@ def test_backfill_ahead_of_the_hub_stops_at_its_last_seq(make_hub: HubFactory) -
 
 
 def delivered(hub: Hub, epoch: str, items: list[tuple[int, bytes]]) -> None:
-    assert hub.deliver(epoch, items, timeout=1.0)
+    assert hub.deliver(epoch, on_default(epoch, items), timeout=1.0)
     sync(hub)
 
 
@@ -277,9 +279,9 @@ def test_a_batch_of_deliveries_is_cut_at_a_gap(make_hub: HubFactory) -> None:
     hub.register(client)
     sync(hub)
     blocker = Blocker(hub)
-    assert hub.deliver(hub.epoch, [(1, envelope(0, 1))], 1.0)
-    assert hub.deliver(hub.epoch, [(2, envelope(1, 2))], 1.0)
-    assert hub.deliver(hub.epoch, [(7, envelope(6, 7))], 1.0)
+    assert hub.deliver(hub.epoch, on_default(hub.epoch, [(1, envelope(0, 1))]), 1.0)
+    assert hub.deliver(hub.epoch, on_default(hub.epoch, [(2, envelope(1, 2))]), 1.0)
+    assert hub.deliver(hub.epoch, on_default(hub.epoch, [(7, envelope(6, 7))]), 1.0)
     blocker.release()
     sync(hub)
     assert seqs(transport.messages()) == [1, 2]  # delivered before the reset closed it
@@ -403,13 +405,17 @@ def test_wait_for_seq_gives_up_when_the_hub_stops(make_hub: HubFactory) -> None:
 def test_deliver_waits_for_room_in_the_inbox_up_to_its_timeout(make_hub: HubFactory) -> None:
     hub = make_hub(inbox_limit=2)
     blocker = Blocker(hub)
-    assert hub.deliver(hub.epoch, [(1, envelope(0, 1)), (2, envelope(1, 2))], 1.0)
+    assert hub.deliver(
+        hub.epoch, on_default(hub.epoch, [(1, envelope(0, 1)), (2, envelope(1, 2))]), 1.0
+    )
     started = time.monotonic()
-    assert not hub.deliver(hub.epoch, [(3, envelope(2, 3))], 0.05)
+    assert not hub.deliver(hub.epoch, on_default(hub.epoch, [(3, envelope(2, 3))]), 0.05)
     assert time.monotonic() - started >= 0.05
     result: list[bool] = []
     waiter = threading.Thread(
-        target=lambda: result.append(hub.deliver(hub.epoch, [(3, envelope(2, 3))], 5.0))
+        target=lambda: result.append(
+            hub.deliver(hub.epoch, on_default(hub.epoch, [(3, envelope(2, 3))]), 5.0)
+        )
     )
     waiter.start()
     blocker.release()
@@ -423,11 +429,11 @@ def test_deliver_to_a_stopped_hub_waits_out_its_timeout_then_refuses(make_hub: H
     # a stopped hub makes the relay wait (its retry loop must not spin), then says no
     hub = make_hub(inbox_limit=1)
     blocker = Blocker(hub)
-    assert hub.deliver(hub.epoch, [(1, envelope(0, 1))], 1.0)
+    assert hub.deliver(hub.epoch, on_default(hub.epoch, [(1, envelope(0, 1))]), 1.0)
     hub.stop(timeout=0)
     blocker.release()
     started = time.monotonic()
-    assert not hub.deliver(hub.epoch, [(2, envelope(1, 2))], 0.3)
+    assert not hub.deliver(hub.epoch, on_default(hub.epoch, [(2, envelope(1, 2))]), 0.3)
     assert time.monotonic() - started >= 0.3
 
 
@@ -435,9 +441,13 @@ def test_a_sequencer_numbers_what_is_published(clock: FakeClock) -> None:
     published: list[list[bytes]] = []
 
     class Sequencer:
-        def publish(self, encoded: Any) -> list[int]:
-            published.append(list(encoded))
-            return [10 + i for i in range(len(encoded))]
+        def publish_items(self, items: Any, idempotency_key: Any = None) -> list[int]:
+            assert {channel for channel, _data in items} == {""}
+            published.append([data for _channel, data in items])
+            return [10 + i for i in range(len(items))]
+
+        def heads(self, channels: Any) -> list[Position]:
+            return [Position("e", 0) for _channel in channels]
 
     hub = Hub(clock=clock, sequencer=Sequencer())
     hub.start()
@@ -455,19 +465,24 @@ def test_a_sequencer_numbers_what_is_published(clock: FakeClock) -> None:
 # -- the window as other threads see it ------------------------------------------------------------
 
 
+def estimate(hub: Hub, since: Since) -> int:
+    """What a resume from ``since`` would replay, as the replay budget is charged."""
+    return replay_cost(hub, ChannelRequest("", since), hub.config.history_size)
+
+
 def test_the_replay_estimate_and_window_start(make_hub: HubFactory) -> None:
     hub = make_hub(history_size=4)
-    assert hub.replay_estimate(Since(hub.epoch, 0)) == 0
+    assert estimate(hub, Since(hub.epoch, 0)) == 0
     assert hub.window_start() is None
     publish(hub, 6)  # the window holds 3..6, frames of equal size
     size = len(frames.text_frame(envelope(0, 1)))
     snapshot = hub.snapshot()
     assert (snapshot["historyEvents"], snapshot["historyBytes"]) == (4, 4 * size)
     assert hub.window_start() == 3
-    assert hub.replay_estimate(Since(hub.epoch, 4)) == 2 * size
-    assert hub.replay_estimate(Since(hub.epoch, 0)) == 4 * size  # older: the whole window
-    assert hub.replay_estimate(Since(hub.epoch, 6)) == 0
-    assert hub.replay_estimate(Since("other", 4)) == 0
+    assert estimate(hub, Since(hub.epoch, 4)) == 2 * size
+    assert estimate(hub, Since(hub.epoch, 0)) == 4 * size  # older: the whole window
+    assert estimate(hub, Since(hub.epoch, 6)) == 0
+    assert estimate(hub, Since("other", 4)) == 0
 
 
 def in_child(report: Callable[[], str]) -> str:
@@ -540,7 +555,7 @@ def test_the_replay_estimate_is_whole_bytes_and_zero_from_ahead(make_hub: HubFac
     hub.publish([tick(1), tick(22), tick(333)])  # frames of 3 different sizes
     sync(hub)
     total = hub.snapshot()["historyBytes"]
-    estimate = hub.replay_estimate(Since(hub.epoch, 1))
-    assert estimate == total * 2 // 3 and isinstance(estimate, int)
-    assert hub.replay_estimate(Since(hub.epoch, 4)) == 0
-    assert hub.replay_estimate(Since(hub.epoch, 1000)) == 0
+    cost = estimate(hub, Since(hub.epoch, 1))
+    assert cost == total * 2 // 3 and isinstance(cost, int)
+    assert estimate(hub, Since(hub.epoch, 4)) == 0
+    assert estimate(hub, Since(hub.epoch, 1000)) == 0
