@@ -189,14 +189,14 @@ def parse_channels(text: str) -> list[str]:
     """
     names = text.split(",")
     if len(names) > MAX_LIST_ITEMS:
-        raise ValueError(f"channels lists more than {MAX_LIST_ITEMS} names")
+        raise ValueError(f"more than {MAX_LIST_ITEMS} names")
     seen: set[str] = set()
     for name in names:
         if not name:
-            raise ValueError("channels has an empty item")
+            raise ValueError("an empty item")
         check_channel(name)
         if name in seen:
-            raise ValueError(f"channels lists {name!r} twice")
+            raise ValueError(f"{name!r} twice")
         seen.add(name)
     return names
 

@@ -134,10 +134,13 @@ def _channels(environ: Mapping[str, Any]) -> tuple[list[str], dict[str, Since]] 
     since_values = request.args.getlist(SINCE_PARAM)
     try:
         names = parse_channels(",".join(values)) if values else []
+    except ValueError as exc:
+        return Rejection(400, f"Bad Request: {CHANNELS_PARAM}: {exc}", "channels")
+    try:
         points = parse_since(since_values[-1]) if since_values else {}
     except ValueError as exc:
-        field = "since" if str(exc).startswith("since") else "channels"
-        return Rejection(400, f"Bad Request: {exc}", field)
+        text = str(exc) if str(exc).startswith(SINCE_PARAM) else f"{SINCE_PARAM}: {exc}"
+        return Rejection(400, f"Bad Request: {text}", "since")
     stray = [name for name in points if name and name not in names]
     if stray:
         return Rejection(400, f"Bad Request: since names {stray[0]!r}, not in channels", "since")
