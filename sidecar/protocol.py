@@ -61,6 +61,24 @@ MAX_CHANNEL_BYTES = 128
 CHANNEL_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}(?::[A-Za-z0-9._~-]{1,64}){0,3}")
 
 
+#: The namespace of personal channels: ``user:<id>`` is joined only by that user.
+USER_NAMESPACE = "user"
+#: A user id: one channel segment.
+USER_RE = re.compile(r"[A-Za-z0-9._~-]{1,64}")
+
+
+def check_user(user: object) -> str:
+    """``user`` if it is a valid user id (1-64 of ``A-Za-z0-9._~-``); ``ValueError`` if not."""
+    if not isinstance(user, str) or USER_RE.fullmatch(user) is None:
+        raise ValueError(f"a user id is 1-64 of A-Za-z0-9._~- (got {user!r:.40})")
+    return user
+
+
+def personal_channel(user: str) -> str:
+    """The channel of one user's own events: ``user:<id>``."""
+    return f"{USER_NAMESPACE}:{check_user(user)}"
+
+
 class ChannelErrorCode:
     """The ``code`` of a ``channel:error`` frame (the connection stays open)."""
 

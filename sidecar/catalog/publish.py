@@ -30,6 +30,7 @@ from sidecar.protocol import (
     DEFAULT_CHANNEL,
     RESERVED_NAMESPACES,
     check_channel,
+    personal_channel,
     splice_max,
 )
 
@@ -82,6 +83,7 @@ class _Item(msgspec.Struct, forbid_unknown_fields=True):
     type: str
     payload: dict[str, Any]
     channel: str | None = None
+    user: str | None = None
 
 
 _Body = list[_Item] | _Item
@@ -199,6 +201,14 @@ def _type_problem(event_type: str) -> str | None:
 
 
 def _channel_of(item: _Item, where: str) -> str:
+    """The item's channel: ``channel``, or ``user:<user>`` for a ``user`` (not both)."""
+    if item.user is not None:
+        if item.channel is not None:
+            _fail(422, f"{where}.user: give a channel or a user, not both")
+        try:
+            return personal_channel(item.user)
+        except ValueError as exc:
+            _fail(422, f"{where}.user: {exc}")
     if item.channel is None:
         return DEFAULT_CHANNEL
     try:

@@ -35,6 +35,7 @@ from typing import Protocol
 from ..config import Config
 from ..protocol import CloseCode
 from .connection import Data, Ended, MessageTooBig, SendResult, iter_data
+from .identity import SUPERUSER, Identity
 
 log = logging.getLogger("sidecar.client")
 
@@ -88,11 +89,20 @@ MessageHandler = Callable[["Client", str | bytes], None]
 class Client:
     """A registered (or registering) WebSocket client of the hub."""
 
-    def __init__(self, conn: Transport, config: Config | None = None, *, remote: str = "?") -> None:
+    def __init__(
+        self,
+        conn: Transport,
+        config: Config | None = None,
+        *,
+        remote: str = "?",
+        identity: Identity = SUPERUSER,
+    ) -> None:
         config = config or Config()
         self.id = next(_ids)
         self.conn = conn
         self.remote = remote
+        #: Who the client is (set once, before it is registered).
+        self.identity = identity
         self.queue_size = config.queue_size
         self.max_pending_bytes = config.max_pending_bytes
         self.fast_path = config.fast_path

@@ -60,6 +60,14 @@ class Unsubscribe:
 
 
 @dataclass(frozen=True, slots=True)
+class Revoke:
+    """Take every connection of ``user`` off ``channel`` (``channel:unsubscribed`` revoked)."""
+
+    user: str
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
 class Unregister:
     """Remove a client (idempotent)."""
 
@@ -102,5 +110,15 @@ class Stop:
 
 
 Command = (
-    Deliver | Send | Register | Subscribe | Unsubscribe | Unregister | Call | Reset | DropAll | Stop
+    Deliver
+    | Send
+    | Register
+    | Subscribe
+    | Unsubscribe
+    | Revoke
+    | Unregister
+    | Call
+    | Reset
+    | DropAll
+    | Stop
 )

@@ -36,6 +36,7 @@ write (or one queue item) carrying all the frames of its channels, in stream ord
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -77,12 +79,14 @@ from .commands import (
     DropAll,
     Register,
     Reset,
+    Revoke,
     Send,
     Stop,
     Subscribe,
     Unregister,
     Unsubscribe,
 )
+from .identity import MAX_TOKEN_TTL
 from .resume import ChannelRequest, Entry, replay
 from .stream import (
     Item,
@@ -104,6 +108,8 @@ _MAX_BATCH = 256
 _PING_FRAME = frames.frame(frames.OP_PING, b"")
 #: Longest time between two sweeps of idle channels.
 _SWEEP_INTERVAL = 30.0
+#: Revocations remembered (a subscription token issued before one is refused), at most.
+_MAX_REVOCATIONS = 65536
 
 StatusFactory = Callable[..., Event]
 
@@ -162,6 +168,8 @@ class HubStats:
     unsubscribes: int = 0
     channel_errors: int = 0
     channel_resets: int = 0
+    revoked: int = 0
+    expired: int = 0
 
 
 class Hub:
@@ -242,6 +250,10 @@ class Hub:
         self._refused = 0
         self._advanced = threading.Condition(threading.Lock())
         self._waiters = 0
+        #: ``(deadline on the hub's clock, client id, client)`` of identities that expire.
+        self._expiries: list[tuple[float, int, Client]] = []
+        #: ``(user, channel)`` -> when it was revoked (Unix time); hub thread writes.
+        self._revoked: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -610,6 +622,19 @@ class Hub:
         self._inbox.put(Unsubscribe(client, channel, reason))
         return True
 
+    def revoke(self, user: str, channel: str) -> bool:
+        """Take every connection of ``user`` off ``channel`` in this process
+        (``channel:unsubscribed {channel, reason: "revoked"}``); nothing of it arrives after.
+        Tokens issued before now for it are refused from then on."""
+        if not self._running.is_set():
+            return False
+        self._inbox.put(Revoke(user, channel))
+        return True
+
+    def revoked_at(self, user: str, channel: str) -> float | None:
+        """When ``user`` was last revoked from ``channel`` (a Unix time), if it was."""
+        return self._revoked.get((user, channel))
+
     def unregister(self, client: Client) -> None:
         """Remove ``client`` (idempotent)."""
         if self._running.is_set():
@@ -655,6 +680,8 @@ class Hub:
             command, held = held, None
             if command is None:
                 wake = next_sweep if next_ping is None else min(next_ping, next_sweep)
+                if self._expiries:
+                    wake = min(wake, self._expiries[0][0])
                 try:
                     command = get(timeout=max(0.0, wake - clock()))
                 except queue.Empty:
@@ -666,6 +693,8 @@ class Hub:
             if now >= next_sweep:
                 self._channels.sweep()
                 next_sweep = now + sweep_every
+            if self._expiries and now >= self._expiries[0][0]:
+                self._expire(now)
             if isinstance(command, Deliver):
                 held = self._fan_out(command)
             elif isinstance(command, Stop):
@@ -692,6 +721,8 @@ class Hub:
                 self._unsubscribe(client, channel, reason)
             case Unregister(client=client):
                 self._remove(client)
+            case Revoke(user=user, channel=channel):
+                self._revoke(user, channel)
             case Call(fn=fn):
                 self._call(fn)
             case Reset(epoch=epoch, pos=pos, seq=seq, reason=reason):
@@ -923,6 +954,13 @@ class Hub:
         self._clients.add(client)
         self._count = len(self._clients)
         self.stats.registered += 1
+        expires_at = client.identity.expires_at
+        if expires_at is not None:
+            deadline = self._clock() + (expires_at - time.time())
+            heapq.heappush(self._expiries, (deadline, client.id, client))
+            if len(self._expiries) > 2 * self._count + 64:  # drop those of gone clients
+                self._expiries = [e for e in self._expiries if e[2] in self._clients]
+                heapq.heapify(self._expiries)
         log.debug("client %s registered (%d clients)", client.id, self._count)
 
     def _refuse(self, client: Client, channel: str, code: str, message: str) -> None:
@@ -969,6 +1007,34 @@ class Hub:
         self.stats.unsubscribes += 1
         if not client.offer(_frame_of(channel_unsubscribed(name, reason))):
             self._evict(client)
+
+    def _revoke(self, user: str, name: str) -> None:
+        self._revoked[(user, name)] = time.time()
+        self._revoked.move_to_end((user, name))
+        while len(self._revoked) > _MAX_REVOCATIONS:
+            self._revoked.popitem(last=False)
+        oldest = next(iter(self._revoked.values()))
+        while oldest < time.time() - MAX_TOKEN_TTL:  # tokens from before have expired
+            self._revoked.popitem(last=False)
+            oldest = next(iter(self._revoked.values()), time.time())
+        channel = self._channels.peek(name)
+        if channel is None:
+            return
+        for client in [c for c in channel.subscribers if c.identity.user == user]:
+            client.channels.discard(name)
+            channel.subscribers.discard(client)
+            self.stats.revoked += 1
+            if not client.offer(_frame_of(channel_unsubscribed(name, "revoked"))):
+                self._evict(client)
+        self._channels.left(channel)
+
+    def _expire(self, now: float) -> None:
+        """Close every client whose identity has expired (4401: authenticate again)."""
+        while self._expiries and self._expiries[0][0] <= now:
+            _deadline, _id, client = heapq.heappop(self._expiries)
+            why = "its identity expired"
+            if self._drop(client, CloseCode.IDENTITY_EXPIRED, "identity expired", why):
+                self.stats.expired += 1
 
     def _remove(self, client: Client) -> bool:
         if client not in self._clients:

@@ -43,6 +43,12 @@ RATE_LIMIT = 20
 RATE_WINDOW = 1.0
 #: The ``channel:error`` code of a subscribe that cannot be planned while the broker is down.
 UNAVAILABLE = "unavailable"
+#: What a refusal says (never what a token held).
+_REFUSALS = {
+    ChannelErrorCode.FORBIDDEN: "not allowed to join this channel",
+    ChannelErrorCode.BAD_TOKEN: "the subscription token is malformed or forged",
+    ChannelErrorCode.TOKEN_EXPIRED: "the subscription token has expired",
+}
 
 
 class ChannelMessages:
@@ -78,7 +84,20 @@ class ChannelMessages:
         except ValueError as exc:
             self._error(client, channel, ChannelErrorCode.INVALID, str(exc))
             return
+        code = self._allowed(client, channel, payload)
+        if code is not None:
+            self._error(client, channel, code, _REFUSALS.get(code, "not allowed"))
+            return
         self._subscribe(client, ChannelRequest(channel, point))
+
+    def _allowed(self, client: Client, channel: str, payload: dict[str, Any]) -> str | None:
+        """``None`` if the client may join ``channel`` now, else the ``channel:error`` code:
+        by a subscription token when it presents one, else by the access rules."""
+        access, identity = self.state.access, client.identity
+        if "token" in payload:
+            token = payload["token"]
+            return access.check_token(identity, channel, token, self.state.hub.revoked_at)
+        return access.check(identity, channel)
 
     def _count(self, client: Client) -> None:
         now = self._clock()

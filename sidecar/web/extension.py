@@ -27,7 +27,10 @@ from .. import logs
 from ..config import Config, ConfigError, load, resolve_token
 from ..core.client import Client, MessageHandler
 from ..core.hub import Hub, PublishRefused
+from ..core.identity import Authorize
 from ..envelope import Event
+from ..protocol import check_channel, personal_channel
+from .access import Authenticate
 from .api import api_blueprint, metrics_blueprint
 from .guards import Rejection, check_host, redact
 from .health import NAME as HEALTH
@@ -113,11 +116,15 @@ class EventHub:
         metrics_path: str | None = None,
         guard_all_routes: bool = False,
         health_path: str | None = None,
+        default_channel: bool = True,
         **options: Any,
     ) -> None:
         self._config = config
         self._hub = hub
         self._options = options
+        self._default_channel = default_channel
+        self._authenticate: Authenticate | None = None
+        self._authorize: Authorize | None = None
         #: Where the hub's routes go, and whether the Host guard covers the whole app.
         self.routes = Routes(
             ws_path, api_prefix, debug_page, metrics_path, guard_all_routes, health_path
@@ -138,6 +145,8 @@ class EventHub:
         hub = self._hub or Hub(config, autostart=True, sequencer=broker)
         state = SidecarState(config, hub, broker=broker)
         state.extension = self
+        self._apply_hooks(state)
+        state.access.bind_secret(app.secret_key)
         app.extensions["sidecar"] = state
         guard = self._guard(state)
         if self.routes.guard_all_routes:
@@ -189,6 +198,59 @@ class EventHub:
 
         return guard_host
 
+    # -- identity ----------------------------------------------------------------------------
+    def authenticate(self, fn: Authenticate) -> Authenticate:
+        """Decorator: ``fn(request) -> Identity | None`` identifies each WebSocket request that
+        does not present the shared token, before the ``101`` (``None``: 401). It runs on the
+        request thread, in the request's context: it can read the session cookie, Flask-Login's
+        ``current_user`` or a bearer header."""
+        self._authenticate = fn
+        self._each_state(self._apply_hooks)
+        return fn
+
+    def authorize(self, fn: Authorize) -> Authorize:
+        """Decorator: ``fn(identity, channel) -> bool`` decides, at connect and at each
+        ``channel:subscribe``, whether ``identity`` may join ``channel`` (after the built-in
+        rules: superusers join anything, ``user:<id>`` is only that user's, an identity's own
+        ``channels`` are granted). Only ``True`` admits; without it, nothing else is."""
+        self._authorize = fn
+        self._each_state(self._apply_hooks)
+        return fn
+
+    def _apply_hooks(self, state: SidecarState) -> None:
+        state.access.authenticate = self._authenticate
+        state.access.authorize = self._authorize
+        state.access.default_channel = self._default_channel
+
+    def _each_state(self, fn: Callable[[SidecarState], None]) -> None:
+        for ref in self._states:
+            state = ref()
+            if state is not None:
+                fn(state)
+
+    def send_to_user(self, user: str, event: Event) -> bool:
+        """Publish ``event`` on ``user:<user>``: every tab and window of that user, on every
+        worker, sequenced and recoverable (see :meth:`broadcast_event`)."""
+        return self.hub.broadcast_event(event, personal_channel(user))
+
+    def revoke(self, user: str, channel: str) -> bool:
+        """Take ``user``'s connections off ``channel`` (``channel:unsubscribed`` with reason
+        ``revoked``) and refuse subscription tokens issued for it before now."""
+        return self.hub.revoke(user, check_channel(channel))
+
+    def subscription_token(self, user: str, channels: Iterable[str], ttl: float = 300) -> str:
+        """A token granting ``user`` the ``channels`` for ``ttl`` seconds (at most 3600), to
+        present in ``channel:subscribe {channel, token}``. Signed with a key derived from the
+        app's ``SECRET_KEY`` (or, without one, the shared token)."""
+        tokens = self.state.access.tokens()
+        if tokens is None:
+            raise RuntimeError("subscription tokens need the app's SECRET_KEY (or a token)")
+        return tokens.issue(user, channels, ttl)
+
+    def position(self, channel: str | None = None) -> tuple[str, int]:
+        """``(epoch, seq)`` of ``channel`` now (see :meth:`Hub.position`)."""
+        return tuple(self.hub.position(channel))  # type: ignore[return-value]
+
     # -- the state of the app in use ---------------------------------------------------------
     @property
     def state(self) -> SidecarState:
@@ -223,21 +285,23 @@ class EventHub:
         return state.hub
 
     # -- the hub's API -------------------------------------------------------------------------
-    def broadcast_event(self, event: Event) -> bool:
-        """Broadcast one event to every client (see :meth:`Hub.broadcast_event`)."""
-        return self.hub.broadcast_event(event)
+    def broadcast_event(self, event: Event, channel: str | None = None) -> bool:
+        """Broadcast one event on ``channel`` (default: every client; see
+        :meth:`Hub.broadcast_event`)."""
+        return self.hub.broadcast_event(event, channel)
 
-    def broadcast(self, data: bytes | str) -> bool:
+    def broadcast(self, data: bytes | str, channel: str | None = None) -> bool:
         """Broadcast a pre-encoded envelope (see :meth:`Hub.broadcast`)."""
-        return self.hub.broadcast(data)
+        return self.hub.broadcast(data, channel)
 
-    def broadcast_many(self, events: Iterable[Event]) -> int:
+    def broadcast_many(self, events: Iterable[Event], channel: str | None = None) -> int:
         """Broadcast several events as one batch, all or none (see :meth:`Hub.broadcast_many`)."""
-        return self.hub.broadcast_many(events)
+        return self.hub.broadcast_many(events, channel)
 
-    def publish(self, events: Sequence[Event]) -> list[int]:
-        """Broadcast events and return their ``seq`` numbers (see :meth:`Hub.publish`)."""
-        return self.hub.publish(events)
+    def publish(self, events: Sequence[Event], channel: str | None = None) -> list[int]:
+        """Broadcast events on ``channel`` and return their ``seq`` numbers in it (see
+        :meth:`Hub.publish`)."""
+        return self.hub.publish(events, channel)
 
     def send_to_client(self, client: Client, event: Event) -> bool:
         """Send one event to one client, without ``seq`` (see :meth:`Hub.send_to_client`)."""

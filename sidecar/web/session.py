@@ -42,6 +42,7 @@ from ..broker import BrokerUnavailable
 from ..core import resume
 from ..core.client import Client, Close, MessageHandler
 from ..core.connection import Connection, MessageSource
+from ..core.identity import Identity
 from ..core.resume import ChannelRequest
 from ..envelope import Event
 from ..protocol import (
@@ -62,7 +63,6 @@ from .guards import (
     Rejection,
     check_headers,
     check_origin,
-    check_token,
     check_upgrade,
     offered_subprotocols,
     redact,
@@ -87,6 +87,8 @@ class Admission:
     """An admitted upgrade request, from the guard to the view."""
 
     conn: Connection
+    #: Who it is (the shared token's superuser, or what the app's hook said).
+    identity: Identity
     #: The channels it joins, resume planning done (the default channel first).
     requests: tuple[ChannelRequest, ...]
     #: ``channel:error`` events for channels refused at connect (sent after the status).
@@ -152,15 +154,15 @@ def _unavailable(message: str, reason: str, retry_after: float = 1.0) -> Rejecti
     return Rejection(503, f"Service Unavailable: {message}", reason, {"Retry-After": seconds})
 
 
-def _checks(state: SidecarState, environ: Mapping[str, Any]) -> Rejection | None:
-    rejection = (
-        check_upgrade(environ)
-        or check_headers(environ)
-        or check_origin(environ, state.origins)
-        or check_token(environ, state.token)
-    )
+def _checks(state: SidecarState, environ: Mapping[str, Any]) -> Identity | Rejection:
+    """Every check of the request itself; the identity it is admitted as."""
+    rejection = check_upgrade(environ) or check_headers(environ)
+    rejection = rejection or check_origin(environ, state.origins)
     if rejection:
         return rejection
+    identity = state.access.identify(environ)
+    if isinstance(identity, Rejection):
+        return identity
     offered = offered_subprotocols(environ)
     if offered and SUBPROTOCOL not in offered:
         return Rejection(400, f"Bad Request: offer the {SUBPROTOCOL} subprotocol", "subprotocol")
@@ -171,21 +173,37 @@ def _checks(state: SidecarState, environ: Mapping[str, Any]) -> Rejection | None
             "(use the sidecar CLI, Werkzeug or gunicorn -k gthread)",
             "server",
         )
-    return None
+    return identity
 
 
 def _requests(
-    state: SidecarState, names: list[str], points: dict[str, Since]
+    state: SidecarState, identity: Identity, names: list[str], points: dict[str, Since]
 ) -> tuple[list[ChannelRequest], list[Event]]:
-    """What a connection joins (the default channel, then ``names`` up to the per-connection
-    limit) and the ``channel:error`` notices of those refused."""
-    requests = [ChannelRequest(DEFAULT_CHANNEL, points.get(DEFAULT_CHANNEL))]
-    limit = state.config.max_channels
-    notices = [
-        channel_error(name, ChannelErrorCode.LIMIT, f"at most {limit} channels per connection")
-        for name in names[limit:]
-    ]
-    requests += [ChannelRequest(name, points.get(name)) for name in names[:limit]]
+    """What a connection joins and the ``channel:error`` notices of what it may not.
+
+    The default channel (unless the app keeps it from this identity), the channels its
+    identity is granted (its own ``user:`` channel first; not counted against the limit),
+    then ``names`` it may join now, up to the per-connection limit.
+    """
+    access, limit = state.access, state.config.max_channels
+    requests = []
+    if access.joins_default(identity):
+        requests.append(ChannelRequest(DEFAULT_CHANNEL, points.get(DEFAULT_CHANNEL)))
+    granted = identity.granted()
+    requests += [ChannelRequest(name, points.get(name)) for name in granted]
+    notices, asked = [], 0
+    for name in names:
+        if name in granted:
+            continue
+        code = access.check(identity, name)
+        if code is not None:
+            notices.append(channel_error(name, code, f"not allowed to join {name}"))
+        elif asked >= limit:
+            message = f"at most {limit} channels per connection"
+            notices.append(channel_error(name, ChannelErrorCode.LIMIT, message))
+        else:
+            asked += 1
+            requests.append(ChannelRequest(name, points.get(name)))
     return requests, notices
 
 
@@ -208,16 +226,16 @@ def _plan(
 
 def admit(state: SidecarState, environ: Mapping[str, Any]) -> Admission | Rejection:
     """Every check for an upgrade request, cheapest first; a session slot if admitted."""
-    rejection = _checks(state, environ)
-    if rejection:
-        return rejection
+    identity = _checks(state, environ)
+    if isinstance(identity, Rejection):
+        return identity
     asked = _channels(environ)
     if isinstance(asked, Rejection):
         return asked
     if state.stopping is not None or not state.hub.is_running():
         return _unavailable("shutting down; connect again later", state.stopping or "stopping")
     peer = request.remote_addr or "?"
-    requests, notices = _requests(state, *asked)
+    requests, notices = _requests(state, identity, *asked)
     planned = _plan(state, requests, peer)
     if isinstance(planned, Rejection):
         return planned
@@ -238,7 +256,7 @@ def admit(state: SidecarState, environ: Mapping[str, Any]) -> Admission | Reject
         "event_class": conn.wakeup_event,
     }
     remote = f"{peer}:{environ.get('REMOTE_PORT', '?')}"
-    return Admission(conn, tuple(planned), tuple(notices), remote, options)
+    return Admission(conn, identity, tuple(planned), tuple(notices), remote, options)
 
 
 class ServerOptions(Mapping[str, Any]):
@@ -331,7 +349,7 @@ def run_session(
     """One WebSocket session from registration to a finished closing handshake."""
     hub, conn = state.hub, admission.conn
     conn.attach(source)
-    client = Client(conn, state.config, remote=admission.remote)
+    client = Client(conn, state.config, remote=admission.remote, identity=admission.identity)
     log.info(
         "client %s connected from %s",
         client.id,

@@ -31,6 +31,7 @@ from typing import Any
 from ..config import Config, ConfigError
 from ..core.hub import Hub
 from ..logs import LogLimiter
+from .access import Access
 from .guards import OriginPolicy, allowed_hosts
 
 #: Longest :meth:`SidecarState.ensure_started` waits for the hub to take the broker's epoch.
@@ -160,6 +161,8 @@ class SidecarState:
         self.replays = ReplayBudget(config.replay_rate)
         #: Rate limit for log lines a client can cause (malformed messages, refusals).
         self.log_limit = LogLimiter()
+        #: The app's identity hooks and the access rules.
+        self.access = Access(self.token, self.log_limit)
         #: Paths of the app's WebSocket endpoints (the upgrade-header middleware's list).
         self.ws_paths: set[str] = set()
         self.started = time.monotonic()
