@@ -99,7 +99,7 @@ def test_publishing_while_a_client_subscribes_loses_and_repeats_nothing(
     sidecar: RunningSidecar,
 ) -> None:
     ws, _status = sidecar.connect_ready()
-    stop, published = threading.Event(), []
+    stop, published = threading.Event(), list[int]()
 
     def publish() -> None:
         while not stop.is_set() and len(published) < 20_000:
@@ -178,7 +178,7 @@ def test_a_malformed_channels_or_since_is_a_400_before_the_upgrade(
     with pytest.raises(websocket.WebSocketBadStatusException) as info:
         sidecar.connect(query)
     assert info.value.status_code == 400
-    assert names in info.value.resp_body.decode(), info.value.resp_body
+    assert names in (info.value.resp_body or b"").decode(), info.value.resp_body
 
 
 def test_channels_over_the_limit_are_refused_after_the_status(sidecar_factory: Any) -> None:

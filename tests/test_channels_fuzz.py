@@ -100,10 +100,11 @@ def channel_name(draw: st.DrawFn) -> str:
 
 @st.composite
 def query(draw: st.DrawFn) -> tuple[str | None, str | None]:
-    names = draw(st.lists(channel_name(), max_size=6))
-    if draw(st.booleans()) and names:
+    names: list[str] = draw(st.lists(channel_name(), max_size=6))
+    repeat, empty = draw(st.tuples(st.booleans(), st.booleans()))
+    if repeat and names:
         names.append(names[0])  # a repeat
-    channels = ",".join(names) if names or draw(st.booleans()) else None
+    channels = ",".join(names) if names or empty else None
     items = []
     for _ in range(draw(st.integers(0, 3))):
         channel = draw(st.sampled_from([*names, "", "other:o", "Bad@x"]))
@@ -182,6 +183,7 @@ def model_answer(msg: dict[str, Any], joined: set[str]) -> tuple[str, str | None
     since = payload.get("since")
     if since is not None and not (isinstance(since, str) and POSITION.match(since)):
         return "channel:error", "invalid"
+    assert isinstance(channel, str)
     if channel in joined:
         return "channel:error", "already_subscribed"
     if len(joined) >= MAX_CHANNELS:

@@ -337,7 +337,8 @@ def test_the_token_codec_round_trips_and_bounds_its_inputs() -> None:
     assert grant is not None and grant.channels == ("team:red",) and grant.user == "alice"
     payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
     assert payload["exp"] - payload["iat"] == 60
-    for bad in ({"ttl": 0}, {"ttl": 3601}, {"channels": []}, {"user": "a b"}):
+    bads: list[dict[str, Any]] = [{"ttl": 0}, {"ttl": 3601}, {"channels": []}, {"user": "a b"}]
+    for bad in bads:
         args: dict[str, Any] = {"user": "alice", "channels": ["team:red"], "ttl": 60, **bad}
         with pytest.raises(ValueError):
             tokens.issue(args["user"], args["channels"], args["ttl"])
