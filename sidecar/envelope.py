@@ -67,6 +67,30 @@ def encode(event: Event) -> bytes:
     return _ENCODER.encode(event.to_dict()).encode()
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def loads_strict(raw: bytes) -> Any:
+    """Decode ``raw`` as strict JSON, the way every client can read it: ``ValueError`` unless
+    it is UTF-8 (never UTF-16 or -32, which :func:`json.loads` would guess), free of ``NaN``
+    and ``Infinity`` (JavaScript's ``JSON.parse`` refuses them), and, when it is an object,
+    without a repeated key at its top level (parsers disagree on which one wins).
+    """
+    text = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    repeated = [False]  # whether the last object decoded (the outermost one) repeats a key
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(items)
+        repeated[0] = len(obj) != len(items)
+        return obj
+
+    value = json.loads(text, parse_constant=_no_constant, object_pairs_hook=pairs)
+    if isinstance(value, dict) and repeated[0]:
+        raise ValueError("a key is repeated at the top level")
+    return value
+
+
 def with_seq(encoded: bytes, seq: int, channel: str = "") -> bytes:
     """Return the encoded envelope object with ``"seq": seq`` appended as its last key, and
     ``"channel": channel`` after it for a named channel (``""``: the default, no key).

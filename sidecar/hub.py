@@ -1,6 +1,6 @@
 """``sidecar.hub.Hub``: the hub's public import path (it lives in :mod:`sidecar.core.hub`)."""
 
 from .core.hub import Hub, HubStats, PublishRefused
-from .protocol import Since
+from .protocol import PublishOutcomeUnknown, Since
 
-__all__ = ["Hub", "HubStats", "PublishRefused", "Since"]
+__all__ = ["Hub", "HubStats", "PublishOutcomeUnknown", "PublishRefused", "Since"]

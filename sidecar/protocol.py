@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from enum import IntEnum
 
-from .envelope import Event
+from .envelope import Event, is_event_name
 
 #: The subprotocol the server selects. Browsers send the token as a second one.
 SUBPROTOCOL = "sidecar.v1"
@@ -44,7 +44,8 @@ CLIENT_EVENT_TYPES = frozenset({"chat:send", "chat:cancel"})
 
 class PublishRefused(Exception):
     """Events not accepted for broadcast: the hub is stopped or overloaded, or the broker is
-    unreachable. Nothing of the refused events was broadcast.
+    unreachable. Nothing of the refused events was broadcast (except with the subclass
+    :class:`PublishOutcomeUnknown`, which says that nobody knows).
 
     Defined here, below the hub and the broker (``sidecar.core.hub.PublishRefused`` is this
     class), so that the broker's :class:`~sidecar.broker.BrokerUnavailable` can be one
@@ -113,6 +114,78 @@ def check_channel(name: object) -> str:
         f"channel {name[:40]!r} is not namespace[:segment]... (a namespace of a-z0-9_-, "
         "then up to 3 segments of A-Za-z0-9._~-)"
     )
+
+
+class PublishOutcomeUnknown(PublishRefused):
+    """The publish reached the broker and no answer came back (Redis froze, the connection
+    broke, the reply timed out): the events may have been broadcast, or may not.
+
+    A :class:`PublishRefused`, so that code written for refusals still stops there
+    (``broadcast*`` return ``False``); the HTTP API answers 504 (``"outcome": "unknown"``)
+    instead of 503. Retrying is safe with the same idempotency key (see
+    :func:`check_idempotency_key`): the broker then answers with the original seqs if the
+    first attempt was published, and publishes once if it was not. Without a key, a retry may
+    broadcast the events twice.
+    """
+
+
+class IdempotencyKeyReused(ValueError):
+    """An idempotency key that an earlier publish used for a different number of events."""
+
+
+class PublishedSeqs(list[int]):
+    """The seqs a publish got, in order: a ``list[int]`` with one more attribute.
+
+    ``duplicate`` is ``True`` when an earlier publish with the same idempotency key within
+    the window had already published the events: nothing was published again, and these are
+    the seqs the earlier publish got.
+    """
+
+    duplicate: bool = False
+
+    @classmethod
+    def of(cls, first: int, count: int, *, duplicate: bool = False) -> PublishedSeqs:
+        """``first``, ``first + 1`` … ``count`` seqs."""
+        seqs = cls(range(first, first + count))
+        seqs.duplicate = duplicate
+        return seqs
+
+
+#: An idempotency key: 1-128 letters, digits and ``-._~:+/=`` (a UUID, a ULID, base64, a
+#: name such as ``order-42:shipped``). Nothing else: the key becomes part of a Redis key name
+#: and of log lines.
+IDEMPOTENCY_KEY_RE = re.compile(r"[A-Za-z0-9._~:+/=-]{1,128}")
+#: Seconds an idempotency key is remembered after the publish that used it (Centrifugo keeps
+#: its idempotent publish results for the same five minutes).
+IDEMPOTENCY_WINDOW = 300
+#: Most keys a hub without a broker remembers at once; older ones are forgotten first.
+IDEMPOTENCY_MAX_KEYS = 10_000
+
+
+def check_idempotency_key(key: object) -> str:
+    """``key`` if it is a valid idempotency key, else ``ValueError`` saying what one is."""
+    if isinstance(key, str) and IDEMPOTENCY_KEY_RE.fullmatch(key):
+        return key
+    raise ValueError(
+        f"idempotency key {key!r:.60} is not 1-128 letters, digits or -._~:+/= characters"
+    )
+
+
+def check_broadcast_type(name: object) -> None:
+    """``ValueError`` unless ``name`` is a type anyone but the hub may broadcast.
+
+    It must be ``namespace:kebab-case`` as a whole string (no trailing newline), outside the
+    hub's own namespaces (``connection:*``, ``channel:*``) and not a client-to-server type
+    (``chat:send``): a client library would take a broadcast ``connection:status`` for its own.
+    Defined here, below the hub and the broker, so that both check types by one rule.
+    """
+    if not is_event_name(name):
+        raise ValueError(f"event type {name!r:.80} is not namespace:kebab-case")
+    assert isinstance(name, str)
+    if name.partition(":")[0] in RESERVED_NAMESPACES:
+        raise ValueError(f"{name} is sent by the hub itself, never broadcast")
+    if name in CLIENT_EVENT_TYPES:
+        raise ValueError(f"{name} is a client-to-server event, never broadcast")
 
 
 #: Largest header of an unmasked server frame: 2 bytes plus a 64-bit length.

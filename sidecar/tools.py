@@ -90,12 +90,15 @@ def _publish_to_broker(args: argparse.Namespace, url: str, payload: Any) -> int:
     except ImportError as exc:
         return _fail(str(exc))
     from .core.hub import PublishRefused
+    from .protocol import PublishOutcomeUnknown
 
     prefix = args.broker_prefix or os.environ.get("SIDECAR_BROKER_PREFIX") or "sidecar"
     publisher = Publisher(url, prefix=prefix, timeout=args.timeout)
     try:
         event = checked_events([(args.type, payload)], publisher.max_event_bytes)[0]
         (seq,) = publisher.publish_many([event])
+    except PublishOutcomeUnknown as exc:  # sent, and Redis did not answer in time
+        return _fail(f"outcome unknown (it may have been published): {exc}")
     except (ValueError, PublishRefused) as exc:  # refused by the catalog, or Redis is down
         return _fail(f"not published: {exc}")
     finally:

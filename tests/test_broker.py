@@ -18,12 +18,18 @@ from typing import Any
 
 import pytest
 
-from sidecar.broker import BrokerUnavailable
+from sidecar.broker import BrokerOutcomeUnknown, BrokerUnavailable
 from sidecar.broker.publisher import Publisher
 from sidecar.broker.redis import MAX_BATCH, RedisBroker
 from sidecar.core.stream import Numbered
 from sidecar.envelope import encode, new_event, with_seq
-from sidecar.protocol import Since
+from sidecar.protocol import (
+    IDEMPOTENCY_WINDOW,
+    IdempotencyKeyReused,
+    PublishOutcomeUnknown,
+    PublishRefused,
+    Since,
+)
 from tests.conftest import wait_for
 from tests.redis_server import RedisServer, free_port
 
@@ -488,3 +494,238 @@ def test_stop_while_redis_is_down_is_bounded(
     started = time.monotonic()
     assert broker.stop(timeout=5.0)
     assert time.monotonic() - started < 1.0  # the backoff wait ends at once
+
+
+# -- keys that are not ours any more: no seq burned, no half publish (issue 19, item 4) -------
+
+STREAM_KEY, META_KEY = "sidecar:stream", "sidecar:meta"
+
+
+def stored_seqs(server: RedisServer) -> list[int]:
+    return [json.loads(fields[b"d"])["seq"] for _, fields in server.client().xrange(STREAM_KEY)]
+
+
+@pytest.mark.parametrize(
+    "foreign", ["*", "4-0", "5-0", "9007199254740993-0"], ids=["auto-id", "next", "inside", "huge"]
+)
+def test_a_foreign_entry_above_the_last_seq_starts_a_new_epoch_not_a_refusal(
+    server: RedisServer, make_broker: Callable[..., RedisBroker], foreign: str
+) -> None:
+    broker = make_broker(server.url)
+    assert broker.publish(events(3)) == [1, 2, 3]
+    old, _ = broker.head()
+    server.client().xadd(STREAM_KEY, {"x": "y"}, id=foreign)  # blocks "4-0" (or "5-0")
+    seqs = broker.publish(events(3))  # was: BrokerUnavailable, and seq 4-6 used up
+    epoch, last = broker.head()
+    assert seqs == [1, 2, 3] and epoch != old and last == 3
+    assert stored_seqs(server) == [1, 2, 3]  # nothing of the old epoch, nothing foreign
+    assert broker.publish(events(1)) == [4] and broker.head() == (epoch, 4)
+
+
+def test_a_refused_publish_uses_up_no_seq_and_writes_nothing(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    broker = make_broker(server.url)
+    assert broker.publish(events(2)) == [1, 2]
+    redis = server.client()
+    before = (redis.hgetall(META_KEY), redis.xrange(STREAM_KEY))
+    redis.set("ballast", b"x" * 2_000_000)
+    redis.config_set("maxmemory-policy", "noeviction")
+    redis.config_set("maxmemory", 1_000_000)  # below what is used: every first write refused
+    try:
+        for batch in (events(1), events(5)):
+            with pytest.raises(BrokerUnavailable) as refused:
+                broker.publish(batch, idempotency_key="while-full")
+            assert not isinstance(refused.value, BrokerOutcomeUnknown)
+        assert (redis.hgetall(META_KEY), redis.xrange(STREAM_KEY)) == before
+        assert not redis.exists("sidecar:idem:while-full")
+    finally:
+        redis.config_set("maxmemory", 0)
+    assert broker.publish(events(1), idempotency_key="while-full") == [3]  # next seq, kept
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda r: r.set(STREAM_KEY, "a string"),
+        lambda r: (r.delete(META_KEY), r.set(META_KEY, "a string")),
+        lambda r: r.hset(META_KEY, "seq", "twelve"),
+        lambda r: r.hset(META_KEY, "seq", "1" * 16),
+        lambda r: r.hset(META_KEY, "epoch", "not an epoch!"),
+        lambda r: r.hset(META_KEY, "size", "lots"),
+    ],
+    ids=["stream-type", "meta-type", "seq", "huge-seq", "epoch", "size"],
+)
+def test_keys_that_cannot_be_continued_start_a_new_epoch_and_publishing_goes_on(
+    server: RedisServer, make_broker: Callable[..., RedisBroker], damage: Callable[[Any], object]
+) -> None:
+    publisher = make_broker(server.url, history_size=None)  # reads the size a hub recorded
+    assert publisher.publish(events(2)) == [1, 2]
+    old, _ = publisher.head()
+    damage(server.client())
+    seqs = publisher.publish(events(2))
+    epoch, last = publisher.head()
+    if epoch == old:  # only the recorded size was damaged: it is ignored, nothing else
+        assert seqs == [3, 4] and stored_seqs(server) == [1, 2, 3, 4]
+    else:
+        assert seqs == [1, 2] and last == 2 and stored_seqs(server) == [1, 2]
+
+
+# -- idempotency keys and answers whose outcome is unknown (issue 19, item 6) ------------------
+
+
+def test_a_retry_with_the_same_key_publishes_nothing_and_gets_the_first_seqs(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    broker = make_broker(server.url)
+    sink = RecordingSink()
+    broker.start_relay(sink)
+    first = broker.publish(events(2), idempotency_key="order-42")
+    assert first == [1, 2] and first.duplicate is False
+    again = broker.publish(events(2), idempotency_key="order-42")
+    assert again == [1, 2] and again.duplicate is True
+    assert broker.publish(events(1)) == [3]
+    with Publisher(server.url) as publisher:  # another process, the same Redis: the same rule
+        assert publisher.publish_many(
+            [("app:x", {}), ("app:y", {})], idempotency_key="order-42"
+        ) == [1, 2]
+        with pytest.raises(IdempotencyKeyReused, match="batch of 2 events, not 1"):
+            publisher.publish("app:x", {}, idempotency_key="order-42")
+        with pytest.raises(ValueError, match="idempotency key"):
+            publisher.publish("app:x", {}, idempotency_key="no spaces")
+    sink.wait(lambda s: len(s.items) == 3)
+    assert sink.seqs() == [1, 2, 3] and stored_seqs(server) == [1, 2, 3]
+    redis = server.client()
+    ttl = redis.ttl("sidecar:idem:order-42")
+    assert 0 < ttl <= IDEMPOTENCY_WINDOW == 300
+    assert redis.get("sidecar:idem:order-42") == f"{broker.head()[0]} 2 2".encode()
+    redis.delete("sidecar:idem:order-42")  # as when the window is over
+    assert broker.publish(events(2), idempotency_key="order-42") == [4, 5]
+
+
+def test_the_window_is_the_brokers_and_keys_of_other_prefixes_do_not_meet(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    short = make_broker(server.url, idempotency_window=7)
+    other = make_broker(server.url, prefix="other")
+    assert short.publish(events(1), idempotency_key="k") == [1]
+    assert other.publish(events(1), idempotency_key="k") == [1]  # its own stream and keys
+    assert 0 < server.client().ttl("sidecar:idem:k") <= 7
+    assert other.publish(events(1), idempotency_key="k").duplicate
+
+
+def frozen(server: RedisServer) -> Any:
+    """A context manager: the server stopped with SIGSTOP (it answers nothing) until exit."""
+    import contextlib
+    import os
+    import signal
+
+    @contextlib.contextmanager
+    def freeze() -> Iterator[None]:
+        assert server.process is not None
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+
+    return freeze()
+
+
+def test_a_publish_redis_got_and_never_answered_is_unknown_and_a_retry_publishes_once(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    relay = make_broker(server.url)
+    sink = RecordingSink()
+    relay.start_relay(sink)
+    broker = make_broker(server.url, timeout=0.5)
+    assert broker.publish(events(1)) == [1]  # (a pooled connection, ready)
+    with frozen(server):
+        with pytest.raises(BrokerOutcomeUnknown) as unknown:
+            broker.publish(events(1, "retried"), idempotency_key="retry-me")
+        assert isinstance(unknown.value, PublishOutcomeUnknown)
+        assert isinstance(unknown.value, PublishRefused)  # what refusal handlers catch
+        message = str(unknown.value)
+        assert "may or may not have been published" in message and "\n" not in message
+        with pytest.raises(BrokerUnavailable):  # a read is no publish: it stays a refusal
+            broker.head()
+    sink.wait(lambda s: s.seqs() == [1, 2])  # it was published after all, once
+    again = broker.publish(events(1, "retried"), idempotency_key="retry-me")
+    assert again == [2] and again.duplicate
+    assert broker.publish(events(1)) == [3]
+    sink.wait(lambda s: s.seqs() == [1, 2, 3])
+    assert [json.loads(data)["payload"]["tag"] for _e, _s, data in sink.items] == [
+        "t",
+        "retried",
+        "t",
+    ]
+
+
+def test_a_publish_that_never_left_is_refused_not_unknown(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    broker = make_broker(server.url, timeout=0.5)
+    assert broker.publish(events(1)) == [1]
+    server.stop()
+    for _ in range(2):  # the pooled connection (broken), then a new one (refused)
+        with pytest.raises(BrokerUnavailable) as refused:
+            broker.publish(events(1), idempotency_key="k")
+        assert not isinstance(refused.value, PublishOutcomeUnknown)
+
+
+# -- Redis sizing: a policy that may evict the broker's keys is named at start -------------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "maxmemory", "warned"),
+    [
+        ("allkeys-lru", 100_000_000, True),
+        ("allkeys-lfu", 100_000_000, True),
+        ("allkeys-random", 100_000_000, True),
+        ("noeviction", 100_000_000, False),
+        ("volatile-lru", 100_000_000, False),  # the broker's keys have no TTL
+        ("allkeys-lru", 0, False),  # no limit: nothing is evicted
+    ],
+)
+def test_an_evicting_memory_policy_is_warned_about_at_start(
+    server: RedisServer,
+    make_broker: Callable[..., RedisBroker],
+    caplog: pytest.LogCaptureFixture,
+    policy: str,
+    maxmemory: int,
+    warned: bool,
+) -> None:
+    redis = server.client()
+    redis.config_set("maxmemory-policy", policy)
+    redis.config_set("maxmemory", maxmemory)
+    try:
+        make_broker(server.url).start_relay(RecordingSink())
+    finally:
+        redis.config_set("maxmemory", 0)
+    lines = [r.getMessage() for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+    if not warned:
+        assert lines == []
+        return
+    assert len(lines) == 1 and lines[0].startswith(
+        f"redis broker {server.url} has maxmemory-policy {policy} with maxmemory {maxmemory}"
+    )
+    assert "noeviction" in lines[0] and "4001" in lines[0]
+
+
+def test_the_policy_is_read_from_info_when_config_is_refused_and_unknown_is_no_error(
+    server: RedisServer, make_broker: Callable[..., RedisBroker], caplog: pytest.LogCaptureFixture
+) -> None:
+    redis = server.client()
+    redis.config_set("maxmemory-policy", "allkeys-lru")
+    redis.config_set("maxmemory", 100_000_000)
+    try:
+        redis.execute_command("ACL", "SETUSER", "default", "-config")  # a managed Redis
+        broker = make_broker(server.url)
+        assert broker.memory_policy() == ("allkeys-lru", 100_000_000)
+        assert broker.check_memory_policy() is not None
+        redis.execute_command("ACL", "SETUSER", "default", "-info")
+        assert broker.memory_policy() is None and broker.check_memory_policy() is None
+        broker.start_relay(RecordingSink())  # starts all the same
+    finally:
+        redis.execute_command("ACL", "SETUSER", "default", "+@all")
+        redis.config_set("maxmemory", 0)

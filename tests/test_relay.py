@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 
+from sidecar.broker.entries import Entry, Malformed, parse_entry
 from sidecar.broker.redis import RedisBroker
-from sidecar.broker.relay import Relay, RelayStats, parse_entries
+from sidecar.broker.relay import Relay, RelayStats
 from sidecar.core.stream import Numbered
 from tests.conftest import wait_for
 from tests.redis_server import RedisServer
@@ -39,8 +40,9 @@ KEEPS_DATA = pytest.mark.parametrize("redis", ["persistent"], indirect=True)
 
 
 def entries(*seqs: int) -> list[tuple[int, bytes]]:
-    """``(seq, data)`` as the test writes them and the relay hands them over."""
-    return [(seq, b"d%d" % seq) for seq in seqs]
+    """``(seq, data)`` as the test writes them and the relay hands them over: envelopes with
+    their seq, as publish.lua writes them (the relay skips anything else)."""
+    return [(seq, b'{"type":"test:e","payload":{"n":%d},"seq":%d}' % (seq, seq)) for seq in seqs]
 
 
 class Redis:
@@ -543,7 +545,186 @@ def test_xread_blocks_for_the_brokers_block_in_whole_milliseconds(
     wait_until(lambda: (redis.unblock(), relay.stop(0.01))[1])
 
 
-def test_parse_entries_takes_the_seq_from_the_id(redis: Redis) -> None:
-    redis.client.xadd(STREAM, {"d": b"x"}, id="42-0")
-    redis.client.xadd(STREAM, {"d": b"y"}, id="43-1")
-    assert parse_entries(redis.client.xrange(STREAM)) == [(42, b"x"), (43, b"y")]
+def test_entries_as_redis_returns_them_are_parsed_with_the_seq_from_the_id(redis: Redis) -> None:
+    (_, good), (_, other) = entries(42, 43)
+    redis.client.xadd(STREAM, {"d": good}, id="42-0")
+    redis.client.xadd(STREAM, {"d": other}, id="43-1")  # a seq's ID, but not <seq>-0
+    parsed = [parse_entry(i, fields, 1 << 20) for i, fields in redis.client.xrange(STREAM)]
+    assert parsed == [Entry(42, good), Malformed.ID]
+
+
+# -- the stream is input: malformed and foreign entries (issue 19, items 3-5) ----------------
+
+
+def xadd(redis: Redis, entry_id: str, fields: dict[str, Any], head: int | None = None) -> None:
+    """Write an entry as something other than publish.lua would (and the head, if given)."""
+    pipe = redis.client.pipeline(transaction=True)
+    pipe.xadd(STREAM, fields, id=entry_id)
+    if head is not None:
+        pipe.hset(META, "seq", head)
+    pipe.execute()
+
+
+def skipped_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "skipped stream entry" in r.getMessage()]
+
+
+def test_an_entry_between_events_is_skipped_counted_and_logged_and_the_relay_goes_on(
+    redis: Redis, make_relay: Callable[..., Relay], caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = Sink()
+    relay = make_relay(sink)
+    redis.write(11, 11)
+    xadd(redis, "11-1", {"x": "y"})  # between two events (no seq is missing), without d
+    relay.start()
+    sink.wait(lambda s: s.delivered)
+    redis.write(12, 12)
+    sink.wait(lambda s: sum(len(items) for _e, items in s.delivered) == 2)
+    assert [item for _e, items in sink.delivered for item in items] == entries(11, 12)
+    assert sink.resets == [] and relay.stats.malformed == {"id": 1}
+    assert relay.stats.failed_attempts == 0 and relay.stats.outages == 0
+    assert skipped_lines(caplog) == [
+        "relay: skipped stream entry 11-1: its ID is not <seq>-0 (written by something other"
+        " than a publish)"
+    ]
+
+
+def test_an_entry_without_d_in_a_seqs_place_is_a_gap_once_and_the_relay_goes_on(
+    redis: Redis, make_relay: Callable[..., Relay]
+) -> None:
+    sink = Sink()
+    relay = make_relay(sink)
+    redis.write(11, 11)
+    xadd(redis, "12-0", {"x": "y"}, head=12)  # event 12 is lost: clients must resume
+    relay.start()
+    sink.wait(lambda s: s.resets)
+    assert sink.resets == [("e1", 12, "events 12..12 are missing or malformed")]
+    redis.write(13, 13)
+    sink.wait(lambda s: len(s.delivered) == 2)
+    assert sink.delivered == [("e1", entries(11)), ("e1", entries(13))]
+    rounds = redis.rounds()
+    wait_until(lambda: redis.rounds() >= rounds + 3)
+    assert len(sink.resets) == 1 and relay.stats.malformed == {"fields": 1}
+
+
+HOSTILE: list[tuple[dict[str, Any], str]] = [
+    ({"x": b"y"}, "fields"),  # no d (issue 19, item 3)
+    ({"d": b"{}", "e": b"1"}, "fields"),
+    ({"d": b"not json"}, "not-json"),
+    ({"d": b'{"type":"app:x","payload":{"n":NaN},"seq":12}'}, "not-json"),
+    ({"d": b'{"type":"app:x","type":"app:y","seq":12}'}, "not-json"),
+    ({"d": b"[1,2]"}, "not-envelope"),
+    ({"d": b'{"type":"Not A Name","seq":12}'}, "not-envelope"),
+    (
+        {"d": b'{"type":"connection:status","payload":{"status":"connected"},"seq":12}'},
+        "reserved-type",
+    ),
+    ({"d": b'{"type":"chat:send","payload":{},"seq":12}'}, "reserved-type"),
+    ({"d": b'{"type":"app:x","payload":{},"seq":99}'}, "seq-mismatch"),
+    ({"d": b'{"type":"app:x","payload":{"p":"' + b"x" * 2000 + b'"},"seq":12}'}, "too-large"),
+]
+
+
+@pytest.mark.parametrize(("fields", "kind"), HOSTILE, ids=[k for _f, k in HOSTILE])
+def test_a_hostile_entry_in_a_seqs_place_is_never_delivered_and_is_one_gap(
+    redis: Redis, make_relay: Callable[..., Relay], fields: dict[str, Any], kind: str
+) -> None:
+    # (a seq in the data that differs from the ID's would make every client drop the events
+    # after it as duplicates; a connection:status would be taken for the hub's own)
+    sink = Sink()
+    relay = make_relay(sink, max_event_bytes=1024)
+    redis.write(11, 11)
+    xadd(redis, "12-0", fields)
+    redis.write(13, 13)
+    relay.start()
+    sink.wait(lambda s: s.resets)
+    assert sink.delivered == [("e1", entries(11))]
+    assert sink.resets == [("e1", 13, "events 12..12 are missing or malformed")]
+    assert relay.stats.malformed == {kind: 1}
+    redis.write(14, 14)
+    sink.wait(lambda s: len(s.delivered) == 2)
+    assert sink.delivered[1] == ("e1", entries(14)) and len(sink.resets) == 1
+
+
+def relay_cpu(relay: Relay) -> float:
+    """CPU seconds the relay thread has used so far."""
+    ident = relay._thread.ident
+    assert ident is not None
+    return time.clock_gettime(time.pthread_getcpuclockid(ident))
+
+
+@pytest.mark.parametrize(
+    "entry_id", ["*", "900000000000000-0", "1000-0"], ids=["auto", "huge", "ahead"]
+)
+def test_a_foreign_entry_beyond_the_head_is_skipped_once_no_reset_storm(
+    redis: Redis, make_relay: Callable[..., Relay], caplog: pytest.LogCaptureFixture, entry_id: str
+) -> None:
+    sink = Sink()
+    relay = make_relay(sink)
+    relay.start()
+    wait_until(lambda: redis.rounds() >= 1)
+    data = b'{"type":"app:x","payload":{},"seq":1000}'  # even well formed, no publish wrote it
+    xadd(redis, entry_id, {"d": data})
+    wait_until(lambda: relay.stats.malformed)
+    rounds, cpu, started = redis.rounds(), relay_cpu(relay), time.monotonic()
+    wait_until(lambda: redis.rounds() >= rounds + 6)
+    took = time.monotonic() - started
+    assert took >= 5 * BLOCK  # every round waited in XREAD: nothing is read again
+    assert relay_cpu(relay) - cpu < 0.5 * took  # (a reset storm keeps a core busy)
+    assert sink.resets == [] and sink.delivered == [] and relay.stats.resets == 0
+    assert sum(relay.stats.malformed.values()) == 1 and len(skipped_lines(caplog)) == 1
+
+
+def test_a_foreign_entry_is_healed_by_the_next_publish_in_a_new_epoch(
+    redis: Redis, make_relay: Callable[..., Relay]
+) -> None:
+    sink = Sink()
+    relay = make_relay(sink)
+    broker = RedisBroker(redis.server.url)
+    try:
+        relay.start()
+        redis.client.xadd(STREAM, {"x": "y"})  # XADD … * : an ID far above any seq
+        wait_until(lambda: relay.stats.malformed)
+        assert broker.publish([b'{"type":"app:x","payload":{}}']) == [1]  # 202, not 503
+        epoch = redis.epoch()
+        assert epoch != "e1" and redis.client.xlen(STREAM) == 1  # the foreign entry is gone
+        sink.wait(lambda s: s.resets)
+        assert broker.publish([b'{"type":"app:x","payload":{}}']) == [2]
+        sink.wait(lambda s: s.delivered and s.delivered[-1][1][-1][0] == 2)
+        # one reset, to the new epoch (at 0, or at 1 if the publish came first)
+        assert len(sink.resets) == 1 and sink.resets[0][:1] == (epoch,)
+        delivered = [seq for _e, items in sink.delivered for seq, _data in items]
+        assert delivered == list(range(sink.resets[0][1] + 1, 3)) and relay.stats.resets == 1
+    finally:
+        broker.close()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda r: r.client.set(STREAM, "a string"),
+        lambda r: r.client.set(META, "a string"),
+        lambda r: r.client.hset(META, "seq", "twelve"),
+        lambda r: r.client.hset(META, "epoch", "not an epoch!"),
+        lambda r: r.client.hdel(META, "seq"),
+    ],
+    ids=["stream-of-another-type", "meta-of-another-type", "seq", "epoch", "no-seq"],
+)
+def test_keys_the_relay_cannot_read_as_ours_start_a_new_epoch_never_an_endless_outage(
+    redis: Redis, make_relay: Callable[..., Relay], damage: Callable[[Redis], object]
+) -> None:
+    sink = Sink()
+    relay = make_relay(sink)
+    relay.start()
+    wait_until(lambda: redis.rounds() >= 1)
+    redis.client.delete(STREAM)
+    damage(redis)
+    sink.wait(lambda s: s.resets)
+    epoch = redis.epoch()
+    assert epoch != "e1" and sink.resets == [
+        (epoch, 0, "epoch changed from e1 (Redis lost its data)")
+    ]
+    redis.write(1, 1)
+    sink.wait(lambda s: s.delivered)
+    assert sink.delivered == [(epoch, entries(1))]
+    assert relay.stats.resets == 1 and relay.stats.outages <= 1

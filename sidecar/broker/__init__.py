@@ -16,13 +16,21 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.stream import Numbered
-from ..protocol import PublishRefused
+from ..protocol import PublishOutcomeUnknown, PublishRefused
 
 if TYPE_CHECKING:
     from .publisher import Publisher
     from .redis import RedisBroker, RelayStats
 
-__all__ = ["BrokerError", "BrokerUnavailable", "Publisher", "RedisBroker", "RelayStats", "Sink"]
+__all__ = [
+    "BrokerError",
+    "BrokerOutcomeUnknown",
+    "BrokerUnavailable",
+    "Publisher",
+    "RedisBroker",
+    "RelayStats",
+    "Sink",
+]
 
 
 class BrokerError(Exception):
@@ -35,10 +43,18 @@ class BrokerUnavailable(BrokerError, PublishRefused):
     A :class:`~sidecar.protocol.PublishRefused` (the hub's), so that everything that handles
     a refused publish handles it too: ``broadcast*`` return ``False``, the HTTP API answers
     503 with ``Retry-After``, ``sidecar serve`` reports ``broker-unreachable`` (exit 5).
+    It is raised only when the request cannot have run: it never left (connecting or
+    sending failed), or Redis answered with an error.
+    """
 
-    When the connection broke after the request was sent, the events may still have been
-    published; they are then delivered like any other (the caller sees a refusal, never a
-    silent loss).
+
+class BrokerOutcomeUnknown(BrokerError, PublishOutcomeUnknown):
+    """A publish was sent to Redis and no answer came (a timeout, a broken connection): it
+    may have been published, and is then delivered like any other.
+
+    A :class:`~sidecar.protocol.PublishOutcomeUnknown` (so also a ``PublishRefused``): the
+    HTTP API answers 504 ``"outcome": "unknown"``. Retry with the same idempotency key to
+    publish the events at most once.
     """
 
 

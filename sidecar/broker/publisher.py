@@ -63,7 +63,8 @@ class Publisher:
     """Publishes events to every hub process that shares ``broker_url`` and ``prefix``.
 
     ``broker_url`` is a Redis URL as for :class:`~sidecar.broker.redis.RedisBroker`. An
-    event whose envelope encodes to more than ``max_event_bytes`` is refused. The stream is
+    event whose envelope encodes to more than ``max_event_bytes`` is refused (never set it
+    above the hubs' ``--max-event-bytes``: their relays skip larger entries). The stream is
     trimmed to the history size the hubs' broker recorded in Redis; a ``history_size`` given
     here is used (and recorded) instead. ``timeout`` and ``connect_timeout`` bound each call.
     """
@@ -85,21 +86,36 @@ class Publisher:
             history_size=history_size,
             timeout=timeout,
             connect_timeout=connect_timeout,
+            max_event_bytes=max_event_bytes,
         )
 
-    def publish(self, type: str, payload: Mapping[str, Any]) -> int:
+    def publish(
+        self, type: str, payload: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> int:
         """Publish one event; returns its ``seq``.
 
-        Raises ``ValueError`` for an event the catalog refuses (nothing is published) and
-        :class:`~sidecar.broker.BrokerUnavailable` when Redis cannot be reached.
+        Raises ``ValueError`` for an event the catalog refuses or a malformed key (nothing is
+        published), :class:`~sidecar.broker.BrokerUnavailable` when Redis cannot be reached
+        or refuses the write (nothing is published), and
+        :class:`~sidecar.broker.BrokerOutcomeUnknown` when Redis got the publish and did not
+        answer in time: it may have been published. Retrying with the same
+        ``idempotency_key`` is then safe (see :meth:`publish_many`).
         """
-        return self.publish_many([(type, payload)])[0]
+        return self.publish_many([(type, payload)], idempotency_key=idempotency_key)[0]
 
-    def publish_many(self, events: Iterable[EventLike]) -> list[int]:
+    def publish_many(
+        self, events: Iterable[EventLike], *, idempotency_key: str | None = None
+    ) -> list[int]:
         """Publish events in order as one batch (all or none); returns their seqs.
 
         Every event is validated before anything is published. At most
         :data:`~sidecar.broker.redis.MAX_BATCH` events; raises like :meth:`publish`.
+
+        ``idempotency_key`` (1-128 of ``A-Za-z0-9._~:+/=-``): a publish with a key that an
+        earlier publish used within the broker's idempotency window (five minutes) publishes
+        nothing and returns the earlier seqs (a :class:`~sidecar.protocol.PublishedSeqs`
+        with ``duplicate`` set); a different number of events raises
+        :class:`~sidecar.protocol.IdempotencyKeyReused` (a ``ValueError``).
         """
         items = list(itertools.islice(events, MAX_BATCH + 1))
         if len(items) > MAX_BATCH:
@@ -107,7 +123,8 @@ class Publisher:
         if not items:
             return []
         return self.broker.publish(
-            [self._encode(e) for e in checked_events(items, self.max_event_bytes)]
+            [self._encode(e) for e in checked_events(items, self.max_event_bytes)],
+            idempotency_key=idempotency_key,
         )
 
     def head(self) -> tuple[str, int]:

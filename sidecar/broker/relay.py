@@ -1,16 +1,28 @@
 """The relay: one thread per broker that reads the stream and feeds a :class:`Sink`.
 
-Each round pipelines ``XREAD BLOCK`` (from the last seq delivered, ``COUNT read_count``)
-with ``HMGET`` of the epoch and the last seq assigned, on the relay's own connection. Redis
-runs the two back to back, so the epoch read after the entries tells whether they still
-belong to the relay's epoch (an epoch never comes back once it has changed). Then:
+Each round pipelines ``XREAD BLOCK`` (after the relay's cursor, ``COUNT read_count``) with
+``HMGET`` of the epoch and the last seq assigned, on the relay's own connection. Redis runs
+the two back to back, so the epoch read after the entries tells whether they still belong to
+the relay's epoch (an epoch never comes back once it has changed), and the seq read after
+them is at least every seq ``publish.lua`` wrote among them. Then:
 
 * a different epoch (Redis lost its data, or was flushed): :meth:`Sink.reset` to the new
   epoch and its last seq; the entries read are dropped, they are older than that point;
-* entries that do not start at ``last + 1`` (the stream was trimmed past the relay while it
-  was behind or away) or have a hole: the contiguous part is delivered, then a reset to the
-  current last seq;
+* the stream is input (anyone may write to it): every entry is checked by
+  :func:`~sidecar.broker.entries.parse_entry`, and one that is malformed, or whose seq is
+  beyond the last seq read with it (no publish wrote it), is skipped: counted by kind in
+  :class:`RelayStats` (``/metrics``, ``/api/v1/hub``) and logged at most once per kind every
+  :data:`LOG_INTERVAL` seconds, with the number skipped since;
+* valid entries that do not start at ``last + 1`` (the stream was trimmed past the relay
+  while it was behind or away, or a malformed entry took a seq) or have a hole: the
+  contiguous part is delivered, then a reset to the current last seq;
 * otherwise the entries go to :meth:`Sink.deliver`, retried while it returns False.
+
+The cursor (the ID of the last entry consumed: delivered, skipped or dropped by a reset) only
+moves forward within an epoch, so no entry is read twice: whatever the stream holds, a round
+either waits in ``XREAD BLOCK`` or consumes at least one entry. A meta hash or stream that
+cannot be read as ours (another type, fields publish.lua would not write) runs the script,
+which starts a new epoch for it.
 
 A failed round (Redis unreachable, or anything raised) starts an outage: one warning, then
 retries with capped exponential backoff; the first round that succeeds logs one info line.
@@ -19,8 +31,9 @@ the stream was trimmed or the epoch changed meanwhile, which the round detects a
 
 Threads and state
     * **the relay thread** (``sidecar-broker-relay``) owns everything here: its client (one
-      connection, closed when the thread ends), ``epoch``/``last`` (where it is), the
-      backoff, and ``stats``, an immutable :class:`RelayStats` it replaces after each change.
+      connection, closed when the thread ends), ``epoch``/``last`` (where it is), the cursor,
+      the backoff, the log limiter, and ``stats``, an immutable :class:`RelayStats` it
+      replaces after each change.
       Other threads read ``stats`` without a lock (one reference, always a whole snapshot).
     * **any thread** calls :meth:`Relay.stop`, which sets ``_stopping`` (an Event) and joins.
 """
@@ -31,24 +44,26 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import redis
 
 from ..core.stream import on_default
-from . import BrokerUnavailable, Sink
+from ..logs import LogLimiter
+from . import BrokerError, Sink
+from .entries import Entry, Malformed, entry_position, parse_entry, parse_head
 
 if TYPE_CHECKING:
     from .redis import RedisBroker
 
 log = logging.getLogger("sidecar.broker")
 
-
-def parse_entries(entries: Iterable[Any]) -> list[tuple[int, bytes]]:
-    """``(seq, data)`` of stream entries as redis-py returns them (``(id, {field: value})``)."""
-    return [(int(entry_id.split(b"-", 1)[0]), fields[b"d"]) for entry_id, fields in entries]
+#: Seconds between two log lines about malformed entries of one kind.
+LOG_INTERVAL = 10.0
+#: A raw stream entry as redis-py returns it: ``(id, {field: value})``.
+RawEntry = tuple[bytes, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +73,8 @@ class RelayStats:
     ``last_published_seq - last_delivered_seq`` is the relay lag (both in ``epoch``).
     ``outages`` counts outages begun (one warning each), ``reconnects`` the recoveries (one
     info line each), ``failed_attempts`` every failed round, ``resets`` the Sink resets.
+    ``malformed`` counts the entries skipped, by :class:`~sidecar.broker.entries.Malformed`
+    kind (only kinds seen; never changed in place: a new dict with each change).
     """
 
     running: bool = False
@@ -70,6 +87,7 @@ class RelayStats:
     outages: int = 0
     reconnects: int = 0
     failed_attempts: int = 0
+    malformed: dict[str, int] = field(default_factory=dict)
 
 
 class Backoff:
@@ -98,6 +116,9 @@ class Relay:
         self._broker, self._sink = broker, sink
         #: The stream position delivered so far (relay thread only).
         self.epoch, self.last = epoch, seq
+        #: The ID of the last entry consumed, as ``(ms, seq)``: the next read is after it.
+        self.cursor = (seq, 0)
+        self._log_limit = LogLimiter(LOG_INTERVAL, max_keys=len(Malformed))
         self.stats = RelayStats(
             running=True,
             connected=True,
@@ -151,29 +172,37 @@ class Relay:
             self._client.connection_pool.disconnect()
             self._update(running=False, connected=False)
 
-    def _read(self) -> tuple[list[tuple[int, bytes]], str, int]:
-        """One round trip: the entries after ``last``, then the current epoch and last seq."""
+    def _read(self) -> tuple[list[RawEntry], str, int]:
+        """One round trip: the entries after the cursor, then the current epoch and last seq.
+
+        A meta hash that is missing or not as publish.lua writes it, or a read refused (a key
+        of another type), runs the script on the relay's own connection: it starts a new
+        epoch if the keys cannot be continued. A refused read is then raised all the same
+        unless the epoch changed (so that the round fails and waits, never spins).
+        """
         broker = self._broker
         pipe = self._client.pipeline(transaction=False)
         pipe.xread(
-            {broker.stream_key: f"{self.last}-0"},
+            {broker.stream_key: f"{self.cursor[0]}-{self.cursor[1]}"},
             count=broker.read_count,
             block=max(1, int(broker.block * 1000)),
         )
         pipe.hmget(broker.meta_key, ["epoch", "seq"])
-        reply, (epoch, head) = pipe.execute()
-        if epoch is None:  # Redis lost the data and nobody has published since: start anew
-            epoch_now, head_now = broker.run_script((), client=self._client)
-            return [], epoch_now, head_now
+        reply, meta = pipe.execute(raise_on_error=False)
+        head = None if isinstance(meta, Exception) else parse_head(*meta)
+        if head is None or isinstance(reply, Exception):
+            epoch_now, seq_now = broker.run_script((), client=self._client)
+            if isinstance(reply, Exception) and epoch_now == self.epoch:
+                raise reply
+            return [], epoch_now, seq_now
         if isinstance(reply, dict):  # RESP3: {stream: [entries]}
             groups = [entries for value in reply.values() for entries in value]
         else:  # RESP2: [[stream, entries]]
             groups = [entries for _stream, entries in reply]
-        items = [item for entries in groups for item in parse_entries(entries)]
-        return items, epoch.decode(), int(head)
+        return [entry for entries in groups for entry in entries], head[0], head[1]
 
     def _round(self) -> None:
-        items, epoch, head = self._read()
+        entries, epoch, head = self._read()
         self._update(last_published_seq=head)
         if epoch != self.epoch:
             self._reset(epoch, head, f"epoch changed from {self.epoch} (Redis lost its data)")
@@ -181,20 +210,65 @@ class Relay:
         if head < self.last:
             self._reset(epoch, head, f"seq went back from {self.last} to {head}")
             return
-        good = 0
-        while good < len(items) and items[good][0] == self.last + 1 + good:
-            good += 1
-        if good and not self._deliver(items[:good]):
-            return  # stopping
-        if good < len(items):
-            missing = f"{self.last + 1}..{items[good][0] - 1}"
-            self._reset(epoch, head, f"events {missing} are no longer in the stream")
+        batch: list[tuple[int, bytes]] = []
+        cursor = self.cursor
+        for entry_id, fields in entries:
+            position = entry_position(entry_id)
+            item = parse_entry(entry_id, fields, self._broker.max_event_bytes)
+            if isinstance(item, Entry) and item.seq > head:
+                item = Malformed.AHEAD
+            expected = self.last + len(batch) + 1  # (never more: the cursor is past it)
+            if isinstance(item, Entry) and item.seq == expected:
+                batch.append((item.seq, item.data))
+            elif isinstance(item, Malformed):
+                self._skip(entry_id, item)
+                if position[1] == 0 and expected <= position[0] <= head:  # it took a seq
+                    self._gap(batch, cursor, epoch, head, position[0], "missing or malformed")
+                    return
+            else:
+                self._gap(batch, cursor, epoch, head, item.seq - 1, "no longer in the stream")
+                return
+            cursor = position
+        if batch:
+            self._deliver(batch, cursor)
+        elif not self._stopping.is_set():
+            self.cursor = cursor  # only skipped entries: consumed all the same
 
-    def _deliver(self, items: Sequence[tuple[int, bytes]]) -> bool:
-        """Hand ``items`` to the sink, retrying the same items; False if stopped first."""
+    def _gap(
+        self,
+        batch: list[tuple[int, bytes]],
+        cursor: tuple[int, int],
+        epoch: str,
+        head: int,
+        lost: int,
+        why: str,
+    ) -> None:
+        """Deliver what is in a row, then reset to ``head``: events up to ``lost`` are gone."""
+        if batch and not self._deliver(batch, cursor):
+            return  # stopping
+        self._reset(epoch, head, f"events {self.last + 1}..{lost} are {why}")
+
+    def _skip(self, entry_id: bytes, kind: Malformed) -> None:
+        """Count a malformed entry; log the first of its kind in an interval, then a count."""
+        counts = dict(self.stats.malformed)
+        counts[kind.value] = counts.get(kind.value, 0) + 1
+        self._update(malformed=counts)
+        suppressed = self._log_limit.check(kind)
+        if suppressed is not None:
+            more = f" ({suppressed} more since the last line)" if suppressed else ""
+            log.warning(
+                "relay: skipped stream entry %s: %s%s",
+                entry_id.decode(errors="replace")[:48],
+                _MALFORMED_WHY[kind],
+                more,
+            )
+
+    def _deliver(self, items: Sequence[tuple[int, bytes]], cursor: tuple[int, int]) -> bool:
+        """Hand ``items`` to the sink, retrying the same items, then move the cursor to
+        ``cursor`` (the last entry consumed with them); False if stopped first."""
         while not self._stopping.is_set():
             if self._sink.deliver(self.epoch, on_default(self.epoch, items), self._broker.block):
-                self.last = items[-1][0]
+                self.last, self.cursor = items[-1][0], cursor
                 delivered = self.stats.delivered + len(items)
                 self._update(last_delivered_seq=self.last, delivered=delivered)
                 return True
@@ -204,6 +278,7 @@ class Relay:
         log.warning("relay: %s; continuing from %s:%d (clients must resume)", reason, epoch, seq)
         self._sink.reset(epoch, seq, reason)
         self.epoch, self.last = epoch, seq
+        self.cursor = (seq, 0)  # (entries above it are read, and skipped if beyond the head)
         self._update(epoch=epoch, last_delivered_seq=seq, resets=self.stats.resets + 1)
 
     def _failed(self, exc: Exception) -> None:
@@ -214,7 +289,7 @@ class Relay:
             retry = f"relay retrying with backoff up to {self._backoff.high:g} s"
             if isinstance(exc, redis.RedisError):
                 log.warning("%s; %s", self._broker.describe(exc), retry)
-            elif isinstance(exc, BrokerUnavailable):
+            elif isinstance(exc, BrokerError):
                 log.warning("%s; %s", exc, retry)
             else:
                 log.error("relay failed: %r; %s", exc, retry, exc_info=exc)
@@ -236,3 +311,16 @@ class Relay:
         self._down_since = None
         self._backoff.reset()
         self._update(connected=True, reconnects=self.stats.reconnects + 1)
+
+
+#: What the log line says about each kind of malformed entry.
+_MALFORMED_WHY = {
+    Malformed.ID: "its ID is not <seq>-0 (written by something other than a publish)",
+    Malformed.FIELDS: "its fields are not exactly one, d",
+    Malformed.TOO_LARGE: "its data is larger than max_event_bytes",
+    Malformed.NOT_JSON: "its data is not strict UTF-8 JSON",
+    Malformed.NOT_ENVELOPE: "its data is not an object with a namespace:kebab-case type",
+    Malformed.RESERVED_TYPE: "its type is the hub's own or a client-to-server one",
+    Malformed.SEQ_MISMATCH: "the seq in its data is not the one of its ID",
+    Malformed.AHEAD: "its seq is beyond the last one assigned (no publish wrote it)",
+}

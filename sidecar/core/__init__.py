@@ -5,8 +5,18 @@ It imports neither Flask nor the event catalog; only the wire layer (:mod:`sidec
 and simple-websocket's public API.
 """
 
+from ..protocol import PublishOutcomeUnknown
 from .client import Client, Close
 from .connection import Connection, SendResult
 from .hub import Hub, HubStats, PublishRefused
 
-__all__ = ["Client", "Close", "Connection", "Hub", "HubStats", "PublishRefused", "SendResult"]
+__all__ = [
+    "Client",
+    "Close",
+    "Connection",
+    "Hub",
+    "HubStats",
+    "PublishOutcomeUnknown",
+    "PublishRefused",
+    "SendResult",
+]

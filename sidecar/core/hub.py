@@ -37,7 +37,6 @@ write (or one queue item) carrying all the frames of its channels, in stream ord
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 import os
 import queue
@@ -53,20 +52,21 @@ from typing import Any
 
 from .. import frames
 from ..config import Config
-from ..envelope import Event, encode, is_event_name
+from ..envelope import Event, encode, loads_strict
 from ..protocol import (
-    CLIENT_EVENT_TYPES,
     DEFAULT_CHANNEL,
     MAX_FRAME_HEADER,
-    RESERVED_NAMESPACES,
     ChannelErrorCode,
     CloseCode,
+    PublishedSeqs,
     PublishRefused,
     Since,
     channel_error,
     channel_subscribed,
     channel_unsubscribed,
+    check_broadcast_type,
     check_channel,
+    check_idempotency_key,
     connection_status,
     splice_max,
 )
@@ -112,22 +112,6 @@ _SWEEP_INTERVAL = 30.0
 _MAX_REVOCATIONS = 65536
 
 StatusFactory = Callable[..., Event]
-
-
-def check_broadcast_type(name: object) -> None:
-    """``ValueError`` unless ``name`` is a type anyone but the hub may broadcast.
-
-    It must be ``namespace:kebab-case`` as a whole string (no trailing newline), outside the
-    hub's own namespaces (``connection:*``, ``channel:*``) and not a client-to-server type
-    (``chat:send``): a client library would take a broadcast ``connection:status`` for its own.
-    """
-    if not is_event_name(name):
-        raise ValueError(f"event type {name!r:.80} is not namespace:kebab-case")
-    assert isinstance(name, str)
-    if name.partition(":")[0] in RESERVED_NAMESPACES:
-        raise ValueError(f"{name} is sent by the hub itself, never broadcast")
-    if name in CLIENT_EVENT_TYPES:
-        raise ValueError(f"{name} is a client-to-server event, never broadcast")
 
 
 def _broadcastable(events: Iterable[Event]) -> list[Event]:
@@ -224,7 +208,9 @@ class Hub:
         self._local: LocalSequencer | None = None
         self._numbering: Sequencer
         if self._broker is None:
-            self._local = LocalSequencer(epoch, self._submit, config.max_channel_states)
+            self._local = LocalSequencer(
+                epoch, self._submit, config.max_channel_states, clock=self._clock
+            )
             self._numbering = self._local
         else:
             self._numbering = self._broker
@@ -392,7 +378,7 @@ class Hub:
         """
         raw = data.encode() if isinstance(data, str) else bytes(data)
         try:
-            obj = json.loads(raw)
+            obj = loads_strict(raw)  # what a broker's relay accepts back, and every client reads
         except ValueError as exc:
             raise ValueError(f"broadcast data is not JSON: {exc}") from None
         if not isinstance(obj, dict):
@@ -426,12 +412,22 @@ class Hub:
         channel: str | None = None,
         *,
         idempotency_key: str | None = None,
-    ) -> list[int]:
+    ) -> PublishedSeqs:
         """Broadcast ``events`` on ``channel`` as one batch and return their ``seq`` numbers
         (that channel's).
 
-        Raises :class:`PublishRefused` (nothing was broadcast) or ``ValueError`` (too large,
-        a type that may not be broadcast, a bad channel name).
+        Raises :class:`PublishRefused` (nothing was broadcast), its subclass
+        :class:`~sidecar.protocol.PublishOutcomeUnknown` (a broker that got the publish and
+        did not answer: the events may have been broadcast; retry with the same
+        ``idempotency_key``), or ``ValueError`` (too large, a type that may not be broadcast,
+        a bad channel name, a malformed key).
+
+        ``idempotency_key`` (see :func:`~sidecar.protocol.check_idempotency_key`): a second
+        publish with the same key within :data:`~sidecar.protocol.IDEMPOTENCY_WINDOW` seconds
+        broadcasts nothing and returns the seqs of the first (a :class:`PublishedSeqs` whose
+        ``duplicate`` is set); :class:`~sidecar.protocol.IdempotencyKeyReused` (a
+        ``ValueError``) if the first had another number of events. Without a broker the hub
+        remembers at most :data:`~sidecar.protocol.IDEMPOTENCY_MAX_KEYS` keys.
         """
         encoded = [encode(event) for event in _broadcastable(events)]
         return self.publish_encoded(encoded, channel, idempotency_key=idempotency_key)
@@ -442,20 +438,25 @@ class Hub:
         channel: str | None = None,
         *,
         idempotency_key: str | None = None,
-    ) -> list[int]:
+    ) -> PublishedSeqs:
         """:meth:`publish` for envelopes already encoded by :func:`sidecar.envelope.encode`."""
         name = _channel(channel)
         return self.publish_items([(name, data) for data in encoded], idempotency_key)
 
-    def publish_items(self, items: Sequence[Item], idempotency_key: str | None = None) -> list[int]:
+    def publish_items(
+        self, items: Sequence[Item], idempotency_key: str | None = None
+    ) -> PublishedSeqs:
         """Publish encoded envelopes, each on its own channel (``""``: the default), as one
-        batch in this order; returns each one's seq in its channel."""
+        batch in this order; returns each one's seq in its channel (idempotency and errors as
+        :meth:`publish`)."""
         for name, data in items:
             if len(data) + splice_max(name) > self.max_event_bytes:
                 raise ValueError(f"event larger than {self.max_event_bytes} bytes")
+        key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
         if not items:
-            return []
-        return self._numbering.publish_items(items, idempotency_key)
+            return PublishedSeqs()
+        seqs = self._numbering.publish_items(items, key)
+        return seqs if isinstance(seqs, PublishedSeqs) else PublishedSeqs(seqs)
 
     def position(self, channel: str | None = None) -> Position:
         """``(epoch, seq)`` of ``channel`` as numbered now: load the app's state, then have a

@@ -13,7 +13,8 @@ hub has one numbered input either way (:meth:`sidecar.core.hub.Hub.deliver`):
 Threads and state
     * :class:`LocalSequencer`: any publishing thread (and request threads asking for a
       channel's position) under ``lock``, which guards ``_channels`` (each channel's epoch and
-      last ``seq`` assigned) and ``_pos``; the hub thread takes it briefly to forget a channel.
+      last ``seq`` assigned), ``_pos`` and ``_recent`` (the idempotency keys of recent
+      publishes); the hub thread takes it briefly to forget a channel.
     * :class:`StreamTracker`: the hub thread only (a pure decision object, no locks).
 """
 
@@ -21,12 +22,20 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from ..envelope import with_seq
-from ..protocol import DEFAULT_CHANNEL, PublishRefused
+from ..protocol import (
+    DEFAULT_CHANNEL,
+    IDEMPOTENCY_MAX_KEYS,
+    IDEMPOTENCY_WINDOW,
+    PublishedSeqs,
+    PublishRefused,
+)
+from .idempotency import RecentKeys
 
 
 class Position(NamedTuple):
@@ -65,9 +74,13 @@ class Sequencer(Protocol):
     """Numbers events for the hub: in this process, or for every process (a broker)."""
 
     def publish_items(self, items: Sequence[Item], idempotency_key: str | None = None) -> list[int]:
-        """Number ``items`` (in order) and hand them on; return each one's channel ``seq``.
+        """Number ``items`` (in order) and hand them on; return each one's channel ``seq``,
+        once per ``idempotency_key`` within its window (a :class:`PublishedSeqs` says whether
+        this was a repeat).
 
-        Raises :class:`~sidecar.protocol.PublishRefused` when nothing was accepted.
+        Raises :class:`~sidecar.protocol.PublishRefused` when nothing was accepted, and its
+        subclass :class:`~sidecar.protocol.PublishOutcomeUnknown` when the items may have been
+        accepted (a broker that did not answer).
         """
         ...
 
@@ -94,21 +107,42 @@ class LocalSequencer:
     ``epoch`` is the stream's (and the default channel's) epoch. A named channel gets a new
     epoch when it is first numbered (or asked for) and keeps it until the hub forgets it
     (:meth:`forget`). At most ``max_channels`` named channels are held; a publish or a
-    position that would need one more is refused until the hub forgets some.
+    position that would need one more is refused until the hub forgets some. Idempotency keys
+    are remembered for :data:`~sidecar.protocol.IDEMPOTENCY_WINDOW` seconds on ``clock``, at
+    most :data:`~sidecar.protocol.IDEMPOTENCY_MAX_KEYS` of them.
     """
 
-    def __init__(self, epoch: str, submit: Submit, max_channels: int) -> None:
+    def __init__(
+        self,
+        epoch: str,
+        submit: Submit,
+        max_channels: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.epoch = epoch
         self.lock = threading.Lock()
         self.max_channels = max_channels
         self._submit = submit
         self._channels: dict[str, list[str | int]] = {DEFAULT_CHANNEL: [epoch, 0]}
         self._pos = 0
+        self._recent = RecentKeys(IDEMPOTENCY_WINDOW, IDEMPOTENCY_MAX_KEYS, clock)
 
-    def publish_items(self, items: Sequence[Item], idempotency_key: str | None = None) -> list[int]:
-        """Number ``items`` and put them in the hub's inbox, atomically; their seqs."""
+    def publish_items(
+        self, items: Sequence[Item], idempotency_key: str | None = None
+    ) -> PublishedSeqs:
+        """Number ``items`` and put them in the hub's inbox, atomically; their seqs. A key
+        seen within the window publishes nothing and returns the first publish's seqs (a
+        refused publish leaves its key unused)."""
         with self.lock:
-            return self.publish_locked(items)
+            if idempotency_key is not None:
+                seen = self._recent.recall(idempotency_key, len(items))
+                if seen is not None:
+                    return seen
+            seqs = PublishedSeqs(self.publish_locked(items))
+            if idempotency_key is not None:
+                self._recent.remember(idempotency_key, seqs)
+            return seqs
 
     def publish_locked(self, items: Sequence[Item]) -> list[int]:
         """:meth:`publish` with ``lock`` held (nothing is numbered unless the hub takes it)."""

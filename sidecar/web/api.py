@@ -8,6 +8,10 @@ events to the hub (whose inbox is its only synchronisation) or to the broker.
 names must be ``namespace:kebab-case`` (app-specific events pass through). The server stamps
 the timestamp; the hub (or the broker) assigns ``seq``. Answers 202 with the envelopes as
 broadcast, ``seq`` included. Every error is JSON ``{"error": "…"}``, 404 and 405 included.
+Not broadcast (overloaded, stopping, Redis unreachable): 503 ``"outcome": "not-broadcast"``.
+Sent to Redis and no answer: 504 ``"outcome": "unknown"``. An ``Idempotency-Key`` header
+makes a retry safe: the same key within the window answers 202 with the first request's
+seqs and ``"duplicate": true`` instead of publishing again.
 
 ``GET /metrics`` (:func:`metrics_blueprint`, token required) serves Prometheus text from
 :mod:`sidecar.web.metrics`, which imports ``prometheus_client`` only then.
@@ -28,11 +32,14 @@ from .. import logs
 from ..catalog import Publication, PublishError, parse_publish_body
 from ..core.hub import PublishRefused
 from ..envelope import encode
+from ..protocol import IdempotencyKeyReused, PublishOutcomeUnknown, check_idempotency_key
 from .guards import check_token
 from .state import SidecarState
 
 #: Most events in one batch.
 MAX_BATCH = 10_000
+#: The request header that makes a publish idempotent (as Stripe's and the IETF draft's).
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
@@ -69,8 +76,26 @@ def read_body(limit: int) -> bytes:
     return body
 
 
+def idempotency_key() -> str | None:
+    """The request's ``Idempotency-Key`` (one pair of quotes around it dropped, as the IETF
+    draft writes it), or ``None``; raises :class:`PublishError` (400) when malformed."""
+    values = request.headers.getlist(IDEMPOTENCY_HEADER)
+    if not values:
+        return None
+    key = values[0].strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    try:
+        if len(values) > 1:
+            raise ValueError(f"one {IDEMPOTENCY_HEADER} header, not {len(values)}")
+        return check_idempotency_key(key)
+    except ValueError as exc:
+        raise PublishError(400, f"{IDEMPOTENCY_HEADER}: {exc}") from None
+
+
 def _publish(state: SidecarState) -> Response:
     try:
+        key = idempotency_key()
         body = read_body(state.config.max_event_bytes)
         events = parse_publish_body(
             body, max_event_bytes=state.config.max_event_bytes, max_batch=MAX_BATCH
@@ -78,11 +103,21 @@ def _publish(state: SidecarState) -> Response:
     except PublishError as exc:
         return error(exc.status, exc.message)
     try:
-        seqs = state.hub.publish_items([(event.channel, encode(event)) for event in events])
+        items = [(event.channel, encode(event)) for event in events]
+        seqs = state.hub.publish_items(items, idempotency_key=key)
+    except PublishOutcomeUnknown as exc:
+        retry = "retry with the same Idempotency-Key"
+        answer = {"error": f"outcome unknown: {exc}; {retry}", "outcome": "unknown"}
+        return _json(504, answer, {"Retry-After": "1"})
     except PublishRefused as exc:
-        return error(503, f"not broadcast: {exc}; retry", {"Retry-After": "1"})
+        answer = {"error": f"not broadcast: {exc}; retry", "outcome": "not-broadcast"}
+        return _json(503, answer, {"Retry-After": "1"})
+    except IdempotencyKeyReused as exc:
+        return error(422, f"{IDEMPOTENCY_HEADER}: {exc}")
     except ValueError as exc:  # larger than the hub's limit (the parser checks this too)
         return error(413, str(exc))
+    if seqs.duplicate:  # published before, by a request with this key
+        return _json(202, {"accepted": len(seqs), "seqs": list(seqs), "duplicate": True})
     out = [_envelope(event, seq) for event, seq in zip(events, seqs, strict=True)]
     return _json(202, {"accepted": len(out), "seqs": seqs, "events": out})
 

@@ -29,7 +29,7 @@ from ..core.client import Client, MessageHandler
 from ..core.hub import Hub, PublishRefused
 from ..core.identity import Authorize
 from ..envelope import Event
-from ..protocol import check_channel, personal_channel
+from ..protocol import PublishedSeqs, check_channel, personal_channel
 from .access import Authenticate
 from .api import api_blueprint, metrics_blueprint
 from .guards import Rejection, check_host, redact
@@ -298,10 +298,16 @@ class EventHub:
         """Broadcast several events as one batch, all or none (see :meth:`Hub.broadcast_many`)."""
         return self.hub.broadcast_many(events, channel)
 
-    def publish(self, events: Sequence[Event], channel: str | None = None) -> list[int]:
-        """Broadcast events on ``channel`` and return their ``seq`` numbers in it (see
-        :meth:`Hub.publish`)."""
-        return self.hub.publish(events, channel)
+    def publish(
+        self,
+        events: Sequence[Event],
+        channel: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> PublishedSeqs:
+        """Broadcast events on ``channel`` and return their ``seq`` numbers in it, at most
+        once per ``idempotency_key`` (see :meth:`Hub.publish`)."""
+        return self.hub.publish(events, channel, idempotency_key=idempotency_key)
 
     def send_to_client(self, client: Client, event: Event) -> bool:
         """Send one event to one client, without ``seq`` (see :meth:`Hub.send_to_client`)."""
@@ -357,7 +363,12 @@ def _broker(config: Config) -> Any:
         from ..broker.redis import RedisBroker
     except ImportError as exc:
         raise ConfigError("--broker", f"cannot be used: {exc}") from None
-    return RedisBroker(config.broker, prefix=config.broker_prefix, history_size=config.history_size)
+    return RedisBroker(
+        config.broker,
+        prefix=config.broker_prefix,
+        history_size=config.history_size,
+        max_event_bytes=config.max_event_bytes,
+    )
 
 
 def create_app(config: Config | None = None, hub: Hub | None = None, **options: Any) -> Flask:

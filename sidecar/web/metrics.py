@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..broker.entries import Malformed
+
 if TYPE_CHECKING:
     from .state import SidecarState
 
@@ -93,6 +95,14 @@ def _resumes(sample: dict[str, Any]) -> Reading:
     return [(("recovered",), hub["replays"]), (("not_recovered",), hub["unrecovered_resumes"])]
 
 
+def _malformed(sample: dict[str, Any]) -> Reading:
+    """Every kind once the relay runs (0 until seen: a bounded set of series), none before."""
+    if not sample["relay"]:
+        return []
+    counts = sample["relay"].get("malformed", {})
+    return [((kind.value,), float(counts.get(kind.value, 0))) for kind in Malformed]
+
+
 def _relay_lag(sample: dict[str, Any]) -> Reading:
     relay, hub = sample["relay"], sample["hub"]
     if not relay or relay["epoch"] != hub["epoch"]:
@@ -141,6 +151,12 @@ METRICS: tuple[Metric, ...] = (
     _counter("sidecar_broker_reconnects_total", "Relay recoveries", _one("relay", "reconnects")),
     _counter("sidecar_broker_outages_total", "Relay outages begun", _one("relay", "outages")),
     _counter("sidecar_broker_resets_total", "Relay resets (4001)", _one("relay", "resets")),
+    _counter(
+        "sidecar_broker_malformed_total",
+        "Stream entries the relay skipped as malformed, by kind",
+        _malformed,
+        "kind",
+    ),
     _gauge(
         "sidecar_broker_connected", "Relay reaches Redis", _one("relay", "connected"), "livemin"
     ),

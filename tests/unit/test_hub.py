@@ -525,6 +525,11 @@ def test_publish_refuses_an_event_over_max_event_bytes(make_hub: HubFactory) -> 
         (b'{"type": "Bad Name"}', "is not namespace:kebab-case"),
         (b'{"type": "connection:status"}', "sent by the hub itself"),
         (b'{"type": "app:x", "seq": 1}', "must not carry seq"),
+        # what a broker's relay would skip, and what JSON.parse refuses: never accepted
+        (b'{"type": "app:x", "payload": {"n": NaN}}', "not JSON: NaN"),
+        (b'{"type": "app:x", "payload": {"n": -Infinity}}', "not JSON: -Infinity"),
+        (b'{"type": "connection:status", "type": "app:x"}', "not JSON: a key is repeated"),
+        ('{"type": "app:x"}'.encode("utf-16"), "broadcast data is not JSON"),
     ],
 )
 def test_broadcast_refuses_what_is_not_an_envelope(

@@ -439,11 +439,13 @@ def test_deliver_to_a_stopped_hub_waits_out_its_timeout_then_refuses(make_hub: H
 
 def test_a_sequencer_numbers_what_is_published(clock: FakeClock) -> None:
     published: list[list[bytes]] = []
+    keys: list[str | None] = []
 
     class Sequencer:
         def publish_items(self, items: Any, idempotency_key: Any = None) -> list[int]:
             assert {channel for channel, _data in items} == {""}
             published.append([data for _channel, data in items])
+            keys.append(idempotency_key)
             return [10 + i for i in range(len(items))]
 
         def heads(self, channels: Any) -> list[Position]:
@@ -458,6 +460,8 @@ def test_a_sequencer_numbers_what_is_published(clock: FakeClock) -> None:
         sync(hub)
         assert hub.seq == 0  # nothing is broadcast until the relay delivers it
         assert hub.publish([]) == [] and len(published) == 1
+        assert hub.publish([event], idempotency_key="k-1") == [10]  # the sequencer's to honour
+        assert keys == [None, "k-1"] and len(published) == 2
     finally:
         assert hub.stop()
 
