@@ -18,11 +18,12 @@ them is at least every seq ``publish.lua`` wrote among them. Then:
   contiguous part is delivered, then a reset to the current last seq;
 * otherwise the entries go to :meth:`Sink.deliver`, retried while it returns False.
 
-The cursor (the ID of the last entry consumed: delivered, skipped or dropped by a reset) only
-moves forward within an epoch, so no entry is read twice: whatever the stream holds, a round
-either waits in ``XREAD BLOCK`` or consumes at least one entry. A meta hash or stream that
-cannot be read as ours (another type, fields publish.lua would not write) runs the script,
-which starts a new epoch for it.
+The cursor (the ID of the last entry consumed: delivered, skipped or dropped by a reset)
+moves forward; only a reset to another epoch, or to a seq that went back, sets it back to the
+reset's seq (each takes a change in Redis). Whatever the stream holds, a round either waits in
+``XREAD BLOCK`` or consumes at least one entry: the relay never reads the same entries in a
+loop. A meta hash or stream that cannot be read as ours (another type, fields publish.lua
+would not write) runs the script, which starts a new epoch for it.
 
 A failed round (Redis unreachable, or anything raised) starts an outage: one warning, then
 retries with capped exponential backoff; the first round that succeeds logs one info line.
