@@ -350,7 +350,10 @@ def test_the_inbox_limit_refuses_publishing_with_503_and_bounds_memory(
     assert (status, body["seqs"]) == (202, list(range(1, 11)))
     status, headers, body = post_events(running, [tick])
     assert (status, headers["Retry-After"]) == (503, "1")
-    assert body == {"error": "not broadcast: the hub is overloaded (10 events waiting); retry"}
+    assert body == {
+        "error": "not broadcast: the hub is overloaded (10 events waiting); retry",
+        "outcome": "not-broadcast",
+    }
     before = rss()
     for i in range(400):  # 80 MB offered to a hub that takes nothing
         assert not running.hub.broadcast_event(blob(200_000, i))
