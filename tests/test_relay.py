@@ -4,9 +4,11 @@ Each test starts its own ``redis-server`` (``tests/redis_server.py``) and makes 
 with a plain client, behind the relay's back and bypassing the publish script: entries
 ``XADD``\\ ed with chosen IDs (in a row, with a hole, or trimmed away with ``XTRIM``), the meta
 hash changed with ``HSET`` (another epoch, a seq gone back) or emptied by ``FLUSHALL`` (lost
-data), the server stopped, frozen (SIGSTOP) or refusing the script (an ACL), and a sink that
-refuses, holds or raises. What the relay sent is read back from the server: its slow log logs
-every command here, with the client's name, and ``CLIENT LIST`` shows the relay's connection.
+data), the server stopped, frozen (SIGSTOP) or refusing the script (an ACL), a sink that
+refuses, holds or raises, and entries no publish wrote (no ``d``, garbage, forged types, IDs
+beyond the head, keys of another type: issue 19, items 3-5). What the relay sent is read back
+from the server: its slow log logs every command here, with the client's name, and
+``CLIENT LIST`` shows the relay's connection.
 :class:`Sink` records what the relay hands over: it is the relay's consumer (the hub), not the
 thing under test. Backoff's arithmetic, which has no I/O, is pinned in tests/unit.
 """
