@@ -156,7 +156,8 @@ def test_an_entry_without_d_is_counted_and_events_keep_reaching_clients(
     metric = malformed_metric(sidecar)
     assert metric[kind] == 1.0 and sum(metric.values()) == 1.0
     assert set(metric) == {"id", "fields", "too-large", "not-json", "not-envelope",
-                           "reserved-type", "seq-mismatch", "ahead"}  # fmt: skip
+                           "reserved-type", "seq-mismatch", "channel-mismatch",
+                           "ahead"}  # fmt: skip
 
 
 def test_a_foreign_auto_id_entry_is_no_reset_storm(
@@ -318,6 +319,7 @@ _JUNK_DATA: dict[str, Callable[[int], dict[str, bytes]]] = {
     "client-type": _d(b'{"type":"chat:send","payload":{},"seq":SEQ}'),
     "seq-mismatch": _d(b'{"type":"app:x","payload":{},"seq":SEQ}', 7),
     "seq-not-last": _d(b'{"seq":SEQ,"type":"app:x"}'),
+    "channel": _d(b'{"type":"app:x","payload":{},"channel":"chat:c1","seq":SEQ}'),
     "well-formed": _d(b'{"type":"app:forged","payload":{},"seq":SEQ}'),
 }
 

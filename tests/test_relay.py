@@ -623,6 +623,7 @@ HOSTILE: list[tuple[dict[str, Any], str]] = [
     ),
     ({"d": b'{"type":"chat:send","payload":{},"seq":12}'}, "reserved-type"),
     ({"d": b'{"type":"app:x","payload":{},"seq":99}'}, "seq-mismatch"),
+    ({"d": b'{"type":"app:x","payload":{},"channel":"chat:c1","seq":12}'}, "channel-mismatch"),
     ({"d": b'{"type":"app:x","payload":{"p":"' + b"x" * 2000 + b'"},"seq":12}'}, "too-large"),
 ]
 

@@ -52,6 +52,9 @@ class Malformed(StrEnum):
     RESERVED_TYPE = "reserved-type"
     #: ``d``'s ``seq`` is not the ID's, or not its last key (what the hubs splice).
     SEQ_MISMATCH = "seq-mismatch"
+    #: ``d`` names a channel the entry is not of (the stream carries the default channel,
+    #: whose events have no ``channel`` key).
+    CHANNEL_MISMATCH = "channel-mismatch"
     #: A seq beyond the last one Redis assigned: no publish wrote it (the relay decides this
     #: one, from the head it reads with the entries).
     AHEAD = "ahead"
@@ -113,6 +116,8 @@ def parse_entry(entry_id: bytes, fields: object, max_bytes: int) -> Entry | Malf
     kind = _type_problem(envelope.get("type"))
     if kind is not None:
         return kind
+    if "channel" in envelope:
+        return Malformed.CHANNEL_MISMATCH
     given = envelope.get("seq")
     if type(given) is not int or given != seq or not data.endswith(b',"seq":%d}' % seq):
         return Malformed.SEQ_MISMATCH

@@ -323,5 +323,6 @@ _MALFORMED_WHY = {
     Malformed.NOT_ENVELOPE: "its data is not an object with a namespace:kebab-case type",
     Malformed.RESERVED_TYPE: "its type is the hub's own or a client-to-server one",
     Malformed.SEQ_MISMATCH: "the seq in its data is not the one of its ID",
+    Malformed.CHANNEL_MISMATCH: "its data names a channel (the stream holds the default one)",
     Malformed.AHEAD: "its seq is beyond the last one assigned (no publish wrote it)",
 }

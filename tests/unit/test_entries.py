@@ -86,6 +86,10 @@ def test_an_entry_as_publish_lua_writes_it_is_an_event() -> None:
         (b"12-0", d(b'{"seq":12,"type":"app:x"}'), Malformed.SEQ_MISMATCH),  # not the last key
         (b"12-0", d(b'{"type":"app:x","seq":12 }'), Malformed.SEQ_MISMATCH),
         (b"12-0", d(b'{"type":"app:x","p":{"seq":12}}'), Malformed.SEQ_MISMATCH),
+        (b"12-0", d(b'{"type":"app:x","channel":"chat:c1","seq":12}'), Malformed.CHANNEL_MISMATCH),
+        (b"12-0", d(b'{"type":"app:x","channel":"","seq":12}'), Malformed.CHANNEL_MISMATCH),
+        (b"12-0", d(b'{"type":"app:x","seq":12,"channel":"chat:c1"}'), Malformed.CHANNEL_MISMATCH),
+        (b"12-0", d(b'{"type":"channel:subscribed","seq":12}'), Malformed.RESERVED_TYPE),
     ],
 )
 def test_each_kind_of_malformed_entry_is_named(entry_id: Any, fields: Any, kind: Malformed) -> None:
@@ -108,6 +112,7 @@ def test_the_kinds_are_the_metric_labels() -> None:
         "not-envelope",
         "reserved-type",
         "seq-mismatch",
+        "channel-mismatch",
         "ahead",
     ]
 
