@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         "publish", help="broadcast one event through a running sidecar's HTTP API or a broker"
     )
     publish.add_argument("type", help="event type, e.g. stream:created")
+    publish.add_argument(
+        "--channel", help="publish on this channel, e.g. project:p1 (default: every client)"
+    )
     publish.add_argument("payload", help='payload as JSON, e.g. \'{"projectId": "p1"}\'')
     publish.add_argument(
         "--broker", help="publish through this Redis broker (SIDECAR_BROKER) instead of HTTP"

@@ -75,6 +75,11 @@ def check_user(user: object) -> str:
     return user
 
 
+def is_user(user: object) -> bool:
+    """Whether ``user`` is a valid user id."""
+    return isinstance(user, str) and USER_RE.fullmatch(user) is not None
+
+
 def personal_channel(user: str) -> str:
     """The channel of one user's own events: ``user:<id>``."""
     return f"{USER_NAMESPACE}:{check_user(user)}"

@@ -57,7 +57,11 @@ def publish(args: argparse.Namespace) -> int:
     broker = args.broker or os.environ.get("SIDECAR_BROKER")
     if broker:
         return _publish_to_broker(args, broker, payload)
-    body = json.dumps({"type": args.type, "payload": payload}).encode()
+    item: dict[str, Any] = {"type": args.type, "payload": payload}
+    channel = getattr(args, "channel", None)
+    if channel:
+        item["channel"] = channel
+    body = json.dumps(item).encode()
     request = urllib.request.Request(
         _base_url(args) + "/api/v1/events",
         data=body,
@@ -85,6 +89,7 @@ def publish(args: argparse.Namespace) -> int:
 
 
 def _publish_to_broker(args: argparse.Namespace, url: str, payload: Any) -> int:
+    channel = getattr(args, "channel", None)
     try:
         from .broker.publisher import Publisher, checked_events
     except ImportError as exc:
@@ -95,15 +100,16 @@ def _publish_to_broker(args: argparse.Namespace, url: str, payload: Any) -> int:
     prefix = args.broker_prefix or os.environ.get("SIDECAR_BROKER_PREFIX") or "sidecar"
     publisher = Publisher(url, prefix=prefix, timeout=args.timeout)
     try:
-        event = checked_events([(args.type, payload)], publisher.max_event_bytes)[0]
-        (seq,) = publisher.publish_many([event])
+        event = checked_events([(args.type, payload)], publisher.max_event_bytes, channel)[0]
+        (seq,) = publisher.publish_many([event], channel=channel)
     except PublishOutcomeUnknown as exc:  # sent, and Redis did not answer in time
         return _fail(f"outcome unknown (it may have been published): {exc}")
     except (ValueError, PublishRefused) as exc:  # refused by the catalog, or Redis is down
         return _fail(f"not published: {exc}")
     finally:
         publisher.close()
-    print(json.dumps({**event.to_dict(), "seq": seq}, ensure_ascii=False))
+    sent = {**event.to_dict(), "seq": seq, **({"channel": event.channel} if event.channel else {})}
+    print(json.dumps(sent, ensure_ascii=False))
     return 0
 
 

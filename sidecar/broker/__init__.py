@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..core.stream import Numbered
+from ..core.stream import Delivered
 from ..protocol import PublishOutcomeUnknown, PublishRefused
 
 if TYPE_CHECKING:
@@ -61,17 +61,17 @@ class BrokerOutcomeUnknown(BrokerError, PublishOutcomeUnknown):
 class Sink(Protocol):
     """What the relay feeds: the local hub (the hub thread fans the frames out)."""
 
-    def deliver(self, epoch: str, items: Sequence[Numbered], timeout: float) -> bool:
+    def deliver(self, epoch: str, items: Sequence[Delivered], timeout: float) -> bool:
         """Hand over contiguous events in stream order (each with its envelope bytes, which
         already contain "seq"). Blocks up to timeout while the hub's inbox is full; False if
         the hub is stopped or the timeout passed (the relay then retries the same items)."""
         ...
 
-    def reset(self, epoch: str, seq: int, reason: str) -> None:
+    def reset(self, epoch: str, seq: int, reason: str, *, pos: int | None = None) -> None:
         """Continuity broke (an outage during which events may have been missed, a trimmed
         stream, or a new epoch after Redis lost its data): the hub closes its clients with a
         "reconnect" close code (4001, sidecar.protocol.CloseCode.RESUME) so they resume, and
-        continues from (epoch, seq)."""
+        continues from stream position pos of epoch, where the default channel is at seq."""
         ...
 
 

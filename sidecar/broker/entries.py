@@ -3,10 +3,16 @@
 Anyone with write access to the keys (another deployment sharing the Redis, a bug in another
 publisher, an operator's ``XADD``) can put anything into the stream. :func:`parse_entry`
 decides, for one entry as redis-py returns it, whether it is an event the hubs may fan out
-exactly as it is: what ``publish.lua`` writes, and what :meth:`Hub.broadcast
-<sidecar.core.hub.Hub.broadcast>` would accept with its ``seq`` spliced in. Everything else
-is a :class:`Malformed` kind, which the relay counts (``/metrics``, ``/api/v1/hub``), logs at
-most once per kind and interval, and skips.
+exactly as it is (what ``publish.lua`` writes, and what :meth:`Hub.broadcast
+<sidecar.core.hub.Hub.broadcast>` would accept with its ``seq`` and channel spliced in), or a
+revocation. Everything else is a :class:`Malformed` kind, which the relay counts
+(``/metrics``, ``/api/v1/hub``), logs at most once per kind and interval, and skips.
+:func:`parse_history` checks the entries of a channel's history list the same way.
+
+An entry's ID is ``<pos>-0``, its global position. Its fields: ``d`` (the envelope) and ``s``
+(its channel's seq) for an event of the default channel; also ``c`` (the channel) and ``e``
+(the channel's epoch) for a named one; ``k=revoke``, ``u`` (a user) and ``c`` for a
+revocation.
 
 Pure functions and immutable values; no thread owns anything here, and nothing here imports
 the ``redis`` client library.
@@ -17,30 +23,44 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
+from ..core.stream import Revocation
 from ..envelope import is_event_name, loads_strict
-from ..protocol import check_broadcast_type
+from ..protocol import check_broadcast_type, is_channel_name, is_user
 
-__all__ = ["MAX_SEQ", "Entry", "Malformed", "entry_position", "parse_entry", "parse_head"]
+__all__ = [
+    "MAX_SEQ",
+    "Entry",
+    "Head",
+    "Malformed",
+    "entry_position",
+    "parse_entry",
+    "parse_head",
+    "parse_history",
+]
 
-#: The largest seq an entry may carry: every client's JSON numbers hold it exactly.
+#: The largest seq (and position) an entry may carry: every client's JSON numbers hold it.
 MAX_SEQ = 2**53 - 1
-#: The field that holds the envelope (the only field of an entry).
-DATA_FIELD = b"d"
 
 _ID_RE = re.compile(rb"([0-9]{1,20})-([0-9]{1,20})")
 # The meta hash's fields as publish.lua accepts them (it starts a new epoch otherwise): an
-# epoch a client can send back in ``since``, a seq below 10**15.
+# epoch a client can send back in ``since``, numbers below 10**15.
 _EPOCH_RE = re.compile(rb"[A-Za-z0-9_-]{1,64}")
-_SEQ_RE = re.compile(rb"[0-9]{1,15}")
+_NUMBER_RE = re.compile(rb"[0-9]{1,15}")
+_SEQ_RE = re.compile(rb"[1-9][0-9]{0,15}")
+_DEFAULT_FIELDS = frozenset({b"d", b"s"})
+_NAMED_FIELDS = frozenset({b"d", b"s", b"c", b"e"})
+_REVOKE_FIELDS = frozenset({b"k", b"u", b"c"})
 
 
 class Malformed(StrEnum):
     """Why an entry is not an event; the values are the ``kind`` label of the metrics."""
 
-    #: Its ID is not ``<seq>-0`` with ``1 <= seq <= MAX_SEQ`` (an ``XADD … *``, ``5-1`` …).
+    #: Its ID is not ``<pos>-0`` with ``1 <= pos <= MAX_SEQ`` (an ``XADD … *``, ``5-1`` …).
     ID = "id"
-    #: Its fields are not exactly one, ``d``, holding bytes.
+    #: Its fields are not those of an event (``d``, ``s``, and ``c``, ``e`` on a named
+    #: channel) or of a revocation, each holding bytes of the right form.
     FIELDS = "fields"
     #: ``d`` is larger than the largest event the hubs accept (``max_event_bytes``).
     TOO_LARGE = "too-large"
@@ -48,35 +68,48 @@ class Malformed(StrEnum):
     NOT_JSON = "not-json"
     #: ``d`` is not an object whose ``type`` is ``namespace:kebab-case``.
     NOT_ENVELOPE = "not-envelope"
-    #: ``d``'s type is the hub's own (``connection:*``) or a client-to-server one.
+    #: ``d``'s type is the hub's own (``connection:*``, ``channel:*``) or a client-to-server one.
     RESERVED_TYPE = "reserved-type"
-    #: ``d``'s ``seq`` is not the ID's, or not its last key (what the hubs splice).
+    #: ``d``'s ``seq`` is not the entry's, or not where the hubs splice it.
     SEQ_MISMATCH = "seq-mismatch"
-    #: ``d`` names a channel the entry is not of (the stream carries the default channel,
-    #: whose events have no ``channel`` key).
+    #: ``d``'s ``channel`` is not the entry's (or a default-channel event names one).
     CHANNEL_MISMATCH = "channel-mismatch"
-    #: A seq beyond the last one Redis assigned: no publish wrote it (the relay decides this
-    #: one, from the head it reads with the entries).
+    #: A position beyond the last one Redis assigned: no publish wrote it (the relay decides
+    #: this one, from the head it reads with the entries).
     AHEAD = "ahead"
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """An event to fan out: its ``seq`` and its envelope with that ``seq`` (the frame's text)."""
+    """An event to fan out: its position, channel (``""``: the default), the channel's epoch
+    (``""`` for the default channel: the stream's), ``seq``, and envelope (the frame's text)."""
 
+    pos: int
+    channel: str
+    epoch: str
     seq: int
     data: bytes
 
 
-def parse_head(epoch: object, seq: object) -> tuple[str, int] | None:
-    """The meta hash's ``epoch`` and ``seq`` fields (as ``HMGET`` returns them) as the head
-    ``(epoch, last seq)``, or ``None`` when they are missing or not what ``publish.lua``
-    writes (the script then starts a new epoch)."""
-    if not isinstance(epoch, bytes) or not isinstance(seq, bytes):
+class Head(NamedTuple):
+    """The stream's head: its epoch, last position, and the default channel's last seq."""
+
+    epoch: str
+    pos: int
+    seq: int
+
+
+def parse_head(epoch: object, pos: object, seq: object) -> Head | None:
+    """The meta hash's ``epoch``, ``pos`` and ``seq`` fields (as ``HMGET`` returns them) as
+    ``(epoch, last position, the default channel's last seq)``, or ``None`` when they are
+    missing or not what ``publish.lua`` writes (the script then starts a new epoch)."""
+    if not isinstance(epoch, bytes) or _EPOCH_RE.fullmatch(epoch) is None:
         return None
-    if _EPOCH_RE.fullmatch(epoch) is None or _SEQ_RE.fullmatch(seq) is None:
+    numbers = (pos, seq)
+    if not all(isinstance(n, bytes) and _NUMBER_RE.fullmatch(n) for n in numbers):
         return None
-    return epoch.decode(), int(seq)
+    assert isinstance(pos, bytes) and isinstance(seq, bytes)
+    return Head(epoch.decode(), int(pos), int(seq))
 
 
 def entry_position(entry_id: bytes) -> tuple[int, int]:
@@ -91,20 +124,59 @@ def entry_position(entry_id: bytes) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def parse_entry(entry_id: bytes, fields: object, max_bytes: int) -> Entry | Malformed:
-    """``entry_id`` and ``fields`` (``{b"d": envelope}``) as an :class:`Entry`, or why not.
+def parse_entry(entry_id: bytes, fields: object, max_bytes: int) -> Entry | Revocation | Malformed:
+    """``entry_id`` and ``fields`` (as redis-py returns them) as an :class:`Entry`, a
+    :class:`~sidecar.core.stream.Revocation`, or why not.
 
-    ``max_bytes`` is the largest envelope (with its ``seq``) the hubs accept. Never raises.
+    ``max_bytes`` is the largest envelope (with its ``seq`` and channel) the hubs accept.
+    Never raises.
     """
     match = _ID_RE.fullmatch(entry_id) if isinstance(entry_id, bytes) else None
     if match is None or match[2] != b"0" or not 1 <= int(match[1]) <= MAX_SEQ:
         return Malformed.ID
-    seq = int(match[1])
-    if not isinstance(fields, dict) or len(fields) != 1:
+    pos = int(match[1])
+    if not isinstance(fields, dict) or not all(isinstance(v, bytes) for v in fields.values()):
         return Malformed.FIELDS
-    data = fields.get(DATA_FIELD)
-    if not isinstance(data, bytes):
+    keys = frozenset(fields)
+    if keys == _REVOKE_FIELDS:
+        return _revocation(pos, fields)
+    if keys not in (_DEFAULT_FIELDS, _NAMED_FIELDS):
         return Malformed.FIELDS
+    seq_text = fields[b"s"]
+    if _SEQ_RE.fullmatch(seq_text) is None or int(seq_text) > MAX_SEQ:
+        return Malformed.FIELDS
+    channel, epoch = "", ""
+    if keys == _NAMED_FIELDS:
+        named = _text(fields[b"c"])
+        epoch_text = fields[b"e"]
+        if not is_channel_name(named) or _EPOCH_RE.fullmatch(epoch_text) is None:
+            return Malformed.FIELDS
+        assert named is not None
+        channel, epoch = named, epoch_text.decode()
+    problem = check_envelope(fields[b"d"], int(seq_text), channel, max_bytes)
+    if problem is not None:
+        return problem
+    return Entry(pos, channel, epoch, int(seq_text), fields[b"d"])
+
+
+def _text(value: bytes) -> str | None:
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def _revocation(pos: int, fields: dict[bytes, bytes]) -> Revocation | Malformed:
+    user, channel = _text(fields[b"u"]), _text(fields[b"c"])
+    if fields[b"k"] != b"revoke" or not is_user(user) or not is_channel_name(channel):
+        return Malformed.FIELDS
+    assert user is not None and channel is not None
+    return Revocation(pos, user, channel)
+
+
+def check_envelope(data: bytes, seq: int, channel: str, max_bytes: int) -> Malformed | None:
+    """Why ``data`` is not the envelope of event ``seq`` of ``channel`` as the hubs send it
+    (``None``: it is)."""
     if len(data) > max_bytes:
         return Malformed.TOO_LARGE
     try:
@@ -116,12 +188,35 @@ def parse_entry(entry_id: bytes, fields: object, max_bytes: int) -> Entry | Malf
     kind = _type_problem(envelope.get("type"))
     if kind is not None:
         return kind
-    if "channel" in envelope:
+    if envelope.get("channel", "") != channel or (channel and "channel" not in envelope):
         return Malformed.CHANNEL_MISMATCH
+    tail = (
+        b',"seq":%d,"channel":"%s"}' % (seq, channel.encode()) if channel else (b',"seq":%d}' % seq)
+    )
     given = envelope.get("seq")
-    if type(given) is not int or given != seq or not data.endswith(b',"seq":%d}' % seq):
+    if type(given) is not int or given != seq or not data.endswith(tail):
         return Malformed.SEQ_MISMATCH
-    return Entry(seq, data)
+    return None
+
+
+def parse_history(value: object, channel: str, epoch: str, max_bytes: int) -> Entry | Malformed:
+    """One item of a channel's history list (``b"<pos> <envelope>"``) as an :class:`Entry`
+    of ``channel`` in ``epoch``, or why not."""
+    if not isinstance(value, bytes):
+        return Malformed.FIELDS
+    pos_text, space, data = value.partition(b" ")
+    if not space or _SEQ_RE.fullmatch(pos_text) is None or int(pos_text) > MAX_SEQ:
+        return Malformed.ID
+    try:
+        seq = loads_strict(data).get("seq")
+    except (ValueError, RecursionError, AttributeError):
+        return Malformed.NOT_JSON
+    if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
+        return Malformed.SEQ_MISMATCH
+    problem = check_envelope(data, seq, channel, max_bytes)
+    if problem is not None:
+        return problem
+    return Entry(int(pos_text), channel, epoch, seq, data)
 
 
 def _type_problem(name: object) -> Malformed | None:

@@ -15,8 +15,9 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..catalog import PublishError, validate_items
+from ..catalog import Publication, PublishError, validate_items
 from ..envelope import Event, encode
+from ..protocol import check_channel, check_user, personal_channel
 from .redis import MAX_BATCH, RedisBroker
 
 __all__ = ["EventLike", "Publisher", "checked_events"]
@@ -25,20 +26,25 @@ __all__ = ["EventLike", "Publisher", "checked_events"]
 EventLike = Event | tuple[str, Mapping[str, Any]]
 
 
-def _as_item(item: object) -> dict[str, Any]:
+def _as_item(item: object, channel: str | None) -> dict[str, Any]:
     if isinstance(item, Event):
         event_type, payload = item.type, item.payload
     elif isinstance(item, tuple) and len(item) == 2:
         event_type, payload = item
     else:
         raise ValueError(f"expected an Event or a (type, payload) pair, got {item!r:.80}")
-    return {
+    out = {
         "type": event_type,
         "payload": dict(payload) if isinstance(payload, Mapping) else payload,
     }
+    if channel is not None:
+        out["channel"] = channel
+    return out
 
 
-def checked_events(items: Sequence[EventLike], max_event_bytes: int) -> list[Event]:
+def checked_events(
+    items: Sequence[EventLike], max_event_bytes: int, channel: str | None = None
+) -> list[Publication]:
     """``items`` as :class:`Event`\\ s, validated exactly as ``POST /api/v1/events`` does.
 
     The catalog's publish validation (:func:`sidecar.catalog.validate_items`) decides: a type
@@ -50,11 +56,15 @@ def checked_events(items: Sequence[EventLike], max_event_bytes: int) -> list[Eve
     stamped now.
     """
     try:
-        events = validate_items([_as_item(item) for item in items], max_event_bytes=max_event_bytes)
+        events = validate_items(
+            [_as_item(item, channel) for item in items], max_event_bytes=max_event_bytes
+        )
     except PublishError as exc:
         raise ValueError(exc.message) from None
     return [
-        Event(event.type, event.payload, item.timestamp) if isinstance(item, Event) else event
+        Publication(event.type, event.payload, item.timestamp, event.channel)
+        if isinstance(item, Event)
+        else event
         for item, event in zip(items, events, strict=True)
     ]
 
@@ -90,9 +100,15 @@ class Publisher:
         )
 
     def publish(
-        self, type: str, payload: Mapping[str, Any], *, idempotency_key: str | None = None
+        self,
+        type: str,
+        payload: Mapping[str, Any],
+        *,
+        channel: str | None = None,
+        idempotency_key: str | None = None,
     ) -> int:
-        """Publish one event; returns its ``seq``.
+        """Publish one event on ``channel`` (default: the default channel); returns its
+        ``seq`` in that channel.
 
         Raises ``ValueError`` for an event the catalog refuses or a malformed key (nothing is
         published), :class:`~sidecar.broker.BrokerUnavailable` when Redis cannot be reached
@@ -101,12 +117,18 @@ class Publisher:
         answer in time: it may have been published. Retrying with the same
         ``idempotency_key`` is then safe (see :meth:`publish_many`).
         """
-        return self.publish_many([(type, payload)], idempotency_key=idempotency_key)[0]
+        events = [(type, payload)]
+        return self.publish_many(events, channel=channel, idempotency_key=idempotency_key)[0]
 
     def publish_many(
-        self, events: Iterable[EventLike], *, idempotency_key: str | None = None
+        self,
+        events: Iterable[EventLike],
+        *,
+        channel: str | None = None,
+        idempotency_key: str | None = None,
     ) -> list[int]:
-        """Publish events in order as one batch (all or none); returns their seqs.
+        """Publish events in order as one batch (all or none) on ``channel``; returns their
+        seqs in it.
 
         Every event is validated before anything is published. At most
         :data:`~sidecar.broker.redis.MAX_BATCH` events; raises like :meth:`publish`.
@@ -122,14 +144,37 @@ class Publisher:
             raise ValueError(f"more than {MAX_BATCH} events in one batch")
         if not items:
             return []
-        return self.broker.publish(
-            [self._encode(e) for e in checked_events(items, self.max_event_bytes)],
+        checked = checked_events(items, self.max_event_bytes, channel)
+        return self.broker.publish_items(
+            [(event.channel, self._encode(event)) for event in checked],
             idempotency_key=idempotency_key,
         )
 
+    def send_to_user(
+        self,
+        user: str,
+        type: str,
+        payload: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+    ) -> int:
+        """Publish one event on ``user:<user>``: every connection of that user, on every
+        worker. Raises like :meth:`publish`."""
+        channel = personal_channel(user)
+        return self.publish(type, payload, channel=channel, idempotency_key=idempotency_key)
+
+    def revoke(self, user: str, channel: str) -> None:
+        """Take ``user``'s connections off ``channel`` on every worker (see
+        :meth:`EventHub.revoke <sidecar.web.extension.EventHub.revoke>`)."""
+        self.broker.revoke(check_user(user), check_channel(channel))
+
     def head(self) -> tuple[str, int]:
-        """``(epoch, seq)``: the current epoch and the last seq assigned."""
+        """``(epoch, seq)`` of the default channel: its epoch and last seq assigned."""
         return self.broker.head()
+
+    def position(self, channel: str | None = None) -> tuple[str, int]:
+        """``(epoch, seq)`` of ``channel`` now (created when it has none)."""
+        return tuple(self.broker.heads([check_channel(channel) if channel else ""])[0])  # type: ignore[return-value]
 
     @staticmethod
     def _encode(event: Event) -> bytes:

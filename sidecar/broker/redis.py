@@ -1,20 +1,30 @@
-"""RedisBroker: one global order in a Redis stream (publish, gap reads, and the relay thread).
+r"""RedisBroker: channels numbered in one global order in Redis (publish, resume reads, relay).
 
-Redis owns the epoch and ``seq``: every publish runs one Lua script (``publish.lua``, EVALSHA
-with a NOSCRIPT fallback) that creates the epoch if absent, takes the next seqs from a
-counter, splices ``,"seq":N}`` into each envelope and ``XADD``\\ s it with the stream ID
-``<seq>-0``, then trims the stream (``MAXLEN ~ history_size``). The script checks everything
-before it writes anything (a script is not rolled back), so a refused publish uses up no seq;
-keys it cannot continue (a foreign entry above the last seq, a key of another type) start a
-new epoch. Keys, under ``prefix``:
+Redis owns every epoch, ``seq`` and the order: each publish runs one Lua script
+(``publish.lua``, EVALSHA with a NOSCRIPT fallback) that gives each event its channel's next
+``seq`` (creating the channel's epoch when it has none) and the next global position,
+splices ``,"seq":N}`` (and ``,"channel":"…"``) into each envelope, ``XADD``\ s it to the one
+global stream with the ID ``<pos>-0``, pushes it onto its channel's history and trims. The
+script checks everything before it writes anything (a script is not rolled back), so a
+refused publish uses up no seq; keys it cannot continue (a foreign entry above the last
+position, a key of another type) start a new epoch. Keys, under ``prefix`` and a version
+(``{prefix}:v2:…``: workers of a version without channels never share a stream with these):
 
-* ``{prefix}:meta``: a hash with ``epoch``, ``seq`` (the last seq assigned) and ``size``
-  (the history size last configured by a broker, which outside publishers trim to). One
-  hash, so that Redis loses the epoch and the counter together, never one without the other.
-* ``{prefix}:stream``: the events, field ``d`` = the envelope JSON with its ``seq``.
-* ``{prefix}:idem:{key}``: one string per idempotency key published within the window
-  (``"<epoch> <last seq> <count>"``, expiring after ``idempotency_window`` seconds): a publish
-  with the same key returns those seqs and publishes nothing.
+* ``meta``: a hash with ``epoch`` (the stream's, which is the default channel's), ``pos`` (the
+  last global position), ``seq`` (the default channel's last seq) and ``size`` (the history
+  size last configured by a broker, which outside publishers trim to). One hash, so that
+  Redis loses the epoch and the counters together, never one without the other.
+* ``stream``: every event, ID ``<pos>-0``, fields ``d`` (the envelope), ``s`` (its channel's
+  seq) and, for a named channel, ``c`` and ``e`` (the channel and its epoch); revocations
+  (``k=revoke``, ``u``, ``c``) travel in it too, in order. Every worker's relay reads it all
+  and its hub fans out to its own subscribers (a ``XREAD`` over one key, not per channel).
+* ``hist:`` and ``hist:{channel}``: each channel's last ``size`` events, newest first, as
+  ``"<pos> <envelope>"`` (for resumes on any worker, read in pages by ``read.lua``);
+  ``ch:{channel}``: a named channel's ``epoch`` and ``seq``. A named channel's history expires
+  ``channel_ttl`` seconds after its last event, its position after ``position_ttl``.
+* ``idem:{key}``: one record per idempotency key published within the window (the script's
+  answer, expiring after ``idempotency_window`` seconds): a publish with the same key returns
+  those seqs and publishes nothing.
 
 A publish is answered in one of three ways: the seqs (stored), :class:`BrokerUnavailable`
 (nothing reached Redis, or Redis refused it: nothing was published), or
@@ -43,9 +53,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import math
 import secrets
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -59,16 +71,17 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "the Redis broker needs the redis client library: pip install 'sidecar-hub[redis]'"
     ) from exc
 
-from ..core.stream import Numbered, Position, on_default
+from ..core.stream import Numbered, Position
 from ..protocol import (
     IDEMPOTENCY_WINDOW,
     IdempotencyKeyReused,
     PublishedSeqs,
-    PublishRefused,
+    check_channel,
     check_idempotency_key,
+    check_user,
 )
 from . import BrokerOutcomeUnknown, BrokerUnavailable, Sink
-from .entries import Entry, parse_entry, parse_head
+from .entries import Entry, Head, parse_history
 from .relay import Relay, RelayStats
 
 __all__ = ["MAX_BATCH", "RedisBroker", "RelayStats", "redact"]
@@ -80,8 +93,22 @@ MAX_BATCH = 10_000
 #: The history size outside publishers trim to when no broker has recorded one.
 DEFAULT_HISTORY_SIZE = 1024
 
-_SCRIPT = resources.files(__package__).joinpath("publish.lua").read_text(encoding="utf-8")
-_SHA = hashlib.sha1(_SCRIPT.encode()).hexdigest()
+#: The version of the key layout (channels: a global position, per-channel keys).
+KEY_VERSION = "v2"
+#: Seconds a named channel's position (epoch, seq) outlives its last event in Redis.
+POSITION_TTL = 30 * 24 * 3600
+
+
+class _Script:
+    """A Lua script of this package: its text and SHA1 (for EVALSHA)."""
+
+    def __init__(self, name: str) -> None:
+        self.text = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+        self.sha = hashlib.sha1(self.text.encode()).hexdigest()
+
+
+_PUBLISH = _Script("publish.lua")
+_READ = _Script("read.lua")
 #: ``maxmemory-policy`` values that never evict the broker's keys (they have no TTL).
 SAFE_POLICIES = frozenset({"noeviction", "volatile-lru", "volatile-lfu", "volatile-random"})
 # redis-py before 5.3 requires the command name (ignored since) when taking a connection
@@ -100,6 +127,32 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What ``publish.lua`` answered."""
+
+    epoch: str
+    pos: int
+    duplicate: bool
+    default: Position
+    positions: dict[str, Position]
+    seqs: list[int]
+
+    @classmethod
+    def parse(cls, reply: Any, named: list[str]) -> _Answer:
+        epoch, pos, count, duplicate, default_seq, *rest = reply
+        stream_epoch = epoch.decode()
+        positions = {
+            name: Position(rest[2 * i].decode(), int(rest[2 * i + 1]))
+            for i, name in enumerate(named)
+        }
+        seqs = [int(seq) for seq in rest[2 * len(named) :]]
+        if bool(duplicate) and len(seqs) != int(count):
+            raise BrokerUnavailable("the idempotency record does not match this publish")
+        default = Position(stream_epoch, int(default_seq))
+        return cls(stream_epoch, int(pos), bool(duplicate), default, positions, seqs)
+
+
 class RedisBroker:
     """Publish to, read from and relay one Redis stream shared by every hub process.
 
@@ -111,7 +164,8 @@ class RedisBroker:
     ``connect_timeout`` and ``timeout`` bound each connection attempt and each call; the
     relay's knobs are described in :meth:`start_relay`. ``max_event_bytes`` is the largest
     envelope (with its ``seq``) the relay hands on: larger entries are skipped as malformed.
-    ``idempotency_window`` is how many seconds Redis remembers an idempotency key.
+    ``idempotency_window`` is how many seconds Redis remembers an idempotency key;
+    ``channel_ttl`` how long a named channel's history outlives its last event.
     """
 
     def __init__(
@@ -127,6 +181,7 @@ class RedisBroker:
         backoff: tuple[float, float] = (0.1, 5.0),
         max_event_bytes: int = 1 << 20,
         idempotency_window: int = IDEMPOTENCY_WINDOW,
+        channel_ttl: float = 3600.0,
     ) -> None:
         if not prefix:
             raise ValueError("prefix must not be empty")
@@ -147,8 +202,10 @@ class RedisBroker:
         self.backoff = backoff
         self.max_event_bytes = max_event_bytes
         self.idempotency_window = idempotency_window
-        self.meta_key = f"{prefix}:meta"
-        self.stream_key = f"{prefix}:stream"
+        self.channel_ttl = channel_ttl
+        self.keys = f"{prefix}:{KEY_VERSION}:"
+        self.meta_key = f"{self.keys}meta"
+        self.stream_key = f"{self.keys}stream"
         self._client = self.connect(timeout, "sidecar")
         self._lock = threading.Lock()
         self._relay: Relay | None = None  # guarded by _lock
@@ -181,97 +238,121 @@ class RedisBroker:
         return f"redis broker {self.safe_url} refused the request: {detail}"
 
     # -- publishing and reading (any thread) -------------------------------------------
+    def history_key(self, channel: str) -> str:
+        """The key of ``channel``'s history list (``""``: the default channel's)."""
+        return f"{self.keys}hist:{channel}"
+
+    def position_key(self, channel: str) -> str:
+        """The key of ``channel``'s position (the stream's meta for the default channel)."""
+        return f"{self.keys}ch:{channel}" if channel else self.meta_key
+
     def publish(
         self, encoded: Sequence[bytes], idempotency_key: str | None = None
     ) -> PublishedSeqs:
-        """Publish encoded envelopes (compact JSON objects without ``seq``) as one batch.
-
-        Returns their seqs (contiguous, in order). All are published or none. With an
-        ``idempotency_key``, a publish that used the same key within ``idempotency_window``
-        seconds is not repeated: its seqs are returned (``duplicate`` set), and
-        :class:`~sidecar.protocol.IdempotencyKeyReused` is raised if it had another number of
-        events. Raises :class:`BrokerUnavailable` when Redis cannot be reached or refuses the
-        write (nothing was published), :class:`BrokerOutcomeUnknown` when the request was
-        sent and no answer came (it may have been published: retry with the same key), and
-        ``ValueError`` for a batch over :data:`MAX_BATCH`, data that is not a JSON object,
-        or a malformed key.
-        """
-        key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
-        if not encoded:
-            return PublishedSeqs()
-        if len(encoded) > MAX_BATCH:
-            raise ValueError(f"batch of {len(encoded)} events; at most {MAX_BATCH}")
-        for data in encoded:
-            if data[:1] != b"{" or data[-1:] != b"}":
-                raise ValueError("each event must be an encoded JSON object (without seq)")
-        _epoch, last, count, duplicate = self._run(encoded, key, self._client)
-        if duplicate and count != len(encoded):
-            raise IdempotencyKeyReused(
-                f"idempotency key {key} was used for a batch of {count} events, not {len(encoded)}"
-            )
-        return PublishedSeqs.of(last - count + 1, count, duplicate=duplicate)
+        """Publish encoded envelopes on the default channel (see :meth:`publish_items`)."""
+        return self.publish_items([("", data) for data in encoded], idempotency_key)
 
     def publish_items(
         self, items: Sequence[tuple[str, bytes]], idempotency_key: str | None = None
     ) -> PublishedSeqs:
-        """:meth:`publish` as the hub's :class:`~sidecar.core.stream.Sequencer`."""
-        if any(channel for channel, _data in items):
-            raise PublishRefused("named channels need a newer broker")
-        return self.publish([data for _channel, data in items], idempotency_key)
+        """Publish encoded envelopes (compact JSON objects without ``seq``), each on its
+        channel (``""``: the default), as one batch; each one's seq in its channel.
+
+        All are published or none. With an ``idempotency_key``, a publish that used the same
+        key within ``idempotency_window`` seconds is not repeated: its seqs are returned
+        (``duplicate`` set), and :class:`~sidecar.protocol.IdempotencyKeyReused` is raised if
+        it had another number of events. Raises :class:`BrokerUnavailable` when Redis cannot
+        be reached or refuses the write (nothing was published), :class:`BrokerOutcomeUnknown`
+        when the request was sent and no answer came (it may have been published: retry with
+        the same key), and ``ValueError`` for a batch over :data:`MAX_BATCH`, data that is not
+        a JSON object, a bad channel name or a malformed key.
+        """
+        key = None if idempotency_key is None else check_idempotency_key(idempotency_key)
+        if not items:
+            return PublishedSeqs()
+        if len(items) > MAX_BATCH:
+            raise ValueError(f"batch of {len(items)} events; at most {MAX_BATCH}")
+        for channel, data in items:
+            if channel:
+                check_channel(channel)
+            if data[:1] != b"{" or data[-1:] != b"}":
+                raise ValueError("each event must be an encoded JSON object (without seq)")
+        answer = self._run([("e", channel, data) for channel, data in items], key, [])
+        seqs = answer.seqs
+        if answer.duplicate and len(seqs) != len(items):
+            raise IdempotencyKeyReused(
+                f"idempotency key {key} was used for a batch of {len(seqs)} events, "
+                f"not {len(items)}"
+            )
+        published = PublishedSeqs(seqs)
+        published.duplicate = answer.duplicate
+        return published
+
+    def revoke(self, user: str, channel: str) -> None:
+        """Put a revocation of ``user`` from ``channel`` in the stream: every worker's hub
+        applies it in order. Raises like :meth:`publish_items`."""
+        self._run([("r", check_channel(channel), check_user(user).encode())], None, [])
 
     def heads(self, channels: Sequence[str]) -> list[Position]:
-        """Each channel's position (:class:`~sidecar.core.resume.BrokerPort`)."""
-        if any(channels):
-            raise PublishRefused("named channels need a newer broker")
-        return [Position(*self.head()) for _channel in channels]
-
-    def read_channel(
-        self, channel: str, epoch: str, after_seq: int, limit: int, max_bytes: int
-    ) -> list[Numbered] | None:
-        """:meth:`read_range` as :class:`~sidecar.core.resume.BrokerPort` reads it."""
-        if channel:
-            raise PublishRefused("named channels need a newer broker")
-        items = self.read_range(epoch, after_seq, limit)
-        return None if items is None else on_default(epoch, items)
+        """Each channel's position (a named channel without one is given one, at seq 0);
+        one round trip. Raises :class:`BrokerUnavailable`."""
+        named = list(dict.fromkeys(c for c in channels if c))
+        answer = self._run([], None, named)
+        return [answer.positions[c] if c else answer.default for c in channels]
 
     def head(self) -> tuple[str, int]:
-        """``(epoch, seq)``: the current epoch (created if Redis has none) and last seq.
+        """``(epoch, seq)`` of the default channel (the epoch is the stream's), created if
+        Redis has none. Raises :class:`BrokerUnavailable`."""
+        return tuple(self.heads([""])[0])  # type: ignore[return-value]
 
-        Raises :class:`BrokerUnavailable`.
-        """
-        return self.run_script(())
+    def stream_head(self, client: redis.Redis | None = None) -> Head:
+        """The stream's head: ``(epoch, last position, the default channel's last seq)``,
+        created if Redis has none. Raises :class:`BrokerUnavailable`."""
+        answer = self._run([], None, [], client)
+        return Head(answer.epoch, answer.pos, answer.default.seq)
+
+    def _run(
+        self,
+        items: Sequence[tuple[str, str, bytes]],
+        key: str | None,
+        extra: Sequence[str],
+        client: redis.Redis | None = None,
+    ) -> _Answer:
+        """Run ``publish.lua`` for ``items`` (``(kind, channel, data)``) and the positions of
+        the ``extra`` named channels."""
+        named = list(dict.fromkeys([*(c for _k, c, _d in items if c), *extra]))
+        index = {name: i + 1 for i, name in enumerate(named)}
+        keys = [self.meta_key, self.stream_key, self.history_key("")]
+        keys.append("" if key is None else f"{self.keys}idem:{key}")
+        for name in named:
+            keys += [self.position_key(name), self.history_key(name)]
+        size = "" if self.history_size is None else str(self.history_size)
+        args: list[bytes | str | int] = [secrets.token_hex(8), size, DEFAULT_HISTORY_SIZE]
+        args += ["" if key is None else self.idempotency_window]
+        args += [max(1, math.ceil(self.channel_ttl)), POSITION_TTL, len(named), *named]
+        args += [secrets.token_urlsafe(8) for _name in named]
+        for kind, channel, data in items:
+            args += [kind, index.get(channel, 0), data]
+        reply = self._evalsha(client or self._client, _PUBLISH, keys, args, bool(items))
+        return _Answer.parse(reply, named)
 
     def run_script(
         self, encoded: Sequence[bytes], client: redis.Redis | None = None
     ) -> tuple[str, int]:
-        """Run ``publish.lua`` (with ``client``, default the shared one): ``(epoch, last seq)``.
-
-        Raises :class:`BrokerUnavailable`, or :class:`BrokerOutcomeUnknown` when ``encoded``
-        holds events and the answer did not come.
-        """
-        epoch, last, _count, _duplicate = self._run(encoded, None, client or self._client)
-        return epoch, last
-
-    def _run(
-        self, encoded: Sequence[bytes], key: str | None, client: redis.Redis
-    ) -> tuple[str, int, int, bool]:
-        keys = [self.meta_key, self.stream_key]
-        size = "" if self.history_size is None else str(self.history_size)
-        args: list[bytes | str | int] = [secrets.token_hex(8), size, DEFAULT_HISTORY_SIZE]
-        if key is None:
-            args.append("")
-        else:
-            keys.append(f"{self.prefix}:idem:{key}")
-            args.append(self.idempotency_window)
-        args.extend(encoded)
-        reply = self._evalsha(client, keys, args, may_publish=bool(encoded))
-        epoch, last, count, duplicate = reply
-        return epoch.decode(), int(last), int(count), bool(duplicate)
+        """Publish ``encoded`` on the default channel with ``client`` (default: the shared
+        one); ``(epoch, the default channel's last seq)``."""
+        answer = self._run([("e", "", data) for data in encoded], None, [], client)
+        return answer.epoch, answer.default.seq
 
     def _evalsha(
-        self, client: redis.Redis, keys: list[str], args: list[Any], *, may_publish: bool
+        self,
+        client: redis.Redis,
+        script: _Script,
+        keys: list[str],
+        args: list[Any],
+        may_publish: bool,
     ) -> Any:
-        """``EVALSHA publish.lua`` on one of ``client``'s pooled connections (loading the
+        """``EVALSHA`` ``script`` on one of ``client``'s pooled connections (loading the
         script after NOSCRIPT). A failure before the request left raises
         :class:`BrokerUnavailable`; after it, :class:`BrokerOutcomeUnknown` if the script
         ``may_publish``. An error answer from Redis means the script did not publish (it
@@ -284,11 +365,11 @@ class RedisBroker:
             raise BrokerUnavailable(self.describe(exc)) from exc
         try:
             for _attempt in range(2):
-                self._send(conn, "EVALSHA", _SHA, len(keys), *keys, *args)
+                self._send(conn, "EVALSHA", script.sha, len(keys), *keys, *args)
                 try:
                     return conn.read_response()
                 except redis.exceptions.NoScriptError:
-                    self._send(conn, "SCRIPT", "LOAD", _SCRIPT)
+                    self._send(conn, "SCRIPT", "LOAD", script.text)
                     self._loaded(conn)
                 except redis.ResponseError as exc:  # Redis answered: nothing was published
                     raise BrokerUnavailable(self.describe(exc)) from exc
@@ -317,36 +398,42 @@ class RedisBroker:
                 conn.disconnect()
             raise BrokerUnavailable(self.describe(exc)) from exc
 
-    def read_range(self, epoch: str, after_seq: int, limit: int) -> list[tuple[int, bytes]] | None:
-        """The events after ``after_seq`` of ``epoch``, at most ``limit``, as ``(seq, data)``.
+    def read_channel(
+        self, channel: str, epoch: str, after_seq: int, limit: int, max_bytes: int
+    ) -> list[Numbered] | None:
+        """Up to ``limit`` events of ``channel`` after ``after_seq`` in ``epoch``, oldest
+        first, stopping once ``max_bytes`` of envelopes are exceeded (the last one included):
+        one page of a resume (:class:`~sidecar.core.resume.BrokerPort`).
 
-        ``data`` is the envelope with its ``seq``, byte for byte what the relay delivered.
-        Returns ``[]`` when ``after_seq`` is the last seq, and ``None`` (resume impossible:
-        answer ``recovered: false``) when ``epoch`` is not the current one, ``after_seq`` is
-        ahead of the last seq, or the stream no longer reaches back to ``after_seq + 1``.
-        Raises :class:`BrokerUnavailable`, and ``ValueError`` for a negative argument.
+        Each one's ``data`` is byte for byte what the relay delivered. ``[]`` when
+        ``after_seq`` is the last seq; ``None`` (resume impossible: ``recovered: false``)
+        when ``epoch`` is not the channel's, ``after_seq`` is ahead of its last seq, or the
+        history no longer reaches back to ``after_seq + 1``. Raises
+        :class:`BrokerUnavailable`, and ``ValueError`` for a negative argument.
         """
         if after_seq < 0 or limit < 0:
             raise ValueError("after_seq and limit must not be negative")
-        pipe = self._client.pipeline(transaction=True)
-        pipe.hmget(self.meta_key, ["epoch", "seq"])
-        pipe.xrange(self.stream_key, min=f"{after_seq + 1}-0", count=max(limit, 1))
-        try:
-            (current, last), entries = pipe.execute()
-        except redis.RedisError as exc:
-            raise BrokerUnavailable(self.describe(exc)) from exc
-        head = parse_head(current, last)
-        if head is None or head[0] != epoch or after_seq > head[1]:
+        keys = [self.position_key(channel), self.history_key(channel)]
+        args = [epoch, after_seq, limit, max(0, max_bytes)]
+        reply = self._evalsha(self._client, _READ, keys, args, False)
+        status, _epoch, last, *values = reply
+        if status != b"ok":
             return None
-        if after_seq == head[1]:
-            return []
-        parsed = (
-            parse_entry(entry_id, fields, self.max_event_bytes) for entry_id, fields in entries
-        )
-        items = [(e.seq, e.data) for e in parsed if isinstance(e, Entry) and e.seq <= head[1]]
-        if any(seq != after_seq + 1 + i for i, (seq, _data) in enumerate(items)) or not items:
-            return None  # trimmed past after_seq + 1, a hole (XDEL), or a malformed entry
-        return items[:limit]
+        items: list[Numbered] = []
+        for value in values:
+            entry = parse_history(value, channel, epoch, self.max_event_bytes)
+            if not isinstance(entry, Entry) or entry.seq != after_seq + 1 + len(items):
+                return None  # trimmed past after_seq + 1, or a hole someone made
+            items.append(Numbered(entry.pos, channel, epoch, entry.seq, entry.data))
+        if not items and after_seq < int(last) and limit > 0:
+            return None  # the history does not reach back
+        return items
+
+    def read_range(self, epoch: str, after_seq: int, limit: int) -> list[tuple[int, bytes]] | None:
+        """The default channel's events after ``after_seq`` of ``epoch``, at most ``limit``,
+        as ``(seq, data)`` (see :meth:`read_channel`)."""
+        items = self.read_channel("", epoch, after_seq, limit, 1 << 62)
+        return None if items is None else [(item.seq, item.data) for item in items]
 
     # -- the server's memory policy --------------------------------------------------------
     def memory_policy(self) -> tuple[str, int] | None:
@@ -394,9 +481,9 @@ class RedisBroker:
     def start_relay(self, sink: Sink, start: tuple[str, int] | None = None) -> tuple[str, int]:
         """Start the relay thread, which feeds ``sink`` every event after ``start``.
 
-        ``start`` is ``(epoch, seq)``; by default the current :meth:`head` (read here, so
-        this raises :class:`BrokerUnavailable` when Redis cannot be reached). Returns the
-        start point; the first event delivered is its ``seq + 1`` (or a
+        ``start`` is ``(epoch, position)``; by default the current :meth:`stream_head` (read
+        here, so this raises :class:`BrokerUnavailable` when Redis cannot be reached). Returns
+        the start point; the first event delivered is at its position + 1 (or a
         :meth:`Sink.reset` comes first if ``start`` is not in the current epoch any more).
         A ``maxmemory-policy`` that may evict the broker's keys is warned about
         (:meth:`check_memory_policy`).
@@ -408,7 +495,7 @@ class RedisBroker:
         with self._lock:
             if self._relay is not None and self._relay.alive():
                 raise RuntimeError("the relay is already running")
-            epoch, seq = self.head() if start is None else start
+            epoch, seq = self.stream_head()[:2] if start is None else start
             self.check_memory_policy()
             self._relay = Relay(self, sink, epoch, seq)
             self._relay.start()

@@ -1,33 +1,37 @@
 """The relay: one thread per broker that reads the stream and feeds a :class:`Sink`.
 
-Each round pipelines ``XREAD BLOCK`` (after the relay's cursor, ``COUNT read_count``) with
-``HMGET`` of the epoch and the last seq assigned, on the relay's own connection. Redis runs
-the two back to back, so the epoch read after the entries tells whether they still belong to
-the relay's epoch (an epoch never comes back once it has changed), and the seq read after
-them is at least every seq ``publish.lua`` wrote among them. Then:
+The stream holds every channel's events (and revocations) in one order: entry IDs are global
+positions ``<pos>-0``. Each round pipelines ``XREAD BLOCK`` (after the relay's cursor,
+``COUNT read_count``) with ``HMGET`` of the epoch, the last position and the default channel's
+last seq, on the relay's own connection. Redis runs the two back to back, so the epoch read
+after the entries tells whether they still belong to the relay's epoch (an epoch never comes
+back once it has changed), and the position read after them is at least every position
+``publish.lua`` wrote among them. Then:
 
-* a different epoch (Redis lost its data, or was flushed): :meth:`Sink.reset` to the new
-  epoch and its last seq; the entries read are dropped, they are older than that point;
+* a different epoch (Redis lost its data, or was flushed): :meth:`Sink.reset` to the head;
+  the entries read are dropped, they are older than that point;
 * the stream is input (anyone may write to it): every entry is checked by
-  :func:`~sidecar.broker.entries.parse_entry`, and one that is malformed, or whose seq is
-  beyond the last seq read with it (no publish wrote it), is skipped: counted by kind in
+  :func:`~sidecar.broker.entries.parse_entry`, and one that is malformed, or whose position is
+  beyond the last one read with it (no publish wrote it), is skipped: counted by kind in
   :class:`RelayStats` (``/metrics``, ``/api/v1/hub``) and logged at most once per kind every
   :data:`LOG_INTERVAL` seconds, with the number skipped since;
 * valid entries that do not start at ``last + 1`` (the stream was trimmed past the relay
-  while it was behind or away, or a malformed entry took a seq) or have a hole: the
-  contiguous part is delivered, then a reset to the current last seq;
-* otherwise the entries go to :meth:`Sink.deliver`, retried while it returns False.
+  while it was behind or away, or a malformed entry took a position) or have a hole: the
+  contiguous part is delivered, then a reset to the head;
+* otherwise the entries go to :meth:`Sink.deliver`, retried while it returns False. Which
+  channels a hub's clients follow is the hub's business: the relay hands over everything,
+  and each hub fans out to its own subscribers.
 
 The cursor (the ID of the last entry consumed: delivered, skipped or dropped by a reset)
-moves forward; only a reset to another epoch, or to a seq that went back, sets it back to the
-reset's seq (each takes a change in Redis). Whatever the stream holds, a round either waits in
+moves forward; only a reset to another epoch, or to a position that went back, sets it back
+(each takes a change in Redis). Whatever the stream holds, a round either waits in
 ``XREAD BLOCK`` or consumes at least one entry: the relay never reads the same entries in a
 loop. A meta hash or stream that cannot be read as ours (another type, fields publish.lua
 would not write) runs the script, which starts a new epoch for it.
 
 A failed round (Redis unreachable, or anything raised) starts an outage: one warning, then
 retries with capped exponential backoff; the first round that succeeds logs one info line.
-After an outage the relay simply continues from its last seq, so nothing is lost unless
+After an outage the relay simply continues from its last position, so nothing is lost unless
 the stream was trimmed or the epoch changed meanwhile, which the round detects as above.
 
 Threads and state
@@ -51,10 +55,10 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from ..core.stream import on_default
+from ..core.stream import Delivered, Numbered, Revocation
 from ..logs import LogLimiter
 from . import BrokerError, Sink
-from .entries import Entry, Malformed, entry_position, parse_entry, parse_head
+from .entries import Entry, Head, Malformed, entry_position, parse_entry, parse_head
 
 if TYPE_CHECKING:
     from .redis import RedisBroker
@@ -173,8 +177,8 @@ class Relay:
             self._client.connection_pool.disconnect()
             self._update(running=False, connected=False)
 
-    def _read(self) -> tuple[list[RawEntry], str, int]:
-        """One round trip: the entries after the cursor, then the current epoch and last seq.
+    def _read(self) -> tuple[list[RawEntry], Head]:
+        """One round trip: the entries after the cursor, then the stream's head.
 
         A meta hash that is missing or not as publish.lua writes it, or a read refused (a key
         of another type), runs the script on the relay's own connection: it starts a new
@@ -188,46 +192,47 @@ class Relay:
             count=broker.read_count,
             block=max(1, int(broker.block * 1000)),
         )
-        pipe.hmget(broker.meta_key, ["epoch", "seq"])
+        pipe.hmget(broker.meta_key, ["epoch", "pos", "seq"])
         reply, meta = pipe.execute(raise_on_error=False)
         head = None if isinstance(meta, Exception) else parse_head(*meta)
         if head is None or isinstance(reply, Exception):
-            epoch_now, seq_now = broker.run_script((), client=self._client)
-            if isinstance(reply, Exception) and epoch_now == self.epoch:
+            now = broker.stream_head(self._client)
+            if isinstance(reply, Exception) and now.epoch == self.epoch:
                 raise reply
-            return [], epoch_now, seq_now
+            return [], now
         if isinstance(reply, dict):  # RESP3: {stream: [entries]}
             groups = [entries for value in reply.values() for entries in value]
         else:  # RESP2: [[stream, entries]]
             groups = [entries for _stream, entries in reply]
-        return [entry for entries in groups for entry in entries], head[0], head[1]
+        return [entry for entries in groups for entry in entries], head
 
     def _round(self) -> None:
-        entries, epoch, head = self._read()
-        self._update(last_published_seq=head)
-        if epoch != self.epoch:
-            self._reset(epoch, head, f"epoch changed from {self.epoch} (Redis lost its data)")
+        entries, head = self._read()
+        self._update(last_published_seq=head.pos)
+        if head.epoch != self.epoch:
+            why = f"epoch changed from {self.epoch} (Redis lost its data)"
+            self._reset(head, why)
             return
-        if head < self.last:
-            self._reset(epoch, head, f"seq went back from {self.last} to {head}")
+        if head.pos < self.last:
+            self._reset(head, f"the position went back from {self.last} to {head.pos}")
             return
-        batch: list[tuple[int, bytes]] = []
+        batch: list[Delivered] = []
         cursor = self.cursor
         for entry_id, fields in entries:
             position = entry_position(entry_id)
             item = parse_entry(entry_id, fields, self._broker.max_event_bytes)
-            if isinstance(item, Entry) and item.seq > head:
+            if not isinstance(item, Malformed) and item.pos > head.pos:
                 item = Malformed.AHEAD
             expected = self.last + len(batch) + 1  # (never more: the cursor is past it)
-            if isinstance(item, Entry) and item.seq == expected:
-                batch.append((item.seq, item.data))
-            elif isinstance(item, Malformed):
+            if isinstance(item, Malformed):
                 self._skip(entry_id, item)
-                if position[1] == 0 and expected <= position[0] <= head:  # it took a seq
-                    self._gap(batch, cursor, epoch, head, position[0], "missing or malformed")
+                if position[1] == 0 and expected <= position[0] <= head.pos:  # it took a pos
+                    self._gap(batch, cursor, head, position[0], "missing or malformed")
                     return
+            elif item.pos == expected:
+                batch.append(_numbered(item, self.epoch))
             else:
-                self._gap(batch, cursor, epoch, head, item.seq - 1, "no longer in the stream")
+                self._gap(batch, cursor, head, item.pos - 1, "no longer in the stream")
                 return
             cursor = position
         if batch:
@@ -236,18 +241,12 @@ class Relay:
             self.cursor = cursor  # only skipped entries: consumed all the same
 
     def _gap(
-        self,
-        batch: list[tuple[int, bytes]],
-        cursor: tuple[int, int],
-        epoch: str,
-        head: int,
-        lost: int,
-        why: str,
+        self, batch: list[Delivered], cursor: tuple[int, int], head: Head, lost: int, why: str
     ) -> None:
         """Deliver what is in a row, then reset to ``head``: events up to ``lost`` are gone."""
         if batch and not self._deliver(batch, cursor):
             return  # stopping
-        self._reset(epoch, head, f"events {self.last + 1}..{lost} are {why}")
+        self._reset(head, f"events {self.last + 1}..{lost} are {why}")
 
     def _skip(self, entry_id: bytes, kind: Malformed) -> None:
         """Count a malformed entry; log the first of its kind in an interval, then a count."""
@@ -264,23 +263,25 @@ class Relay:
                 more,
             )
 
-    def _deliver(self, items: Sequence[tuple[int, bytes]], cursor: tuple[int, int]) -> bool:
+    def _deliver(self, items: Sequence[Delivered], cursor: tuple[int, int]) -> bool:
         """Hand ``items`` to the sink, retrying the same items, then move the cursor to
         ``cursor`` (the last entry consumed with them); False if stopped first."""
         while not self._stopping.is_set():
-            if self._sink.deliver(self.epoch, on_default(self.epoch, items), self._broker.block):
-                self.last, self.cursor = items[-1][0], cursor
+            if self._sink.deliver(self.epoch, items, self._broker.block):
+                self.last, self.cursor = items[-1].pos, cursor
                 delivered = self.stats.delivered + len(items)
                 self._update(last_delivered_seq=self.last, delivered=delivered)
                 return True
         return False
 
-    def _reset(self, epoch: str, seq: int, reason: str) -> None:
-        log.warning("relay: %s; continuing from %s:%d (clients must resume)", reason, epoch, seq)
-        self._sink.reset(epoch, seq, reason)
-        self.epoch, self.last = epoch, seq
-        self.cursor = (seq, 0)  # (entries above it are read, and skipped if beyond the head)
-        self._update(epoch=epoch, last_delivered_seq=seq, resets=self.stats.resets + 1)
+    def _reset(self, head: Head, reason: str) -> None:
+        log.warning(
+            "relay: %s; continuing from %s:%d (clients must resume)", reason, head.epoch, head.pos
+        )
+        self._sink.reset(head.epoch, head.seq, reason, pos=head.pos)
+        self.epoch, self.last = head.epoch, head.pos
+        self.cursor = (head.pos, 0)  # (entries above it are read, and skipped if beyond the head)
+        self._update(epoch=head.epoch, last_delivered_seq=head.pos, resets=self.stats.resets + 1)
 
     def _failed(self, exc: Exception) -> None:
         """Count a failed round; log the first of an outage; wait before the next."""
@@ -314,15 +315,22 @@ class Relay:
         self._update(connected=True, reconnects=self.stats.reconnects + 1)
 
 
+def _numbered(item: Entry | Revocation, stream_epoch: str) -> Delivered:
+    """An entry as the hub takes it (a default-channel event has the stream's epoch)."""
+    if isinstance(item, Revocation):
+        return item
+    return Numbered(item.pos, item.channel, item.epoch or stream_epoch, item.seq, item.data)
+
+
 #: What the log line says about each kind of malformed entry.
 _MALFORMED_WHY = {
-    Malformed.ID: "its ID is not <seq>-0 (written by something other than a publish)",
-    Malformed.FIELDS: "its fields are not exactly one, d",
+    Malformed.ID: "its ID is not <pos>-0 (written by something other than a publish)",
+    Malformed.FIELDS: "its fields are not those of an event (d, s[, c, e]) or a revocation",
     Malformed.TOO_LARGE: "its data is larger than max_event_bytes",
     Malformed.NOT_JSON: "its data is not strict UTF-8 JSON",
     Malformed.NOT_ENVELOPE: "its data is not an object with a namespace:kebab-case type",
     Malformed.RESERVED_TYPE: "its type is the hub's own or a client-to-server one",
-    Malformed.SEQ_MISMATCH: "the seq in its data is not the one of its ID",
-    Malformed.CHANNEL_MISMATCH: "its data names a channel (the stream holds the default one)",
-    Malformed.AHEAD: "its seq is beyond the last one assigned (no publish wrote it)",
+    Malformed.SEQ_MISMATCH: "the seq in its data is not the one of its fields",
+    Malformed.CHANNEL_MISMATCH: "the channel in its data is not the one of its fields",
+    Malformed.AHEAD: "its position is beyond the last one assigned (no publish wrote it)",
 }

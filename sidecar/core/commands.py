@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .client import Client
 from .resume import ChannelRequest
-from .stream import Numbered
+from .stream import Delivered
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +19,7 @@ class Deliver:
     """Numbered events (from the local sequencer or a broker's relay), in stream order."""
 
     epoch: str
-    items: tuple[Numbered, ...]
+    items: tuple[Delivered, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +57,6 @@ class Unsubscribe:
     client: Client
     channel: str
     reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Revoke:
-    """Take every connection of ``user`` off ``channel`` (``channel:unsubscribed`` revoked)."""
-
-    user: str
-    channel: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,15 +102,5 @@ class Stop:
 
 
 Command = (
-    Deliver
-    | Send
-    | Register
-    | Subscribe
-    | Unsubscribe
-    | Revoke
-    | Unregister
-    | Call
-    | Reset
-    | DropAll
-    | Stop
+    Deliver | Send | Register | Subscribe | Unsubscribe | Unregister | Call | Reset | DropAll | Stop
 )

@@ -79,7 +79,6 @@ from .commands import (
     DropAll,
     Register,
     Reset,
-    Revoke,
     Send,
     Stop,
     Subscribe,
@@ -89,11 +88,13 @@ from .commands import (
 from .identity import MAX_TOKEN_TTL
 from .resume import ChannelRequest, Entry, replay
 from .stream import (
+    Delivered,
     Item,
     LocalSequencer,
     Numbered,
     Position,
     Restart,
+    Revocation,
     Sequencer,
     Step,
     StreamTracker,
@@ -467,7 +468,7 @@ class Hub:
         """
         return self._numbering.heads([_channel(channel)])[0]
 
-    def _submit(self, epoch: str, items: tuple[Numbered, ...]) -> None:
+    def _submit(self, epoch: str, items: tuple[Delivered, ...]) -> None:
         """Put a numbered batch in the inbox (the local sequencer, under its lock)."""
         self._ensure_started()
         with self._pending_lock:
@@ -525,7 +526,7 @@ class Hub:
         return True
 
     # -- the broker's side (the relay thread) ---------------------------------------------
-    def deliver(self, epoch: str, items: Sequence[Numbered], timeout: float) -> bool:
+    def deliver(self, epoch: str, items: Sequence[Delivered], timeout: float) -> bool:
         """Take events numbered by the broker (in stream order, contiguous).
 
         Blocks up to ``timeout`` while the inbox is full; ``False`` if the hub is stopped or
@@ -623,14 +624,15 @@ class Hub:
         self._inbox.put(Unsubscribe(client, channel, reason))
         return True
 
-    def revoke(self, user: str, channel: str) -> bool:
-        """Take every connection of ``user`` off ``channel`` in this process
-        (``channel:unsubscribed {channel, reason: "revoked"}``); nothing of it arrives after.
-        Tokens issued before now for it are refused from then on."""
-        if not self._running.is_set():
-            return False
-        self._inbox.put(Revoke(user, channel))
-        return True
+    def revoke(self, user: str, channel: str) -> None:
+        """Take every connection of ``user`` off ``channel`` (``channel:unsubscribed {channel,
+        reason: "revoked"}``), in this process or, with a broker, on every worker; nothing of
+        it arrives after. Tokens issued before now for it are refused from then on.
+
+        Raises :class:`PublishRefused` when that cannot be done (the hub is stopped, the
+        broker unreachable): a revocation is never dropped silently.
+        """
+        self._numbering.revoke(user, channel)
 
     def revoked_at(self, user: str, channel: str) -> float | None:
         """When ``user`` was last revoked from ``channel`` (a Unix time), if it was."""
@@ -722,8 +724,6 @@ class Hub:
                 self._unsubscribe(client, channel, reason)
             case Unregister(client=client):
                 self._remove(client)
-            case Revoke(user=user, channel=channel):
-                self._revoke(user, channel)
             case Call(fn=fn):
                 self._call(fn)
             case Reset(epoch=epoch, pos=pos, seq=seq, reason=reason):
@@ -751,7 +751,7 @@ class Hub:
 
         Returns the command that ended the batch, to be handled next.
         """
-        taken: list[Numbered] = []
+        taken: list[Delivered] = []
         command: Command | None = first
         held: Command | None = None
         while command is not None:
@@ -778,13 +778,19 @@ class Hub:
         self._send(taken)
         return held
 
-    def _send(self, items: list[Numbered]) -> None:
-        """Record ``items`` in their channels and hand each subscriber its frames, once."""
+    def _send(self, items: list[Delivered]) -> None:
+        """Record ``items`` in their channels and hand each subscriber its frames, once; a
+        revocation takes effect at its place in the stream."""
         if not items:
             return
         batch: list[tuple[Channel, bytes]] = []
         accept, append, text_frame = self._channels.accept, self._channels.append, frames.text_frame
         for item in items:
+            if isinstance(item, Revocation):
+                self._offer_batch(batch)
+                batch = []
+                self._revoke(item.user, item.channel)
+                continue
             verdict, channel = accept(item)
             if verdict is Verdict.TAKE:
                 assert channel is not None
@@ -1116,7 +1122,7 @@ def _default_seq(steps: list[Step]) -> int:
     for step in steps:
         if isinstance(step, Take):
             for item in step.items:
-                if item.channel == DEFAULT_CHANNEL:
+                if isinstance(item, Numbered) and item.channel == DEFAULT_CHANNEL:
                     return item.seq - 1
     return 0
 

@@ -66,6 +66,18 @@ def on_default(epoch: str, items: Sequence[tuple[int, bytes]]) -> list[Numbered]
     return [Numbered(seq, DEFAULT_CHANNEL, epoch, seq, data) for seq, data in items]
 
 
+class Revocation(NamedTuple):
+    """A revocation in the stream (with a broker): take ``user`` off ``channel`` on every
+    worker, at this point of the stream's order."""
+
+    pos: int
+    user: str
+    channel: str
+
+
+#: What the hub takes from a sequencer: events, and (with a broker) revocations.
+Delivered = Numbered | Revocation
+
 #: One event to number: its channel (``""``: the default) and its encoded envelope.
 Item = tuple[str, bytes]
 
@@ -91,6 +103,10 @@ class Sequencer(Protocol):
         """
         ...
 
+    def revoke(self, user: str, channel: str) -> None:
+        """Take ``user`` off ``channel`` on every hub, in stream order (PublishRefused)."""
+        ...
+
 
 def new_epoch() -> str:
     """A fresh channel epoch: 11 characters of ``A-Za-z0-9_-``."""
@@ -98,7 +114,7 @@ def new_epoch() -> str:
 
 
 #: Hands a numbered batch to the hub's inbox (raises PublishRefused): ``(stream epoch, items)``.
-Submit = Callable[[str, tuple[Numbered, ...]], None]
+Submit = Callable[[str, tuple[Delivered, ...]], None]
 
 
 class LocalSequencer:
@@ -180,6 +196,12 @@ class LocalSequencer:
             state = self._channels[channel] = [new_epoch(), 0]
         return Position(str(state[0]), int(state[1]))
 
+    def revoke(self, user: str, channel: str) -> None:
+        """Put a revocation in the stream, in order with the events (PublishRefused)."""
+        with self.lock:
+            self._submit(self.epoch, (Revocation(self._pos + 1, user, channel),))
+            self._pos += 1
+
     def heads(self, channels: Sequence[str]) -> list[Position]:
         """Each channel's position (created when unknown); PublishRefused when no room."""
         with self.lock:
@@ -209,7 +231,7 @@ class LocalSequencer:
 class Take:
     """Items that follow the stream: fan them out."""
 
-    items: tuple[Numbered, ...]
+    items: tuple[Delivered, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +260,7 @@ class StreamTracker:
         self.pos = pos
         self.duplicates = 0
 
-    def take(self, epoch: str, items: Sequence[Numbered]) -> list[Step]:
+    def take(self, epoch: str, items: Sequence[Delivered]) -> list[Step]:
         """The steps for ``items`` delivered in ``epoch`` (contiguous among themselves)."""
         if epoch == self.epoch:
             skip = 0

@@ -29,7 +29,7 @@ from ..core.client import Client, MessageHandler
 from ..core.hub import Hub, PublishRefused
 from ..core.identity import Authorize
 from ..envelope import Event
-from ..protocol import PublishedSeqs, check_channel, personal_channel
+from ..protocol import PublishedSeqs, check_channel, check_user, personal_channel
 from .access import Authenticate
 from .api import api_blueprint, metrics_blueprint
 from .guards import Rejection, check_host, redact
@@ -233,10 +233,11 @@ class EventHub:
         worker, sequenced and recoverable (see :meth:`broadcast_event`)."""
         return self.hub.broadcast_event(event, personal_channel(user))
 
-    def revoke(self, user: str, channel: str) -> bool:
+    def revoke(self, user: str, channel: str) -> None:
         """Take ``user``'s connections off ``channel`` (``channel:unsubscribed`` with reason
-        ``revoked``) and refuse subscription tokens issued for it before now."""
-        return self.hub.revoke(user, check_channel(channel))
+        ``revoked``), on every worker, and refuse subscription tokens issued for it before
+        now. Raises :class:`~sidecar.protocol.PublishRefused` when it cannot be done."""
+        self.hub.revoke(check_user(user), check_channel(channel))
 
     def subscription_token(self, user: str, channels: Iterable[str], ttl: float = 300) -> str:
         """A token granting ``user`` the ``channels`` for ``ttl`` seconds (at most 3600), to
@@ -368,6 +369,7 @@ def _broker(config: Config) -> Any:
         prefix=config.broker_prefix,
         history_size=config.history_size,
         max_event_bytes=config.max_event_bytes,
+        channel_ttl=config.channel_ttl,
     )
 
 

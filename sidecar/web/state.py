@@ -190,10 +190,10 @@ class SidecarState:
             if self._started_pid == os.getpid():
                 return
             if self.broker is not None:
-                epoch, seq = self.broker.head()
-                self.hub.reset(epoch, seq, "start")
-                # the relay starts where the hub does: a second head() could be later
-                self.broker.start_relay(self.hub, (epoch, seq))
+                epoch, pos, seq = self.broker.stream_head()
+                self.hub.reset(epoch, seq, "start", pos=pos)
+                # the relay starts where the hub does: a second head could be later
+                self.broker.start_relay(self.hub, (epoch, pos))
                 # the hub thread takes the reset in turn; until then hub.epoch is its own
                 self.hub.wait_for_seq(epoch, seq, START_TIMEOUT)
             self.hub.is_running()  # starts the hub thread here (autostart)
