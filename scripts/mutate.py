@@ -43,8 +43,15 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
             "sidecar/core/client.py",
             "sidecar/core/connection.py",
             "sidecar/core/history.py",
+            "sidecar/core/channels.py",
+            "sidecar/core/stream.py",
+            "sidecar/core/resume.py",
         ],
         ["tests/unit"],
+    ),
+    "identity": (
+        ["sidecar/core/identity.py", "sidecar/web/access.py"],
+        ["tests/unit/test_identity.py", "tests/test_identity.py"],
     ),
     "wire": (
         ["sidecar/frames.py", "sidecar/envelope.py"],
