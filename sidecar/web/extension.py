@@ -177,6 +177,8 @@ class EventHub:
             log.warning(
                 "auth is off: any local process or web page on an allowed origin can connect"
             )
+        # apps that are gone leave the list (a suite creates hundreds on one extension)
+        self._states = [ref for ref in self._states if ref() is not None]
         self._states.append(weakref.ref(state))
 
     def _guard(self, state: SidecarState) -> Callable[[], Response | None]:

@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -172,10 +173,9 @@ class SidecarState:
         self._started_pid: int | None = None
         self._start_lock = threading.Lock()
         if sys.platform != "win32":  # Windows has no fork
-            os.register_at_fork(after_in_child=self._forked)
-
-    def _forked(self) -> None:
-        self._start_lock = threading.Lock()  # another thread may have held it at the fork
+            # A weak reference: a handler can never be unregistered, and a bound method would
+            # keep every state (its config, hub and history) alive for the process's life.
+            os.register_at_fork(after_in_child=_forked(weakref.ref(self)))
 
     def ensure_started(self) -> None:
         """Start the hub thread, and the broker's relay, in this process if not yet done.
@@ -226,3 +226,14 @@ class SidecarState:
         """Allow pages served by the sidecar itself (``http://127.0.0.1:PORT`` and friends)."""
         for host in ("127.0.0.1", "localhost", "[::1]"):
             self.origins.add(f"http://{host}:{port}")
+
+
+def _forked(ref: weakref.ReferenceType[SidecarState]) -> Callable[[], None]:
+    """An at-fork handler: in the child, a fresh start lock (another thread may have held it)."""
+
+    def after_in_child() -> None:
+        state = ref()
+        if state is not None:
+            state._start_lock = threading.Lock()
+
+    return after_in_child
