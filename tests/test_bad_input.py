@@ -9,10 +9,10 @@ traceback and no thread may die of an uncaught exception.
 from __future__ import annotations
 
 import socket
-import sys
-import time
 import struct
+import sys
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 
