@@ -38,10 +38,34 @@ from typing import Any
 from sidecar import logs
 from sidecar.config import LOG_LEVELS, Config, ConfigError, load, resolve_token
 
-bind = os.environ.get("SIDECAR_BIND", "127.0.0.1:3008")
+
+def _refuse(message: str) -> None:
+    print(f"sidecar: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def _env_int(name: str, default: int) -> int:
+    """A positive whole number from ``name``; one line and exit 2 when it is not one."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    if not text.strip():
+        _refuse(f"{name} is empty: give a number, or unset it for the default ({default})")
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        _refuse(f"{name} must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+bind = os.environ.get("SIDECAR_BIND") or "127.0.0.1:3008"
+if "SIDECAR_BIND" in os.environ and not os.environ["SIDECAR_BIND"].strip():
+    _refuse("SIDECAR_BIND is empty: give HOST:PORT, or unset it for the default (127.0.0.1:3008)")
 worker_class = "gthread"
-workers = int(os.environ.get("SIDECAR_WORKERS", "1"))
-threads = int(os.environ.get("SIDECAR_THREADS", "256"))
+workers = _env_int("SIDECAR_WORKERS", 1)
+threads = _env_int("SIDECAR_THREADS", 256)
 backlog = 2048
 
 
@@ -74,11 +98,6 @@ if logs.json_wanted(_log_format(), sys.stderr):
 control_socket_disable = True
 
 
-def _refuse(message: str) -> None:
-    print(f"sidecar: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
-
-
 def _check_broker(config: Config) -> None:
     """Stop the master with one line if the broker cannot be reached (or used) now."""
     try:
@@ -88,7 +107,11 @@ def _check_broker(config: Config) -> None:
         return
     from sidecar.core.hub import PublishRefused
 
-    broker = RedisBroker(config.broker or "", prefix=config.broker_prefix, history_size=None)
+    try:
+        broker = RedisBroker(config.broker or "", prefix=config.broker_prefix, history_size=None)
+    except ValueError as exc:  # what the driver refuses in the URL
+        _refuse(f"SIDECAR_BROKER cannot be used: {exc}")
+        return
     try:
         broker.head()
     except PublishRefused as exc:

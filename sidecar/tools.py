@@ -29,7 +29,11 @@ from wsproto.events import (
     TextMessage,
 )
 
+from .config import broker_url_problem
+
 DEFAULT_URL = "http://127.0.0.1:3008"
+#: The exit status of a bad option or value (what argparse uses).
+BAD_USAGE = 2
 
 
 def _base_url(args: argparse.Namespace) -> str:
@@ -40,9 +44,9 @@ def _token() -> str | None:
     return os.environ.get("SIDECAR_TOKEN") or None
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = 1) -> int:
     print(f"sidecar: {message}", file=sys.stderr)
-    return 1
+    return status
 
 
 def publish(args: argparse.Namespace) -> int:
@@ -85,6 +89,9 @@ def publish(args: argparse.Namespace) -> int:
 
 
 def _publish_to_broker(args: argparse.Namespace, url: str, payload: Any) -> int:
+    label = "--broker" if args.broker else "SIDECAR_BROKER"
+    if (problem := broker_url_problem(url)) is not None:
+        return _fail(f"{label} {problem}", BAD_USAGE)
     try:
         from .broker.publisher import Publisher, checked_events
     except ImportError as exc:
@@ -93,7 +100,10 @@ def _publish_to_broker(args: argparse.Namespace, url: str, payload: Any) -> int:
     from .protocol import PublishOutcomeUnknown
 
     prefix = args.broker_prefix or os.environ.get("SIDECAR_BROKER_PREFIX") or "sidecar"
-    publisher = Publisher(url, prefix=prefix, timeout=args.timeout)
+    try:
+        publisher = Publisher(url, prefix=prefix, timeout=args.timeout)
+    except ValueError as exc:  # what the driver refuses in the URL
+        return _fail(f"{label} cannot be used: {exc}", BAD_USAGE)
     try:
         event = checked_events([(args.type, payload)], publisher.max_event_bytes)[0]
         (seq,) = publisher.publish_many([event])

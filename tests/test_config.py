@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.config import Config, ConfigError, from_env
+from sidecar.config import OPTIONS, Config, ConfigError, env_name, flag_name, from_env, load
 
 
 @pytest.mark.parametrize(
@@ -57,3 +57,66 @@ def test_environment_values_are_parsed():
     assert config.log_level == "debug"
     assert config.compression is True
     assert config.allowed_origins == ("http://a.test", "http://b.test")
+
+
+# -- an empty value is refused, for every option, from every source (issue 19 item 2) ----------
+
+FIELDS = sorted(OPTIONS)
+
+
+@pytest.mark.parametrize("blank", ["", "  "], ids=["empty", "blank"])
+@pytest.mark.parametrize("field", FIELDS)
+def test_an_empty_variable_is_refused_for_every_option(field: str, blank: str) -> None:
+    """``SIDECAR_AUTH=`` (an env-file line, a compose ``${AUTH}``) turned authentication off."""
+    var = env_name(field)
+    with pytest.raises(ConfigError) as caught:
+        load(environ={var: blank})
+    assert str(caught.value).startswith(f"{var} is empty: ")
+    assert "unset it" in str(caught.value) and caught.value.field == field
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_an_empty_app_config_value_or_keyword_is_refused_for_every_option(field: str) -> None:
+    var = env_name(field)
+    with pytest.raises(ConfigError, match=rf'^app\.config\["{var}"\] is empty: '):
+        load(app_config={var: ""}, environ={})
+    with pytest.raises(ConfigError, match=rf"^{flag_name(field)} is empty: "):
+        load({field: " "}, environ={})
+
+
+def test_booleans_mean_what_they_say_and_nothing_else() -> None:
+    for text, value in [("1", True), ("on", True), ("YES", True), ("0", False), ("off", False)]:
+        assert load(environ={"SIDECAR_AUTH": text, "SIDECAR_TOKEN": "t" * 16}).auth is value
+    with pytest.raises(ConfigError, match=r"^SIDECAR_AUTH='of' is not a boolean"):
+        load(environ={"SIDECAR_AUTH": "of"})
+    with pytest.raises(ConfigError, match=r"^--allowed-origins is empty: .*built-in list"):
+        load({"allowed_origins": []}, environ={})
+
+
+# -- a broker URL without a scheme (issue 19 item 13) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "detail"),
+    [
+        ("localhost:6379", "must be a Redis URL"),
+        ("127.0.0.1:6379/0", "must be a Redis URL"),
+        ("http://localhost:6379", "must be a Redis URL"),
+        ("redis//localhost", "must be a Redis URL"),
+        ("redis://localhost:99999", "has a bad port"),
+        ("redis://localhost:port", "has a bad port"),
+        ("unix://", "names no socket path"),
+    ],
+)
+def test_a_broker_url_the_driver_cannot_take_is_refused(url: str, detail: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(environ={"SIDECAR_BROKER": url})
+    assert str(caught.value).startswith(f"SIDECAR_BROKER {detail}")
+    assert repr(url) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "rediss://user:pw@cache:6380", "unix:///run/redis.sock"]
+)
+def test_broker_urls_of_every_scheme_are_accepted(url: str) -> None:
+    assert load(environ={"SIDECAR_BROKER": url}).broker == url

@@ -129,6 +129,34 @@ def test_a_hub_without_a_token_refuses_to_start_with_one_line(
     assert "auth=False" in message
 
 
+@pytest.mark.parametrize(
+    ("env", "options", "starts"),
+    [
+        ({"SIDECAR_AUTH": ""}, {}, "SIDECAR_AUTH is empty"),
+        ({"SIDECAR_AUTH": "", "SIDECAR_TOKEN": TOKEN}, {}, "SIDECAR_AUTH is empty"),
+        ({"SIDECAR_TOKEN": ""}, {}, "SIDECAR_TOKEN is empty"),
+        ({"SIDECAR_TOKEN": TOKEN, "SIDECAR_ALLOWED_ORIGINS": ""}, {}, "SIDECAR_ALLOWED_ORIGINS"),
+        ({"SIDECAR_TOKEN": TOKEN}, {"auth": ""}, "--auth is empty"),
+        ({"SIDECAR_TOKEN": TOKEN}, {"broker": "localhost:6379"}, "--broker must be a Redis URL"),
+        ({"SIDECAR_TOKEN": TOKEN, "SIDECAR_BROKER": "localhost:6379"}, {}, "SIDECAR_BROKER must"),
+    ],
+    ids=["auth", "auth-with-token", "token", "origins", "keyword", "broker", "broker-variable"],
+)
+def test_an_empty_or_unusable_setting_stops_the_app_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], options: dict[str, Any], starts: str
+) -> None:
+    """Issue 19 items 2 and 13: ``SIDECAR_AUTH=`` started an app with auth off; a broker URL
+    without a scheme raised the driver's ValueError."""
+    for name in ("SIDECAR_TOKEN", "SIDECAR_AUTH"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        EventHub(Flask("empty"), **options)
+    message = str(caught.value)
+    assert message.startswith(starts) and "\n" not in message
+
+
 def test_auth_off_is_explicit_and_warned(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "sidecar")
     EventHub(Flask("dev"), auth=False)

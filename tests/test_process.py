@@ -218,6 +218,17 @@ def _low_fd_limit() -> None:
         (["--parent-pid", "0"], {}, "bad-option", 2, "--parent-pid must be"),
         (["--parent-pid", "-4"], {}, "bad-option", 2, "--parent-pid must be"),
         (["--log-file", "/nonexistent/dir/log"], {}, "log-file", 6, "cannot write --log-file"),
+        # issue 19 item 2: an empty value is refused, never read as "off"
+        ([], {"SIDECAR_AUTH": ""}, "bad-option", 2, "SIDECAR_AUTH is empty"),
+        ([], {"SIDECAR_AUTH": " "}, "bad-option", 2, "SIDECAR_AUTH is empty"),
+        ([], {"SIDECAR_TOKEN": ""}, "bad-option", 2, "SIDECAR_TOKEN is empty"),
+        ([], {"SIDECAR_HOST": ""}, "bad-option", 2, "SIDECAR_HOST is empty"),
+        ([], {"SIDECAR_ALLOWED_ORIGINS": ""}, "bad-option", 2, "SIDECAR_ALLOWED_ORIGINS is empty"),
+        (["--allowed-origins", ""], {}, "bad-option", 2, "is empty"),
+        # issue 19 item 13: a broker URL without a scheme
+        (["--broker", "localhost:6379"], {}, "bad-option", 2, "--broker must be a Redis URL"),
+        ([], {"SIDECAR_BROKER": "localhost:6379"}, "bad-option", 2, "SIDECAR_BROKER must be"),
+        (["--broker", "redis://h:1/0?db=x"], {}, "bad-option", 2, "--broker cannot be used"),
     ],
 )
 def test_every_start_up_failure_is_one_json_line(args, env, error, status, message):
@@ -299,3 +310,26 @@ def test_cli_publish_reports_validation_errors(child):
     )
     assert result.returncode == 1
     assert "422" in result.stderr and "streamId" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--broker", "localhost:6379"], {}),
+        ([], {"SIDECAR_BROKER": "localhost:6379"}),
+        (["--broker", "redis://h:1/0?db=x"], {}),
+    ],
+    ids=["flag", "variable", "driver-refuses"],
+)
+def test_cli_publish_to_a_bad_broker_url_is_one_line(args: list[str], env: dict[str, str]):
+    """Issue 19 item 13: ``sidecar publish --broker localhost:6379`` was a traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "publish", *args, "app:x", "{}"],
+        capture_output=True,
+        text=True,
+        env=_env(**env),
+        timeout=20,
+    )
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr.count("\n") == 1 and "broker" in result.stderr.lower(), result.stderr
+    assert result.stderr.startswith("sidecar: ") and "Traceback" not in result.stderr

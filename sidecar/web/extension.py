@@ -365,12 +365,15 @@ def _broker(config: Config) -> Any:
         from ..broker.redis import RedisBroker
     except ImportError as exc:
         raise ConfigError("--broker", f"cannot be used: {exc}") from None
-    return RedisBroker(
-        config.broker,
-        prefix=config.broker_prefix,
-        history_size=config.history_size,
-        max_event_bytes=config.max_event_bytes,
-    )
+    try:
+        return RedisBroker(
+            config.broker,
+            prefix=config.broker_prefix,
+            history_size=config.history_size,
+            max_event_bytes=config.max_event_bytes,
+        )
+    except ValueError as exc:  # what the driver refuses in a URL (a query value, a db)
+        raise ConfigError("--broker", f"cannot be used: {exc}") from None
 
 
 def create_app(config: Config | None = None, hub: Hub | None = None, **options: Any) -> Flask:
