@@ -20,7 +20,10 @@
   empties that directory of its ``*.db`` files at start and marks each worker that ends as
   dead (``child_exit``), as prometheus_client's multiprocess mode wants;
 * the access log format leaves the query string (which may hold the token) out;
-* a large listen backlog, so that bursts of handshakes do not wait on SYN retries.
+* a large listen backlog, so that bursts of handshakes do not wait on SYN retries;
+* the allocator's arenas capped as the CLI caps them (``MALLOC_ARENA_MAX`` wins if set);
+* WebSocket sessions capped below ``threads`` (see :mod:`sidecar.web.gunicorn_worker`), and
+  every request target in gunicorn's access and error logs redacted (the EventHub's filter).
 
 Override any of them on the command line as usual (``--bind``, ``--threads``, ``-w``).
 """
@@ -37,6 +40,7 @@ from typing import Any
 
 from sidecar import logs
 from sidecar.config import LOG_LEVELS, Config, ConfigError, load, resolve_token
+from sidecar.platform import tune_malloc
 
 
 def _refuse(message: str) -> None:
@@ -121,7 +125,12 @@ def _check_broker(config: Config) -> None:
 
 
 def on_starting(server: Any) -> None:
-    """Check the configuration once, in the master: bad settings stop gunicorn at once."""
+    """Check the configuration once, in the master: bad settings stop gunicorn at once.
+
+    Also caps the allocator's arenas, as the CLI does (each worker does it again when its hub
+    starts): with a thread per WebSocket, glibc's arenas per thread kept ~5x the memory.
+    """
+    tune_malloc()
     try:
         config = resolve_token(load(), generate=False)
     except ConfigError as exc:
@@ -152,7 +161,11 @@ def post_worker_init(worker: Any) -> None:
     """Start the hub in this worker; on SIGTERM, close every WebSocket with 1001."""
     from sidecar.core.hub import PublishRefused
 
-    state = worker.wsgi.extensions["sidecar"]
+    state = getattr(worker.wsgi, "extensions", {}).get("sidecar")
+    if state is None:  # an app wrapped in middleware: its EventHub stops by itself on SIGTERM
+        worker.log.warning("sidecar: no EventHub on the WSGI app; not hooking SIGTERM")
+        return
+    state.gunicorn_hooked = True  # the closer below replaces the EventHub's own watcher
     try:
         state.ensure_started()
     except PublishRefused as exc:  # Redis is down: every request tries again (503 until then)

@@ -33,11 +33,12 @@ from ..protocol import PublishedSeqs, check_channel, personal_channel
 from .access import Authenticate
 from .api import api_blueprint, metrics_blueprint
 from .guards import Rejection, check_host, redact
+from .gunicorn_worker import current_worker, split_problem
 from .health import NAME as HEALTH
 from .health import health_blueprint
 from .pages import pages_blueprint
 from .session import EventHandler, ServerOptions, envelope_handler, reject, ws_blueprint
-from .state import SidecarState
+from .state import NotServing, SidecarState
 
 log = logging.getLogger("sidecar")
 
@@ -63,7 +64,7 @@ class _UpgradeHeaders:
 
 
 class _Redact(logging.Filter):
-    """Removes token values from Werkzeug's access log lines (``app.run()``, ``flask run``)."""
+    """Removes token values from the servers' log lines (:data:`SERVER_LOGGERS`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -73,10 +74,17 @@ class _Redact(logging.Filter):
         return True
 
 
+#: The servers' loggers whose lines may show a request target: Werkzeug's access log, and
+#: gunicorn's access and error logs (``Invalid request from …``, ``Error handling request``),
+#: with or without ``sidecar.gunicorn_conf``.
+SERVER_LOGGERS = ("werkzeug", "gunicorn.access", "gunicorn.error")
+
+
 def _install_redaction() -> None:
-    werkzeug_log = logging.getLogger("werkzeug")
-    if not any(isinstance(f, _Redact) for f in werkzeug_log.filters):
-        werkzeug_log.addFilter(_Redact())
+    for name in SERVER_LOGGERS:
+        server_log = logging.getLogger(name)
+        if not any(isinstance(f, _Redact) for f in server_log.filters):
+            server_log.addFilter(_Redact())
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,8 @@ class EventHub:
         config = self._config.with_options(**self._options) if self._config else None
         config = config or load(self._options, app_config=app.config)
         config = resolve_token(config, generate=False)
+        if (problem := split_problem(config, current_worker())) is not None:
+            raise ConfigError("--broker", problem)  # the worker fails to boot: gunicorn stops
         logs.hide(config.token)  # scrubbed from every line logged through sidecar.logs
         broker = _broker(config)
         hub = self._hub or Hub(config, autostart=True, sequencer=broker)
@@ -188,8 +198,12 @@ class EventHub:
             try:
                 if request.blueprint != HEALTH:  # liveness never starts anything
                     state.ensure_started()
-            except PublishRefused as exc:  # the broker: retried on the next request
+            except NotServing as exc:  # a gunicorn worker among several, without a broker
                 rejection: Rejection | None = Rejection(
+                    503, f"Service Unavailable: {exc}", "not-serving", {"Retry-After": "60"}
+                )
+            except PublishRefused as exc:  # the broker: retried on the next request
+                rejection = Rejection(
                     503, f"Service Unavailable: {exc}", "broker", {"Retry-After": "1"}
                 )
             else:
