@@ -34,6 +34,7 @@ from typing import Any
 from ..config import Config, ConfigError
 from ..core.hub import Hub, PublishRefused
 from ..logs import LogLimiter
+from ..protocol import CloseCode
 from .access import Access
 from .guards import OriginPolicy, allowed_hosts
 from .gunicorn_worker import adopt, current_worker, split_problem
@@ -44,6 +45,25 @@ log = logging.getLogger("sidecar")
 START_TIMEOUT = 5.0
 #: Sessions that ended, named by who ended them: ``client-close-1000``, ``slow-consumer`` …
 EndReason = str
+#: Close codes a client's close frame is counted under by number: the ones RFC 6455 and IANA
+#: define for frames, and the sidecar's own. Any other code (3000-4999 are the peer's to
+#: choose) counts as ``client-close-other``, so that clients cannot mint label values: 2,000
+#: codes made 2,000 series of ``sidecar_sessions_ended_total`` in 3.8 s.
+KNOWN_CLOSE_CODES = frozenset(
+    {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+    | {int(code) for code in CloseCode}
+)
+_CLIENT_CLOSE = "client-close-"
+
+
+def end_bucket(reason: EndReason) -> EndReason:
+    """``reason`` as counted: a client-chosen close code outside :data:`KNOWN_CLOSE_CODES`
+    becomes ``client-close-other``; everything else names a bounded set already."""
+    if reason.startswith(_CLIENT_CLOSE):
+        code = reason[len(_CLIENT_CLOSE) :]
+        if not code.isdecimal() or int(code) not in KNOWN_CLOSE_CODES:
+            return _CLIENT_CLOSE + "other"
+    return reason
 
 
 class Sessions:
@@ -83,7 +103,8 @@ class Sessions:
             self._idle.notify_all()
 
     def count_end(self, reason: EndReason) -> None:
-        """Count a finished session under ``reason``."""
+        """Count a finished session under ``reason`` (bucketed: :func:`end_bucket`)."""
+        reason = end_bucket(reason)
         with self._lock:
             self._ended[reason] = self._ended.get(reason, 0) + 1
 
