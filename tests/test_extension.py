@@ -198,3 +198,27 @@ def test_one_extension_serves_several_apps_inside_their_contexts() -> None:
         shared.client_count()
     for app in (first, second):
         app.extensions["sidecar"].hub.stop()
+
+
+def test_plain_dicts_are_events_for_send_to_client_and_broadcast_event(
+    sidecar_server: Any, sidecar_client: Any
+) -> None:
+    """Issue 19: ``send_to_client(client, {"type": …, "payload": …})`` was a 500 (or 1011)."""
+    app = _app_with_routes()
+    hub = EventHub(app, token=TOKEN, ping_interval=0)
+
+    @hub.on_message
+    def answer(client: Any, event: dict[str, Any]) -> None:
+        hub.send_to_client(client, {"type": "chat:ack", "payload": {"of": event["type"]}})
+
+    @app.post("/announce")
+    def announce() -> Any:
+        return jsonify(sent=hub.broadcast_event({"type": "app:announced", "payload": {}})), 201
+
+    server: ServedSidecar = sidecar_server(app)
+    client = sidecar_client(server)
+    client.send("chat:send", {"conversationId": "c", "content": "hi"})
+    ack = client.next("chat:ack")
+    assert ack["payload"] == {"of": "chat:send"} and "seq" not in ack
+    assert _post(server.url + "/announce", {}, token=None) == 201
+    assert client.next("app:announced")["seq"] == 1

@@ -28,7 +28,7 @@ from ..config import Config, ConfigError, load, resolve_token
 from ..core.client import Client, MessageHandler
 from ..core.hub import Hub, PublishRefused
 from ..core.identity import Authorize
-from ..envelope import Event
+from ..envelope import EventLike
 from ..protocol import PublishedSeqs, check_channel, personal_channel
 from .access import Authenticate
 from .api import api_blueprint, metrics_blueprint
@@ -244,7 +244,7 @@ class EventHub:
             if state is not None:
                 fn(state)
 
-    def send_to_user(self, user: str, event: Event) -> bool:
+    def send_to_user(self, user: str, event: EventLike) -> bool:
         """Publish ``event`` on ``user:<user>``: every tab and window of that user, on every
         worker, sequenced and recoverable (see :meth:`broadcast_event`)."""
         return self.hub.broadcast_event(event, personal_channel(user))
@@ -301,7 +301,7 @@ class EventHub:
         return state.hub
 
     # -- the hub's API -------------------------------------------------------------------------
-    def broadcast_event(self, event: Event, channel: str | None = None) -> bool:
+    def broadcast_event(self, event: EventLike, channel: str | None = None) -> bool:
         """Broadcast one event on ``channel`` (default: every client; see
         :meth:`Hub.broadcast_event`)."""
         return self.hub.broadcast_event(event, channel)
@@ -310,13 +310,13 @@ class EventHub:
         """Broadcast a pre-encoded envelope (see :meth:`Hub.broadcast`)."""
         return self.hub.broadcast(data, channel)
 
-    def broadcast_many(self, events: Iterable[Event], channel: str | None = None) -> int:
+    def broadcast_many(self, events: Iterable[EventLike], channel: str | None = None) -> int:
         """Broadcast several events as one batch, all or none (see :meth:`Hub.broadcast_many`)."""
         return self.hub.broadcast_many(events, channel)
 
     def publish(
         self,
-        events: Sequence[Event],
+        events: Sequence[EventLike],
         channel: str | None = None,
         *,
         idempotency_key: str | None = None,
@@ -325,7 +325,7 @@ class EventHub:
         once per ``idempotency_key`` (see :meth:`Hub.publish`)."""
         return self.hub.publish(events, channel, idempotency_key=idempotency_key)
 
-    def send_to_client(self, client: Client, event: Event) -> bool:
+    def send_to_client(self, client: Client, event: EventLike) -> bool:
         """Send one event to one client, without ``seq`` (see :meth:`Hub.send_to_client`)."""
         return self.hub.send_to_client(client, event)
 
