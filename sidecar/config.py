@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -63,6 +64,8 @@ class Option:
     metavar: str | None = None
     #: What is wrong with a value beyond bounds and choices (``None``: nothing).
     check: Callable[[Any], str | None] | None = None
+    #: A number of bytes: its text may carry a unit, as the README shows it (``16 MiB``).
+    size: bool = False
 
 
 def _opt(default: Any, help: str, **meta: Any) -> Any:
@@ -120,16 +123,25 @@ class Config:
     )
     queue_size: int = _opt(256, "writes queued per client before it is dropped (4008)", least=1)
     max_pending_bytes: int = _opt(
-        16 * MiB, "bytes queued per client before it is dropped (4008)", least=1, shown="16 MiB"
+        16 * MiB,
+        "bytes queued per client before it is dropped (4008)",
+        least=1,
+        shown="16 MiB",
+        size=True,
     )
     max_message_size: int = _opt(
-        64 * 1024, "largest client message, in UTF-8 bytes (1009)", least=1, shown="64 KiB"
+        64 * 1024,
+        "largest client message, in UTF-8 bytes (1009)",
+        least=1,
+        shown="64 KiB",
+        size=True,
     )
     max_event_bytes: int = _opt(
         1 * MiB,
         "largest event accepted for broadcast, in bytes of JSON (413)",
         least=1,
         shown="1 MiB",
+        size=True,
     )
     inbox_limit: int = _opt(
         65536, "events waiting for the hub thread before publishing is refused (503)", least=1
@@ -152,7 +164,7 @@ class Config:
     )
     history_size: int = _opt(1024, "broadcasts kept for resume; 0 = off", least=0)
     history_bytes: int = _opt(
-        8 * MiB, "bytes of broadcasts kept for resume; 0 = off", least=0, shown="8 MiB"
+        8 * MiB, "bytes of broadcasts kept for resume; 0 = off", least=0, shown="8 MiB", size=True
     )
     history_total_bytes: int = _opt(
         64 * MiB,
@@ -179,6 +191,7 @@ class Config:
         "bytes of replay per second one peer address may ask for (503 beyond); 0 = off",
         least=0,
         shown="32 MiB",
+        size=True,
     )
     compression: bool = _opt(False, "accept permessage-deflate (costs ~150 KiB per connection)")
     fast_path: bool = _opt(
@@ -355,10 +368,32 @@ def parse_value(name: str, text: str) -> Any:
         raise ValueError("is not a boolean (1/0, true/false, yes/no, on/off)")
     if kind is str:
         return text.strip().lower() if name in ("log_level", "log_format") else text
+    if OPTIONS[name].size:
+        return parse_size(text)
     try:
         return kind(text)
     except ValueError:
         raise ValueError(f"is not a valid {kind.__name__}") from None
+
+
+#: The units a size may carry (powers of 1024, as the README's option table shows them).
+SIZE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+_SIZE_RE = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*([a-z]*)\s*", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """A number of bytes from ``16MiB``, ``64 KiB``, ``1.5GiB`` or plain ``65536``.
+
+    Raises ``ValueError`` naming the accepted forms (``16MB`` is refused: MB or MiB?).
+    """
+    match = _SIZE_RE.fullmatch(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in SIZE_UNITS:
+        raise ValueError("is not a size: bytes, or a number with KiB, MiB or GiB (16MiB)")
+    value = float(match.group(1)) * SIZE_UNITS[unit]
+    if not value.is_integer():
+        raise ValueError("is not a whole number of bytes")
+    return int(value)
 
 
 def _coerce(name: str, value: Any, label: str) -> Any:

@@ -120,3 +120,61 @@ def test_a_broker_url_the_driver_cannot_take_is_refused(url: str, detail: str) -
 )
 def test_broker_urls_of_every_scheme_are_accepted(url: str) -> None:
     assert load(environ={"SIDECAR_BROKER": url}).broker == url
+
+
+# -- sizes written as the option table shows them (issue 19) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("16MiB", 16 << 20),
+        ("16 MiB", 16 << 20),
+        ("64 KiB", 64 << 10),
+        ("64kib", 64 << 10),
+        ("1GiB", 1 << 30),
+        ("1.5 MiB", 3 << 19),
+        ("65536", 65536),
+        ("4096 B", 4096),
+    ],
+)
+def test_sizes_take_the_units_the_option_table_shows(text: str, size: int) -> None:
+    assert load(environ={"SIDECAR_MAX_PENDING_BYTES": text}).max_pending_bytes == size
+    assert load({"history_bytes": text}, environ={}).history_bytes == size
+    assert load(app_config={"SIDECAR_REPLAY_RATE": text}, environ={}).replay_rate == size
+
+
+def test_every_size_option_takes_its_own_default_as_shown() -> None:
+    shown = {name: meta.shown for name, meta in OPTIONS.items() if meta.size}
+    assert set(shown) == {
+        "max_pending_bytes",
+        "max_message_size",
+        "max_event_bytes",
+        "history_bytes",
+        "replay_rate",
+    }
+    environ = {env_name(name): str(text) for name, text in shown.items()}
+    config = load(environ=environ)
+    assert all(getattr(config, name) == getattr(Config(), name) for name in shown)
+
+
+@pytest.mark.parametrize(
+    ("text", "detail"),
+    [
+        ("16MB", "is not a size"),
+        ("lots", "is not a size"),
+        ("1.5 B", "not a whole number"),
+        ("-1MiB", "must be at least 1"),
+    ],
+)
+def test_a_size_that_is_not_one_is_refused_naming_the_forms(text: str, detail: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(environ={"SIDECAR_MAX_MESSAGE_SIZE": text})
+    assert str(caught.value).startswith("SIDECAR_MAX_MESSAGE_SIZE") and detail in str(caught.value)
+
+
+def test_the_cli_takes_sizes_with_units() -> None:
+    from sidecar.cli import build_serve_parser
+
+    args = build_serve_parser().parse_args(["--max-event-bytes", "2MiB"])
+    assert args.max_event_bytes == 2 << 20
