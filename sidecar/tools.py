@@ -37,7 +37,29 @@ BAD_USAGE = 2
 
 
 def _base_url(args: argparse.Namespace) -> str:
-    return (args.url or os.environ.get("SIDECAR_URL") or DEFAULT_URL).rstrip("/")
+    """The sidecar's base URL (``--url``, ``SIDECAR_URL``, the default), as ``http(s)://…``.
+
+    The ready line's WebSocket URL works too (``ws://127.0.0.1:41231/ws`` is
+    ``http://127.0.0.1:41231``); anything else raises ``ValueError`` with one line.
+    """
+    label = "--url" if args.url else "SIDECAR_URL"
+    raw = (args.url or os.environ.get("SIDECAR_URL") or DEFAULT_URL).strip()
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        parts = urlsplit("")
+    scheme = parts.scheme.lower()
+    path = parts.path.rstrip("/")
+    if scheme in ("ws", "wss"):
+        scheme = {"ws": "http", "wss": "https"}[scheme]
+        path = path.removesuffix("/ws")
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"{label} must be the sidecar's URL, http://HOST:PORT (the ready line's url or "
+            f"ws), got {raw!r}"
+        )
+    return f"{scheme}://{parts.netloc}{path}"
 
 
 def _token() -> str | None:
@@ -61,9 +83,13 @@ def publish(args: argparse.Namespace) -> int:
     broker = args.broker or os.environ.get("SIDECAR_BROKER")
     if broker:
         return _publish_to_broker(args, broker, payload)
+    try:
+        base = _base_url(args)
+    except ValueError as exc:
+        return _fail(str(exc), BAD_USAGE)
     body = json.dumps({"type": args.type, "payload": payload}).encode()
     request = urllib.request.Request(
-        _base_url(args) + "/api/v1/events",
+        base + "/api/v1/events",
         data=body,
         method="POST",
         headers={"Content-Type": "application/json"},
@@ -82,7 +108,7 @@ def publish(args: argparse.Namespace) -> int:
             pass
         return _fail(f"{exc.code} {exc.reason}: {detail}")
     except (urllib.error.URLError, OSError) as exc:
-        return _fail(f"cannot reach {_base_url(args)}: {getattr(exc, 'reason', exc)}")
+        return _fail(f"cannot reach {base}: {getattr(exc, 'reason', exc)}")
     for event in answer.get("events", []):
         print(json.dumps(event, ensure_ascii=False))
     return 0
@@ -135,7 +161,10 @@ def tail(args: argparse.Namespace) -> int:
 
     A small single-threaded wsproto client: it reads, answers pings and prints.
     """
-    base = urlsplit(_base_url(args))
+    try:
+        base = urlsplit(_base_url(args))
+    except ValueError as exc:
+        return _fail(str(exc), BAD_USAGE)
     if base.scheme != "http":
         return _fail("tail supports http:// sidecar URLs only")
     target = "/ws" + ("?since=" + quote(args.since) if args.since else "")

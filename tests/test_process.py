@@ -333,3 +333,37 @@ def test_cli_publish_to_a_bad_broker_url_is_one_line(args: list[str], env: dict[
     assert result.returncode == 2 and result.stdout == "", result
     assert result.stderr.count("\n") == 1 and "broker" in result.stderr.lower(), result.stderr
     assert result.stderr.startswith("sidecar: ") and "Traceback" not in result.stderr
+
+
+def test_cli_publish_takes_the_ready_lines_ws_url_too(child):
+    """Issue 19: ``sidecar publish --url ws://…`` said "unknown url type"."""
+    c = child()
+    env = _env(SIDECAR_TOKEN=TOKEN)
+    ws = c.connect()
+    for url in (c.ready["ws"], c.ready["ws"].removesuffix("/ws"), c.ready["url"] + "/"):
+        published = subprocess.run(
+            [sys.executable, "-m", "sidecar", "publish", "--url", url, "app:hello", "{}"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=20,
+        )
+        assert published.returncode == 0, (url, published.stderr)
+        assert recv_json(ws)["type"] == "app:hello"
+    ws.close()
+
+
+@pytest.mark.parametrize("command", ["publish", "tail"])
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1:1", "127.0.0.1:3008", "http://", "http://h:x"])
+def test_cli_tools_refuse_a_url_that_is_not_the_sidecars_with_one_line(command, url):
+    args = ["app:x", "{}"] if command == "publish" else []
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", command, "--url", url, *args],
+        capture_output=True,
+        text=True,
+        env=_env(SIDECAR_TOKEN=TOKEN),
+        timeout=20,
+    )
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("sidecar: --url must be the sidecar's URL"), result.stderr
+    assert result.stderr.count("\n") == 1 and repr(url) in result.stderr
