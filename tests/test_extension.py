@@ -62,7 +62,10 @@ def _get(url: str, token: str | None = None, host: str | None = None) -> tuple[i
         request.add_header("Host", host)
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
+            body = response.read()
+            if response.headers.get_content_type() != "application/json":
+                return response.status, body
+            return response.status, json.loads(body)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
 
@@ -222,3 +225,24 @@ def test_plain_dicts_are_events_for_send_to_client_and_broadcast_event(
     assert ack["payload"] == {"of": "chat:send"} and "seq" not in ack
     assert _post(server.url + "/announce", {}, token=None) == 201
     assert client.next("app:announced")["seq"] == 1
+
+
+def test_an_eventhub_app_serves_metrics_under_its_api_prefix(sidecar_server: Any) -> None:
+    """Issue 19: ``/metrics`` was a 404 in an EventHub app unless ``metrics_path`` was passed,
+    which only a docstring said. It never takes the app's own ``/metrics``."""
+    app = _app_with_routes()
+
+    @app.get("/metrics")
+    def own_metrics() -> Any:
+        return jsonify(owner="the app")
+
+    EventHub(app, token=TOKEN)
+    server: ServedSidecar = sidecar_server(app)
+    status, body = _get(server.url + "/api/v1/metrics", TOKEN)
+    assert status == 200 and b"sidecar_clients" in body
+    assert _get(server.url + "/api/v1/metrics")[0] == 401  # the token, as for /api/v1/hub
+    assert _get(server.url + "/metrics") == (200, {"owner": "the app"})
+    elsewhere = _app_with_routes()
+    EventHub(elsewhere, token=TOKEN, api_prefix="/hub-api", metrics_path=None)
+    other: ServedSidecar = sidecar_server(elsewhere)
+    assert _get(other.url + "/hub-api/metrics", TOKEN)[0] == 404

@@ -87,6 +87,10 @@ def _install_redaction() -> None:
             server_log.addFilter(_Redact())
 
 
+#: Where an :class:`EventHub` serves ``/metrics`` unless told: under its API prefix.
+METRICS_UNDER_API = "{api_prefix}/metrics"
+
+
 @dataclass(frozen=True)
 class Routes:
     """Where :class:`EventHub` puts its routes."""
@@ -105,11 +109,13 @@ class EventHub:
     ``EventHub(app, token="…")`` or ``EventHub(**options)`` + ``init_app(app)``. ``options``
     are :class:`~sidecar.config.Config` fields (``queue_size=…``, ``broker="redis://…"``).
     ``ws_path`` and ``api_prefix`` place the routes; ``debug_page`` (a path, default none)
-    serves the debug page; ``metrics_path`` (default none; the sidecar's own app: ``/metrics``)
-    serves Prometheus metrics (the ``metrics`` extra); ``health_path`` (default none; the
-    sidecar's own app: ``/health``) serves liveness at it and at ``<path>/live``, readiness at
-    ``<path>/ready`` (:mod:`sidecar.web.health`); ``guard_all_routes`` applies the Host guard to
-    every route of the app (the sidecar's own app does), not only the hub's.
+    serves the debug page; ``metrics_path`` serves Prometheus metrics (the ``metrics`` extra;
+    token required) at ``/api/v1/metrics`` by default, under the hub's own prefix so that it
+    never takes an app's ``/metrics`` (``None``: none; the sidecar's own app: ``/metrics``);
+    ``health_path`` (default none; the sidecar's own app: ``/health``) serves liveness at it
+    and at ``<path>/live``, readiness at ``<path>/ready`` (:mod:`sidecar.web.health`);
+    ``guard_all_routes`` applies the Host guard to every route of the app (the sidecar's own
+    app does), not only the hub's.
     """
 
     def __init__(
@@ -121,7 +127,7 @@ class EventHub:
         ws_path: str = "/ws",
         api_prefix: str = "/api/v1",
         debug_page: str | None = None,
-        metrics_path: str | None = None,
+        metrics_path: str | None = METRICS_UNDER_API,
         guard_all_routes: bool = False,
         health_path: str | None = None,
         default_channel: bool = True,
@@ -134,6 +140,8 @@ class EventHub:
         self._authenticate: Authenticate | None = None
         self._authorize: Authorize | None = None
         #: Where the hub's routes go, and whether the Host guard covers the whole app.
+        if metrics_path is not None:
+            metrics_path = metrics_path.format(api_prefix=api_prefix.rstrip("/"))
         self.routes = Routes(
             ws_path, api_prefix, debug_page, metrics_path, guard_all_routes, health_path
         )
