@@ -831,3 +831,11 @@ def test_the_messages_of_refused_arguments() -> None:
 
 def test_the_documented_defaults() -> None:
     assert inspect.signature(Hub.stop).parameters["timeout"].default == 2.0
+
+
+def test_closed_says_whether_stop_was_called(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    assert not hub.closed and hub.is_running()
+    assert hub.stop(timeout=PATIENCE)
+    assert hub.closed and not hub.is_running()
+    assert Hub(autostart=True).closed is False
