@@ -246,3 +246,24 @@ def test_an_eventhub_app_serves_metrics_under_its_api_prefix(sidecar_server: Any
     EventHub(elsewhere, token=TOKEN, api_prefix="/hub-api", metrics_path=None)
     other: ServedSidecar = sidecar_server(elsewhere)
     assert _get(other.url + "/hub-api/metrics", TOKEN)[0] == 404
+
+
+@pytest.mark.parametrize("second", ["same", "another"])
+def test_init_app_twice_on_one_app_is_refused_and_leaves_it_whole(
+    second: str, sidecar_server: Any, sidecar_client: Any
+) -> None:
+    """Issue 19: the second call failed half-way ("Working outside of application context")
+    after replacing the app's hub state: the routes served one hub, the extension another."""
+    app = _app_with_routes()
+    hub = EventHub(token=TOKEN)
+    hub.init_app(app)
+    state = app.extensions["sidecar"]
+    again = hub if second == "same" else EventHub(token=TOKEN)
+    with pytest.raises(RuntimeError, match="already has an EventHub"):
+        again.init_app(app)
+    assert app.extensions["sidecar"] is state
+    server: ServedSidecar = sidecar_server(app)
+    client = sidecar_client(server)
+    with app.app_context():
+        assert hub.broadcast_event({"type": "app:whole", "payload": {}})
+    assert client.next()["type"] == "app:whole"

@@ -152,7 +152,16 @@ class EventHub:
 
     # -- setup -----------------------------------------------------------------------------
     def init_app(self, app: Flask) -> None:
-        """Add the hub's routes to ``app``; raises :class:`~sidecar.config.ConfigError`."""
+        """Add the hub's routes to ``app``; raises :class:`~sidecar.config.ConfigError`.
+
+        Once per app: a second call (from this extension or another) raises ``RuntimeError``
+        and changes nothing; every check runs before the app is touched.
+        """
+        if "sidecar" in app.extensions:
+            raise RuntimeError(
+                f"the app {app.name!r} already has an EventHub (init_app was called on it "
+                "before): one hub per app, initialised once"
+            )
         config = self._config.with_options(**self._options) if self._config else None
         config = config or load(self._options, app_config=app.config)
         config = resolve_token(config, generate=False)

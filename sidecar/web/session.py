@@ -268,6 +268,8 @@ class ServerOptions(Mapping[str, Any]):
     """
 
     def __init__(self, previous: Mapping[str, Any] | None) -> None:
+        if isinstance(previous, ServerOptions):  # never read through g outside a request
+            previous = previous.previous
         self.previous = dict(previous or {})
 
     def _current(self) -> Mapping[str, Any]:
