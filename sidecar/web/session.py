@@ -270,7 +270,7 @@ class ServerOptions(Mapping[str, Any]):
     def __init__(self, previous: Mapping[str, Any] | None) -> None:
         if isinstance(previous, ServerOptions):  # never read through g outside a request
             previous = previous.previous
-        self.previous = dict(previous or {})
+        self.previous: dict[str, Any] = dict(previous or {})
 
     def _current(self) -> Mapping[str, Any]:
         admission = g.get("sidecar_session")
