@@ -33,7 +33,7 @@ from ..protocol import PublishedSeqs, check_channel, personal_channel
 from .access import Authenticate
 from .api import api_blueprint, metrics_blueprint
 from .guards import Rejection, check_host, redact
-from .gunicorn_worker import current_worker, split_problem
+from .gunicorn_worker import current_worker, prepare_process, split_problem
 from .health import NAME as HEALTH
 from .health import health_blueprint
 from .pages import pages_blueprint
@@ -168,6 +168,7 @@ class EventHub:
         if (problem := split_problem(config, current_worker())) is not None:
             raise ConfigError("--broker", problem)  # the worker fails to boot: gunicorn stops
         logs.hide(config.token)  # scrubbed from every line logged through sidecar.logs
+        prepare_process()
         broker = _broker(config)
         hub = self._hub or Hub(config, autostart=True, sequencer=broker)
         state = SidecarState(config, hub, broker=broker)

@@ -24,7 +24,8 @@ a method of the worker), which any thread may read.
   1001, so the worker exits at once. ``sidecar.gunicorn_conf`` does this itself, from its own
   SIGTERM handler (it also makes gunicorn's ``graceful_timeout`` cover the drain).
 * **Memory.** The allocator's arenas are capped as the CLI caps them
-  (:func:`sidecar.platform.tune_malloc`).
+  (:func:`sidecar.platform.tune_malloc`), at ``init_app`` (before the worker's threads take
+  arenas of their own; in the master with ``--preload``), and again when the hub starts.
 
 Threads: :func:`adopt` runs once per process (``SidecarState.ensure_started``, under its start
 lock); the watcher thread only reads the worker's flag and stops the hub.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -82,6 +84,19 @@ def current_worker() -> Worker | None:
         return None
     kind = str(getattr(cfg, "worker_class_str", "") or type(owner).__name__)
     return Worker(workers, threads, kind, owner)
+
+
+def under_gunicorn() -> bool:
+    """Whether gunicorn serves this process: a worker, or the master loading the app with
+    ``--preload`` (its arbiter is imported there; nothing else imports it)."""
+    return "gunicorn.arbiter" in sys.modules
+
+
+def prepare_process() -> None:
+    """At ``init_app`` under gunicorn: cap the allocator's arenas now, in the main thread,
+    before the worker's threads take arenas of their own (a cap set later keeps those)."""
+    if under_gunicorn():
+        tune_malloc()
 
 
 def split_problem(config: Config, worker: Worker | None) -> str | None:
