@@ -36,14 +36,30 @@ DEFAULT_URL = "http://127.0.0.1:3008"
 BAD_USAGE = 2
 
 
+def _setting(given: str | None, var: str, flag: str) -> tuple[str | None, str]:
+    """A tool's setting and its name: the flag's value, else the variable's, else ``None``.
+
+    An empty value is refused (``ValueError``), as ``sidecar serve`` refuses one: it never
+    stands for "the default" (``SIDECAR_BROKER=`` must not quietly mean HTTP).
+    """
+    if given is not None:
+        if not given.strip():
+            raise ValueError(f"{flag} is empty: give a value, or leave it out")
+        return given, flag
+    text = os.environ.get(var)
+    if text is not None and not text.strip():
+        raise ValueError(f"{var} is empty: give a value, or unset it")
+    return text, var
+
+
 def _base_url(args: argparse.Namespace) -> str:
     """The sidecar's base URL (``--url``, ``SIDECAR_URL``, the default), as ``http(s)://…``.
 
     The ready line's WebSocket URL works too (``ws://127.0.0.1:41231/ws`` is
     ``http://127.0.0.1:41231``); anything else raises ``ValueError`` with one line.
     """
-    label = "--url" if args.url else "SIDECAR_URL"
-    raw = (args.url or os.environ.get("SIDECAR_URL") or DEFAULT_URL).strip()
+    given, label = _setting(args.url, "SIDECAR_URL", "--url")
+    raw = (given or DEFAULT_URL).strip()
     try:
         parts = urlsplit(raw)
         parts.port  # noqa: B018 - raises ValueError for a bad port
@@ -63,7 +79,7 @@ def _base_url(args: argparse.Namespace) -> str:
 
 
 def _token() -> str | None:
-    return os.environ.get("SIDECAR_TOKEN") or None
+    return _setting(None, "SIDECAR_TOKEN", "")[0]
 
 
 def _fail(message: str, status: int = 1) -> int:
@@ -80,11 +96,12 @@ def publish(args: argparse.Namespace) -> int:
         payload = json.loads(args.payload)
     except ValueError as exc:
         return _fail(f"payload is not JSON: {exc}")
-    broker = args.broker or os.environ.get("SIDECAR_BROKER")
-    if broker:
-        return _publish_to_broker(args, broker, payload)
     try:
-        base = _base_url(args)
+        broker, label = _setting(args.broker, "SIDECAR_BROKER", "--broker")
+        if broker is not None:
+            prefix = _setting(args.broker_prefix, "SIDECAR_BROKER_PREFIX", "--broker-prefix")[0]
+            return _publish_to_broker(args, (broker, label), prefix or "sidecar", payload)
+        base, token = _base_url(args), _token()
     except ValueError as exc:
         return _fail(str(exc), BAD_USAGE)
     body = json.dumps({"type": args.type, "payload": payload}).encode()
@@ -94,7 +111,6 @@ def publish(args: argparse.Namespace) -> int:
         method="POST",
         headers={"Content-Type": "application/json"},
     )
-    token = _token()
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -114,8 +130,10 @@ def publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def _publish_to_broker(args: argparse.Namespace, url: str, payload: Any) -> int:
-    label = "--broker" if args.broker else "SIDECAR_BROKER"
+def _publish_to_broker(
+    args: argparse.Namespace, broker: tuple[str, str], prefix: str, payload: Any
+) -> int:
+    url, label = broker
     if (problem := broker_url_problem(url)) is not None:
         return _fail(f"{label} {problem}", BAD_USAGE)
     try:
@@ -125,7 +143,6 @@ def _publish_to_broker(args: argparse.Namespace, url: str, payload: Any) -> int:
     from .core.hub import PublishRefused
     from .protocol import PublishOutcomeUnknown
 
-    prefix = args.broker_prefix or os.environ.get("SIDECAR_BROKER_PREFIX") or "sidecar"
     try:
         publisher = Publisher(url, prefix=prefix, timeout=args.timeout)
     except ValueError as exc:  # what the driver refuses in the URL
@@ -162,13 +179,13 @@ def tail(args: argparse.Namespace) -> int:
     A small single-threaded wsproto client: it reads, answers pings and prints.
     """
     try:
-        base = urlsplit(_base_url(args))
+        base, token = urlsplit(_base_url(args)), _token()
     except ValueError as exc:
         return _fail(str(exc), BAD_USAGE)
     if base.scheme != "http":
         return _fail("tail supports http:// sidecar URLs only")
     target = "/ws" + ("?since=" + quote(args.since) if args.since else "")
-    headers = [(b"Authorization", f"Bearer {token}".encode())] if (token := _token()) else []
+    headers = [(b"Authorization", f"Bearer {token}".encode())] if token else []
     try:
         sock = socket.create_connection((base.hostname, base.port or 80), timeout=args.timeout)
     except OSError as exc:

@@ -367,3 +367,30 @@ def test_cli_tools_refuse_a_url_that_is_not_the_sidecars_with_one_line(command, 
     assert result.returncode == 2, result
     assert result.stderr.startswith("sidecar: --url must be the sidecar's URL"), result.stderr
     assert result.stderr.count("\n") == 1 and repr(url) in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--broker", ""], {}, "--broker is empty"),
+        ([], {"SIDECAR_BROKER": ""}, "SIDECAR_BROKER is empty"),
+        (["--broker", "redis://127.0.0.1:1/0", "--broker-prefix", " "], {}, "--broker-prefix"),
+        ([], {"SIDECAR_BROKER": "redis://127.0.0.1:1/0", "SIDECAR_BROKER_PREFIX": ""}, "PREFIX"),
+        (["--url", ""], {}, "--url is empty"),
+        ([], {"SIDECAR_URL": ""}, "SIDECAR_URL is empty"),
+        ([], {"SIDECAR_TOKEN": ""}, "SIDECAR_TOKEN is empty"),
+    ],
+)
+def test_cli_publish_refuses_an_empty_setting_as_serve_does(args, env, named):
+    """Issue 19 item 2, in the tools: ``SIDECAR_BROKER=`` quietly published over HTTP, and an
+    empty prefix published to the default stream."""
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "publish", *args, "app:x", "{}"],
+        capture_output=True,
+        text=True,
+        env=_env(**env),
+        timeout=20,
+    )
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr.startswith("sidecar: ") and named in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1
