@@ -1,9 +1,10 @@
 """An app with an :class:`~sidecar.EventHub`, served by gunicorn in ``tests/test_gunicorn_apps.py``.
 
-Besides the hub's routes: ``/health``; ``POST /broadcast`` (the app's own code broadcasting,
-202 or 503); ``GET /arenas``, which starts 16 threads that each allocate through malloc and
-then reports how many arenas glibc's allocator has (``malloc_info``), so that a test can see
-whether the arenas were capped in this worker.
+Besides the hub's routes (and its health at ``/hub-health``): ``/health``;
+``POST /broadcast`` (the app's own code broadcasting, 202 or 503); ``GET /arenas``, which
+starts 16 threads that each allocate through malloc and then reports how many arenas glibc's
+allocator has (``malloc_info``), so that a test can see whether the arenas were capped in
+this worker.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def malloc_arenas() -> int:
 def create_app() -> Flask:
     """The app (options from ``SIDECAR_*`` variables)."""
     app = Flask(__name__)
-    hub = EventHub(app)
+    hub = EventHub(app, health_path="/hub-health")
 
     @app.get("/health")
     def health() -> Any:

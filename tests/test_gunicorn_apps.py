@@ -159,6 +159,7 @@ def test_with_preload_every_worker_refuses_the_hub_and_says_why(
     assert {served.get("/broadcast", method="POST")[0] for _ in range(6)} == {503}
     status, headers = served.get("/api/v1/hub")
     assert status == 503 and headers["Retry-After"]
+    assert {served.get("/hub-health/ready")[0] for _ in range(6)} == {503}  # never ready
     log = served.log()
     assert "sidecar: --broker is required with 2 gunicorn worker processes" in log, log
 

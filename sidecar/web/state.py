@@ -269,9 +269,12 @@ class SidecarState:
 
         ``starting`` (the hub, or with a broker its relay, has not started in this process),
         ``draining`` or ``stopping`` (a stop is under way), ``broker-disconnected`` (the
-        relay cannot read the stream) or ``broker-lagging`` (the relay is more than
-        ``--ready-max-lag`` events behind what Redis holds).
+        relay cannot read the stream), ``broker-lagging`` (the relay is more than
+        ``--ready-max-lag`` events behind what Redis holds) or ``not-serving`` (a gunicorn
+        worker among several without a broker: see :class:`NotServing`).
         """
+        if self._refusal is not None:
+            return "not-serving"
         if self.stopping is not None:
             return self.stopping
         if self._started_pid != os.getpid():
