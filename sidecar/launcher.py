@@ -241,11 +241,12 @@ class SidecarProcess:
     def _parse(self, line: bytes) -> dict[str, Any]:
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[" * 100_000, say
             message = None
         if not isinstance(message, dict):
             self._abort()
-            raise self._error("bad-ready-line", f"the first line is not a JSON object: {line!r}")
+            shown = f"{line[:300]!r}{' …' if len(line) > 300 else ''}"
+            raise self._error("bad-ready-line", f"the first line is not a JSON object: {shown}")
         if message.get("event") == "error":
             self._reap()
             raise self._error(str(message.get("error") or "error"), str(message.get("message")))

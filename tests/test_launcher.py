@@ -71,6 +71,24 @@ def test_a_first_line_off_the_contract_raises(line: str) -> None:
     assert info.value.error == "bad-ready-line"
 
 
+@pytest.mark.parametrize(
+    "line",
+    ['"[" * 100_000', "'{\"a\":' * 50_000", '"x" * 100_000', '"[" * 100 + "]" * 100'],
+    ids=["nested-arrays", "nested-objects", "over-64-KiB", "array"],
+)
+def test_a_hostile_first_line_is_a_launch_error_and_the_child_is_stopped(line: str) -> None:
+    """Issue 19 item 10: ``[`` x 100,000 raised RecursionError from start(), child running."""
+    child = SidecarProcess(_argv(f"print({line})", "import threading; threading.Event().wait(60)"))
+    try:
+        with pytest.raises(LaunchError) as info:
+            child.start(timeout=10)
+        assert info.value.error == "bad-ready-line"
+        assert len(info.value.message) < 400  # the line is shown cut short
+        assert child.returncode is not None  # killed and reaped, not left running
+    finally:
+        child.stop(timeout=0)
+
+
 def test_stop_escalates_to_sigkill_and_runs_on_hang_first() -> None:
     code = SERVES.replace("lambda *_: stop.set()", "signal.SIG_IGN")
     hung: list[int | None] = []

@@ -218,6 +218,17 @@ def _low_fd_limit() -> None:
         (["--parent-pid", "0"], {}, "bad-option", 2, "--parent-pid must be"),
         (["--parent-pid", "-4"], {}, "bad-option", 2, "--parent-pid must be"),
         (["--log-file", "/nonexistent/dir/log"], {}, "log-file", 6, "cannot write --log-file"),
+        # issue 19 item 2: an empty value is refused, never read as "off"
+        ([], {"SIDECAR_AUTH": ""}, "bad-option", 2, "SIDECAR_AUTH is empty"),
+        ([], {"SIDECAR_AUTH": " "}, "bad-option", 2, "SIDECAR_AUTH is empty"),
+        ([], {"SIDECAR_TOKEN": ""}, "bad-option", 2, "SIDECAR_TOKEN is empty"),
+        ([], {"SIDECAR_HOST": ""}, "bad-option", 2, "SIDECAR_HOST is empty"),
+        ([], {"SIDECAR_ALLOWED_ORIGINS": ""}, "bad-option", 2, "SIDECAR_ALLOWED_ORIGINS is empty"),
+        (["--allowed-origins", ""], {}, "bad-option", 2, "is empty"),
+        # issue 19 item 13: a broker URL without a scheme
+        (["--broker", "localhost:6379"], {}, "bad-option", 2, "--broker must be a Redis URL"),
+        ([], {"SIDECAR_BROKER": "localhost:6379"}, "bad-option", 2, "SIDECAR_BROKER must be"),
+        (["--broker", "redis://h:1/0?db=x"], {}, "bad-option", 2, "--broker cannot be used"),
     ],
 )
 def test_every_start_up_failure_is_one_json_line(args, env, error, status, message):
@@ -299,3 +310,87 @@ def test_cli_publish_reports_validation_errors(child):
     )
     assert result.returncode == 1
     assert "422" in result.stderr and "streamId" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--broker", "localhost:6379"], {}),
+        ([], {"SIDECAR_BROKER": "localhost:6379"}),
+        (["--broker", "redis://h:1/0?db=x"], {}),
+    ],
+    ids=["flag", "variable", "driver-refuses"],
+)
+def test_cli_publish_to_a_bad_broker_url_is_one_line(args: list[str], env: dict[str, str]):
+    """Issue 19 item 13: ``sidecar publish --broker localhost:6379`` was a traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "publish", *args, "app:x", "{}"],
+        capture_output=True,
+        text=True,
+        env=_env(**env),
+        timeout=20,
+    )
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr.count("\n") == 1 and "broker" in result.stderr.lower(), result.stderr
+    assert result.stderr.startswith("sidecar: ") and "Traceback" not in result.stderr
+
+
+def test_cli_publish_takes_the_ready_lines_ws_url_too(child):
+    """Issue 19: ``sidecar publish --url ws://…`` said "unknown url type"."""
+    c = child()
+    env = _env(SIDECAR_TOKEN=TOKEN)
+    ws = c.connect()
+    for url in (c.ready["ws"], c.ready["ws"].removesuffix("/ws"), c.ready["url"] + "/"):
+        published = subprocess.run(
+            [sys.executable, "-m", "sidecar", "publish", "--url", url, "app:hello", "{}"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=20,
+        )
+        assert published.returncode == 0, (url, published.stderr)
+        assert recv_json(ws)["type"] == "app:hello"
+    ws.close()
+
+
+@pytest.mark.parametrize("command", ["publish", "tail"])
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1:1", "127.0.0.1:3008", "http://", "http://h:x"])
+def test_cli_tools_refuse_a_url_that_is_not_the_sidecars_with_one_line(command, url):
+    args = ["app:x", "{}"] if command == "publish" else []
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", command, "--url", url, *args],
+        capture_output=True,
+        text=True,
+        env=_env(SIDECAR_TOKEN=TOKEN),
+        timeout=20,
+    )
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("sidecar: --url must be the sidecar's URL"), result.stderr
+    assert result.stderr.count("\n") == 1 and repr(url) in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--broker", ""], {}, "--broker is empty"),
+        ([], {"SIDECAR_BROKER": ""}, "SIDECAR_BROKER is empty"),
+        (["--broker", "redis://127.0.0.1:1/0", "--broker-prefix", " "], {}, "--broker-prefix"),
+        ([], {"SIDECAR_BROKER": "redis://127.0.0.1:1/0", "SIDECAR_BROKER_PREFIX": ""}, "PREFIX"),
+        (["--url", ""], {}, "--url is empty"),
+        ([], {"SIDECAR_URL": ""}, "SIDECAR_URL is empty"),
+        ([], {"SIDECAR_TOKEN": ""}, "SIDECAR_TOKEN is empty"),
+    ],
+)
+def test_cli_publish_refuses_an_empty_setting_as_serve_does(args, env, named):
+    """Issue 19 item 2, in the tools: ``SIDECAR_BROKER=`` quietly published over HTTP, and an
+    empty prefix published to the default stream."""
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "publish", *args, "app:x", "{}"],
+        capture_output=True,
+        text=True,
+        env=_env(**env),
+        timeout=20,
+    )
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr.startswith("sidecar: ") and named in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1

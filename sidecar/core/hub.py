@@ -52,7 +52,7 @@ from typing import Any
 
 from .. import frames
 from ..config import Config
-from ..envelope import Event, encode, loads_strict
+from ..envelope import Event, EventLike, as_event, encode, loads_strict
 from ..protocol import (
     DEFAULT_CHANNEL,
     MAX_FRAME_HEADER,
@@ -114,9 +114,10 @@ _MAX_REVOCATIONS = 65536
 StatusFactory = Callable[..., Event]
 
 
-def _broadcastable(events: Iterable[Event]) -> list[Event]:
-    """``events`` as a list, each checked by :func:`check_broadcast_type`."""
-    checked = list(events)
+def _broadcastable(events: Iterable[EventLike]) -> list[Event]:
+    """``events`` as a list of events (:func:`~sidecar.envelope.as_event`), each checked by
+    :func:`check_broadcast_type`."""
+    checked = [as_event(event) for event in events]
     for event in checked:
         check_broadcast_type(event.type)
     return checked
@@ -390,25 +391,26 @@ class Hub:
             raise ValueError("broadcast data must not carry channel: pass channel=")
         return self._publish_quietly([raw.strip()], channel)
 
-    def broadcast_event(self, event: Event, channel: str | None = None) -> bool:
-        """Encode ``event`` once and broadcast it to the subscribers of ``channel``.
+    def broadcast_event(self, event: EventLike, channel: str | None = None) -> bool:
+        """Encode ``event`` (an :class:`Event` or a ``{type, payload}`` dict) once and
+        broadcast it to the subscribers of ``channel``.
 
         Returns ``False`` if the hub is stopped or overloaded; raises ``ValueError`` if the
-        encoded event is larger than ``max_event_bytes``, its type may not be broadcast
-        (:func:`check_broadcast_type`) or ``channel`` is not a channel name: a caller's
-        bug, not a load condition.
+        encoded event is larger than ``max_event_bytes``, is not an envelope, its type may not
+        be broadcast (:func:`check_broadcast_type`) or ``channel`` is not a channel name: a
+        caller's bug, not a load condition.
         """
-        check_broadcast_type(event.type)
-        return self._publish_quietly([encode(event)], channel)
+        encoded = [encode(checked) for checked in _broadcastable([event])]
+        return self._publish_quietly(encoded, channel)
 
-    def broadcast_many(self, events: Iterable[Event], channel: str | None = None) -> int:
+    def broadcast_many(self, events: Iterable[EventLike], channel: str | None = None) -> int:
         """Broadcast several events, in order, as one batch: all are accepted or none (0)."""
         encoded = [encode(event) for event in _broadcastable(events)]
         return len(encoded) if encoded and self._publish_quietly(encoded, channel) else 0
 
     def publish(
         self,
-        events: Sequence[Event],
+        events: Sequence[EventLike],
         channel: str | None = None,
         *,
         idempotency_key: str | None = None,
@@ -490,12 +492,15 @@ class Hub:
             return False
         return True
 
-    def send_to_client(self, client: Client, event: Event) -> bool:
-        """Send ``event`` (without ``seq``) to one client. Never blocks, never raises.
+    def send_to_client(self, client: Client, event: EventLike) -> bool:
+        """Send ``event`` (an :class:`Event` or a ``{type, payload}`` dict; without ``seq``)
+        to one client. Never blocks.
 
         ``False`` if the client is gone, its queue is full, the hub is overloaded, or the
-        event is larger than ``max_event_bytes`` (logged).
+        event is larger than ``max_event_bytes`` (logged). Raises only for what is not an
+        event at all (:func:`~sidecar.envelope.as_event`: a caller's bug).
         """
+        event = as_event(event)
         data = encode(event)
         if len(data) > self.max_event_bytes:
             log.warning(

@@ -157,6 +157,51 @@ def test_the_librarys_writes_are_cut_after_a_close_frame() -> None:
     theirs.close()
 
 
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (frames.build_frame(frames.OP_TEXT, b"x", rsv=4), CloseCode.PROTOCOL_ERROR),
+        (frames.build_frame(0xB, b"x"), CloseCode.PROTOCOL_ERROR),
+        (frames.build_frame(frames.OP_CLOSE, frames.close_payload(4321)), 4321),
+    ],
+    ids=["rsv", "reserved-opcode", "peer-close"],
+)
+def test_a_close_after_the_library_decided_to_close_never_overtakes_its_close_frame(
+    make_wire: WireFactory, frame: bytes, code: int
+) -> None:
+    """The library wakes ``receive`` before it writes its close frame; ours must wait for it.
+
+    The library's write is held at a gate, so the window that a busy machine opens about once
+    in a hundred sessions stays open here every time.
+    """
+    wire, peer = make_wire()
+    guarded = wire.conn.socket
+    library_send, entered, gate = guarded.send, threading.Event(), threading.Event()
+
+    def held(data: bytes | bytearray) -> int:
+        if bytes(data[:1]) == bytes((0x80 | frames.OP_CLOSE,)):
+            entered.set()
+            gate.wait(PATIENCE)
+        return library_send(data)
+
+    guarded.send = held  # type: ignore[method-assign]
+
+    def session_end() -> None:
+        with pytest.raises(Ended):
+            while True:
+                wire.conn.receive(timeout=PATIENCE)
+        wire.conn.close(CloseCode.NORMAL)  # what the session does once receive has ended
+
+    peer.sock.sendall(frame)
+    assert entered.wait(PATIENCE), "the library never wrote a close frame"
+    ending = Writer(session_end)
+    assert not ending.done.wait(0.2), "receive ended before the library's close frame was out"
+    gate.set()
+    assert ending.wait() is None
+    wire.conn.shutdown()
+    assert [f.close_code for f in peer.to_eof()] == [code]
+
+
 def test_the_librarys_1009_counts_as_the_servers_close(make_wire: WireFactory) -> None:
     wire, peer = make_wire(max_message_size=10)
     peer.send(frames.OP_TEXT, b"x" * 11)
