@@ -1038,9 +1038,10 @@ class Hub:
         """Close every client whose identity has expired (4401: authenticate again)."""
         while self._expiries and self._expiries[0][0] <= now:
             _deadline, _id, client = heapq.heappop(self._expiries)
-            why = "its identity expired"
-            if self._drop(client, CloseCode.IDENTITY_EXPIRED, "identity expired", why):
+            if client in self._clients:  # counted before the close frame can be read
                 self.stats.expired += 1
+                why = "its identity expired"
+                self._drop(client, CloseCode.IDENTITY_EXPIRED, "identity expired", why)
 
     def _remove(self, client: Client) -> bool:
         if client not in self._clients:
