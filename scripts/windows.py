@@ -153,15 +153,17 @@ def wine_session() -> Iterator[dict[str, str]]:
     quiet: dict[str, Any] = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "env": env}
     PREFIX.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([server, "-p"], stderr=subprocess.DEVNULL, check=False, timeout=60, **quiet)
-    boot = subprocess.run(
-        [wine, "wineboot", "--init"],
-        stderr=subprocess.PIPE,
-        check=False,
-        timeout=SETUP_TIMEOUT,
-        **quiet,
-    )
-    if boot.returncode != 0:
-        raise Unavailable(f"wineboot failed ({boot.returncode}): {boot.stderr[-2000:]!r}")
+    with tempfile.TemporaryFile() as errors:  # not a pipe: Wine's services would inherit it
+        boot = subprocess.run(
+            [wine, "wineboot", "--init"],
+            stderr=errors,
+            check=False,
+            timeout=SETUP_TIMEOUT,
+            **quiet,
+        )
+        errors.seek(0)
+        if boot.returncode != 0:
+            raise Unavailable(f"wineboot failed ({boot.returncode}): {errors.read()[-2000:]!r}")
     try:
         yield env
     finally:
