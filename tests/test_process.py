@@ -187,6 +187,16 @@ def test_the_launchers_stop_closes_every_client_with_1001_and_exits_0(graceful):
     assert process.tracebacks() == []
 
 
+def test_the_conformance_app_honours_the_stdin_stop():
+    """``python -m sidecar.conformance`` (scripts/autobahn's server) takes the serve options:
+    ``--exit-on-stdin-eof`` must stop it, or the launcher has to kill it on Windows."""
+    argv = [sys.executable, "-m", "sidecar.conformance", "--port", "0", "--exit-on-stdin-eof"]
+    with SidecarProcess(argv, env=_env(SIDECAR_TOKEN=TOKEN), graceful="stdin") as process:
+        ws = _connect(process.ready["ws"])
+    assert recv_close(ws) == 1001
+    assert (process.returncode, process.killed) == (0, False)
+
+
 def test_the_default_stop_is_the_oss_graceful_one():
     process = SidecarProcess(env=_env(SIDECAR_TOKEN=TOKEN))
     if sys.platform == "win32":
