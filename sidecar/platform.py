@@ -643,11 +643,12 @@ def raise_fd_limit(needed: int) -> int | None:
 
 # -- binding -----------------------------------------------------------------------------
 
-#: Whether ``shutdown(SHUT_RDWR)`` wakes a thread blocked in ``recv`` or ``select`` on the same
-#: socket. POSIX: yes (the call returns end of file). Windows: no: Winsock completes neither
-#: (seen under Wine; Windows documents only ``closesocket`` as cancelling a pending blocking
-#: call, with ``WSAEINTR``), so a reader blocked on a silent peer ends when the server closes
-#: the socket after the request, not at the shutdown.
+#: Whether ``shutdown(SHUT_RDWR)`` wakes a thread blocked in ``recv``, ``select`` or ``send`` on
+#: the same socket. POSIX: yes (end of file, or an error). Windows: no: Winsock completes none
+#: of them (seen under Wine; Windows documents only ``closesocket`` as cancelling a pending
+#: blocking call, with ``WSAEINTR``). So there a reader blocked on a silent peer ends when the
+#: server closes the socket after the request, and a writer blocked on a stalled peer at its
+#: write deadline (``SO_SNDTIMEO``), not at the shutdown.
 SHUTDOWN_WAKES_READERS = sys.platform != "win32"
 
 #: Whether a server may set ``SO_REUSEADDR`` (``allow_reuse_address``). On POSIX it only

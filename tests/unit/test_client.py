@@ -192,7 +192,9 @@ def test_abort_while_the_writer_holds_the_lock(
     make_wire: WireFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    client, wire, peer = on_wire(make_wire)
+    # POSIX: the abort's shutdown wakes the blocked writer; Windows: it does not (Winsock), and
+    # the writer ends at its write deadline: a short one, so that both end within PATIENCE
+    client, wire, peer = on_wire(make_wire, deadline=1.0)
     client.offer(BIG)
     client.offer(BIG)
     wait_until(lambda: wire.conn.socket.lock.locked())  # the writer is blocked in its write
