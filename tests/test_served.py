@@ -8,13 +8,14 @@ blocked on a socket (:data:`sidecar.platform.SHUTDOWN_WAKES_READERS`).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import pytest
 import websocket
 
 from sidecar.pytest_plugin import serve
-from tests.conftest import recv_close, recv_json, wait_for
+from tests.conftest import recv_close, recv_json
 from tests.rawws import RawWS
 
 CLOSE_TIMEOUT = 0.5
@@ -33,11 +34,23 @@ def test_stop_closes_every_client_with_1001():
     ]
     for ws in clients:
         assert recv_json(ws)["type"] == "connection:status"
+    codes: list[int | None] = []
+
+    def answer(ws: websocket.WebSocket) -> None:  # as a browser does: close answered, TCP closed
+        codes.append(recv_close(ws))
+        ws.send_close()
+        ws.shutdown()
+
+    readers = [threading.Thread(target=answer, args=(ws,)) for ws in clients]
+    for reader in readers:
+        reader.start()
+    started = time.monotonic()
     served.stop()
-    for ws in clients:
-        assert recv_close(ws) == 1001
-        ws.close()
-    assert not served.thread.is_alive()
+    assert time.monotonic() - started < 2  # no session waited for its close timeout
+    for reader in readers:
+        reader.join(5)
+    assert codes == [1001, 1001]
+    assert served.state.sessions.active == 0 and not served.thread.is_alive()
 
 
 def test_a_client_that_never_answers_the_close_costs_the_close_timeout_and_no_alarm(
@@ -46,9 +59,10 @@ def test_a_client_that_never_answers_the_close_costs_the_close_timeout_and_no_al
     """On Windows the session used to wait one more second for a reader that only the
     server's close of the socket can wake, and to log that it was still running."""
     served = serve(close_timeout=CLOSE_TIMEOUT)
-    silent = RawWS.connect(served.port, token=served.token)  # reads nothing, answers nothing
+    silent = RawWS.connect(served.port, token=served.token)
     try:
-        wait_for(lambda: served.state.sessions.active == 1)
+        greeting = silent.read_frame()  # registered with the hub; from here on it is silent
+        assert greeting is not None and b"connection:status" in greeting.payload
         started = time.monotonic()
         served.stop()
         elapsed = time.monotonic() - started
