@@ -99,6 +99,8 @@ LEG_TESTS = (
 LEG_TIMEOUT = 900
 SETUP_TIMEOUT = 300
 BUILD_TIMEOUT = 600
+#: Seconds the wineserver outlives the last Wine program (it is killed at a session's end).
+SERVER_LINGER = 300
 
 
 class Unavailable(Exception):
@@ -157,7 +159,10 @@ def wine_session() -> Iterator[dict[str, str]]:
     server = shutil.which("wineserver") or str(Path(wine).with_name("wineserver"))
     quiet: dict[str, Any] = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "env": env}
     PREFIX.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([server, "-p"], stderr=subprocess.DEVNULL, check=False, timeout=60, **quiet)
+    # persistent while the session lasts (-k below), and 5 minutes after the last Wine program
+    # at most if this process is killed first
+    linger = f"-p{SERVER_LINGER}"
+    subprocess.run([server, linger], stderr=subprocess.DEVNULL, check=False, timeout=60, **quiet)
     with tempfile.TemporaryFile() as errors:  # not a pipe: Wine's services would inherit it
         boot = subprocess.run(
             [wine, "wineboot", "--init"],
