@@ -265,7 +265,9 @@ class GuardedSocket:
             self.shutdown()
 
     def shutdown(self) -> None:
-        """Shut both directions down, waking any thread blocked on the socket. Never raises."""
+        """Shut both directions down, waking any thread blocked on the socket (on POSIX; on
+        Windows a blocked ``recv`` or ``select`` goes on until the socket is closed: see
+        :data:`~sidecar.platform.SHUTDOWN_WAKES_READERS`). Never raises."""
         try:
             self.raw.shutdown(socket.SHUT_RDWR)
         except OSError:

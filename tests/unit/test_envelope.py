@@ -36,6 +36,7 @@ def test_timestamps_are_go_style_rfc3339_in_utc(moment: datetime, text: str) -> 
     assert rfc3339_utc(moment) == text
 
 
+@pytest.mark.posix_only("time.tzset (a zone change at run time) exists only on POSIX")
 def test_timestamps_are_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TZ", "Asia/Tokyo")
     time.tzset()
