@@ -580,12 +580,19 @@ class Hub:
             requests = [ChannelRequest(DEFAULT_CHANNEL, since, backfill=tuple(backfill))]
         notes = [_frame_of(event) for event in notices]
         if self._local is None:
-            self._inbox.put(Register(client, tuple(requests), greet, tuple(notes)))
-            return True
+            return self._put_while_running(Register(client, tuple(requests), greet, tuple(notes)))
         with self._local.lock:  # origins read in inbox order
             granted = self._local_origins(requests, notes)
-            self._inbox.put(Register(client, granted, greet, tuple(notes)))
-        return True
+            return self._put_while_running(Register(client, granted, greet, tuple(notes)))
+
+    def _put_while_running(self, command: Command) -> bool:
+        """Queue ``command`` unless the hub has stopped (the stop drains what was queued
+        before it under the same lock, so nothing queued is left unanswered)."""
+        with self._pending_lock:
+            if not self._running.is_set():
+                return False
+            self._inbox.put(command)
+            return True
 
     def _local_origins(
         self, requests: Sequence[ChannelRequest], notes: list[bytes]
@@ -704,12 +711,25 @@ class Hub:
             if isinstance(command, Deliver):
                 held = self._fan_out(command)
             elif isinstance(command, Stop):
-                self._running.clear()
-                self._close_all(command.code, command.reason)
-                self._wake_waiters()  # a resume waiting for a seq gives up now
+                self._stop(command)
                 return
             elif command is not None:
                 self._dispatch(command)
+
+    def _stop(self, stop: Stop) -> None:
+        """Close every client, and every one still waiting in the inbox to register."""
+        with self._pending_lock:
+            self._running.clear()  # from here on nothing more is queued to register
+        self._close_all(stop.code, stop.reason)
+        while True:
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(command, Register):
+                command.client.gone = True
+                command.client.request_close(stop.code, stop.reason)
+        self._wake_waiters()  # a resume waiting for a seq gives up now
 
     def _dispatch(self, command: Command) -> None:
         match command:

@@ -839,3 +839,20 @@ def test_closed_says_whether_stop_was_called(make_hub: HubFactory) -> None:
     assert hub.stop(timeout=PATIENCE)
     assert hub.closed and not hub.is_running()
     assert Hub(autostart=True).closed is False
+
+
+def test_a_client_registering_while_the_hub_stops_is_closed_not_forgotten(
+    make_hub: HubFactory,
+) -> None:
+    hub = make_hub()
+    blocker = Blocker(hub)
+    hub.stop(timeout=0)  # the stop waits in the inbox behind the blocker
+    client, transport = new_client()
+    queued = hub.register(client)  # still accepted: the hub thread has not seen the stop
+    blocker.release()
+    assert hub._stopped.wait(PATIENCE)
+    if queued:
+        transport.wait_closed()
+        assert transport.closes[0][0] == CloseCode.GOING_AWAY
+    assert client.gone
+    assert not hub.register(new_client()[0])  # after the stop: refused at once
