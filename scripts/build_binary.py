@@ -14,10 +14,11 @@ The executable is named with the target triple, as Tauri's ``externalBin`` expec
 line, the executable's absolute path, so ``"$(scripts/build-binary | tail -n 1)"`` is the
 binary. PyInstaller's own output goes to stderr.
 
-Builds are cached under ``.tools/binary/<mode>-<key>/`` (gitignored); the key hashes the
+Builds are cached under ``.tools/binary/<mode>-<triple>-<key>/`` (gitignored); the key hashes the
 package's files (``sidecar/**``: sources and ``static/``), ``setup.cfg``, this script, the
 versions of Python, PyInstaller and the runtime dependencies, and the target. A second run
-with the same key prints the cached build at once; older builds of the same mode are removed.
+with the same key prints the cached build at once; older builds of the same mode and target
+are removed (a checkout also builds the Windows binary under Wine: the two stay side by side).
 A build is made in a temporary folder and renamed into place, so concurrent runs never see a
 half-made one. After building, it checks that the modules the sidecar imports lazily and the
 ``static/`` files are inside, and runs ``<binary> --version``.
@@ -214,9 +215,9 @@ def check_runs(executable: Path) -> None:
         )
 
 
-def remove_older(mode: str, keep: Path) -> None:
-    """Remove the cached builds of ``mode`` other than ``keep``."""
-    for old in CACHE.glob(f"{mode}-*"):
+def remove_older(mode: str, triple: str, keep: Path) -> None:
+    """Remove the cached builds of ``mode`` for ``triple`` other than ``keep``."""
+    for old in CACHE.glob(f"{mode}-{triple}-*"):
         if old != keep and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
 
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "onefile" if args.onefile else "onedir"
     triple = target_triple()
     name = f"sidecar-{triple}"
-    final = CACHE / f"{mode}-{cache_key(mode, triple)}"
+    final = CACHE / f"{mode}-{triple}-{cache_key(mode, triple)}"
     manifest_path = final / "build.json"
     if manifest_path.is_file() and not args.force:
         manifest = json.loads(manifest_path.read_text())
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"building {name} ({mode}) with PyInstaller {_version('pyinstaller')}")
         manifest = build(mode, name, final)
         how = f"built in {manifest['seconds']:.1f} s"
-    remove_older(mode, final)
+    remove_older(mode, triple, final)
     executable = executable_path(final, mode, name)
     shipped = executable if mode == "onefile" else executable.parent
     layout = "one file" if mode == "onefile" else "one folder"

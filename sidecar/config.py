@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from .protocol import TOKEN_RE
 
@@ -40,7 +42,7 @@ DEFAULT_ORIGINS: tuple[str, ...] = (
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json", "auto")
 _TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
+_FALSE = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,10 @@ class Option:
     #: How the options reference shows the default, when ``repr`` would not do.
     shown: str | None = None
     metavar: str | None = None
+    #: What is wrong with a value beyond bounds and choices (``None``: nothing).
+    check: Callable[[Any], str | None] | None = None
+    #: A number of bytes: its text may carry a unit, as the README shows it (``16 MiB``).
+    size: bool = False
 
 
 def _opt(default: Any, help: str, **meta: Any) -> Any:
@@ -67,6 +73,27 @@ def _opt(default: Any, help: str, **meta: Any) -> Any:
 
 
 MiB = 1 << 20
+#: The URL schemes of a Redis broker (what redis-py's ``from_url`` takes).
+BROKER_SCHEMES = ("redis", "rediss", "unix")
+
+
+def broker_url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a broker URL (``None``: it can be used).
+
+    Checked here, once, so that ``--broker localhost:6379`` is one clear line everywhere
+    (``serve``, ``publish``, ``EventHub``, gunicorn) rather than the driver's traceback.
+    """
+    example = "redis://HOST:PORT/DB, rediss://… or unix:///PATH"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError:
+        return f"has a bad port: expected {example}, got {url!r}"
+    if parts.scheme.lower() not in BROKER_SCHEMES:
+        return f"must be a Redis URL ({example}), got {url!r}"
+    if parts.scheme.lower() == "unix" and not parts.path:
+        return f"names no socket path: expected unix:///PATH, got {url!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -96,16 +123,25 @@ class Config:
     )
     queue_size: int = _opt(256, "writes queued per client before it is dropped (4008)", least=1)
     max_pending_bytes: int = _opt(
-        16 * MiB, "bytes queued per client before it is dropped (4008)", least=1, shown="16 MiB"
+        16 * MiB,
+        "bytes queued per client before it is dropped (4008)",
+        least=1,
+        shown="16 MiB",
+        size=True,
     )
     max_message_size: int = _opt(
-        64 * 1024, "largest client message, in UTF-8 bytes (1009)", least=1, shown="64 KiB"
+        64 * 1024,
+        "largest client message, in UTF-8 bytes (1009)",
+        least=1,
+        shown="64 KiB",
+        size=True,
     )
     max_event_bytes: int = _opt(
         1 * MiB,
         "largest event accepted for broadcast, in bytes of JSON (413)",
         least=1,
         shown="1 MiB",
+        size=True,
     )
     inbox_limit: int = _opt(
         65536, "events waiting for the hub thread before publishing is refused (503)", least=1
@@ -128,7 +164,7 @@ class Config:
     )
     history_size: int = _opt(1024, "broadcasts kept for resume; 0 = off", least=0)
     history_bytes: int = _opt(
-        8 * MiB, "bytes of broadcasts kept for resume; 0 = off", least=0, shown="8 MiB"
+        8 * MiB, "bytes of broadcasts kept for resume; 0 = off", least=0, shown="8 MiB", size=True
     )
     history_total_bytes: int = _opt(
         64 * MiB,
@@ -155,6 +191,7 @@ class Config:
         "bytes of replay per second one peer address may ask for (503 beyond); 0 = off",
         least=0,
         shown="32 MiB",
+        size=True,
     )
     compression: bool = _opt(False, "accept permessage-deflate (costs ~150 KiB per connection)")
     fast_path: bool = _opt(
@@ -189,6 +226,7 @@ class Config:
         "Redis URL of the backplane for several workers or hosts (redis://, rediss://, unix://)",
         kind=str,
         metavar="URL",
+        check=broker_url_problem,
     )
     broker_prefix: str = _opt("sidecar", "prefix of the broker's Redis keys", metavar="PREFIX")
     ready_max_lag: int = _opt(
@@ -267,6 +305,10 @@ def _problem(config: Config) -> tuple[str, str] | None:
         value = getattr(config, name)
         if value is None:
             continue
+        if is_empty(value):
+            return flag_name(name), empty_detail(name)
+        if meta.check is not None and (problem := meta.check(value)) is not None:
+            return flag_name(name), problem
         if meta.choices is not None and value not in meta.choices:
             return flag_name(name), f"must be one of {', '.join(meta.choices)}, got {value!r}"
         if meta.least is None and meta.most is None:
@@ -283,11 +325,37 @@ def _problem(config: Config) -> tuple[str, str] | None:
     return None
 
 
+def is_empty(value: Any) -> bool:
+    """Whether ``value`` is empty: a blank string, or an empty origin list."""
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, tuple | list | set | frozenset) and not value
+
+
+def empty_detail(name: str) -> str:
+    """Why an empty value of ``name`` is refused, and what to do instead.
+
+    One rule for every option and every source: an empty value (``SIDECAR_AUTH=``, an
+    env-file line, a compose ``${VAR}`` whose VAR is unset) never stands for a setting, least
+    of all for "off"; it is refused, and unsetting the variable gives the default.
+    """
+    if name == "token":
+        return "is empty: set the token, or unset it (the CLI then generates one)"
+    default = _shown_default(name)
+    if "](" in default:  # a README link: say it in words
+        default = "the built-in list"
+    if _DEFAULTS[name] is None:
+        return "is empty: give a value, or unset it"
+    return f"is empty: give a value, or unset it for the default ({default})"
+
+
 def parse_value(name: str, text: str) -> Any:
     """Parse the text form of field ``name`` (an env value, a flag's argument).
 
-    Raises ``ValueError`` with a short reason.
+    Raises ``ValueError`` with a short reason (an empty text is refused: :func:`empty_detail`).
     """
+    if not text.strip():
+        raise ValueError(empty_detail(name))
     kind = _kind(name)
     if kind is tuple:
         return tuple(part.strip() for part in text.split(",") if part.strip())
@@ -300,14 +368,38 @@ def parse_value(name: str, text: str) -> Any:
         raise ValueError("is not a boolean (1/0, true/false, yes/no, on/off)")
     if kind is str:
         return text.strip().lower() if name in ("log_level", "log_format") else text
+    if OPTIONS[name].size:
+        return parse_size(text)
     try:
         return kind(text)
     except ValueError:
         raise ValueError(f"is not a valid {kind.__name__}") from None
 
 
+#: The units a size may carry (powers of 1024, as the README's option table shows them).
+SIZE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+_SIZE_RE = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*([a-z]*)\s*", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """A number of bytes from ``16MiB``, ``64 KiB``, ``1.5GiB`` or plain ``65536``.
+
+    Raises ``ValueError`` naming the accepted forms (``16MB`` is refused: MB or MiB?).
+    """
+    match = _SIZE_RE.fullmatch(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in SIZE_UNITS:
+        raise ValueError("is not a size: bytes, or a number with KiB, MiB or GiB (16MiB)")
+    value = float(match.group(1)) * SIZE_UNITS[unit]
+    if not value.is_integer():
+        raise ValueError("is not a whole number of bytes")
+    return int(value)
+
+
 def _coerce(name: str, value: Any, label: str) -> Any:
     """``value`` from a source other than text: checked for its type, parsed if a string."""
+    if is_empty(value):
+        raise ConfigError(label, empty_detail(name))
     if isinstance(value, str) and _kind(name) is not str:
         try:
             return parse_value(name, value)
@@ -335,13 +427,14 @@ def _env_source(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
             continue
         text = environ[var]
         if name == "token":
-            if text:
-                changes[name] = (text, var)
+            if not text.strip():
+                raise ConfigError(var, empty_detail(name))
+            changes[name] = (text, var)
             continue
         try:
             changes[name] = (parse_value(name, text), var)
         except ValueError as exc:
-            raise ConfigError(f"{var}={text!r}", str(exc)) from None
+            raise ConfigError(var if not text.strip() else f"{var}={text!r}", str(exc)) from None
     return changes
 
 

@@ -108,8 +108,10 @@ def conformance_app(config: Config | None = None) -> Flask:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sidecar.conformance``: serve the conformance app until SIGINT/SIGTERM."""
-    from .cli import build_serve_parser, fail
+    """``python -m sidecar.conformance``: serve the conformance app until a stop signal, or
+    the end of stdin (``--exit-on-stdin-eof``, the stop of a Windows child) or of the parent
+    (``--parent-pid``), as ``sidecar serve`` does."""
+    from .cli import _watchers, build_serve_parser, fail
     from .server import StartupError, run
 
     parser = build_serve_parser()
@@ -123,7 +125,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             line["echo"] = line["ws"].rsplit("/", 1)[0] + ECHO_PATH
             log.warning("conformance app (test only) listening on %s", line["url"])
 
-        return run(config, app=conformance_app(config), show_token=True, ready_extra=add_echo)
+        return run(
+            config,
+            app=conformance_app(config),
+            show_token=True,
+            ready_extra=add_echo,
+            watchers=_watchers(config.parent_pid, config.exit_on_stdin_eof),
+        )
     except ConfigError as exc:
         return fail("bad-option", str(exc))
     except StartupError as exc:

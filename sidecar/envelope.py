@@ -62,6 +62,32 @@ def new_event(event_type: str, payload: Mapping[str, Any]) -> Event:
     return Event(event_type, payload)
 
 
+#: What the hub's methods take as an event: an :class:`Event`, or a plain ``{type, payload}``.
+EventLike = Event | Mapping[str, Any]
+_ENVELOPE_KEYS = frozenset({"type", "payload"})
+
+
+def as_event(value: EventLike) -> Event:
+    """``value`` as an :class:`Event`: itself, or a ``{"type", "payload"}`` mapping stamped now.
+
+    Raises ``TypeError`` for anything else, and ``ValueError`` naming the problem for a
+    mapping that is not an envelope (a type that is not ``namespace:kebab-case``, a payload
+    that is not an object, other keys such as ``seq``, which only the hub assigns).
+    """
+    if isinstance(value, Event):
+        return value
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"an event is an Event or a {{type, payload}} dict, not {type(value).__name__}"
+        )
+    if extra := sorted(map(str, set(value) - _ENVELOPE_KEYS)):
+        raise ValueError(f"an event dict has only type and payload, not {', '.join(extra)}")
+    payload = value.get("payload", {})
+    if not isinstance(payload, Mapping):
+        raise ValueError(f"an event's payload is an object, not {type(payload).__name__}")
+    return new_event(value.get("type"), payload)  # type: ignore[arg-type]
+
+
 def encode(event: Event) -> bytes:
     """Serialise ``event`` to compact UTF-8 JSON (an object ending in ``}``)."""
     return _ENCODER.encode(event.to_dict()).encode()

@@ -20,7 +20,10 @@
   empties that directory of its ``*.db`` files at start and marks each worker that ends as
   dead (``child_exit``), as prometheus_client's multiprocess mode wants;
 * the access log format leaves the query string (which may hold the token) out;
-* a large listen backlog, so that bursts of handshakes do not wait on SYN retries.
+* a large listen backlog, so that bursts of handshakes do not wait on SYN retries;
+* the allocator's arenas capped as the CLI caps them (``MALLOC_ARENA_MAX`` wins if set);
+* WebSocket sessions capped below ``threads`` (see :mod:`sidecar.web.gunicorn_worker`), and
+  every request target in gunicorn's access and error logs redacted (the EventHub's filter).
 
 Override any of them on the command line as usual (``--bind``, ``--threads``, ``-w``).
 """
@@ -37,11 +40,36 @@ from typing import Any
 
 from sidecar import logs
 from sidecar.config import LOG_LEVELS, Config, ConfigError, load, resolve_token
+from sidecar.platform import tune_malloc
 
-bind = os.environ.get("SIDECAR_BIND", "127.0.0.1:3008")
+
+def _refuse(message: str) -> None:
+    print(f"sidecar: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def _env_int(name: str, default: int) -> int:
+    """A positive whole number from ``name``; one line and exit 2 when it is not one."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    if not text.strip():
+        _refuse(f"{name} is empty: give a number, or unset it for the default ({default})")
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        _refuse(f"{name} must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+bind = os.environ.get("SIDECAR_BIND") or "127.0.0.1:3008"
+if "SIDECAR_BIND" in os.environ and not os.environ["SIDECAR_BIND"].strip():
+    _refuse("SIDECAR_BIND is empty: give HOST:PORT, or unset it for the default (127.0.0.1:3008)")
 worker_class = "gthread"
-workers = int(os.environ.get("SIDECAR_WORKERS", "1"))
-threads = int(os.environ.get("SIDECAR_THREADS", "256"))
+workers = _env_int("SIDECAR_WORKERS", 1)
+threads = _env_int("SIDECAR_THREADS", 256)
 backlog = 2048
 
 
@@ -74,11 +102,6 @@ if logs.json_wanted(_log_format(), sys.stderr):
 control_socket_disable = True
 
 
-def _refuse(message: str) -> None:
-    print(f"sidecar: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
-
-
 def _check_broker(config: Config) -> None:
     """Stop the master with one line if the broker cannot be reached (or used) now."""
     try:
@@ -88,7 +111,11 @@ def _check_broker(config: Config) -> None:
         return
     from sidecar.core.hub import PublishRefused
 
-    broker = RedisBroker(config.broker or "", prefix=config.broker_prefix, history_size=None)
+    try:
+        broker = RedisBroker(config.broker or "", prefix=config.broker_prefix, history_size=None)
+    except ValueError as exc:  # what the driver refuses in the URL
+        _refuse(f"SIDECAR_BROKER cannot be used: {exc}")
+        return
     try:
         broker.head()
     except PublishRefused as exc:
@@ -98,7 +125,12 @@ def _check_broker(config: Config) -> None:
 
 
 def on_starting(server: Any) -> None:
-    """Check the configuration once, in the master: bad settings stop gunicorn at once."""
+    """Check the configuration once, in the master: bad settings stop gunicorn at once.
+
+    Also caps the allocator's arenas, as the CLI does (each worker does it again when its hub
+    starts): with a thread per WebSocket, glibc's arenas per thread kept ~5x the memory.
+    """
+    tune_malloc()
     try:
         config = resolve_token(load(), generate=False)
     except ConfigError as exc:
@@ -129,7 +161,11 @@ def post_worker_init(worker: Any) -> None:
     """Start the hub in this worker; on SIGTERM, close every WebSocket with 1001."""
     from sidecar.core.hub import PublishRefused
 
-    state = worker.wsgi.extensions["sidecar"]
+    state = getattr(worker.wsgi, "extensions", {}).get("sidecar")
+    if state is None:  # an app wrapped in middleware: its EventHub stops by itself on SIGTERM
+        worker.log.warning("sidecar: no EventHub on the WSGI app; not hooking SIGTERM")
+        return
+    state.gunicorn_hooked = True  # the closer below replaces the EventHub's own watcher
     try:
         state.ensure_started()
     except PublishRefused as exc:  # Redis is down: every request tries again (503 until then)

@@ -6,14 +6,16 @@ parent process written in Python. It relies only on the process contract:
 * the child prints one JSON line on stdout: ``{"event": "ready", "port": ..., ...}`` once it
   serves, or ``{"event": "error", "error": "<code>", "message": "..."}`` when it cannot start
   (and exits non-zero); logs go to stderr;
-* SIGTERM makes it close every client with 1001 and exit 0.
+* SIGTERM makes it close every client with 1001 and exit 0; on Windows, where a signal from
+  a parent is ``TerminateProcess``, closing its stdin does (``--exit-on-stdin-eof``).
 
 Standard library only: nothing here imports Flask or the server code, so any program can start
 any argv with it (``python -m sidecar``, the conformance echo app, gunicorn, ...)::
 
     with SidecarProcess(env=env) as child:       # spawns, waits for the ready line
         connect(child.ws)
-    # stopped: SIGTERM, then SIGKILL after the timeout; child.returncode, child.tracebacks()
+    # stopped: SIGTERM (Windows: stdin closed), then a kill after the timeout;
+    # child.returncode, child.tracebacks()
 
 Threads: the thread that creates a :class:`SidecarProcess` owns it: only that thread calls
 :meth:`~SidecarProcess.start`, :meth:`~SidecarProcess.stop` and the signalling methods. Each
@@ -39,10 +41,21 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Literal
 
-#: What :class:`SidecarProcess` runs by default: the production server on an ephemeral port.
-DEFAULT_ARGV = (sys.executable, "-m", "sidecar", "serve", "--port", "0")
+#: How :meth:`SidecarProcess.stop` asks a child to end: ``"signal"`` (SIGTERM) or ``"stdin"``
+#: (close its stdin pipe; the child must run with ``--exit-on-stdin-eof``).
+GracefulStop = Literal["signal", "stdin"]
+#: The graceful stop of this OS: on Windows ``Popen.send_signal(SIGTERM)`` is
+#: ``TerminateProcess`` (exit 1, no close frames), so there it is closing stdin.
+OS_GRACEFUL_STOP: GracefulStop = "stdin" if sys.platform == "win32" else "signal"
+#: What :class:`SidecarProcess` runs by default: the production server on an ephemeral port
+#: (which, for the stdin stop, also exits when its stdin closes).
+DEFAULT_ARGV = (sys.executable, "-m", "sidecar", "serve", "--port", "0") + (
+    ("--exit-on-stdin-eof",) if OS_GRACEFUL_STOP == "stdin" else ()
+)
+#: ``stop()``'s default: the child's graceful stop (see :class:`SidecarProcess`).
+GRACEFUL: Literal["graceful"] = "graceful"
 #: The directory holding this ``sidecar`` package, put first on the child's ``PYTHONPATH``.
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -172,9 +185,12 @@ class SidecarProcess:
     """One child process speaking the ready-line contract (see the module docstring).
 
     ``argv`` defaults to :data:`DEFAULT_ARGV`; ``env`` is the whole environment (see
-    :func:`child_env`). ``stdin`` is passed to :class:`subprocess.Popen` (``DEVNULL`` by
-    default; ``PIPE`` for a parent that closes it). ``log_path`` receives the child's stderr
-    (appended). ``preexec_fn`` and ``start_new_session`` are passed to ``Popen`` (POSIX).
+    :func:`child_env`). ``graceful`` is how :meth:`stop` asks the child to end (default
+    :data:`OS_GRACEFUL_STOP`): ``"signal"`` sends SIGTERM, ``"stdin"`` closes the child's stdin
+    pipe (a sidecar started with ``--exit-on-stdin-eof`` then closes every client with 1001
+    and exits 0). ``stdin`` is passed to :class:`subprocess.Popen`: by default a pipe for the
+    stdin stop, else ``DEVNULL``. ``log_path`` receives the child's stderr (appended).
+    ``preexec_fn`` and ``start_new_session`` are passed to ``Popen`` (POSIX).
     """
 
     def __init__(
@@ -183,14 +199,18 @@ class SidecarProcess:
         *,
         env: Mapping[str, str] | None = None,
         cwd: str | Path | None = None,
-        stdin: int | IO[Any] | None = subprocess.DEVNULL,
+        stdin: int | IO[Any] | Literal["default"] | None = "default",
         log_path: str | Path | None = None,
         tail_bytes: int = 256 << 10,
         same_package: bool = True,
         start_new_session: bool = False,
         preexec_fn: Callable[[], None] | None = None,
+        graceful: GracefulStop = OS_GRACEFUL_STOP,
     ) -> None:
         self.argv = list(DEFAULT_ARGV if argv is None else argv)
+        self.graceful: GracefulStop = graceful
+        if stdin == "default":
+            stdin = subprocess.PIPE if graceful == "stdin" else subprocess.DEVNULL
         self.env = child_env(env, same_package=same_package)
         self.log_path = Path(log_path) if log_path is not None else None
         #: What :meth:`start` passes to ``Popen`` besides the argv, the env and the pipes.
@@ -204,7 +224,7 @@ class SidecarProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         #: The parsed ready line (empty until :meth:`start` returns).
         self.ready: dict[str, Any] = {}
-        #: Whether :meth:`stop` had to SIGKILL the child.
+        #: Whether :meth:`stop` had to kill the child (SIGKILL, ``TerminateProcess``).
         self.killed = False
         self._first_line: queue.Queue[bytes] = queue.Queue(maxsize=1)
         self._readers: list[threading.Thread] = []
@@ -241,11 +261,12 @@ class SidecarProcess:
     def _parse(self, line: bytes) -> dict[str, Any]:
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: "[" * 100_000, say
             message = None
         if not isinstance(message, dict):
             self._abort()
-            raise self._error("bad-ready-line", f"the first line is not a JSON object: {line!r}")
+            shown = f"{line[:300]!r}{' …' if len(line) > 300 else ''}"
+            raise self._error("bad-ready-line", f"the first line is not a JSON object: {shown}")
         if message.get("event") == "error":
             self._reap()
             raise self._error(str(message.get("error") or "error"), str(message.get("message")))
@@ -384,23 +405,30 @@ class SidecarProcess:
 
     def stop(
         self,
-        sig: int | None = signal.SIGTERM,
+        sig: int | Literal["graceful"] | None = GRACEFUL,
         timeout: float = 5.0,
         *,
         on_hang: Callable[[], object] | None = None,
     ) -> int | None:
-        """Send ``sig`` (``None``: it was already signalled), wait up to ``timeout`` s, then
-        SIGKILL; the exit status.
+        """Ask the child to end, wait up to ``timeout`` s, then kill it; the exit status.
 
-        ``on_hang`` runs before the SIGKILL (to dump the stacks of a child that overstays).
-        Joins the reader threads and closes the pipes. Idempotent; ``None`` only if even a
-        killed child did not end within :data:`REAP_TIMEOUT`.
+        ``sig`` is ``"graceful"`` (the child's graceful stop, see :class:`SidecarProcess`: by
+        default SIGTERM on POSIX, closing stdin on Windows), a signal number to send, or
+        ``None`` (it was already asked). A stdin stop without a stdin pipe cannot be made: the
+        child is killed at once. ``on_hang`` runs before the kill (to dump the stacks of a
+        child that overstays). Joins the reader threads and closes the pipes. Idempotent;
+        ``None`` only if even a killed child did not end within :data:`REAP_TIMEOUT`.
         """
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            if sig is not None:
-                self._signal(sig)
+            if sig == GRACEFUL and self.graceful == "stdin":
+                if not self._close_stdin():
+                    timeout = 0
+            elif sig == GRACEFUL:
+                self._signal(signal.SIGTERM)
+            elif sig is not None:
+                self._signal(int(sig))
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -411,6 +439,17 @@ class SidecarProcess:
         code = self._reap()
         self._close_pipes()
         return code
+
+    def _close_stdin(self) -> bool:
+        """The stdin stop: close our end of the child's stdin; whether there was a pipe."""
+        assert self.proc is not None
+        if self.proc.stdin is None:
+            return False
+        try:
+            self.proc.stdin.close()
+        except OSError:  # the child has gone: the wait sees it
+            pass
+        return True
 
     def _close_pipes(self) -> None:
         assert self.proc is not None

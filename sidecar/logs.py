@@ -5,7 +5,8 @@ plain ``StreamHandler`` then blocks whichever thread logs: the hub thread, a req
 :func:`setup` installs a :class:`DroppingQueueHandler` instead: records go into a bounded
 queue and **one writer thread** (``sidecar-log``) writes them to stderr
 or ``--log-file``. When the queue is full the record is dropped and counted
-(:func:`dropped`, reported in ``/api/v1/hub``); no thread that logs ever waits.
+(:func:`dropped`, reported in ``/api/v1/hub``); no thread that logs ever waits, and stopping
+waits for the writer at most :data:`FLUSH_TIMEOUT` (it holds no lock that exiting needs).
 
 Formats (``--log-format``): ``text`` (``FORMAT``), ``json`` (:class:`JsonFormatter`: one
 object per line with ``ts``, ``level``, ``logger``, ``msg`` and the record's own fields, such
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import sys
 import threading
@@ -160,31 +162,105 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
 
 
 class _Writer:
-    """The one thread that writes log records to the real handler (``sidecar-log``)."""
+    """The one thread that writes log lines (``sidecar-log``), straight to a file descriptor.
 
-    def __init__(self, records: queue.Queue[logging.LogRecord | None], target: logging.Handler):
+    Nothing waits for it without a deadline, and while one of its writes blocks (a pipe nobody
+    reads) it holds no lock anyone else takes: the line goes out with ``os.write`` on the
+    descriptor, not through a ``logging.Handler`` (whose lock ``logging.shutdown`` takes at
+    exit: the process hung there) nor a buffered stream (whose lock the interpreter takes to
+    flush it at exit).
+    """
+
+    def __init__(
+        self,
+        records: queue.Queue[logging.LogRecord | None],
+        write: Callable[[bytes], None],
+        close: Callable[[], None],
+        formatter: logging.Formatter,
+    ) -> None:
         self.records = records
-        self.target = target
+        self._write = write
+        self._close = close
+        self._format = formatter.format
+        #: When the write in progress started (``None`` between writes).
+        self.busy_since: float | None = None
         self.thread = threading.Thread(target=self._run, name="sidecar-log", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         while (record := self.records.get()) is not None:
-            self.target.handle(record)
-        self.target.close()
+            data = (self._format(record) + "\n").encode("utf-8", "backslashreplace")
+            self.busy_since = time.monotonic()
+            try:
+                self._write(data)
+            except (OSError, ValueError):  # stderr closed, a full disk: the line is lost
+                pass
+            self.busy_since = None
+        self._close()
 
-    def stop(self, timeout: float) -> None:
-        """Write what is queued and end, waiting at most ``timeout`` (a wedged pipe)."""
+    def stop(self, timeout: float) -> bool:
+        """Write what is queued and end, waiting at most ``timeout`` in all; whether it ended.
+
+        A writer stuck in one write for :data:`STUCK` (a full pipe) is not waited for at all.
+        """
+        deadline = time.monotonic() + timeout
         try:
-            self.records.put(None, timeout=timeout)
-        except queue.Full:
-            return
-        self.thread.join(timeout)
+            self.records.put_nowait(None)
+        except queue.Full:  # lines are being dropped: the target is not keeping up
+            return False
+        while self.thread.is_alive() and (remaining := deadline - time.monotonic()) > 0:
+            since = self.busy_since
+            if since is not None and time.monotonic() - since >= STUCK:
+                return False
+            self.thread.join(min(remaining, STUCK / 2))
+        return not self.thread.is_alive()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _target(
+    log_file: str | None, stream: TextIO | None
+) -> tuple[Callable[[bytes], None], Callable[[], None]]:
+    """How the writer writes a line, and how it closes its target."""
+    if log_file is not None:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
+        fd = os.open(log_file, flags, 0o644)
+        return (lambda data: _write_all(fd, data)), (lambda: os.close(fd))
+    out = stream if stream is not None else sys.stderr
+    try:
+        fd = out.fileno()  # the descriptor itself: no buffer, no lock
+    except (AttributeError, OSError, ValueError):  # no descriptor (pythonw, a test's buffer)
+        if out is None:
+            return (lambda data: None), (lambda: None)
+
+        def write(data: bytes) -> None:
+            out.write(data.decode("utf-8"))
+            out.flush()
+
+        return write, (lambda: None)
+    return (lambda data: _write_all(fd, data)), (lambda: None)
 
 
 class _State:
     handler: DroppingQueueHandler | None = None
     writer: _Writer | None = None
+    excepthook: Callable[[threading.ExceptHookArgs], Any] | None = None
+
+
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    """An uncaught exception in a thread: one record through the queue, never stderr itself."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("sidecar").error(
+        "thread %s ended with an uncaught exception",
+        name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+    )
 
 
 def setup(
@@ -198,16 +274,13 @@ def setup(
 
     ``log_format`` is ``text``, ``json`` or ``auto`` (see :func:`json_wanted`). Raises
     ``OSError`` when ``log_file`` cannot be opened for appending. Werkzeug's request lines are
-    shown only at ``debug``. Calling it again replaces the previous setup.
+    shown only at ``debug``. An uncaught exception in a thread is logged the same way
+    (``threading.excepthook``) instead of being printed on stderr. Calling it again replaces
+    the previous setup.
     """
-    target: logging.Handler
-    if log_file is not None:
-        target = logging.FileHandler(log_file, encoding="utf-8")
-        wanted = json_wanted(log_format, None)
-    else:
-        target = logging.StreamHandler(stream or sys.stderr)
-        wanted = json_wanted(log_format, stream or sys.stderr)
-    target.setFormatter(JsonFormatter() if wanted else logging.Formatter(FORMAT))
+    write, close = _target(log_file, stream)
+    wanted = json_wanted(log_format, None if log_file is not None else stream or sys.stderr)
+    formatter = JsonFormatter() if wanted else logging.Formatter(FORMAT)
     shutdown()
     records: queue.Queue[logging.LogRecord | None] = queue.Queue(QUEUE_SIZE)
     handler = DroppingQueueHandler(records)
@@ -218,7 +291,8 @@ def setup(
         logger.propagate = False
         logger.setLevel(numeric)
     logging.getLogger("werkzeug").setLevel(logging.INFO if level == "debug" else logging.WARNING)
-    _State.handler, _State.writer = handler, _Writer(records, target)
+    _State.handler, _State.writer = handler, _Writer(records, write, close, formatter)
+    _State.excepthook, threading.excepthook = threading.excepthook, _thread_died
 
 
 def dropped() -> int:
@@ -226,11 +300,23 @@ def dropped() -> int:
     return _State.handler.dropped if _State.handler is not None else 0
 
 
-def shutdown(timeout: float = 1.0) -> None:
-    """Write what is queued (waiting at most ``timeout``) and stop the writer thread."""
+#: Longest :func:`shutdown` waits for the writer to write what is queued (a graceful stop
+#: has 2 s in all; a pipe nobody reads would never drain).
+FLUSH_TIMEOUT = 0.5
+#: A write blocked this long means a full pipe nobody reads: stopping does not wait for it.
+STUCK = 0.1
+
+
+def shutdown(timeout: float = FLUSH_TIMEOUT) -> bool:
+    """Write what is queued, waiting at most ``timeout``, and stop the writer thread.
+
+    Whether everything queued was written. A writer blocked on a full pipe is left behind (a
+    daemon holding no lock anyone takes), and the process can exit.
+    """
     writer, _State.writer = _State.writer, None
-    if writer is not None:
-        writer.stop(timeout)
+    if _State.excepthook is not None:
+        threading.excepthook, _State.excepthook = _State.excepthook, None
+    return True if writer is None else writer.stop(timeout)
 
 
 class LogLimiter:

@@ -430,6 +430,10 @@ def _windows_process_running(pid: int) -> bool:
 def _open_windows_wait(pid: int) -> _Wait:
     kernel32 = _kernel32()
     handle = _open_process(kernel32, pid)
+    if kernel32.WaitForSingleObject(handle, 0) == _WAIT_OBJECT_0:
+        # it has ended, but a handle someone holds (its parent's) keeps the process object
+        kernel32.CloseHandle(handle)
+        raise ProcessLookupError(errno.ESRCH, f"process {pid} has ended")
 
     def wait() -> bool:
         try:  # ctypes releases the GIL for the call
@@ -638,6 +642,14 @@ def raise_fd_limit(needed: int) -> int | None:
 
 
 # -- binding -----------------------------------------------------------------------------
+
+#: Whether ``shutdown(SHUT_RDWR)`` wakes a thread blocked in ``recv``, ``select`` or ``send`` on
+#: the same socket. POSIX: yes (end of file, or an error). Windows: no: Winsock completes none
+#: of them (seen under Wine; Windows documents only ``closesocket`` as cancelling a pending
+#: blocking call, with ``WSAEINTR``). So there a reader blocked on a silent peer ends when the
+#: server closes the socket after the request, and a writer blocked on a stalled peer at its
+#: write deadline (``SO_SNDTIMEO``), not at the shutdown.
+SHUTDOWN_WAKES_READERS = sys.platform != "win32"
 
 #: Whether a server may set ``SO_REUSEADDR`` (``allow_reuse_address``). On POSIX it only
 #: allows binding over connections in TIME_WAIT; on Windows it lets a second process bind a

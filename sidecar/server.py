@@ -66,6 +66,8 @@ _DONTWAIT = nonblocking_send_flag() or 0
 #: the OS delivers to another thread runs its Python handler only when the main thread wakes,
 #: so this bounds how late readiness turns 503 after SIGTERM (the promise is 100 ms).
 SIGNAL_POLL = 0.05
+#: Longest a stop waits for the accept loop to end (it polls every 0.1 s).
+STOP_SERVING_TIMEOUT = 0.25
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
     b"Connection: close\r\nContent-Length: 36\r\n\r\nService Unavailable: server is busy\n"
@@ -462,12 +464,25 @@ class Server(ThreadedWSGIServer):
     def server_close(self) -> None:
         with self._close_lock:  # Werkzeug's serve_forever and shutdown() may both call it
             super().server_close()
-            watchdog, self.watchdog = self.watchdog, None
             reserve, self._reserve = self._reserve, None
-        if watchdog is not None:
-            watchdog.stop()
+        # The watchdog stays: request threads still running use it until they end (their
+        # release() after the stop is harmless; it used to be None here: an AssertionError
+        # traceback for every session that outlived the server).
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if reserve is not None:
             os.close(reserve)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A request thread failed: one log record (rate-limited), never a print to stderr.
+
+        socketserver prints the traceback on ``sys.stderr``: with a pipe nobody reads, that
+        thread blocks holding the stream's lock, which the interpreter needs to exit.
+        """
+        suppressed = self._head_log.check("request-failed")
+        if suppressed is not None:
+            more = f" ({suppressed} more since the last line)" if suppressed else ""
+            log.exception("a request thread failed%s", more)
 
 
 def bind(config: Config) -> socket.socket:
@@ -545,16 +560,21 @@ def shutdown(server: Server, state: SidecarState, grace: float = 1.0) -> None:
     """Close every client with 1001, wait up to ``grace`` for their sessions, stop serving.
 
     Clients that answer the close frame end their sessions at once; the process does not wait
-    longer than ``grace`` for the others (their sockets close when it exits).
+    longer than ``grace`` for the others (their sockets close when it exits). Every step has a
+    deadline: with :data:`sidecar.logs.FLUSH_TIMEOUT` for the log, a stop takes under 2 s.
     """
+    deadline = time.monotonic() + grace
     if state.broker is not None:
         state.broker.stop()
     state.hub.stop(timeout=grace)
-    if not state.sessions.wait_idle(grace):
+    if not state.sessions.wait_idle(max(0.0, deadline - time.monotonic())):
         log.warning(
             "%d sessions still open after %.1f s; exiting anyway", state.sessions.active, grace
         )
-    server.shutdown()
+    # socketserver's shutdown() waits for serve_forever without a deadline: give it one
+    stopper = threading.Thread(target=server.shutdown, name="sidecar-http-stop", daemon=True)
+    stopper.start()
+    stopper.join(STOP_SERVING_TIMEOUT)
     server.server_close()
 
 

@@ -29,20 +29,62 @@ from wsproto.events import (
     TextMessage,
 )
 
+from .config import broker_url_problem
+
 DEFAULT_URL = "http://127.0.0.1:3008"
+#: The exit status of a bad option or value (what argparse uses).
+BAD_USAGE = 2
+
+
+def _setting(given: str | None, var: str, flag: str) -> tuple[str | None, str]:
+    """A tool's setting and its name: the flag's value, else the variable's, else ``None``.
+
+    An empty value is refused (``ValueError``), as ``sidecar serve`` refuses one: it never
+    stands for "the default" (``SIDECAR_BROKER=`` must not quietly mean HTTP).
+    """
+    if given is not None:
+        if not given.strip():
+            raise ValueError(f"{flag} is empty: give a value, or leave it out")
+        return given, flag
+    text = os.environ.get(var)
+    if text is not None and not text.strip():
+        raise ValueError(f"{var} is empty: give a value, or unset it")
+    return text, var
 
 
 def _base_url(args: argparse.Namespace) -> str:
-    return (args.url or os.environ.get("SIDECAR_URL") or DEFAULT_URL).rstrip("/")
+    """The sidecar's base URL (``--url``, ``SIDECAR_URL``, the default), as ``http(s)://…``.
+
+    The ready line's WebSocket URL works too (``ws://127.0.0.1:41231/ws`` is
+    ``http://127.0.0.1:41231``); anything else raises ``ValueError`` with one line.
+    """
+    given, label = _setting(args.url, "SIDECAR_URL", "--url")
+    raw = (given or DEFAULT_URL).strip()
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        parts = urlsplit("")
+    scheme = parts.scheme.lower()
+    path = parts.path.rstrip("/")
+    if scheme in ("ws", "wss"):
+        scheme = {"ws": "http", "wss": "https"}[scheme]
+        path = path.removesuffix("/ws")
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"{label} must be the sidecar's URL, http://HOST:PORT (the ready line's url or "
+            f"ws), got {raw!r}"
+        )
+    return f"{scheme}://{parts.netloc}{path}"
 
 
 def _token() -> str | None:
-    return os.environ.get("SIDECAR_TOKEN") or None
+    return _setting(None, "SIDECAR_TOKEN", "")[0]
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = 1) -> int:
     print(f"sidecar: {message}", file=sys.stderr)
-    return 1
+    return status
 
 
 def publish(args: argparse.Namespace) -> int:
@@ -54,21 +96,25 @@ def publish(args: argparse.Namespace) -> int:
         payload = json.loads(args.payload)
     except ValueError as exc:
         return _fail(f"payload is not JSON: {exc}")
-    broker = args.broker or os.environ.get("SIDECAR_BROKER")
-    if broker:
-        return _publish_to_broker(args, broker, payload)
+    try:
+        broker, label = _setting(args.broker, "SIDECAR_BROKER", "--broker")
+        if broker is not None:
+            prefix = _setting(args.broker_prefix, "SIDECAR_BROKER_PREFIX", "--broker-prefix")[0]
+            return _publish_to_broker(args, (broker, label), prefix or "sidecar", payload)
+        base, token = _base_url(args), _token()
+    except ValueError as exc:
+        return _fail(str(exc), BAD_USAGE)
     item: dict[str, Any] = {"type": args.type, "payload": payload}
     channel = getattr(args, "channel", None)
     if channel:
         item["channel"] = channel
     body = json.dumps(item).encode()
     request = urllib.request.Request(
-        _base_url(args) + "/api/v1/events",
+        base + "/api/v1/events",
         data=body,
         method="POST",
         headers={"Content-Type": "application/json"},
     )
-    token = _token()
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -82,14 +128,19 @@ def publish(args: argparse.Namespace) -> int:
             pass
         return _fail(f"{exc.code} {exc.reason}: {detail}")
     except (urllib.error.URLError, OSError) as exc:
-        return _fail(f"cannot reach {_base_url(args)}: {getattr(exc, 'reason', exc)}")
+        return _fail(f"cannot reach {base}: {getattr(exc, 'reason', exc)}")
     for event in answer.get("events", []):
         print(json.dumps(event, ensure_ascii=False))
     return 0
 
 
-def _publish_to_broker(args: argparse.Namespace, url: str, payload: Any) -> int:
+def _publish_to_broker(
+    args: argparse.Namespace, broker: tuple[str, str], prefix: str, payload: Any
+) -> int:
+    url, label = broker
     channel = getattr(args, "channel", None)
+    if (problem := broker_url_problem(url)) is not None:
+        return _fail(f"{label} {problem}", BAD_USAGE)
     try:
         from .broker.publisher import Publisher, checked_events
     except ImportError as exc:
@@ -97,8 +148,10 @@ def _publish_to_broker(args: argparse.Namespace, url: str, payload: Any) -> int:
     from .core.hub import PublishRefused
     from .protocol import PublishOutcomeUnknown
 
-    prefix = args.broker_prefix or os.environ.get("SIDECAR_BROKER_PREFIX") or "sidecar"
-    publisher = Publisher(url, prefix=prefix, timeout=args.timeout)
+    try:
+        publisher = Publisher(url, prefix=prefix, timeout=args.timeout)
+    except ValueError as exc:  # what the driver refuses in the URL
+        return _fail(f"{label} cannot be used: {exc}", BAD_USAGE)
     try:
         event = checked_events([(args.type, payload)], publisher.max_event_bytes, channel)[0]
         (seq,) = publisher.publish_many([event], channel=channel)
@@ -131,11 +184,14 @@ def tail(args: argparse.Namespace) -> int:
 
     A small single-threaded wsproto client: it reads, answers pings and prints.
     """
-    base = urlsplit(_base_url(args))
+    try:
+        base, token = urlsplit(_base_url(args)), _token()
+    except ValueError as exc:
+        return _fail(str(exc), BAD_USAGE)
     if base.scheme != "http":
         return _fail("tail supports http:// sidecar URLs only")
     target = "/ws" + ("?since=" + quote(args.since) if args.since else "")
-    headers = [(b"Authorization", f"Bearer {token}".encode())] if (token := _token()) else []
+    headers = [(b"Authorization", f"Bearer {token}".encode())] if token else []
     try:
         sock = socket.create_connection((base.hostname, base.port or 80), timeout=args.timeout)
     except OSError as exc:

@@ -6,6 +6,7 @@ Every server binds 127.0.0.1:0 and is shut down (clients closed with 1001) at te
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -149,3 +150,29 @@ def persistent_redis() -> Iterator[Any]:
 def sidecar(sidecar_factory: Callable[..., RunningSidecar]) -> RunningSidecar:
     """A sidecar with default settings (token auth on, token ``TOKEN``)."""
     return sidecar_factory()
+
+
+# -- the OS a test needs -----------------------------------------------------------------
+# ``@pytest.mark.posix_only("why")``: the test exercises a POSIX mechanism (signals, fork,
+# rlimits, MSG_DONTWAIT …). On Windows (the Windows leg under Wine, a windows-* runner) it is
+# reported as skipped with that reason, never dropped silently. ``windows_only("why")`` is the
+# converse: a Windows path that only a Windows Python can run.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "posix_only(reason): needs POSIX; skipped on Windows")
+    config.addinivalue_line("markers", "windows_only(reason): needs Windows; skipped elsewhere")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    on_windows = sys.platform == "win32"
+    for name, skip in (("posix_only", on_windows), ("windows_only", not on_windows)):
+        marker = item.get_closest_marker(name)
+        if marker is None:
+            continue
+        reason = marker.args[0] if marker.args else marker.kwargs.get("reason")
+        if not reason:
+            raise pytest.UsageError(f"{item.nodeid}: @{name} needs a reason")
+        if skip:
+            where = "POSIX" if name == "posix_only" else "Windows"
+            pytest.skip(f"{where} only: {reason}")

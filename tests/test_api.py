@@ -162,3 +162,51 @@ def test_parse_events_accepts_app_specific_types():
     assert events[0].type == "my-app:thing-done"
     with pytest.raises(PublishError):
         parse_publish_body(b'{"type":"my_app:thing","payload":{}}', max_event_bytes=1 << 20)
+
+
+def test_client_chosen_close_codes_cannot_mint_counters_or_metric_series(sidecar):
+    """Issue 19: every close code a client chose became a label value (2,000 series in 3.8 s).
+
+    Codes the protocol defines are counted by number; the rest share one bucket.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    codes = [1000, 1001, *range(3000, 3040), *range(4500, 4520), 4321]
+    for code in codes:
+        ws, _ = sidecar.connect_ready()
+        ws.close(status=code, timeout=2)
+    wait_for(lambda: sum(sidecar.sidecar.sessions.snapshot()["ended"].values()) == len(codes))
+    ended = sidecar.sidecar.sessions.snapshot()["ended"]
+    assert ended == {"client-close-1000": 1, "client-close-1001": 1, "client-close-other": 61}
+    request = urllib.request.Request(
+        sidecar.url + "/metrics", headers={"Authorization": f"Bearer {sidecar.token}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        text = response.read().decode()
+    series = [
+        sample.labels["reason"]
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "sidecar_sessions_ended_total"
+    ]
+    assert sorted(series) == ["client-close-1000", "client-close-1001", "client-close-other"]
+
+
+@pytest.mark.parametrize(
+    ("reason", "counted"),
+    [
+        ("client-close-1000", "client-close-1000"),
+        ("client-close-1011", "client-close-1011"),
+        ("client-close-4008", "client-close-4008"),
+        ("client-close-3000", "client-close-other"),
+        ("client-close-4999", "client-close-other"),
+        ("client-close-1005x", "client-close-other"),
+        ("server-close-4008", "server-close-4008"),
+        ("slow-consumer", "slow-consumer"),
+        ("eof", "eof"),
+    ],
+)
+def test_session_ends_are_counted_in_a_bounded_set_of_reasons(reason, counted):
+    from sidecar.web.state import end_bucket
+
+    assert end_bucket(reason) == counted

@@ -145,7 +145,7 @@ def test_the_bundled_client_files_are_served(frozen):
     assert b"SidecarClient" in body
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="Windows has no SIGTERM to send")
+@pytest.mark.posix_only("Windows has no SIGTERM to send")
 def test_sigterm_closes_clients_with_1001_and_exits_0(frozen):
     child = frozen()
     ws = child.connect()

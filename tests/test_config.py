@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.config import Config, ConfigError, from_env
+from sidecar.config import OPTIONS, Config, ConfigError, env_name, flag_name, from_env, load
 
 
 @pytest.mark.parametrize(
@@ -57,3 +57,124 @@ def test_environment_values_are_parsed():
     assert config.log_level == "debug"
     assert config.compression is True
     assert config.allowed_origins == ("http://a.test", "http://b.test")
+
+
+# -- an empty value is refused, for every option, from every source (issue 19 item 2) ----------
+
+FIELDS = sorted(OPTIONS)
+
+
+@pytest.mark.parametrize("blank", ["", "  "], ids=["empty", "blank"])
+@pytest.mark.parametrize("field", FIELDS)
+def test_an_empty_variable_is_refused_for_every_option(field: str, blank: str) -> None:
+    """``SIDECAR_AUTH=`` (an env-file line, a compose ``${AUTH}``) turned authentication off."""
+    var = env_name(field)
+    with pytest.raises(ConfigError) as caught:
+        load(environ={var: blank})
+    assert str(caught.value).startswith(f"{var} is empty: ")
+    assert "unset it" in str(caught.value) and caught.value.field == field
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_an_empty_app_config_value_or_keyword_is_refused_for_every_option(field: str) -> None:
+    var = env_name(field)
+    with pytest.raises(ConfigError, match=rf'^app\.config\["{var}"\] is empty: '):
+        load(app_config={var: ""}, environ={})
+    with pytest.raises(ConfigError, match=rf"^{flag_name(field)} is empty: "):
+        load({field: " "}, environ={})
+
+
+def test_booleans_mean_what_they_say_and_nothing_else() -> None:
+    for text, value in [("1", True), ("on", True), ("YES", True), ("0", False), ("off", False)]:
+        assert load(environ={"SIDECAR_AUTH": text, "SIDECAR_TOKEN": "t" * 16}).auth is value
+    with pytest.raises(ConfigError, match=r"^SIDECAR_AUTH='of' is not a boolean"):
+        load(environ={"SIDECAR_AUTH": "of"})
+    with pytest.raises(ConfigError, match=r"^--allowed-origins is empty: .*built-in list"):
+        load({"allowed_origins": []}, environ={})
+
+
+# -- a broker URL without a scheme (issue 19 item 13) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "detail"),
+    [
+        ("localhost:6379", "must be a Redis URL"),
+        ("127.0.0.1:6379/0", "must be a Redis URL"),
+        ("http://localhost:6379", "must be a Redis URL"),
+        ("redis//localhost", "must be a Redis URL"),
+        ("redis://localhost:99999", "has a bad port"),
+        ("redis://localhost:port", "has a bad port"),
+        ("unix://", "names no socket path"),
+    ],
+)
+def test_a_broker_url_the_driver_cannot_take_is_refused(url: str, detail: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(environ={"SIDECAR_BROKER": url})
+    assert str(caught.value).startswith(f"SIDECAR_BROKER {detail}")
+    assert repr(url) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:6379/0", "rediss://user:pw@cache:6380", "unix:///run/redis.sock"]
+)
+def test_broker_urls_of_every_scheme_are_accepted(url: str) -> None:
+    assert load(environ={"SIDECAR_BROKER": url}).broker == url
+
+
+# -- sizes written as the option table shows them (issue 19) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("16MiB", 16 << 20),
+        ("16 MiB", 16 << 20),
+        ("64 KiB", 64 << 10),
+        ("64kib", 64 << 10),
+        ("1GiB", 1 << 30),
+        ("1.5 MiB", 3 << 19),
+        ("65536", 65536),
+        ("4096 B", 4096),
+    ],
+)
+def test_sizes_take_the_units_the_option_table_shows(text: str, size: int) -> None:
+    assert load(environ={"SIDECAR_MAX_PENDING_BYTES": text}).max_pending_bytes == size
+    assert load({"history_bytes": text}, environ={}).history_bytes == size
+    assert load(app_config={"SIDECAR_REPLAY_RATE": text}, environ={}).replay_rate == size
+
+
+def test_every_size_option_takes_its_own_default_as_shown() -> None:
+    shown = {name: meta.shown for name, meta in OPTIONS.items() if meta.size}
+    assert set(shown) == {
+        "max_pending_bytes",
+        "max_message_size",
+        "max_event_bytes",
+        "history_bytes",
+        "replay_rate",
+    }
+    environ = {env_name(name): str(text) for name, text in shown.items()}
+    config = load(environ=environ)
+    assert all(getattr(config, name) == getattr(Config(), name) for name in shown)
+
+
+@pytest.mark.parametrize(
+    ("text", "detail"),
+    [
+        ("16MB", "is not a size"),
+        ("lots", "is not a size"),
+        ("1.5 B", "not a whole number"),
+        ("-1MiB", "must be at least 1"),
+    ],
+)
+def test_a_size_that_is_not_one_is_refused_naming_the_forms(text: str, detail: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(environ={"SIDECAR_MAX_MESSAGE_SIZE": text})
+    assert str(caught.value).startswith("SIDECAR_MAX_MESSAGE_SIZE") and detail in str(caught.value)
+
+
+def test_the_cli_takes_sizes_with_units() -> None:
+    from sidecar.cli import build_serve_parser
+
+    args = build_serve_parser().parse_args(["--max-event-bytes", "2MiB"])
+    assert args.max_event_bytes == 2 << 20

@@ -62,7 +62,10 @@ def _get(url: str, token: str | None = None, host: str | None = None) -> tuple[i
         request.add_header("Host", host)
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
+            body = response.read()
+            if response.headers.get_content_type() != "application/json":
+                return response.status, body
+            return response.status, json.loads(body)
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
 
@@ -129,6 +132,34 @@ def test_a_hub_without_a_token_refuses_to_start_with_one_line(
     assert "auth=False" in message
 
 
+@pytest.mark.parametrize(
+    ("env", "options", "starts"),
+    [
+        ({"SIDECAR_AUTH": ""}, {}, "SIDECAR_AUTH is empty"),
+        ({"SIDECAR_AUTH": "", "SIDECAR_TOKEN": TOKEN}, {}, "SIDECAR_AUTH is empty"),
+        ({"SIDECAR_TOKEN": ""}, {}, "SIDECAR_TOKEN is empty"),
+        ({"SIDECAR_TOKEN": TOKEN, "SIDECAR_ALLOWED_ORIGINS": ""}, {}, "SIDECAR_ALLOWED_ORIGINS"),
+        ({"SIDECAR_TOKEN": TOKEN}, {"auth": ""}, "--auth is empty"),
+        ({"SIDECAR_TOKEN": TOKEN}, {"broker": "localhost:6379"}, "--broker must be a Redis URL"),
+        ({"SIDECAR_TOKEN": TOKEN, "SIDECAR_BROKER": "localhost:6379"}, {}, "SIDECAR_BROKER must"),
+    ],
+    ids=["auth", "auth-with-token", "token", "origins", "keyword", "broker", "broker-variable"],
+)
+def test_an_empty_or_unusable_setting_stops_the_app_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], options: dict[str, Any], starts: str
+) -> None:
+    """Issue 19 items 2 and 13: ``SIDECAR_AUTH=`` started an app with auth off; a broker URL
+    without a scheme raised the driver's ValueError."""
+    for name in ("SIDECAR_TOKEN", "SIDECAR_AUTH"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        EventHub(Flask("empty"), **options)
+    message = str(caught.value)
+    assert message.startswith(starts) and "\n" not in message
+
+
 def test_auth_off_is_explicit_and_warned(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "sidecar")
     EventHub(Flask("dev"), auth=False)
@@ -170,3 +201,69 @@ def test_one_extension_serves_several_apps_inside_their_contexts() -> None:
         shared.client_count()
     for app in (first, second):
         app.extensions["sidecar"].hub.stop()
+
+
+def test_plain_dicts_are_events_for_send_to_client_and_broadcast_event(
+    sidecar_server: Any, sidecar_client: Any
+) -> None:
+    """Issue 19: ``send_to_client(client, {"type": …, "payload": …})`` was a 500 (or 1011)."""
+    app = _app_with_routes()
+    hub = EventHub(app, token=TOKEN, ping_interval=0)
+
+    @hub.on_message
+    def answer(client: Any, event: dict[str, Any]) -> None:
+        hub.send_to_client(client, {"type": "chat:ack", "payload": {"of": event["type"]}})
+
+    @app.post("/announce")
+    def announce() -> Any:
+        return jsonify(sent=hub.broadcast_event({"type": "app:announced", "payload": {}})), 201
+
+    server: ServedSidecar = sidecar_server(app)
+    client = sidecar_client(server)
+    client.send("chat:send", {"conversationId": "c", "content": "hi"})
+    ack = client.next("chat:ack")
+    assert ack["payload"] == {"of": "chat:send"} and "seq" not in ack
+    assert _post(server.url + "/announce", {}, token=None) == 201
+    assert client.next("app:announced")["seq"] == 1
+
+
+def test_an_eventhub_app_serves_metrics_under_its_api_prefix(sidecar_server: Any) -> None:
+    """Issue 19: ``/metrics`` was a 404 in an EventHub app unless ``metrics_path`` was passed,
+    which only a docstring said. It never takes the app's own ``/metrics``."""
+    app = _app_with_routes()
+
+    @app.get("/metrics")
+    def own_metrics() -> Any:
+        return jsonify(owner="the app")
+
+    EventHub(app, token=TOKEN)
+    server: ServedSidecar = sidecar_server(app)
+    status, body = _get(server.url + "/api/v1/metrics", TOKEN)
+    assert status == 200 and b"sidecar_clients" in body
+    assert _get(server.url + "/api/v1/metrics")[0] == 401  # the token, as for /api/v1/hub
+    assert _get(server.url + "/metrics") == (200, {"owner": "the app"})
+    elsewhere = _app_with_routes()
+    EventHub(elsewhere, token=TOKEN, api_prefix="/hub-api", metrics_path=None)
+    other: ServedSidecar = sidecar_server(elsewhere)
+    assert _get(other.url + "/hub-api/metrics", TOKEN)[0] == 404
+
+
+@pytest.mark.parametrize("second", ["same", "another"])
+def test_init_app_twice_on_one_app_is_refused_and_leaves_it_whole(
+    second: str, sidecar_server: Any, sidecar_client: Any
+) -> None:
+    """Issue 19: the second call failed half-way ("Working outside of application context")
+    after replacing the app's hub state: the routes served one hub, the extension another."""
+    app = _app_with_routes()
+    hub = EventHub(token=TOKEN)
+    hub.init_app(app)
+    state = app.extensions["sidecar"]
+    again = hub if second == "same" else EventHub(token=TOKEN)
+    with pytest.raises(RuntimeError, match="already has an EventHub"):
+        again.init_app(app)
+    assert app.extensions["sidecar"] is state
+    server: ServedSidecar = sidecar_server(app)
+    client = sidecar_client(server)
+    with app.app_context():
+        assert hub.broadcast_event({"type": "app:whole", "payload": {}})
+    assert client.next()["type"] == "app:whole"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import urllib.request
 
+import pytest
 import websocket
 
 from tests.conftest import TOKEN, recv_close, recv_json, wait_for
@@ -24,7 +25,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _gunicorn(port: int, *extra: str) -> subprocess.Popen:
+def _gunicorn(port: int, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
@@ -42,7 +43,7 @@ def _gunicorn(port: int, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(SIDECAR_TOKEN=TOKEN),
+        env=_env(**{"SIDECAR_TOKEN": TOKEN, **(env or {})}),
     )
 
 
@@ -94,3 +95,27 @@ def test_gunicorn_refuses_more_than_one_worker():
     _, err = server.communicate(timeout=20)
     assert server.returncode != 0
     assert "refusing to start with 2 worker processes" in err
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({"SIDECAR_AUTH": ""}, "sidecar: SIDECAR_AUTH is empty"),
+        ({"SIDECAR_TOKEN": ""}, "sidecar: SIDECAR_TOKEN is empty"),
+        ({"SIDECAR_BROKER": "localhost:6379"}, "sidecar: SIDECAR_BROKER must be a Redis URL"),
+        ({"SIDECAR_THREADS": ""}, "sidecar: SIDECAR_THREADS is empty"),
+        ({"SIDECAR_WORKERS": "two"}, "sidecar: SIDECAR_WORKERS must be a whole number"),
+    ],
+    ids=["auth", "token", "broker", "threads", "workers"],
+)
+def test_gunicorn_refuses_an_empty_or_unusable_setting_with_one_line(
+    env: dict[str, str], line: str
+) -> None:
+    """Issue 19 items 2 and 13: ``SIDECAR_AUTH=`` served without a token; a broker URL
+    without a scheme was a traceback in the master."""
+    server = _gunicorn(_free_port(), env=env)
+    _, err = server.communicate(timeout=20)
+    assert server.returncode != 0, err
+    ours = [text for text in err.splitlines() if text.startswith("sidecar:")]
+    assert len(ours) == 1 and ours[0].startswith(line), err
+    assert "Traceback" not in err and "Booting worker" not in err, err

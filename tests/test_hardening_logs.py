@@ -8,6 +8,10 @@
   at ``--log-level debug``, 2,000 connect-publish-close cycles each get their
   ``connection:status`` and their event, and ``/api/v1/hub`` counts the log lines dropped.
   ``--log-file PATH`` writes the log there instead.
+* Nor can it keep the sidecar from stopping (issue 19 item 12): after 2,000 cycles on a 4 KiB
+  pipe never read, stdin EOF and SIGTERM each end the process (1001 to clients) within 2 s;
+  the log's stop gives up on a stuck writer, and nothing prints on stderr behind the log's
+  back (a thread's uncaught exception, a failed request thread: both are log records).
 
 Black box: child processes (``SIDECAR_TREE`` picks the code, see :mod:`tests.hardening`).
 """
@@ -17,11 +21,16 @@ from __future__ import annotations
 import fcntl
 import json
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
-from tests.conftest import TOKEN, wait_for
+import pytest
+
+from tests.conftest import TOKEN, start_sidecar, wait_for
 from tests.hardening import (
     TREE,
     child_environment,
@@ -31,7 +40,7 @@ from tests.hardening import (
     running,
     upgrade_head,
 )
-from tests.rawws import OP_TEXT, RawWS
+from tests.rawws import OP_TEXT, Problems, RawWS
 
 FLOOD = 1000
 #: Refused handshakes of each kind from one peer (each costs Werkzeug's 10 ms drain).
@@ -139,6 +148,137 @@ def test_a_parent_that_never_reads_stderr_cannot_wedge_it():
     finally:
         proc.kill()
         proc.wait(10)
+
+
+#: The README's promise: a stop ends the process within 2 s of its trigger.
+STOP_WITHIN = 2.0
+
+
+def _quick_cycle(port: int) -> None:
+    """Connect, get connection:status, close: two log lines at the default level."""
+    with RawWS.connect(port, token=TOKEN, timeout=5.0) as ws:
+        status = ws.read_message()
+        assert status is not None and b"connection:status" in status.payload
+        ws.send_close(1000)
+        assert ws.read_close(timeout=5.0, reply=False) == 1000
+
+
+@pytest.mark.parametrize("trigger", ["stdin-eof", "sigterm"])
+def test_a_parent_that_never_reads_stderr_can_still_stop_it_within_2s(trigger: str) -> None:
+    """Issue 19 item 12: the stop waited for the log writer, blocked on the full pipe.
+
+    It exited in 135 ms with stderr read, and never (10-90 s, then killed) without: the
+    interpreter's exit took the lock of the handler the writer was blocked in.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "--port", "0", "--exit-on-stdin-eof"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,  # and never read
+        env=child_environment(SIDECAR_PING_INTERVAL="0"),
+        cwd=TREE,
+    )
+    try:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        fcntl.fcntl(proc.stderr.fileno(), fcntl.F_SETPIPE_SZ, 4096)
+        ready = json.loads(proc.stdout.readline())
+        for _ in range(CYCLES):
+            _quick_cycle(ready["port"])
+        clients = [RawWS.connect(ready["port"], token=TOKEN, timeout=5.0) for _ in range(3)]
+        for ws in clients:
+            assert ws.read_message() is not None  # connection:status
+        started = time.monotonic()
+        if trigger == "stdin-eof":
+            proc.stdin.close()
+        else:
+            proc.send_signal(signal.SIGTERM)
+        for ws in clients:
+            with ws:
+                assert ws.read_close(timeout=STOP_WITHIN) == 1001
+                ws.read_eof(timeout=STOP_WITHIN)
+        code = proc.wait(max(0.1, started + STOP_WITHIN - time.monotonic()))
+        elapsed = time.monotonic() - started
+        assert code == 0 and elapsed < STOP_WITHIN, (code, elapsed)
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+_FLOOD_THE_LOG = """
+import logging, sys, time
+from sidecar import logs
+logs.setup("info")
+for n in range(2000):
+    logging.getLogger("sidecar").info("line %d %s", n, "x" * 100)
+started = time.monotonic()
+flushed = logs.shutdown()
+print(flushed, round(time.monotonic() - started, 3), flush=True)
+"""
+
+
+def test_stopping_the_log_on_a_pipe_nobody_reads_neither_waits_nor_wedges_the_exit() -> None:
+    """The log module alone: its stop gives up on a stuck writer and the interpreter exits."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FLOOD_THE_LOG],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,  # never read
+        env=child_environment(),
+        cwd=TREE,
+    )
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        fcntl.fcntl(proc.stderr.fileno(), fcntl.F_SETPIPE_SZ, 4096)
+        flushed, seconds = proc.stdout.readline().split()
+        assert flushed == b"False" and float(seconds) < 0.5, (flushed, seconds)
+        assert proc.wait(STOP_WITHIN) == 0
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_a_thread_that_dies_is_logged_not_printed_on_stderr(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.log"
+    script = (
+        "import threading; from sidecar import logs\n"
+        f"logs.setup('info', log_file={str(path)!r})\n"
+        "t = threading.Thread(target=lambda: 1 / 0, name='doomed'); t.start(); t.join()\n"
+        "logs.shutdown()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        env=child_environment(),
+        cwd=TREE,
+        timeout=30,
+    )
+    assert done.returncode == 0 and done.stderr == b"", done.stderr.decode()
+    log = path.read_text()
+    assert "thread doomed ended with an uncaught exception" in log and "ZeroDivisionError" in log
+
+
+def test_a_session_that_outlives_the_server_ends_without_a_traceback(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Its request thread ended after the server had closed: an AssertionError traceback,
+    printed on stderr by socketserver (where a full pipe blocked that thread)."""
+    problems = Problems().install()
+    sidecar = start_sidecar(ping_interval=0)
+    try:
+        before = set(threading.enumerate())
+        ws = RawWS.connect(sidecar.port, token=TOKEN, timeout=5.0)
+        assert ws.read_message() is not None  # connection:status
+        session = set(threading.enumerate()) - before  # its request and reader threads
+        sidecar.server.shutdown()
+        sidecar.server.server_close()  # the server is gone; the session is not
+        with ws:
+            ws.send_close(1000)
+            assert ws.read_close(timeout=5.0, reply=False) == 1000
+        wait_for(lambda: not any(thread.is_alive() for thread in session), timeout=5.0)
+    finally:
+        sidecar.state.hub.stop(timeout=2.0)
+        problems.uninstall()
+    assert "Traceback" not in capfd.readouterr().err
+    assert not problems.found, problems.found
 
 
 def test_log_file_receives_the_log(tmp_path: Path):

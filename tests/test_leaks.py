@@ -1,25 +1,31 @@
-"""Leak checks: 1,000 connect/disconnect cycles of mixed kinds on ``/ws``.
+"""Leak checks: 1,000 connect/disconnect cycles of mixed kinds on ``/ws``; 1,000 apps.
 
 Kinds: a clean close, an abrupt RST, a FIN in the middle of a frame, an oversized message
 (1009), and a slow consumer (a small receive window, never reading, evicted with 4008 while
 broadcasts of 256 KiB flow). A few workers run them concurrently. Afterwards the process's
 threads and open file descriptors return to their baseline and its RSS stays within a small
-margin of what it was after a warm-up round.
+margin of what it was after a warm-up round. Likewise after 1,000 apps (each with an
+``EventHub``) created, used and stopped, as a suite using the pytest plugin does.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import random
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from flask import Flask
 
+from sidecar import EventHub
 from sidecar.envelope import new_event
+from sidecar.web.state import SidecarState
 from tests.conftest import TOKEN, RunningSidecar
 from tests.rawws import (
     OP_TEXT,
@@ -30,6 +36,7 @@ from tests.rawws import (
     rss_bytes,
     wait_for_baseline,
 )
+from tests.unit.test_hub_stream import in_child
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
@@ -189,3 +196,63 @@ def test_thousand_cycles_leak_nothing(sidecar_factory: Callable[..., RunningSide
     finally:
         problems.uninstall()
     assert not problems.found, "\n".join(problems.found[:20])
+
+
+# -- apps created and stopped (issue 19 item 11) ------------------------------------------------
+
+APPS = 1000
+#: Each app's hub keeps one event of this size in its history: a leaked state shows in RSS.
+APP_EVENT_BYTES = 64 << 10
+
+
+def _app_made_and_stopped(hub_ext: EventHub | None = None) -> weakref.ReferenceType[SidecarState]:
+    """What a test with the pytest plugin does: an app with an EventHub, used, then stopped."""
+    app = Flask("leak")
+    ext = hub_ext or EventHub(history_bytes=1 << 20)
+    ext.init_app(app)
+    state: SidecarState = app.extensions["sidecar"]
+    with app.app_context():
+        ext.broadcast_event(new_event("test:app", {"blob": "x" * APP_EVENT_BYTES}))
+        assert ext.stop(timeout=2.0)
+    return weakref.ref(state)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["one-extension-each", "one-extension"])
+def test_a_thousand_apps_created_and_stopped_leave_nothing_behind(
+    monkeypatch: pytest.MonkeyPatch, shared: bool
+) -> None:
+    """Their states, configs, hubs and histories are freed; RSS returns to its baseline.
+
+    Each state registered a bound method with ``os.register_at_fork``, which can never be
+    unregistered: every app of the process lived on (~64 MiB here for 1,000 apps).
+    ``one-extension`` is the factory pattern: a module-level ``EventHub()`` initialised on
+    each app a test creates.
+    """
+    monkeypatch.setenv("SIDECAR_TOKEN", TOKEN)
+    ext = EventHub(history_bytes=1 << 20) if shared else None
+    for _ in range(50):  # warm-up: imports, caches, the allocator's first arenas
+        _app_made_and_stopped(ext)
+    gc.collect()
+    threads, rss_before = threading.active_count(), _trimmed_rss()
+    states = [_app_made_and_stopped(ext) for _ in range(APPS)]
+    gc.collect()
+    alive = sum(ref() is not None for ref in states)
+    grown = _trimmed_rss() - rss_before
+    assert alive == 0, f"{alive} of {APPS} app states are still alive"
+    assert grown < RSS_MARGIN, f"RSS grew by {grown / 2**20:.1f} MiB over {APPS} apps"
+    assert threading.active_count() <= threads
+    if ext is not None:  # its list of apps holds those not yet collected at the last init
+        assert len(ext._states) < APPS // 10
+
+
+def test_a_state_forked_while_its_start_lock_was_held_starts_in_the_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The at-fork handler still renews the start lock through its weak reference."""
+    monkeypatch.setenv("SIDECAR_TOKEN", TOKEN)
+    app = Flask("forked")
+    EventHub(app)
+    state: SidecarState = app.extensions["sidecar"]
+    with state._start_lock:  # another thread was starting it at the fork
+        line = in_child(lambda: f"{state._start_lock.acquire(timeout=1)}")
+    assert line == "True"

@@ -248,7 +248,7 @@ def test_pidfd_watch_fires_when_the_process_dies(child):
     _assert_fires_within(fired, child, 0.5)
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="the POSIX fallback")
+@pytest.mark.posix_only("the POSIX fallback")
 def test_poll_watch_fires_within_two_seconds(child):
     watch, fired = _watch(child, method="poll")
     assert watch.method == "poll"
@@ -290,7 +290,7 @@ def test_watching_a_process_that_is_already_gone_calls_back_at_once(child):
         plat.watch_parent(0, fired.set)
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.posix_only("POSIX signals")
 def test_stop_handlers_cover_term_int_and_hup_but_respect_nohup():
     saved = {s: signal.getsignal(s) for s in plat.stop_signals()}
     received: list[int] = []
@@ -307,21 +307,24 @@ def test_stop_handlers_cover_term_int_and_hup_but_respect_nohup():
             signal.signal(signum, handler)
 
 
-def test_stdin_is_a_pipe_only_for_pipes_and_sockets(tmp_path):
+def test_stdin_is_a_pipe_only_for_pipes(tmp_path):
     read_end, write_end = os.pipe()
-    left, right = socket.socketpair()
     with open(tmp_path / "file", "wb") as regular, open(os.devnull, "rb") as null:
         try:
             assert plat.stdin_is_pipe(read_end) is True
-            assert plat.stdin_is_pipe(left.fileno()) is True
             assert plat.stdin_is_pipe(regular.fileno()) is False
             assert plat.stdin_is_pipe(null.fileno()) is False
         finally:
             for fd in (read_end, write_end):
                 os.close(fd)
-            left.close()
-            right.close()
     assert plat.stdin_is_pipe(read_end) is False  # closed
+
+
+@pytest.mark.posix_only("a socket's fileno is a descriptor only on POSIX (a SOCKET on Windows)")
+def test_a_socket_as_stdin_counts_as_a_pipe():
+    left, right = socket.socketpair()
+    with left, right:
+        assert plat.stdin_is_pipe(left.fileno()) is True
 
 
 def test_watch_stdin_fires_at_end_of_file_and_ignores_data():
@@ -346,7 +349,7 @@ def test_fds_needed_leaves_headroom():
     assert plat.fds_needed(1024) == 1024 + plat.FD_HEADROOM
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_NOFILE")
+@pytest.mark.posix_only("RLIMIT_NOFILE")
 def test_raise_fd_limit_raises_the_soft_limit_toward_the_hard_one():
     """In a child whose soft limit starts at 256 (as on macOS): raise it, never lower it."""
     script = textwrap.dedent(

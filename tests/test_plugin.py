@@ -60,3 +60,75 @@ def test_stop_closes_clients_with_1001_and_ends_every_thread(sidecar_server, sid
     stopping.join(10)
     assert not stopping.is_alive()
     wait_for(lambda: not (set(threading.enumerate()) - before), timeout=5)
+
+
+# -- issue 19: next(type), a server's close, one server per app ---------------------------------
+
+
+def _broadcast(server, *types: str) -> None:
+    for name in types:
+        assert server.hub.broadcast_event({"type": name, "payload": {}})
+
+
+def test_next_of_a_type_keeps_the_others_for_later_calls(sidecar_server, sidecar_client):
+    server = sidecar_server()
+    client = sidecar_client(server)
+    _broadcast(server, "app:one", "app:two", "app:three", "app:two")
+    assert client.next("app:three")["seq"] == 3
+    assert [e["seq"] for e in client.collect(2)] == [1, 2]  # kept, in order
+    assert client.next()["seq"] == 4
+    _broadcast(server, "app:five", "app:six")
+    assert client.next("app:six")["seq"] == 6
+    assert client.next("app:five")["seq"] == 5
+
+
+def test_a_timeout_names_the_type_and_what_was_kept(sidecar_server, sidecar_client):
+    server = sidecar_server()
+    client = sidecar_client(server)
+    _broadcast(server, "app:other", "app:other")
+    with pytest.raises(TimeoutError) as waited:
+        client.next("app:wanted", timeout=0.5)
+    assert "'app:wanted'" in str(waited.value) and "app:other x2" in str(waited.value)
+    assert [e["type"] for e in client.collect(2)] == ["app:other", "app:other"]
+    with pytest.raises(TimeoutError, match="0 of 1 events"):
+        client.collect(1, timeout=0.2)
+
+
+def test_after_the_server_closes_next_raises_server_closed_with_the_code(
+    sidecar_server, sidecar_client
+):
+    """It raised JSONDecodeError (the close frame read as an empty text)."""
+    from sidecar.pytest_plugin import ServerClosed
+
+    server = sidecar_server()
+    client = sidecar_client(server)
+    stopping = threading.Thread(target=server.stop)
+    stopping.start()
+    with pytest.raises(ServerClosed) as closed:
+        client.next(timeout=5)
+    assert closed.value.code == 1001 and isinstance(closed.value, ConnectionError)
+    with pytest.raises(ServerClosed):
+        client.collect(1, timeout=1)  # again, at once
+    stopping.join(10)
+
+
+def test_one_app_is_served_once_and_never_after_its_hub_stopped(sidecar_server, sidecar_client):
+    """Serving one app twice and stopping one server stopped the other's hub."""
+    from flask import Flask
+
+    from sidecar import EventHub
+
+    app = Flask("twice")
+    EventHub(app, token="plugin-token-0123456789")
+    first = sidecar_server(app)
+    with pytest.raises(RuntimeError, match=f"already served at {first.url}"):
+        sidecar_server(app)
+    client = sidecar_client(first)
+    _broadcast(first, "app:still-served")
+    assert client.next()["type"] == "app:still-served"
+    client.close()
+    first.stop()
+    with pytest.raises(RuntimeError, match="hub was stopped"):
+        sidecar_server(app)
+    with pytest.raises(ValueError, match="has no EventHub"):
+        sidecar_server(Flask("bare"))

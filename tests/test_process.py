@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 import websocket
 
-from sidecar.launcher import SidecarProcess, child_env, launch
+from sidecar.launcher import DEFAULT_ARGV, SidecarProcess, child_env, launch
 from tests.conftest import TOKEN, recv_close, recv_json, wait_for
 
 
@@ -59,7 +58,7 @@ class Child:
         return self.process.wait(timeout)
 
     def stop(self) -> None:
-        self.process.stop(signal.SIGKILL)
+        self.process.stop(None, timeout=0)  # killed at once
 
 
 @pytest.fixture
@@ -98,6 +97,7 @@ def test_generated_token_is_in_the_ready_line_and_works(child):
         c.connect("not-the-token")
 
 
+@pytest.mark.posix_only("SIGTERM; on Windows a parent's signal is TerminateProcess")
 def test_sigterm_closes_every_client_with_1001_and_exits_0(child):
     c = child()
     clients = [c.connect() for _ in range(3)]
@@ -109,12 +109,16 @@ def test_sigterm_closes_every_client_with_1001_and_exits_0(child):
     assert c.wait(3) == 0
 
 
+@pytest.mark.posix_only("Popen.send_signal takes only CTRL_C_EVENT/CTRL_BREAK_EVENT on Windows")
 def test_sigint_exits_0(child):
     c = child()
     c.proc.send_signal(signal.SIGINT)
     assert c.wait(3) == 0
 
 
+@pytest.mark.posix_only(
+    "SIGKILL and /proc; the Windows parent watch is driven in tests/test_wine.py and test_binary"
+)
 def test_parent_death_stops_the_sidecar_gracefully(tmp_path):
     """A parent process starts the sidecar with --parent-pid and dies; the sidecar follows."""
     script = tmp_path / "parent.py"
@@ -164,6 +168,53 @@ def test_stdin_eof_stops_the_sidecar_when_asked(child):
     assert c.wait(3) == 0
 
 
+@pytest.mark.parametrize("graceful", ["signal", "stdin"])
+def test_the_launchers_stop_closes_every_client_with_1001_and_exits_0(graceful):
+    """``SidecarProcess.stop()``, what the pytest plugin's users and the scripts rely on: SIGTERM
+    on POSIX; on Windows (where SIGTERM is TerminateProcess: exit 1, clients see 1006) and
+    with ``graceful="stdin"`` anywhere, closing the child's stdin."""
+    if graceful == "signal" and sys.platform == "win32":
+        pytest.skip("POSIX only: SIGTERM (the Windows default is the stdin stop)")
+    argv = [*DEFAULT_ARGV, "--ping-interval", "0"]
+    if graceful == "stdin" and "--exit-on-stdin-eof" not in argv:
+        argv.append("--exit-on-stdin-eof")
+    process = SidecarProcess(argv, env=_env(SIDECAR_TOKEN=TOKEN), graceful=graceful)
+    with process:
+        clients = [_connect(process.ready["ws"]) for _ in range(2)]
+    for ws in clients:
+        assert recv_close(ws) == 1001
+    assert (process.returncode, process.killed) == (0, False)
+    assert process.tracebacks() == []
+
+
+def test_the_conformance_app_honours_the_stdin_stop():
+    """``python -m sidecar.conformance`` (scripts/autobahn's server) takes the serve options:
+    ``--exit-on-stdin-eof`` must stop it, or the launcher has to kill it on Windows."""
+    argv = [sys.executable, "-m", "sidecar.conformance", "--port", "0", "--exit-on-stdin-eof"]
+    with SidecarProcess(argv, env=_env(SIDECAR_TOKEN=TOKEN), graceful="stdin") as process:
+        ws = _connect(process.ready["ws"])
+    assert recv_close(ws) == 1001
+    assert (process.returncode, process.killed) == (0, False)
+
+
+def test_the_default_stop_is_the_oss_graceful_one():
+    process = SidecarProcess(env=_env(SIDECAR_TOKEN=TOKEN))
+    if sys.platform == "win32":
+        assert process.graceful == "stdin" and "--exit-on-stdin-eof" in process.argv
+        assert process.popen_options["stdin"] == subprocess.PIPE
+    else:
+        assert process.graceful == "signal" and "--exit-on-stdin-eof" not in process.argv
+        assert process.popen_options["stdin"] == subprocess.DEVNULL
+
+
+def _connect(url: str) -> websocket.WebSocket:
+    ws = websocket.create_connection(
+        url, header=[f"Authorization: Bearer {TOKEN}"], timeout=5, suppress_origin=True
+    )
+    assert recv_json(ws)["type"] == "connection:status"
+    return ws
+
+
 def test_stdin_from_dev_null_does_not_stop_the_sidecar(child):
     c = child("--exit-on-stdin-eof", stdin=subprocess.DEVNULL)
     c.connect()
@@ -201,6 +252,8 @@ def _start_failure(
 
 
 def _low_fd_limit() -> None:
+    import resource  # POSIX only
+
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 
 
@@ -218,6 +271,17 @@ def _low_fd_limit() -> None:
         (["--parent-pid", "0"], {}, "bad-option", 2, "--parent-pid must be"),
         (["--parent-pid", "-4"], {}, "bad-option", 2, "--parent-pid must be"),
         (["--log-file", "/nonexistent/dir/log"], {}, "log-file", 6, "cannot write --log-file"),
+        # issue 19 item 2: an empty value is refused, never read as "off"
+        ([], {"SIDECAR_AUTH": ""}, "bad-option", 2, "SIDECAR_AUTH is empty"),
+        ([], {"SIDECAR_AUTH": " "}, "bad-option", 2, "SIDECAR_AUTH is empty"),
+        ([], {"SIDECAR_TOKEN": ""}, "bad-option", 2, "SIDECAR_TOKEN is empty"),
+        ([], {"SIDECAR_HOST": ""}, "bad-option", 2, "SIDECAR_HOST is empty"),
+        ([], {"SIDECAR_ALLOWED_ORIGINS": ""}, "bad-option", 2, "SIDECAR_ALLOWED_ORIGINS is empty"),
+        (["--allowed-origins", ""], {}, "bad-option", 2, "is empty"),
+        # issue 19 item 13: a broker URL without a scheme
+        (["--broker", "localhost:6379"], {}, "bad-option", 2, "--broker must be a Redis URL"),
+        ([], {"SIDECAR_BROKER": "localhost:6379"}, "bad-option", 2, "SIDECAR_BROKER must be"),
+        (["--broker", "redis://h:1/0?db=x"], {}, "bad-option", 2, "--broker cannot be used"),
     ],
 )
 def test_every_start_up_failure_is_one_json_line(args, env, error, status, message):
@@ -243,6 +307,7 @@ def test_port_in_use_is_a_clear_error(child):
     )
 
 
+@pytest.mark.posix_only("RLIMIT_NOFILE: Windows has no descriptor limit for sockets")
 def test_a_connection_cap_above_the_descriptor_limit_is_refused():
     code, line, _ = _start_failure(["--max-clients", "1000"], {}, preexec=_low_fd_limit)
     assert (code, line["error"]) == (7, "fd-limit"), line
@@ -299,3 +364,87 @@ def test_cli_publish_reports_validation_errors(child):
     )
     assert result.returncode == 1
     assert "422" in result.stderr and "streamId" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--broker", "localhost:6379"], {}),
+        ([], {"SIDECAR_BROKER": "localhost:6379"}),
+        (["--broker", "redis://h:1/0?db=x"], {}),
+    ],
+    ids=["flag", "variable", "driver-refuses"],
+)
+def test_cli_publish_to_a_bad_broker_url_is_one_line(args: list[str], env: dict[str, str]):
+    """Issue 19 item 13: ``sidecar publish --broker localhost:6379`` was a traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "publish", *args, "app:x", "{}"],
+        capture_output=True,
+        text=True,
+        env=_env(**env),
+        timeout=20,
+    )
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr.count("\n") == 1 and "broker" in result.stderr.lower(), result.stderr
+    assert result.stderr.startswith("sidecar: ") and "Traceback" not in result.stderr
+
+
+def test_cli_publish_takes_the_ready_lines_ws_url_too(child):
+    """Issue 19: ``sidecar publish --url ws://…`` said "unknown url type"."""
+    c = child()
+    env = _env(SIDECAR_TOKEN=TOKEN)
+    ws = c.connect()
+    for url in (c.ready["ws"], c.ready["ws"].removesuffix("/ws"), c.ready["url"] + "/"):
+        published = subprocess.run(
+            [sys.executable, "-m", "sidecar", "publish", "--url", url, "app:hello", "{}"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=20,
+        )
+        assert published.returncode == 0, (url, published.stderr)
+        assert recv_json(ws)["type"] == "app:hello"
+    ws.close()
+
+
+@pytest.mark.parametrize("command", ["publish", "tail"])
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1:1", "127.0.0.1:3008", "http://", "http://h:x"])
+def test_cli_tools_refuse_a_url_that_is_not_the_sidecars_with_one_line(command, url):
+    args = ["app:x", "{}"] if command == "publish" else []
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", command, "--url", url, *args],
+        capture_output=True,
+        text=True,
+        env=_env(SIDECAR_TOKEN=TOKEN),
+        timeout=20,
+    )
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("sidecar: --url must be the sidecar's URL"), result.stderr
+    assert result.stderr.count("\n") == 1 and repr(url) in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--broker", ""], {}, "--broker is empty"),
+        ([], {"SIDECAR_BROKER": ""}, "SIDECAR_BROKER is empty"),
+        (["--broker", "redis://127.0.0.1:1/0", "--broker-prefix", " "], {}, "--broker-prefix"),
+        ([], {"SIDECAR_BROKER": "redis://127.0.0.1:1/0", "SIDECAR_BROKER_PREFIX": ""}, "PREFIX"),
+        (["--url", ""], {}, "--url is empty"),
+        ([], {"SIDECAR_URL": ""}, "SIDECAR_URL is empty"),
+        ([], {"SIDECAR_TOKEN": ""}, "SIDECAR_TOKEN is empty"),
+    ],
+)
+def test_cli_publish_refuses_an_empty_setting_as_serve_does(args, env, named):
+    """Issue 19 item 2, in the tools: ``SIDECAR_BROKER=`` quietly published over HTTP, and an
+    empty prefix published to the default stream."""
+    result = subprocess.run(
+        [sys.executable, "-m", "sidecar", "publish", *args, "app:x", "{}"],
+        capture_output=True,
+        text=True,
+        env=_env(**env),
+        timeout=20,
+    )
+    assert result.returncode == 2 and result.stdout == "", result
+    assert result.stderr.startswith("sidecar: ") and named in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1

@@ -259,7 +259,7 @@ def test_gunicorn_start_failures_are_one_line_and_no_crash_loop(
     nowhere = f"redis://127.0.0.1:{free_port()}/0"
     for args in ((), ("--preload",)):
         server = gunicorns(*args, workers=2, env={"SIDECAR_TOKEN": "", "SIDECAR_BROKER": nowhere})
-        _exits_with_one_line(server, "SIDECAR_TOKEN is not set")
+        _exits_with_one_line(server, "SIDECAR_TOKEN is empty")
     _exits_with_one_line(gunicorns(workers=2, env={"SIDECAR_BROKER": nowhere}), "unreachable")
     _exits_with_one_line(gunicorns(workers=3), "refusing to start with 3 worker processes")
 

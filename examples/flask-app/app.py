@@ -1,9 +1,10 @@
 """An existing Flask app that gains the sidecar's hub in a few lines.
 
-Serve it under gunicorn gthread (one worker without a broker):
+Serve it under gunicorn with the sidecar's config (gthread, one worker without a broker, a
+graceful stop, no token in gunicorn's logs):
 
     SIDECAR_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))') \
-    gunicorn -k gthread -w 1 --threads 64 -b 127.0.0.1:8000 'app:create_app()'
+    gunicorn -c python:sidecar.gunicorn_conf --threads 64 -b 127.0.0.1:8000 'app:create_app()'
 
 Browsers connect to ``ws://127.0.0.1:8000/ws`` with the subprotocols ``sidecar.v1`` and
 ``auth.<token>``; other processes publish with ``POST /api/v1/events``.

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from ..config import Config
+from ..platform import SHUTDOWN_WAKES_READERS
 from ..protocol import CloseCode
 from .connection import Data, Ended, MessageTooBig, SendResult, iter_data
 from .identity import SUPERUSER, Identity
@@ -294,7 +295,9 @@ class Client:
 
         Called by the request thread after the hub has been told to unregister the client.
         Bounded: ``close_timeout`` for the peer's close reply plus a short join. Returns once
-        the transport's reader thread has ended.
+        the transport's reader thread has ended, except on Windows after a shutdown: there the
+        reader of a silent peer ends when the server closes the socket, after this request
+        (:data:`~sidecar.platform.SHUTDOWN_WAKES_READERS`).
         """
         deadline = time.monotonic() + close_timeout
         self.request_close(CloseCode.NORMAL, "", may_block=True)
@@ -308,6 +311,8 @@ class Client:
             self.conn.linger(max(0.0, deadline - time.monotonic()))
         if writer is not None:
             writer.join(1.0)
+        if not reader_done and not SHUTDOWN_WAKES_READERS:
+            return  # Windows: the server's close of the socket, after this request, ends it
         if not self.conn.join_reader(1.0):
             log.warning("client %s: reader thread still running after shutdown", self.id)
 

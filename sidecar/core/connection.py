@@ -115,6 +115,8 @@ class GuardedSocket:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.raw = sock
+        #: Longest a blocking write may make no progress (``SO_SNDTIMEO``).
+        self.write_deadline = write_deadline
         self.lock = threading.Lock()
         self._pending: deque[memoryview] = deque()
         #: A close frame has been written in full or in part (or the socket died): new data
@@ -263,7 +265,9 @@ class GuardedSocket:
             self.shutdown()
 
     def shutdown(self) -> None:
-        """Shut both directions down, waking any thread blocked on the socket. Never raises."""
+        """Shut both directions down, waking any thread blocked on the socket (on POSIX; on
+        Windows a blocked ``recv`` or ``select`` goes on until the socket is closed: see
+        :data:`~sidecar.platform.SHUTDOWN_WAKES_READERS`). Never raises."""
         try:
             self.raw.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -461,7 +465,8 @@ class Connection:
         """The next message from the peer, or ``None`` after ``timeout``.
 
         Raises :class:`Ended` once the reader thread has ended (the peer closed, the socket
-        died, the library closed for a protocol error or its own limit), and
+        died, the library closed for a protocol error or its own limit: its close frame is
+        then out, so that a close of ours can never overtake it), and
         :class:`MessageTooBig` for a text message over the limit in UTF-8 bytes.
         """
         if self._source is None or self.socket.closed:
@@ -470,6 +475,10 @@ class Connection:
             message = self._source.receive(timeout=timeout)
         except ConnectionClosed as exc:
             self.peer_close = int(exc.reason)
+            # The library has decided to close (the peer's close frame, a protocol error) and
+            # woke us before writing its close frame: its reader thread writes it next, then
+            # ends. Our own close must not overtake it (a 1000 instead of its 1002).
+            self._reader_done.wait(self.socket.write_deadline)
             raise Ended from None
         if message is None:
             if self._reader_done.is_set() or self.socket.closed:

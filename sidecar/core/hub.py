@@ -52,7 +52,7 @@ from typing import Any
 
 from .. import frames
 from ..config import Config
-from ..envelope import Event, encode, loads_strict
+from ..envelope import Event, EventLike, as_event, encode, loads_strict
 from ..protocol import (
     DEFAULT_CHANNEL,
     MAX_FRAME_HEADER,
@@ -115,9 +115,10 @@ _MAX_REVOCATIONS = 65536
 StatusFactory = Callable[..., Event]
 
 
-def _broadcastable(events: Iterable[Event]) -> list[Event]:
-    """``events`` as a list, each checked by :func:`check_broadcast_type`."""
-    checked = list(events)
+def _broadcastable(events: Iterable[EventLike]) -> list[Event]:
+    """``events`` as a list of events (:func:`~sidecar.envelope.as_event`), each checked by
+    :func:`check_broadcast_type`."""
+    checked = [as_event(event) for event in events]
     for event in checked:
         check_broadcast_type(event.type)
     return checked
@@ -391,25 +392,26 @@ class Hub:
             raise ValueError("broadcast data must not carry channel: pass channel=")
         return self._publish_quietly([raw.strip()], channel)
 
-    def broadcast_event(self, event: Event, channel: str | None = None) -> bool:
-        """Encode ``event`` once and broadcast it to the subscribers of ``channel``.
+    def broadcast_event(self, event: EventLike, channel: str | None = None) -> bool:
+        """Encode ``event`` (an :class:`Event` or a ``{type, payload}`` dict) once and
+        broadcast it to the subscribers of ``channel``.
 
         Returns ``False`` if the hub is stopped or overloaded; raises ``ValueError`` if the
-        encoded event is larger than ``max_event_bytes``, its type may not be broadcast
-        (:func:`check_broadcast_type`) or ``channel`` is not a channel name: a caller's
-        bug, not a load condition.
+        encoded event is larger than ``max_event_bytes``, is not an envelope, its type may not
+        be broadcast (:func:`check_broadcast_type`) or ``channel`` is not a channel name: a
+        caller's bug, not a load condition.
         """
-        check_broadcast_type(event.type)
-        return self._publish_quietly([encode(event)], channel)
+        encoded = [encode(checked) for checked in _broadcastable([event])]
+        return self._publish_quietly(encoded, channel)
 
-    def broadcast_many(self, events: Iterable[Event], channel: str | None = None) -> int:
+    def broadcast_many(self, events: Iterable[EventLike], channel: str | None = None) -> int:
         """Broadcast several events, in order, as one batch: all are accepted or none (0)."""
         encoded = [encode(event) for event in _broadcastable(events)]
         return len(encoded) if encoded and self._publish_quietly(encoded, channel) else 0
 
     def publish(
         self,
-        events: Sequence[Event],
+        events: Sequence[EventLike],
         channel: str | None = None,
         *,
         idempotency_key: str | None = None,
@@ -491,12 +493,15 @@ class Hub:
             return False
         return True
 
-    def send_to_client(self, client: Client, event: Event) -> bool:
-        """Send ``event`` (without ``seq``) to one client. Never blocks, never raises.
+    def send_to_client(self, client: Client, event: EventLike) -> bool:
+        """Send ``event`` (an :class:`Event` or a ``{type, payload}`` dict; without ``seq``)
+        to one client. Never blocks.
 
         ``False`` if the client is gone, its queue is full, the hub is overloaded, or the
-        event is larger than ``max_event_bytes`` (logged).
+        event is larger than ``max_event_bytes`` (logged). Raises only for what is not an
+        event at all (:func:`~sidecar.envelope.as_event`: a caller's bug).
         """
+        event = as_event(event)
         data = encode(event)
         if len(data) > self.max_event_bytes:
             log.warning(
@@ -576,12 +581,19 @@ class Hub:
             requests = [ChannelRequest(DEFAULT_CHANNEL, since, backfill=tuple(backfill))]
         notes = [_frame_of(event) for event in notices]
         if self._local is None:
-            self._inbox.put(Register(client, tuple(requests), greet, tuple(notes)))
-            return True
+            return self._put_while_running(Register(client, tuple(requests), greet, tuple(notes)))
         with self._local.lock:  # origins read in inbox order
             granted = self._local_origins(requests, notes)
-            self._inbox.put(Register(client, granted, greet, tuple(notes)))
-        return True
+            return self._put_while_running(Register(client, granted, greet, tuple(notes)))
+
+    def _put_while_running(self, command: Command) -> bool:
+        """Queue ``command`` unless the hub has stopped (the stop drains what was queued
+        before it under the same lock, so nothing queued is left unanswered)."""
+        with self._pending_lock:
+            if not self._running.is_set():
+                return False
+            self._inbox.put(command)
+            return True
 
     def _local_origins(
         self, requests: Sequence[ChannelRequest], notes: list[bytes]
@@ -701,12 +713,25 @@ class Hub:
             if isinstance(command, Deliver):
                 held = self._fan_out(command)
             elif isinstance(command, Stop):
-                self._running.clear()
-                self._close_all(command.code, command.reason)
-                self._wake_waiters()  # a resume waiting for a seq gives up now
+                self._stop(command)
                 return
             elif command is not None:
                 self._dispatch(command)
+
+    def _stop(self, stop: Stop) -> None:
+        """Close every client, and every one still waiting in the inbox to register."""
+        with self._pending_lock:
+            self._running.clear()  # from here on nothing more is queued to register
+        self._close_all(stop.code, stop.reason)
+        while True:
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(command, Register):
+                command.client.gone = True
+                command.client.request_close(stop.code, stop.reason)
+        self._wake_waiters()  # a resume waiting for a seq gives up now
 
     def _dispatch(self, command: Command) -> None:
         match command:
@@ -1039,9 +1064,10 @@ class Hub:
         """Close every client whose identity has expired (4401: authenticate again)."""
         while self._expiries and self._expiries[0][0] <= now:
             _deadline, _id, client = heapq.heappop(self._expiries)
-            why = "its identity expired"
-            if self._drop(client, CloseCode.IDENTITY_EXPIRED, "identity expired", why):
+            if client in self._clients:  # counted before the close frame can be read
                 self.stats.expired += 1
+                why = "its identity expired"
+                self._drop(client, CloseCode.IDENTITY_EXPIRED, "identity expired", why)
 
     def _remove(self, client: Client) -> bool:
         if client not in self._clients:

@@ -28,16 +28,17 @@ from ..config import Config, ConfigError, load, resolve_token
 from ..core.client import Client, MessageHandler
 from ..core.hub import Hub, PublishRefused
 from ..core.identity import Authorize
-from ..envelope import Event
+from ..envelope import EventLike
 from ..protocol import PublishedSeqs, check_channel, check_user, personal_channel
 from .access import Authenticate
 from .api import api_blueprint, metrics_blueprint
 from .guards import Rejection, check_host, redact
+from .gunicorn_worker import current_worker, prepare_process, split_problem
 from .health import NAME as HEALTH
 from .health import health_blueprint
 from .pages import pages_blueprint
 from .session import EventHandler, ServerOptions, envelope_handler, reject, ws_blueprint
-from .state import SidecarState
+from .state import NotServing, SidecarState
 
 log = logging.getLogger("sidecar")
 
@@ -63,7 +64,7 @@ class _UpgradeHeaders:
 
 
 class _Redact(logging.Filter):
-    """Removes token values from Werkzeug's access log lines (``app.run()``, ``flask run``)."""
+    """Removes token values from the servers' log lines (:data:`SERVER_LOGGERS`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -73,10 +74,21 @@ class _Redact(logging.Filter):
         return True
 
 
+#: The servers' loggers whose lines may show a request target: Werkzeug's access log, and
+#: gunicorn's access and error logs (``Invalid request from …``, ``Error handling request``),
+#: with or without ``sidecar.gunicorn_conf``.
+SERVER_LOGGERS = ("werkzeug", "gunicorn.access", "gunicorn.error")
+
+
 def _install_redaction() -> None:
-    werkzeug_log = logging.getLogger("werkzeug")
-    if not any(isinstance(f, _Redact) for f in werkzeug_log.filters):
-        werkzeug_log.addFilter(_Redact())
+    for name in SERVER_LOGGERS:
+        server_log = logging.getLogger(name)
+        if not any(isinstance(f, _Redact) for f in server_log.filters):
+            server_log.addFilter(_Redact())
+
+
+#: Where an :class:`EventHub` serves ``/metrics`` unless told: under its API prefix.
+METRICS_UNDER_API = "{api_prefix}/metrics"
 
 
 @dataclass(frozen=True)
@@ -97,11 +109,13 @@ class EventHub:
     ``EventHub(app, token="…")`` or ``EventHub(**options)`` + ``init_app(app)``. ``options``
     are :class:`~sidecar.config.Config` fields (``queue_size=…``, ``broker="redis://…"``).
     ``ws_path`` and ``api_prefix`` place the routes; ``debug_page`` (a path, default none)
-    serves the debug page; ``metrics_path`` (default none; the sidecar's own app: ``/metrics``)
-    serves Prometheus metrics (the ``metrics`` extra); ``health_path`` (default none; the
-    sidecar's own app: ``/health``) serves liveness at it and at ``<path>/live``, readiness at
-    ``<path>/ready`` (:mod:`sidecar.web.health`); ``guard_all_routes`` applies the Host guard to
-    every route of the app (the sidecar's own app does), not only the hub's.
+    serves the debug page; ``metrics_path`` serves Prometheus metrics (the ``metrics`` extra;
+    token required) at ``/api/v1/metrics`` by default, under the hub's own prefix so that it
+    never takes an app's ``/metrics`` (``None``: none; the sidecar's own app: ``/metrics``);
+    ``health_path`` (default none; the sidecar's own app: ``/health``) serves liveness at it
+    and at ``<path>/live``, readiness at ``<path>/ready`` (:mod:`sidecar.web.health`);
+    ``guard_all_routes`` applies the Host guard to every route of the app (the sidecar's own
+    app does), not only the hub's.
     """
 
     def __init__(
@@ -113,7 +127,7 @@ class EventHub:
         ws_path: str = "/ws",
         api_prefix: str = "/api/v1",
         debug_page: str | None = None,
-        metrics_path: str | None = None,
+        metrics_path: str | None = METRICS_UNDER_API,
         guard_all_routes: bool = False,
         health_path: str | None = None,
         default_channel: bool = True,
@@ -126,6 +140,8 @@ class EventHub:
         self._authenticate: Authenticate | None = None
         self._authorize: Authorize | None = None
         #: Where the hub's routes go, and whether the Host guard covers the whole app.
+        if metrics_path is not None:
+            metrics_path = metrics_path.format(api_prefix=api_prefix.rstrip("/"))
         self.routes = Routes(
             ws_path, api_prefix, debug_page, metrics_path, guard_all_routes, health_path
         )
@@ -136,11 +152,23 @@ class EventHub:
 
     # -- setup -----------------------------------------------------------------------------
     def init_app(self, app: Flask) -> None:
-        """Add the hub's routes to ``app``; raises :class:`~sidecar.config.ConfigError`."""
+        """Add the hub's routes to ``app``; raises :class:`~sidecar.config.ConfigError`.
+
+        Once per app: a second call (from this extension or another) raises ``RuntimeError``
+        and changes nothing; every check runs before the app is touched.
+        """
+        if "sidecar" in app.extensions:
+            raise RuntimeError(
+                f"the app {app.name!r} already has an EventHub (init_app was called on it "
+                "before): one hub per app, initialised once"
+            )
         config = self._config.with_options(**self._options) if self._config else None
         config = config or load(self._options, app_config=app.config)
         config = resolve_token(config, generate=False)
+        if (problem := split_problem(config, current_worker())) is not None:
+            raise ConfigError("--broker", problem)  # the worker fails to boot: gunicorn stops
         logs.hide(config.token)  # scrubbed from every line logged through sidecar.logs
+        prepare_process()
         broker = _broker(config)
         hub = self._hub or Hub(config, autostart=True, sequencer=broker)
         state = SidecarState(config, hub, broker=broker)
@@ -177,6 +205,8 @@ class EventHub:
             log.warning(
                 "auth is off: any local process or web page on an allowed origin can connect"
             )
+        # apps that are gone leave the list (a suite creates hundreds on one extension)
+        self._states = [ref for ref in self._states if ref() is not None]
         self._states.append(weakref.ref(state))
 
     def _guard(self, state: SidecarState) -> Callable[[], Response | None]:
@@ -186,8 +216,12 @@ class EventHub:
             try:
                 if request.blueprint != HEALTH:  # liveness never starts anything
                     state.ensure_started()
-            except PublishRefused as exc:  # the broker: retried on the next request
+            except NotServing as exc:  # a gunicorn worker among several, without a broker
                 rejection: Rejection | None = Rejection(
+                    503, f"Service Unavailable: {exc}", "not-serving", {"Retry-After": "60"}
+                )
+            except PublishRefused as exc:  # the broker: retried on the next request
+                rejection = Rejection(
                     503, f"Service Unavailable: {exc}", "broker", {"Retry-After": "1"}
                 )
             else:
@@ -228,7 +262,7 @@ class EventHub:
             if state is not None:
                 fn(state)
 
-    def send_to_user(self, user: str, event: Event) -> bool:
+    def send_to_user(self, user: str, event: EventLike) -> bool:
         """Publish ``event`` on ``user:<user>``: every tab and window of that user, on every
         worker, sequenced and recoverable (see :meth:`broadcast_event`)."""
         return self.hub.broadcast_event(event, personal_channel(user))
@@ -286,7 +320,7 @@ class EventHub:
         return state.hub
 
     # -- the hub's API -------------------------------------------------------------------------
-    def broadcast_event(self, event: Event, channel: str | None = None) -> bool:
+    def broadcast_event(self, event: EventLike, channel: str | None = None) -> bool:
         """Broadcast one event on ``channel`` (default: every client; see
         :meth:`Hub.broadcast_event`)."""
         return self.hub.broadcast_event(event, channel)
@@ -295,13 +329,13 @@ class EventHub:
         """Broadcast a pre-encoded envelope (see :meth:`Hub.broadcast`)."""
         return self.hub.broadcast(data, channel)
 
-    def broadcast_many(self, events: Iterable[Event], channel: str | None = None) -> int:
+    def broadcast_many(self, events: Iterable[EventLike], channel: str | None = None) -> int:
         """Broadcast several events as one batch, all or none (see :meth:`Hub.broadcast_many`)."""
         return self.hub.broadcast_many(events, channel)
 
     def publish(
         self,
-        events: Sequence[Event],
+        events: Sequence[EventLike],
         channel: str | None = None,
         *,
         idempotency_key: str | None = None,
@@ -310,7 +344,7 @@ class EventHub:
         once per ``idempotency_key`` (see :meth:`Hub.publish`)."""
         return self.hub.publish(events, channel, idempotency_key=idempotency_key)
 
-    def send_to_client(self, client: Client, event: Event) -> bool:
+    def send_to_client(self, client: Client, event: EventLike) -> bool:
         """Send one event to one client, without ``seq`` (see :meth:`Hub.send_to_client`)."""
         return self.hub.send_to_client(client, event)
 
@@ -364,13 +398,16 @@ def _broker(config: Config) -> Any:
         from ..broker.redis import RedisBroker
     except ImportError as exc:
         raise ConfigError("--broker", f"cannot be used: {exc}") from None
-    return RedisBroker(
-        config.broker,
-        prefix=config.broker_prefix,
-        history_size=config.history_size,
-        max_event_bytes=config.max_event_bytes,
-        channel_ttl=config.channel_ttl,
-    )
+    try:
+        return RedisBroker(
+            config.broker,
+            prefix=config.broker_prefix,
+            history_size=config.history_size,
+            max_event_bytes=config.max_event_bytes,
+            channel_ttl=config.channel_ttl,
+        )
+    except ValueError as exc:  # what the driver refuses in a URL (a query value, a db)
+        raise ConfigError("--broker", f"cannot be used: {exc}") from None
 
 
 def create_app(config: Config | None = None, hub: Hub | None = None, **options: Any) -> Flask:

@@ -268,7 +268,9 @@ class ServerOptions(Mapping[str, Any]):
     """
 
     def __init__(self, previous: Mapping[str, Any] | None) -> None:
-        self.previous = dict(previous or {})
+        if isinstance(previous, ServerOptions):  # never read through g outside a request
+            previous = previous.previous
+        self.previous: dict[str, Any] = dict(previous or {})
 
     def _current(self) -> Mapping[str, Any]:
         admission = g.get("sidecar_session")

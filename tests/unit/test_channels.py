@@ -176,7 +176,7 @@ def test_refused_requests_are_channel_errors(make_hub: HubFactory, action: str, 
     [error] = answers(transport, "channel:error")
     assert (error["channel"], error["code"]) == ((P1 if action == "subscribe-twice" else C9), code)
     assert transport.is_open
-    assert hub.snapshot()["channel_errors"] == 1
+    assert hub.snapshot()["channel_errors"] == 1  # counted once per refusal
 
 
 def test_the_per_connection_limit_refuses_one_more(make_hub: HubFactory) -> None:

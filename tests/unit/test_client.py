@@ -16,6 +16,7 @@ import pytest
 
 from sidecar import frames
 from sidecar.config import Config
+from sidecar.core import client as client_module
 from sidecar.core.client import Client, Close
 from sidecar.core.connection import Ended, MessageTooBig, SendResult
 from sidecar.protocol import CloseCode
@@ -46,6 +47,7 @@ def on_wire(make_wire: WireFactory, **config: object) -> tuple[Client, Wire, Pee
 # -- the fast path and the writer -----------------------------------------------------------------
 
 
+@pytest.mark.posix_only("the fast path needs MSG_DONTWAIT; on Windows every frame has a writer")
 def test_the_fast_path_writes_at_once_and_starts_no_writer(make_wire: WireFactory) -> None:
     client, _wire, peer = on_wire(make_wire)
     assert client.offer(text(1))
@@ -190,7 +192,9 @@ def test_abort_while_the_writer_holds_the_lock(
     make_wire: WireFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    client, wire, peer = on_wire(make_wire)
+    # POSIX: the abort's shutdown wakes the blocked writer; Windows: it does not (Winsock), and
+    # the writer ends at its write deadline: a short one, so that both end within PATIENCE
+    client, wire, peer = on_wire(make_wire, deadline=1.0)
     client.offer(BIG)
     client.offer(BIG)
     wait_until(lambda: wire.conn.socket.lock.locked())  # the writer is blocked in its write
@@ -313,12 +317,31 @@ def test_finish_closes_lingers_and_returns() -> None:
     assert transport.shutdowns == 0 and len(transport.lingered) == 1
 
 
-def test_finish_shuts_down_a_reader_that_does_not_end(caplog: pytest.LogCaptureFixture) -> None:
+def test_finish_shuts_down_a_reader_that_does_not_end(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "SHUTDOWN_WAKES_READERS", True)  # POSIX
     client, transport = new_client()
     transport.reader_done = False
     client.finish(close_timeout=0.01)
     assert transport.shutdowns == 1 and transport.lingered == []
     assert messages(caplog) == [f"client {client.id}: reader thread still running after shutdown"]
+
+
+def test_on_windows_finish_leaves_a_silent_peers_reader_to_the_servers_close(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Winsock's shutdown wakes no blocked recv: waiting for the reader after it only delayed
+    the request (whose end closes the socket, which does wake it) and logged a false alarm."""
+    monkeypatch.setattr(client_module, "SHUTDOWN_WAKES_READERS", False)  # Windows
+    client, transport = new_client()
+    transport.reader_done = False
+    started = time.monotonic()
+    client.finish(close_timeout=0.2)
+    assert time.monotonic() - started < 0.2 + PATIENCE / 10
+    assert transport.shutdowns == 1 and transport.lingered == []
+    assert len(transport.joins) == 1  # the close timeout only, no second wait
+    assert messages(caplog) == []
 
 
 def test_finish_waits_for_the_writer_to_flush_and_close() -> None:
@@ -421,7 +444,8 @@ def test_close_carries_its_code_and_reason() -> None:
     assert (close.code, close.reason, close.args) == (4000, "go away", (4000, "go away"))
 
 
-def test_finish_bounds_each_wait() -> None:
+def test_finish_bounds_each_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_module, "SHUTDOWN_WAKES_READERS", True)  # POSIX
     client, transport = new_client()
     transport.reader_done = False
     started = time.monotonic()

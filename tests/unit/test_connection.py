@@ -17,6 +17,7 @@ import pytest
 
 from sidecar import frames
 from sidecar.core.connection import Ended, GuardedSocket, MessageTooBig, SendResult
+from sidecar.platform import nonblocking_send_flag
 from sidecar.protocol import CloseCode
 from tests.unit.conftest import WireFactory
 from tests.unit.fakes import PATIENCE, FakeClock
@@ -24,6 +25,14 @@ from tests.unit.wire import TINY_BUFFER, Writer, fill, socket_pair
 
 BIG = frames.text_frame(b"x" * (1 << 20))
 SMALL = frames.text_frame(b'{"small":1}')
+#: The non-blocking fast path (``try_send``, a non-blocking close, an abort's close frame)
+#: exists only where a send can be made non-blocking per call.
+FAST_PATH = pytest.mark.posix_only(
+    "the fast path needs MSG_DONTWAIT; Windows has none: try_send is always BUSY there and"
+    " every frame goes through send_all (test_on_windows_* below)"
+)
+#: What ``try_send`` answers once the connection is dead: DEAD, or BUSY without a fast path.
+DEAD = SendResult.DEAD if nonblocking_send_flag() is not None else SendResult.BUSY
 
 
 def opcodes(got: list[frames.Frame]) -> list[int]:
@@ -33,6 +42,7 @@ def opcodes(got: list[frames.Frame]) -> list[int]:
 # -- try_send -----------------------------------------------------------------------------------
 
 
+@FAST_PATH
 def test_try_send_writes_whole_frames_at_once(make_wire: WireFactory) -> None:
     wire, peer = make_wire()
     assert wire.conn.try_send(SMALL) is SendResult.SENT
@@ -40,6 +50,7 @@ def test_try_send_writes_whole_frames_at_once(make_wire: WireFactory) -> None:
     assert [f.payload for f in peer.frames(3)] == [b'{"small":1}'] * 3
 
 
+@FAST_PATH
 def test_a_partial_write_leaves_a_tail_that_blocks_later_writes(make_wire: WireFactory) -> None:
     wire, peer = make_wire(sndbuf=TINY_BUFFER)
     assert wire.conn.try_send(BIG) is SendResult.PARTIAL
@@ -52,6 +63,7 @@ def test_a_partial_write_leaves_a_tail_that_blocks_later_writes(make_wire: WireF
     assert wire.conn.try_send(SMALL) is SendResult.SENT
 
 
+@FAST_PATH
 def test_a_partial_write_of_several_buffers_keeps_their_order(make_wire: WireFactory) -> None:
     wire, peer = make_wire(sndbuf=TINY_BUFFER)
     assert wire.conn.try_send((SMALL, BIG, SMALL)) is SendResult.PARTIAL
@@ -61,6 +73,7 @@ def test_a_partial_write_of_several_buffers_keeps_their_order(make_wire: WireFac
     assert [len(f.payload) for f in got] == [11, 1 << 20, 11]
 
 
+@FAST_PATH
 def test_a_full_buffer_keeps_the_whole_frame_pending(make_wire: WireFactory) -> None:
     wire, peer = make_wire(sndbuf=TINY_BUFFER)
     filler = fill(wire.raw)
@@ -72,6 +85,7 @@ def test_a_full_buffer_keeps_the_whole_frame_pending(make_wire: WireFactory) -> 
     assert flush.wait() is None and peer.quiet()
 
 
+@FAST_PATH
 def test_a_full_buffer_keeps_several_buffers_pending(make_wire: WireFactory) -> None:
     wire, peer = make_wire(sndbuf=TINY_BUFFER)
     filler = fill(wire.raw)
@@ -82,6 +96,7 @@ def test_a_full_buffer_keeps_several_buffers_pending(make_wire: WireFactory) -> 
     assert flush.wait() is None
 
 
+@FAST_PATH
 def test_try_send_is_busy_while_another_thread_holds_the_lock(make_wire: WireFactory) -> None:
     wire, peer = make_wire()
     with wire.conn.socket.lock:
@@ -90,6 +105,7 @@ def test_try_send_is_busy_while_another_thread_holds_the_lock(make_wire: WireFac
     assert wire.conn.try_send(SMALL) is SendResult.SENT
 
 
+@FAST_PATH
 def test_try_send_after_the_peer_is_gone_is_dead() -> None:
     ours, theirs = socket_pair()
     guarded = GuardedSocket(ours, write_deadline=1)
@@ -107,6 +123,7 @@ def test_try_send_after_the_peer_is_gone_is_dead() -> None:
 # -- one close frame, nothing after it ----------------------------------------------------------
 
 
+@FAST_PATH
 def test_nothing_is_written_after_our_close_frame(make_wire: WireFactory) -> None:
     wire, peer = make_wire()
     assert wire.conn.close(CloseCode.GOING_AWAY, "bye")
@@ -124,6 +141,7 @@ def test_nothing_is_written_after_our_close_frame(make_wire: WireFactory) -> Non
     assert wire.conn.ended_by() == "server-close-1001"
 
 
+@FAST_PATH
 def test_nothing_is_written_after_the_librarys_close_reply(make_wire: WireFactory) -> None:
     wire, peer = make_wire()
     peer.close(4321)
@@ -157,6 +175,51 @@ def test_the_librarys_writes_are_cut_after_a_close_frame() -> None:
     theirs.close()
 
 
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (frames.build_frame(frames.OP_TEXT, b"x", rsv=4), CloseCode.PROTOCOL_ERROR),
+        (frames.build_frame(0xB, b"x"), CloseCode.PROTOCOL_ERROR),
+        (frames.build_frame(frames.OP_CLOSE, frames.close_payload(4321)), 4321),
+    ],
+    ids=["rsv", "reserved-opcode", "peer-close"],
+)
+def test_a_close_after_the_library_decided_to_close_never_overtakes_its_close_frame(
+    make_wire: WireFactory, frame: bytes, code: int
+) -> None:
+    """The library wakes ``receive`` before it writes its close frame; ours must wait for it.
+
+    The library's write is held at a gate, so the window that a busy machine opens about once
+    in a hundred sessions stays open here every time.
+    """
+    wire, peer = make_wire()
+    guarded = wire.conn.socket
+    library_send, entered, gate = guarded.send, threading.Event(), threading.Event()
+
+    def held(data: bytes | bytearray) -> int:
+        if bytes(data[:1]) == bytes((0x80 | frames.OP_CLOSE,)):
+            entered.set()
+            gate.wait(PATIENCE)
+        return library_send(data)
+
+    guarded.send = held  # type: ignore[method-assign]
+
+    def session_end() -> None:
+        with pytest.raises(Ended):
+            while True:
+                wire.conn.receive(timeout=PATIENCE)
+        wire.conn.close(CloseCode.NORMAL)  # what the session does once receive has ended
+
+    peer.sock.sendall(frame)
+    assert entered.wait(PATIENCE), "the library never wrote a close frame"
+    ending = Writer(session_end)
+    assert not ending.done.wait(0.2), "receive ended before the library's close frame was out"
+    gate.set()
+    assert ending.wait() is None
+    wire.conn.shutdown()
+    assert [f.close_code for f in peer.to_eof()] == [code]
+
+
 def test_the_librarys_1009_counts_as_the_servers_close(make_wire: WireFactory) -> None:
     wire, peer = make_wire(max_message_size=10)
     peer.send(frames.OP_TEXT, b"x" * 11)
@@ -174,6 +237,7 @@ def test_a_session_without_close_frames_ended_by_eof(make_wire: WireFactory) -> 
         wire.conn.receive(timeout=1)
 
 
+@FAST_PATH
 def test_a_blocking_close_flushes_the_pending_tail_first(make_wire: WireFactory) -> None:
     wire, peer = make_wire(sndbuf=TINY_BUFFER)
     assert wire.conn.try_send(BIG) is SendResult.PARTIAL
@@ -193,6 +257,7 @@ def test_a_non_blocking_close_gives_up_while_the_lock_is_held(make_wire: WireFac
     assert wire.conn.is_open and peer.quiet()
 
 
+@FAST_PATH
 def test_a_close_frame_that_does_not_fit_is_flushed_by_the_next_blocking_write(
     make_wire: WireFactory,
 ) -> None:
@@ -212,6 +277,7 @@ def test_a_close_frame_that_does_not_fit_is_flushed_by_the_next_blocking_write(
 # -- abort and the write deadline -----------------------------------------------------------------
 
 
+@FAST_PATH
 def test_abort_sends_a_close_frame_and_shuts_down(make_wire: WireFactory) -> None:
     wire, peer = make_wire()
     wire.conn.abort(CloseCode.SLOW_CONSUMER, "slow consumer")
@@ -221,6 +287,7 @@ def test_abort_sends_a_close_frame_and_shuts_down(make_wire: WireFactory) -> Non
     assert wire.conn.ended_by() == "server-close-4008"
 
 
+@FAST_PATH
 def test_abort_while_a_writer_holds_the_lock_wakes_it_and_adds_nothing(
     make_wire: WireFactory,
 ) -> None:
@@ -239,6 +306,7 @@ def test_abort_while_a_writer_holds_the_lock_wakes_it_and_adds_nothing(
     assert wire.conn.try_send(SMALL) is SendResult.DEAD
 
 
+@FAST_PATH
 def test_abort_with_a_tail_pending_sends_no_close_frame(make_wire: WireFactory) -> None:
     wire, peer = make_wire(sndbuf=TINY_BUFFER)
     assert wire.conn.try_send(BIG) is SendResult.PARTIAL
@@ -345,7 +413,7 @@ def test_the_peers_hangup_ends_linger_at_once() -> None:
     guarded.linger(5)
     assert time.monotonic() - started < 1
     assert theirs.recv(10) == b""  # our FIN
-    assert guarded.try_send(SMALL) is SendResult.DEAD
+    assert guarded.try_send(SMALL) is DEAD
     ours.close()
     theirs.close()
 
@@ -364,6 +432,7 @@ def test_linger_stops_reading_after_max_bytes() -> None:
 # -- details a peer can see -----------------------------------------------------------------------
 
 
+@FAST_PATH
 def test_a_close_by_default_carries_no_reason_and_waits_for_a_tail(
     make_wire: WireFactory,
 ) -> None:
@@ -378,6 +447,7 @@ def test_a_close_by_default_carries_no_reason_and_waits_for_a_tail(
     assert peer2.frames(1)[0].payload == frames.close_payload(1000)
 
 
+@FAST_PATH
 def test_a_non_blocking_close_on_an_idle_connection_goes_at_once(make_wire: WireFactory) -> None:
     wire, peer = make_wire()
     assert wire.conn.close(4001, "resume", block=False) is True
@@ -387,6 +457,7 @@ def test_a_non_blocking_close_on_an_idle_connection_goes_at_once(make_wire: Wire
     assert peer.to_eof() == []
 
 
+@FAST_PATH
 def test_non_blocking_writes_on_a_full_buffer_never_wait(make_wire: WireFactory) -> None:
     wire, peer = make_wire(sndbuf=TINY_BUFFER)
     filler = fill(wire.raw)
@@ -404,6 +475,7 @@ def test_non_blocking_writes_on_a_full_buffer_never_wait(make_wire: WireFactory)
     assert not wire.conn.is_open
 
 
+@FAST_PATH
 def test_thousands_of_buffers_go_out_in_order(make_wire: WireFactory) -> None:
     wire, peer = make_wire()
     many = tuple(frames.text_frame(b"%d" % i) for i in range(2000))
@@ -414,6 +486,7 @@ def test_thousands_of_buffers_go_out_in_order(make_wire: WireFactory) -> None:
     assert [int(f.payload) for f in got] == list(range(2000)) * 2
 
 
+@FAST_PATH
 def test_abort_sends_its_reason_and_counts_as_closed(make_wire: WireFactory) -> None:
     wire, peer = make_wire()
     wire.conn.abort(4008, "slow consumer")
@@ -442,7 +515,7 @@ def test_linger_returns_at_the_peers_hangup_and_leaves_the_socket_closed() -> No
     started = time.monotonic()
     guarded.linger(5)
     assert time.monotonic() - started < 1
-    assert guarded.closed and guarded.try_send(SMALL) is SendResult.DEAD
+    assert guarded.closed and guarded.try_send(SMALL) is DEAD
     ours.close()
     theirs.close()
 
@@ -537,6 +610,7 @@ def test_linger_gives_up_after_max_bytes_of_input() -> None:
     assert elapsed < PATIENCE / 2  # the byte budget ended it, not the timeout
 
 
+@FAST_PATH
 def test_abort_on_a_full_buffer_never_waits(make_wire: WireFactory) -> None:
     wire, _peer = make_wire(sndbuf=TINY_BUFFER)
     fill(wire.raw)
@@ -546,6 +620,10 @@ def test_abort_on_a_full_buffer_never_waits(make_wire: WireFactory) -> None:
     assert not wire.conn.is_open
 
 
+@pytest.mark.posix_only(
+    "after a shutdown Winsock's recv fails (WSAESHUTDOWN) and select never reports the socket"
+    " readable; werkzeug's last read selects for 0.01 s first, so it does not wait there either"
+)
 def test_after_linger_reads_see_the_end_at_once() -> None:
     ours, theirs = socket_pair()
     guarded = GuardedSocket(ours, write_deadline=1)
@@ -554,3 +632,31 @@ def test_after_linger_reads_see_the_end_at_once() -> None:
     assert ours.recv(1) == b""  # what the WSGI server's last read gets: no wait, no error
     ours.close()
     theirs.close()
+
+
+# -- Windows: no fast path ------------------------------------------------------------------
+
+
+@pytest.mark.windows_only("what replaces the fast path where there is no MSG_DONTWAIT")
+def test_on_windows_try_send_never_writes_and_send_all_keeps_the_close_rule(
+    make_wire: WireFactory,
+) -> None:
+    wire, peer = make_wire()
+    assert wire.conn.try_send(SMALL) is SendResult.BUSY
+    assert peer.quiet()
+    wire.conn.send_all([SMALL])
+    assert [f.payload for f in peer.frames(1)] == [b'{"small":1}']
+    assert wire.conn.close(CloseCode.GOING_AWAY, "bye")
+    wire.conn.send_all([SMALL])  # after our close frame: nothing
+    assert [f.close_code for f in peer.frames(1)] == [CloseCode.GOING_AWAY]
+    assert peer.quiet()
+
+
+@pytest.mark.windows_only("an abort writes nothing where a write cannot be non-blocking")
+def test_on_windows_abort_shuts_down_without_a_close_frame(make_wire: WireFactory) -> None:
+    wire, peer = make_wire()
+    started = time.monotonic()
+    wire.conn.abort(CloseCode.SLOW_CONSUMER, "slow consumer")
+    assert time.monotonic() - started < 0.5
+    assert peer.to_eof() == []
+    assert not wire.conn.is_open and wire.conn.try_send(SMALL) is SendResult.BUSY

@@ -8,7 +8,15 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from sidecar.envelope import Event, encode, is_event_name, new_event, rfc3339_utc, with_seq
+from sidecar.envelope import (
+    Event,
+    as_event,
+    encode,
+    is_event_name,
+    new_event,
+    rfc3339_utc,
+    with_seq,
+)
 
 
 @pytest.mark.parametrize(
@@ -28,6 +36,7 @@ def test_timestamps_are_go_style_rfc3339_in_utc(moment: datetime, text: str) -> 
     assert rfc3339_utc(moment) == text
 
 
+@pytest.mark.posix_only("time.tzset (a zone change at run time) exists only on POSIX")
 def test_timestamps_are_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TZ", "Asia/Tokyo")
     time.tzset()
@@ -102,3 +111,34 @@ def test_with_seq_appends_the_key_last() -> None:
     data = encode(Event("app:tick", {}, "t"))
     assert with_seq(data, 42) == b'{"type":"app:tick","payload":{},"timestamp":"t","seq":42}'
     assert json.loads(with_seq(b'{"a":1}', 0)) == {"a": 1, "seq": 0}
+
+
+# -- a plain {type, payload} dict where an Event is expected (issue 19) --------------------------
+
+
+def test_a_plain_envelope_dict_is_an_event_and_an_event_is_itself() -> None:
+    event = new_event("app:done", {"id": 7})
+    assert as_event(event) is event
+    made = as_event({"type": "chat:ack", "payload": {"ok": True}})
+    assert (made.type, dict(made.payload)) == ("chat:ack", {"ok": True})
+    assert json.loads(encode(made))["timestamp"].endswith("Z")
+    assert dict(as_event({"type": "app:empty"}).payload) == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "text"),
+    [
+        ({"type": "Not A Name", "payload": {}}, ValueError, "is not namespace:kebab-case"),
+        ({"payload": {}}, ValueError, "None is not namespace:kebab-case"),
+        ({"type": "app:x", "payload": [1]}, ValueError, "payload is an object, not list"),
+        ({"type": "app:x", "payload": {}, "seq": 4}, ValueError, "only type and payload, not seq"),
+        (["app:x", {}], TypeError, "an Event or a {type, payload} dict, not list"),
+        ('{"type": "app:x"}', TypeError, "not str"),
+    ],
+)
+def test_what_is_not_an_envelope_is_refused_naming_the_problem(
+    value: object, error: type[Exception], text: str
+) -> None:
+    with pytest.raises(error) as caught:
+        as_event(value)  # type: ignore[arg-type]
+    assert text in str(caught.value)

@@ -422,6 +422,28 @@ def test_send_to_client_carries_no_seq_and_takes_none(make_hub: HubFactory) -> N
     assert hub.seq == 2 and hub.snapshot()["sent_to_client"] == 1
 
 
+def test_plain_envelope_dicts_are_sent_and_broadcast_like_events(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    client, transport = new_client()
+    hub.register(client)
+    assert hub.send_to_client(client, {"type": "chat:ack", "payload": {"i": 1}})
+    assert hub.broadcast_event({"type": "app:tick", "payload": {"i": 2}})
+    assert hub.publish([{"type": "app:tick", "payload": {"i": 3}}]) == [2]
+    assert hub.broadcast_many([{"type": "app:tick", "payload": {"i": 4}}]) == 1
+    sync(hub)
+    got = [(m["type"], m["payload"]["i"], m.get("seq")) for m in transport.messages()[1:]]
+    assert got == [
+        ("chat:ack", 1, None),
+        ("app:tick", 2, 1),
+        ("app:tick", 3, 2),
+        ("app:tick", 4, 3),
+    ]
+    with pytest.raises(TypeError):
+        hub.send_to_client(client, ["chat:ack", {}])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="connection:status"):
+        hub.broadcast_event({"type": "connection:status", "payload": {}})
+
+
 def test_send_to_a_gone_or_unregistered_client_is_false(make_hub: HubFactory) -> None:
     hub = make_hub()
     client, _transport = new_client()
@@ -809,3 +831,28 @@ def test_the_messages_of_refused_arguments() -> None:
 
 def test_the_documented_defaults() -> None:
     assert inspect.signature(Hub.stop).parameters["timeout"].default == 2.0
+
+
+def test_closed_says_whether_stop_was_called(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    assert not hub.closed and hub.is_running()
+    assert hub.stop(timeout=PATIENCE)
+    assert hub.closed and not hub.is_running()
+    assert Hub(autostart=True).closed is False
+
+
+def test_a_client_registering_while_the_hub_stops_is_closed_not_forgotten(
+    make_hub: HubFactory,
+) -> None:
+    hub = make_hub()
+    blocker = Blocker(hub)
+    hub.stop(timeout=0)  # the stop waits in the inbox behind the blocker
+    client, transport = new_client()
+    queued = hub.register(client)  # still accepted: the hub thread has not seen the stop
+    blocker.release()
+    assert hub._stopped.wait(PATIENCE)
+    if queued:
+        transport.wait_closed()
+        assert transport.closes[0][0] == CloseCode.GOING_AWAY
+    assert client.gone
+    assert not hub.register(new_client()[0])  # after the stop: refused at once

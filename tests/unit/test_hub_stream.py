@@ -489,6 +489,10 @@ def test_the_replay_estimate_and_window_start(make_hub: HubFactory) -> None:
     assert estimate(hub, Since("other", 4)) == 0
 
 
+#: Windows has no fork (os.register_at_fork, which resets the hub in a child, neither).
+FORK = pytest.mark.posix_only("os.fork exists only on POSIX")
+
+
 def in_child(report: Callable[[], str]) -> str:
     """Run ``report`` in a forked child (which leaves at once); the line it returned."""
     read, write = os.pipe()
@@ -510,6 +514,7 @@ def in_child(report: Callable[[], str]) -> str:
     return line
 
 
+@FORK
 def test_a_forked_child_starts_a_fresh_hub_on_first_use(make_hub: HubFactory) -> None:
     hub = make_hub()
     publish(hub, 2)
@@ -523,6 +528,7 @@ def test_a_forked_child_starts_a_fresh_hub_on_first_use(make_hub: HubFactory) ->
     assert hub.publish([tick(0)]) == [3]  # the parent's hub goes on
 
 
+@FORK
 def test_a_hub_that_never_ran_stays_unstarted_in_a_child() -> None:
     hub = Hub()
     epoch = hub.epoch

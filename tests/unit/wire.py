@@ -19,6 +19,7 @@ import simple_websocket
 from sidecar import frames
 from sidecar.core.connection import Connection
 from sidecar.frames import Frame
+from sidecar.platform import SHUTDOWN_WAKES_READERS
 from tests.unit.fakes import PATIENCE
 
 #: The smallest send buffer Linux grants (it doubles the value and applies a floor).
@@ -109,8 +110,15 @@ class Wire:
     raw: socket.socket
 
     def end(self) -> None:
-        """Shut both directions down and wait for the reader thread."""
+        """Shut both directions down and wait for the reader thread.
+
+        On Windows a shutdown does not wake the reader blocked in ``recv`` (Winsock completes
+        a pending call only when the socket is closed): the socket is then closed, as the WSGI
+        server does after the request (:data:`sidecar.platform.SHUTDOWN_WAKES_READERS`).
+        """
         self.conn.shutdown()
+        if not SHUTDOWN_WAKES_READERS:
+            self.raw.close()
         assert self.conn.join_reader(PATIENCE), "the reader thread did not end"
 
 
