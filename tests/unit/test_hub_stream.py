@@ -24,6 +24,11 @@ from tests.unit.conftest import Blocker, HubFactory, sync
 from tests.unit.fakes import PATIENCE, FakeClock, FakeTransport, new_client, seqs, tick
 
 
+#: The monotonic clock's resolution: Windows' ticks every ~16 ms, so two readings differ by
+#: whole ticks and a wait of 0.3 s can read as 0.29999… (a bound, never a race).
+TICK = time.get_clock_info("monotonic").resolution
+
+
 def envelope(i: int, seq: int) -> bytes:
     """An envelope as a broker hands it over: encoded, ``seq`` spliced in."""
     return with_seq(encode(tick(i)), seq)
@@ -372,7 +377,7 @@ def test_wait_for_seq_is_false_after_its_timeout(make_hub: HubFactory, other_epo
     epoch, seq = ("other", 1) if other_epoch else (hub.epoch, 3)
     started = time.monotonic()
     assert not hub.wait_for_seq(epoch, seq, timeout=0.05)
-    assert time.monotonic() - started >= 0.05
+    assert time.monotonic() - started >= 0.05 - TICK
 
 
 def test_wait_for_seq_wakes_on_each_fan_out_that_gets_there(make_hub: HubFactory) -> None:
@@ -410,7 +415,7 @@ def test_deliver_waits_for_room_in_the_inbox_up_to_its_timeout(make_hub: HubFact
     )
     started = time.monotonic()
     assert not hub.deliver(hub.epoch, on_default(hub.epoch, [(3, envelope(2, 3))]), 0.05)
-    assert time.monotonic() - started >= 0.05
+    assert time.monotonic() - started >= 0.05 - TICK
     result: list[bool] = []
     waiter = threading.Thread(
         target=lambda: result.append(
@@ -434,7 +439,7 @@ def test_deliver_to_a_stopped_hub_waits_out_its_timeout_then_refuses(make_hub: H
     blocker.release()
     started = time.monotonic()
     assert not hub.deliver(hub.epoch, on_default(hub.epoch, [(2, envelope(1, 2))]), 0.3)
-    assert time.monotonic() - started >= 0.3
+    assert time.monotonic() - started >= 0.3 - TICK
 
 
 def test_a_sequencer_numbers_what_is_published(clock: FakeClock) -> None:
