@@ -41,7 +41,8 @@
 --     that is not a stream, or an entry someone appended beyond our last pos (Redis would
 --     refuse every later "<pos>-0"): a new epoch, an empty stream and default history;
 --   * a named channel: a meta that is missing or not as written here (a new epoch for that
---     channel, its history emptied), a history key that is not a list (emptied).
+--     channel, its history emptied), a history key that is not a list (emptied);
+--   * the default channel's history key that is not a list: emptied (its seqs go on).
 
 local meta, stream, default_history, record = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local m = tonumber(ARGV[7])
@@ -54,17 +55,33 @@ local function number(text)
 end
 
 local function epoch_ok(text)
-  return text and #text <= 64 and string.match(text, '^[%w_-]+$') ~= nil
+  return type(text) == 'string' and #text <= 64 and string.match(text, '^[%w_-]+$') ~= nil
 end
 
 -- Idempotency (KEYS[4], ARGV[4]): separate from the numbering below.
 
+local function whole(value)
+  return type(value) == 'number' and value >= 0 and value < 1e15 and value == math.floor(value)
+end
+
+-- The answer remember() stored under the key, or nil: none, or not one remember() writes
+-- (anyone may SET the key): epoch, pos, count, 0, default seq, then two values per named
+-- channel, then count seqs.
 local function recall()
   if record == '' then return nil end
   local seen = redis.pcall('GET', record)
   if type(seen) ~= 'string' then return nil end  -- none, or not a string: not ours
   local ok, answer = pcall(cjson.decode, seen)
-  if not ok or type(answer) ~= 'table' then return nil end
+  if not ok or type(answer) ~= 'table' or not epoch_ok(answer[1]) then return nil end
+  local count = answer[3]
+  if not whole(answer[2]) or not whole(count) or count < 1 or not whole(answer[5]) then
+    return nil
+  end
+  local named = #answer - 5 - count
+  if named < 0 or named % 2 ~= 0 then return nil end
+  for i = #answer - count + 1, #answer do
+    if not whole(answer[i]) then return nil end
+  end
   answer[4] = 1
   return answer
 end
@@ -210,6 +227,9 @@ for i = 1, m do
   end
   redis.call('EXPIRE', c.key, ARGV[6])
 end
+-- (a default history of another type would fail the LPUSH after the XADDs: emptied too)
+local default_kind = redis.call('TYPE', default_history)['ok']
+if default_kind ~= 'none' and default_kind ~= 'list' then redis.call('DEL', default_history) end
 local touched = {}
 for _, item in ipairs(kept) do
   local index, value = item[1], item[2]

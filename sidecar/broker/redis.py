@@ -140,15 +140,20 @@ class _Answer:
 
     @classmethod
     def parse(cls, reply: Any, named: list[str]) -> _Answer:
+        """``reply`` to a run with the ``named`` channels. A duplicate is the first publish's
+        answer, whose channels may be others: only its seqs (the last ``count`` values)."""
         epoch, pos, count, duplicate, default_seq, *rest = reply
         stream_epoch = epoch.decode()
-        positions = {
-            name: Position(rest[2 * i].decode(), int(rest[2 * i + 1]))
-            for i, name in enumerate(named)
-        }
-        seqs = [int(seq) for seq in rest[2 * len(named) :]]
-        if bool(duplicate) and len(seqs) != int(count):
-            raise BrokerUnavailable("the idempotency record does not match this publish")
+        split = len(rest) - int(count)
+        seqs = [int(seq) for seq in rest[split:]]
+        positions = (
+            {}
+            if duplicate
+            else {
+                name: Position(rest[2 * i].decode(), int(rest[2 * i + 1]))
+                for i, name in enumerate(named)
+            }
+        )
         default = Position(stream_epoch, int(default_seq))
         return cls(stream_epoch, int(pos), bool(duplicate), default, positions, seqs)
 
