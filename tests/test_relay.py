@@ -32,7 +32,14 @@ from sidecar.broker.relay import Relay, RelayStats
 from sidecar.core.stream import Delivered, Numbered, Revocation
 from tests.conftest import wait_for
 from tests.redis_server import RedisServer
-from tests.stream_entries import META, STREAM, envelope, event_fields, revoke_fields
+from tests.stream_entries import (
+    META,
+    STREAM,
+    envelope,
+    event_fields,
+    position_key,
+    revoke_fields,
+)
 from tests.unit.fakes import PATIENCE, wait_until
 
 P1, C9 = "project:p1", "chat:c9"
@@ -100,7 +107,7 @@ class Redis:
 
     def rounds(self) -> int:
         """How many rounds the relay has done (on this run of the server)."""
-        return sum(1 for command in self.sent() if command[0] == "HMGET")
+        return sum(1 for command in self.sent() if command[:2] == ["HMGET", META])
 
     def relay_client(self) -> dict[str, str] | None:
         """The relay's connection, as ``CLIENT LIST`` shows it; None without one."""
@@ -816,6 +823,51 @@ def test_a_well_formed_entry_whose_seq_does_not_follow_its_channel_is_never_deli
     sink.wait(lambda s: len(s.items) == 4)
     assert [i.seq for i in sink.items if isinstance(i, Numbered)] == [7, 8, 9, 10]
     assert len(sink.resets) == 1
+
+
+@pytest.mark.parametrize(
+    ("position", "entry", "kind"),
+    [
+        ({"epoch": "E1", "seq": 8}, ("E1", 9), "ahead"),  # no publish gave it seq 9
+        ({"epoch": "E1", "seq": 8}, ("E1", 900), "ahead"),
+        ({"epoch": "E1", "seq": 8}, ("E1", 8), None),  # first seen: taken as it comes
+        ({"epoch": "E1", "seq": 8}, ("E1", 1), None),
+        ({"epoch": "E2", "seq": 1}, ("E1", 9), None),  # the channel moved on since: no check
+        ({}, ("E1", 9), None),  # no position (expired): no check
+        ({"epoch": "E1", "seq": "nine"}, ("E1", 9), None),  # not a position publish.lua wrote
+        ({"epoch": "bad epoch", "seq": 8}, ("E1", 9), None),
+    ],
+    ids=["ahead", "far-ahead", "at", "behind", "other-epoch", "none", "bad-seq", "bad-epoch"],
+)
+def test_a_named_event_beyond_its_channels_position_is_ahead_even_first_seen(
+    redis: Redis,
+    make_relay: Callable[..., Relay],
+    position: dict[str, Any],
+    entry: tuple[str, int],
+    kind: str | None,
+) -> None:
+    # the relay knows nothing of project:p1 yet; its ch: key, read after the entry, says
+    # which seqs a publish gave it
+    sink = Sink()
+    relay = make_relay(sink)
+    if position:
+        redis.client.hset(position_key(P1), mapping=position)
+    epoch, seq = entry
+    redis.write_at(11, (11, event_fields(envelope(seq, P1), seq, P1, epoch)))
+    redis.write(12, 12)
+    relay.start()
+    if kind is None:
+        sink.wait(lambda s: len(s.items) == 2)
+        assert sink.resets == [] and relay.stats.malformed == {}
+        return
+    sink.wait(lambda s: s.resets)
+    assert sink.resets == [("e1", 12, "events 11..11 are missing or malformed")]
+    assert relay.stats.malformed == {kind: 1} and sink.items == []
+    rounds = redis.rounds()
+    wait_until(lambda: redis.rounds() >= rounds + 2)
+    # one extra read per round only while named events are read: none when idle
+    reads = [c[1] for c in redis.sent() if c[0] == "HMGET"]
+    assert reads.count(position_key(P1)) == 1 and reads.count(META) == redis.rounds() >= 3
 
 
 def test_the_seqs_checked_are_those_delivered_not_those_read_and_refused(

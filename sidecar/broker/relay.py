@@ -6,14 +6,16 @@ positions ``<pos>-0``. Each round pipelines ``XREAD BLOCK`` (after the relay's c
 last seq, on the relay's own connection. Redis runs the two back to back, so the epoch read
 after the entries tells whether they still belong to the relay's epoch (an epoch never comes
 back once it has changed), and the position read after them is at least every position
-``publish.lua`` wrote among them. Then:
+``publish.lua`` wrote among them. When the entries hold events of named channels, a second
+round trip reads those channels' positions (``HMGET`` of each one's ``ch:`` key) for the
+same check. Then:
 
 * a different epoch (Redis lost its data, or was flushed): :meth:`Sink.reset` to the head;
   the entries read are dropped, they are older than that point;
 * the stream is input (anyone may write to it): every entry is checked by
-  :func:`~sidecar.broker.entries.parse_entry`, and one that is malformed, whose position (or,
-  on the default channel, whose seq) is beyond the last one read with it (no publish wrote
-  it), or whose seq does not follow the last one its channel had (:class:`ChannelSeqs`), is
+  :func:`~sidecar.broker.entries.parse_entry`, and one that is malformed, whose position or
+  seq (in its channel's epoch) is beyond the last one read after it (no publish wrote it), or
+  whose seq does not follow the last one its channel had (:class:`ChannelSeqs`), is
   skipped: counted by kind in :class:`RelayStats` (``/metrics``, ``/api/v1/hub``) and logged
   at most once per kind every :data:`LOG_INTERVAL` seconds, with the number skipped since;
 * valid entries that do not start at ``last + 1`` (the stream was trimmed past the relay
@@ -57,11 +59,19 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from ..core.stream import Delivered, Numbered, Revocation
+from ..core.stream import Delivered, Numbered, Position, Revocation
 from ..logs import LogLimiter
-from ..protocol import DEFAULT_CHANNEL
+from ..protocol import DEFAULT_CHANNEL, MAX_CHANNEL_BYTES, is_channel_name
 from . import BrokerError, Sink
-from .entries import Entry, Head, Malformed, entry_position, parse_entry, parse_head
+from .entries import (
+    Entry,
+    Head,
+    Malformed,
+    entry_position,
+    parse_entry,
+    parse_head,
+    parse_position,
+)
 
 if TYPE_CHECKING:
     from .redis import RedisBroker
@@ -254,6 +264,31 @@ class Relay:
             groups = [entries for _stream, entries in reply]
         return [entry for entries in groups for entry in entries], head
 
+    def _positions(self, entries: list[RawEntry]) -> dict[str, Position]:
+        """The position of each named channel whose events ``entries`` hold, read after them
+        (one round trip, none without such an event): at least every seq publish.lua gave
+        those events, in the channel's epoch. Channels without a readable position are left
+        out (their events are taken as they come)."""
+        names: dict[str, None] = {}
+        for _entry_id, fields in entries:
+            name = fields.get(b"c") if isinstance(fields, dict) and b"d" in fields else None
+            if not isinstance(name, bytes) or len(name) > MAX_CHANNEL_BYTES:
+                continue
+            text = name.decode("latin-1")  # (any byte: is_channel_name takes ASCII only)
+            if is_channel_name(text):
+                names[text] = None
+        if not names:
+            return {}
+        pipe = self._client.pipeline(transaction=False)
+        for name in names:
+            pipe.hmget(self._broker.position_key(name), ["epoch", "seq"])
+        found = {}
+        for name, (epoch, seq) in zip(names, pipe.execute(), strict=True):
+            position = parse_position(epoch, seq)
+            if position is not None:
+                found[name] = position
+        return found
+
     def _round(self) -> None:
         entries, head = self._read()
         self._update(last_published_seq=head.pos)
@@ -267,10 +302,11 @@ class Relay:
         batch: list[Delivered] = []
         taken: dict[str, tuple[str, int]] = {}  # each channel's last event in the batch
         cursor = self.cursor
+        heads = self._positions(entries)
         for entry_id, fields in entries:
             position = entry_position(entry_id)
             expected = self.last + len(batch) + 1  # (never more: the cursor is past it)
-            item = self._check(entry_id, fields, head, expected, taken)
+            item = self._check(entry_id, fields, head, heads, expected, taken)
             if isinstance(item, Malformed):
                 self._skip(entry_id, item)
                 if position[1] == 0 and expected <= position[0] <= head.pos:  # it took a pos
@@ -294,19 +330,25 @@ class Relay:
         entry_id: bytes,
         fields: Any,
         head: Head,
+        heads: Mapping[str, Position],
         expected: int,
         taken: Mapping[str, tuple[str, int]],
     ) -> Entry | Revocation | Malformed:
-        """One entry as :func:`parse_entry` reads it, then against the head read with it and,
-        at the ``expected`` position, its channel's last event."""
+        """One entry as :func:`parse_entry` reads it, then against the head (and the named
+        channels' ``heads``) read after it and, at the ``expected`` position, its channel's
+        last event."""
         item = parse_entry(entry_id, fields, self._broker.max_event_bytes)
         if isinstance(item, Malformed):
             return item
         if item.pos > head.pos:
             return Malformed.AHEAD
         if isinstance(item, Entry):
-            if item.channel == DEFAULT_CHANNEL and item.seq > head.seq:
-                return Malformed.AHEAD  # a seq of the default channel no publish assigned
+            last = head.seq if item.channel == DEFAULT_CHANNEL else None
+            known = heads.get(item.channel)
+            if known is not None and known.epoch == item.epoch:
+                last = known.seq
+            if last is not None and item.seq > last:
+                return Malformed.AHEAD  # a seq no publish assigned
             if item.pos == expected and not self.seqs.follows(item, taken):
                 return Malformed.OUT_OF_ORDER  # (after a hole, the reset clears the seqs)
         return item
