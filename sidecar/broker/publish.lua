@@ -2,7 +2,8 @@
 -- at most once per idempotency key.
 --
 -- KEYS[1]  the meta hash: epoch (the stream's and the default channel's), pos (the last
---          global position), seq (the default channel's last seq), size (the history size)
+--          global position), seq (the default channel's last seq), size (the history size),
+--          ttl (the seconds a named channel's history is kept)
 -- KEYS[2]  the stream: one entry per event, ID "<pos>-0", fields d (the envelope with its
 --          seq, and its channel if named), s (the channel's seq), and for a named channel
 --          c (its name) and e (its epoch); a revocation has k=revoke, u (the user), c
@@ -13,7 +14,8 @@
 -- ARGV[2]  the history size to trim to and record; "" uses the recorded one
 -- ARGV[3]  the history size to use when ARGV[2] is "" and none is recorded
 -- ARGV[4]  seconds the idempotency record is kept ("" without a key)
--- ARGV[5]  seconds a named channel's history is kept after its last event
+-- ARGV[5]  seconds a named channel's history is kept after its last event, to record; ""
+--          uses the recorded one (a hub's), or 3600 when none is recorded
 -- ARGV[6]  seconds a named channel's position is kept after its last event
 -- ARGV[7]  m, the number of named channels
 -- ARGV[8..7+m]  for each named channel: its name, then (ARGV[8+m..7+2m]) the epoch to give
@@ -119,6 +121,17 @@ local function history_size()
   return ARGV[3], false
 end
 
+-- The seconds a named channel's history is kept, and whether they are to be recorded (as the
+-- size: a hub's, so that outside publishers keep the deployment's).
+local function history_ttl()
+  local recorded = redis.call('HGET', meta, 'ttl')
+  if ARGV[5] ~= '' then return ARGV[5], recorded ~= ARGV[5] end
+  if recorded and #recorded <= 15 and string.match(recorded, '^[1-9]%d*$') then
+    return recorded, false
+  end
+  return '3600', false
+end
+
 -- Whether an entry we did not write sits at or above "<last + 1>-0".
 local function blocked(last)
   local info = redis.pcall('XINFO', 'STREAM', stream)
@@ -199,6 +212,7 @@ if not epoch or (kind ~= 'none' and kind ~= 'stream') then
   epoch, pos, default_seq = fresh()
 end
 local size, record_size = history_size()
+local ttl, record_ttl = history_ttl()
 
 local answers, kept, seqs = {}, {}, {}
 for i = 1, m do seqs[i] = channels[i].seq end
@@ -216,6 +230,7 @@ if n > 0 then
   redis.call('HSET', meta, 'pos', pos, 'seq', default_seq)
 end
 if record_size then redis.call('HSET', meta, 'size', size) end
+if record_ttl then redis.call('HSET', meta, 'ttl', ttl) end
 
 -- The named channels' positions (created if new), then the histories.
 for i = 1, m do
@@ -239,7 +254,7 @@ for _, item in ipairs(kept) do
 end
 for index, history in pairs(touched) do
   redis.call('LTRIM', history, 0, size - 1)
-  if index > 0 then redis.call('EXPIRE', history, ARGV[5]) end
+  if index > 0 then redis.call('EXPIRE', history, ttl) end
 end
 if n > 0 then redis.call('XTRIM', stream, 'MAXLEN', '~', size) end
 

@@ -92,6 +92,9 @@ log = logging.getLogger("sidecar.broker")
 MAX_BATCH = 10_000
 #: The history size outside publishers trim to when no broker has recorded one.
 DEFAULT_HISTORY_SIZE = 1024
+#: Seconds a named channel's history is kept when no broker has recorded a ``channel_ttl``
+#: (the option's default; ``publish.lua`` falls back to the same number).
+DEFAULT_CHANNEL_TTL = 3600.0
 
 #: The version of the key layout (channels: a global position, per-channel keys).
 KEY_VERSION = "v2"
@@ -170,7 +173,8 @@ class RedisBroker:
     relay's knobs are described in :meth:`start_relay`. ``max_event_bytes`` is the largest
     envelope (with its ``seq``) the relay hands on: larger entries are skipped as malformed.
     ``idempotency_window`` is how many seconds Redis remembers an idempotency key;
-    ``channel_ttl`` how long a named channel's history outlives its last event.
+    ``channel_ttl`` how long a named channel's history outlives its last event (recorded in
+    Redis like the history size; ``None`` uses the recorded one, as outside publishers do).
     """
 
     def __init__(
@@ -186,7 +190,7 @@ class RedisBroker:
         backoff: tuple[float, float] = (0.1, 5.0),
         max_event_bytes: int = 1 << 20,
         idempotency_window: int = IDEMPOTENCY_WINDOW,
-        channel_ttl: float = 3600.0,
+        channel_ttl: float | None = DEFAULT_CHANNEL_TTL,
     ) -> None:
         if not prefix:
             raise ValueError("prefix must not be empty")
@@ -196,6 +200,8 @@ class RedisBroker:
             raise ValueError("block, read_count and backoff (low <= high) must be positive")
         if max_event_bytes < 1 or idempotency_window < 1:
             raise ValueError("max_event_bytes and idempotency_window must be positive")
+        if channel_ttl is not None and not channel_ttl > 0:
+            raise ValueError(f"channel_ttl must be positive, not {channel_ttl}")
         self.url = url
         self.safe_url = redact(url)
         self.prefix = prefix
@@ -334,7 +340,8 @@ class RedisBroker:
         size = "" if self.history_size is None else str(self.history_size)
         args: list[bytes | str | int] = [secrets.token_hex(8), size, DEFAULT_HISTORY_SIZE]
         args += ["" if key is None else self.idempotency_window]
-        args += [max(1, math.ceil(self.channel_ttl)), POSITION_TTL, len(named), *named]
+        ttl = "" if self.channel_ttl is None else max(1, math.ceil(self.channel_ttl))
+        args += [ttl, POSITION_TTL, len(named), *named]
         args += [secrets.token_urlsafe(8) for _name in named]
         for kind, channel, data in items:
             args += [kind, index.get(channel, 0), data]

@@ -15,7 +15,15 @@ from sidecar import frames
 from sidecar.core.channels import Channels, Verdict
 from sidecar.core.hub import Hub
 from sidecar.core.resume import ChannelRequest
-from sidecar.core.stream import LocalSequencer, Numbered, Position, Restart, StreamTracker, Take
+from sidecar.core.stream import (
+    Delivered,
+    LocalSequencer,
+    Numbered,
+    Position,
+    Restart,
+    StreamTracker,
+    Take,
+)
 from sidecar.envelope import encode, with_seq
 from sidecar.protocol import PublishRefused, Since
 from tests.unit.conftest import HubFactory, sync
@@ -348,7 +356,7 @@ def test_channels_accept_per_channel_continuity() -> None:
 def test_the_local_sequencer_numbers_nothing_it_could_not_hand_over() -> None:
     refuse = [True]
 
-    def submit(_epoch: str, _items: tuple[Numbered, ...]) -> None:
+    def submit(_epoch: str, _items: tuple[Delivered, ...]) -> None:
         if refuse[0]:
             raise PublishRefused("full")
 

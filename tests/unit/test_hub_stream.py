@@ -451,6 +451,9 @@ def test_a_sequencer_numbers_what_is_published(clock: FakeClock) -> None:
         def heads(self, channels: Any) -> list[Position]:
             return [Position("e", 0) for _channel in channels]
 
+        def revoke(self, user: str, channel: str) -> None:
+            raise AssertionError("not used here")
+
     hub = Hub(clock=clock, sequencer=Sequencer())
     hub.start()
     try:
