@@ -354,7 +354,7 @@ def test_a_history_item_over_the_limit_is_too_large_before_it_is_decoded() -> No
             b"9" * 15,
             b"9" * 15,
             Head("A_z-9" * 12 + "abcd", 10**15 - 1, 10**15 - 1),
-        ),  # fmt: skip
+        ),
         (b"e1", b"7", b"0", Head("e1", 7, 0)),  # only named channels published so far
         (None, b"1", b"1", None),  # Redis lost the data
         (b"e1", None, b"1", None),  # a v1 meta: no pos
@@ -468,7 +468,7 @@ def test_any_entry_is_an_event_a_revocation_or_a_kind_never_an_exception(
 @given(
     value=st.one_of(
         st.binary(max_size=60), st.builds(lambda p, e: b"%d %s" % (p, e), _seqs, _datas)
-    ),  # fmt: skip
+    ),
     channel=st.sampled_from(["", P1]),
 )
 def test_any_history_item_is_an_event_of_its_channel_or_a_kind(value: bytes, channel: str) -> None:
@@ -495,9 +495,10 @@ class Capture:
         for channel, data in items:
             seq = self.seqs[channel] = self.seqs.get(channel, 0) + 1
             self.pos += 1
-            # publish.lua's splice: string.sub(data, 1, -2) .. ',"seq":%d' [.. ',"channel":"%s"'] .. '}'
-            tail = b',"seq":%d,"channel":"%s"}' % (seq, channel.encode()) if channel else (
-                b',"seq":%d}' % seq)  # fmt: skip
+            # publish.lua's splice: the data without its "}", ',"seq":N' [',"channel":"c"'], "}"
+            tail = b',"seq":%d}' % seq
+            if channel:
+                tail = b',"seq":%d,"channel":"%s"}' % (seq, channel.encode())
             envelope = data[:-1] + tail
             assert envelope == with_seq(data, seq, channel)  # what a hub alone splices
             fields = {b"d": envelope, b"s": b"%d" % seq}
@@ -518,7 +519,7 @@ _broadcast_types = st.one_of(
     st.from_regex(
         r"[a-z][a-z0-9]{0,6}(-[a-z0-9]{1,4}){0,2}:[a-z][a-z0-9]{0,6}(-[a-z0-9]{1,4})?",
         fullmatch=True,
-    ),  # fmt: skip
+    ),
     st.sampled_from(["stream:created", "chat:text-delta", "connection:status", "chat:send"]),
 )
 
