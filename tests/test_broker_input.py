@@ -336,6 +336,20 @@ def test_a_publish_redis_never_answered_is_504_unknown_and_a_retry_with_the_key_
         sequencer.close()
 
 
+def test_a_retry_with_the_key_whose_channels_differ_gets_the_first_answer_not_a_500(
+    broker_sidecar: RunningSidecar,
+) -> None:
+    key = {"Idempotency-Key": "order-9"}
+    first = [tick("a", P1), tick("b", P1)]
+    code, _headers, answer = post(broker_sidecar.port, first, key)
+    assert code == 202 and answer["seqs"] == [1, 2], answer
+    for other in ([tick("a", P1), tick("b", "chat:c9")], [tick("a"), tick("b")]):
+        code, _headers, again = post(broker_sidecar.port, other, key)  # was: a 500, a 413
+        assert code == 202 and again == {"accepted": 2, "seqs": [1, 2], "duplicate": True}
+    code, _headers, again = post(broker_sidecar.port, [tick("a", P1)], key)
+    assert code == 422 and again["error"].startswith("Idempotency-Key: "), again
+
+
 def test_without_a_broker_the_key_is_honoured_too_and_bad_keys_are_refused(
     sidecar: RunningSidecar,
 ) -> None:
