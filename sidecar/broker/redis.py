@@ -2,50 +2,41 @@ r"""RedisBroker: channels numbered in one global order in Redis (publish, resume
 
 Redis owns every epoch, ``seq`` and the order: each publish runs one Lua script
 (``publish.lua``, EVALSHA with a NOSCRIPT fallback) that gives each event its channel's next
-``seq`` (creating the channel's epoch when it has none) and the next global position,
-splices ``,"seq":N}`` (and ``,"channel":"…"``) into each envelope, ``XADD``\ s it to the one
-global stream with the ID ``<pos>-0``, pushes it onto its channel's history and trims. The
-script checks everything before it writes anything (a script is not rolled back), so a
-refused publish uses up no seq; keys it cannot continue (a foreign entry above the last
-position, a key of another type) start a new epoch. Keys, under ``prefix`` and a version
-(``{prefix}:v2:…``: workers of a version without channels never share a stream with these):
+``seq`` (creating the channel's epoch when it has none) and the next global position, splices
+``,"seq":N}`` (and ``,"channel":"…"``) into each envelope, ``XADD``\ s it to the one stream as
+``<pos>-0``, pushes it onto its channel's history and trims. It checks before it writes (a
+script is not rolled back), so a refused publish uses up no seq; keys it cannot continue (a
+foreign entry above the last position, a key of another type) start a new epoch. Keys, under
+``prefix`` and a version (``{prefix}:v2:…``: never shared with workers without channels):
 
-* ``meta``: a hash with ``epoch`` (the stream's, which is the default channel's), ``pos`` (the
-  last global position), ``seq`` (the default channel's last seq) and ``size`` (the history
-  size last configured by a broker, which outside publishers trim to). One hash, so that
-  Redis loses the epoch and the counters together, never one without the other.
+* ``meta``: a hash: ``epoch`` (the stream's and the default channel's), ``pos`` (the last
+  position), ``seq`` (the default channel's last), and the ``size`` and ``ttl`` a hub's broker
+  configured (outside publishers keep them). One hash: lost together, never one without another.
 * ``stream``: every event, ID ``<pos>-0``, fields ``d`` (the envelope), ``s`` (its channel's
-  seq) and, for a named channel, ``c`` and ``e`` (the channel and its epoch); revocations
-  (``k=revoke``, ``u``, ``c``) travel in it too, in order. Every worker's relay reads it all
-  and its hub fans out to its own subscribers (a ``XREAD`` over one key, not per channel).
+  seq) and on a named channel ``c``, ``e`` (the channel, its epoch); revocations (``k=revoke``,
+  ``u``, ``c``) in order among them. Every relay reads it all (one ``XREAD`` over one key).
 * ``hist:`` and ``hist:{channel}``: each channel's last ``size`` events, newest first, as
-  ``"<pos> <envelope>"`` (for resumes on any worker, read in pages by ``read.lua``);
+  ``"<pos> <envelope>"`` (resumes on any worker read them in pages: ``read.lua``);
   ``ch:{channel}``: a named channel's ``epoch`` and ``seq``. A named channel's history expires
-  ``channel_ttl`` seconds after its last event, its position after ``position_ttl``.
-* ``idem:{key}``: one record per idempotency key published within the window (the script's
-  answer, expiring after ``idempotency_window`` seconds): a publish with the same key returns
-  those seqs and publishes nothing.
+  ``channel_ttl`` seconds after its last event, its position after :data:`POSITION_TTL`.
+* ``idem:{key}``: the script's answer to a publish with that idempotency key, for
+  ``idempotency_window`` seconds: a publish with the same key gets it and publishes nothing.
 
 A publish is answered in one of three ways: the seqs (stored), :class:`BrokerUnavailable`
 (nothing reached Redis, or Redis refused it: nothing was published), or
 :class:`BrokerOutcomeUnknown` (the script was sent and no answer came: it may have run). The
-script is therefore sent by hand on one pooled connection, so that a failure before the
-request left (connecting, sending) is told apart from one after it (reading the answer).
+script is sent by hand on one pooled connection, to tell a failure before the request left
+(connecting, sending) from one after it (reading the answer). redis-py's retries are off: a
+retried script whose reply was lost would publish twice (a stale pooled connection is still
+replaced before use, so the first publish after a Redis restart succeeds).
 
 Threads and state
-    * **any thread** calls :meth:`RedisBroker.publish`, :meth:`~RedisBroker.head` and
-      :meth:`~RedisBroker.read_range`. They share ``_client``, whose redis-py connection pool
-      is thread-safe (each call takes a connection of its own). redis-py's ``Script`` object
-      may rewrite its sha after NOSCRIPT (a benign race: every thread writes the same value).
+    * **any thread** calls the publishing and reading methods. They share ``_client``, whose
+      redis-py connection pool is thread-safe (each call takes a connection of its own).
     * **the relay thread** (``sidecar-broker-relay``, at most one per broker, see
       :mod:`sidecar.broker.relay`) has a client and connection of its own.
-    * ``_lock`` guards ``_relay`` (starting and stopping it from any thread).
-
-redis-py's automatic retries are turned off: a retried script whose first reply was lost
-would publish twice. A stale pooled connection (after a Redis restart) is still replaced
-before use by redis-py's pool, so the first publish after a restart succeeds.
-
-Create brokers (and start relays) after a fork, never before: threads do not survive it.
+    * ``_lock`` guards ``_relay`` (starting and stopping it from any thread). Create brokers
+      (and start relays) after a fork, never before: threads do not survive it.
 """
 
 from __future__ import annotations

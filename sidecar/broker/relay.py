@@ -1,41 +1,32 @@
 """The relay: one thread per broker that reads the stream and feeds a :class:`Sink`.
 
 The stream holds every channel's events (and revocations) in one order: entry IDs are global
-positions ``<pos>-0``. Each round pipelines ``XREAD BLOCK`` (after the relay's cursor,
-``COUNT read_count``) with ``HMGET`` of the epoch, the last position and the default channel's
-last seq, on the relay's own connection. Redis runs the two back to back, so the epoch read
-after the entries tells whether they still belong to the relay's epoch (an epoch never comes
-back once it has changed), and the position read after them is at least every position
-``publish.lua`` wrote among them. When the entries hold events of named channels, a second
-round trip reads those channels' positions (``HMGET`` of each one's ``ch:`` key) for the
-same check. Then:
+positions ``<pos>-0``. Each round pipelines ``XREAD BLOCK`` (after the cursor, ``COUNT
+read_count``) with ``HMGET`` of the meta's epoch, last position and default seq, on the
+relay's own connection; Redis runs them back to back, so the epoch read after the entries
+tells whether they are still of the relay's epoch (an epoch never comes back), and the
+position and seq read after them are at least those ``publish.lua`` gave them. Events of
+named channels add one round trip: their channels' positions (``ch:`` keys), read after them
+too. Then:
 
-* a different epoch (Redis lost its data, or was flushed): :meth:`Sink.reset` to the head;
-  the entries read are dropped, they are older than that point;
-* the stream is input (anyone may write to it): every entry is checked by
-  :func:`~sidecar.broker.entries.parse_entry`, and one that is malformed, whose position or
-  seq (in its channel's epoch) is beyond the last one read after it (no publish wrote it), or
-  whose seq does not follow the last one its channel had (:class:`ChannelSeqs`), is
-  skipped: counted by kind in :class:`RelayStats` (``/metrics``, ``/api/v1/hub``) and logged
-  at most once per kind every :data:`LOG_INTERVAL` seconds, with the number skipped since;
-* valid entries that do not start at ``last + 1`` (the stream was trimmed past the relay
-  while it was behind or away, or a malformed entry took a position) or have a hole: the
-  contiguous part is delivered, then a reset to the head;
-* otherwise the entries go to :meth:`Sink.deliver`, retried while it returns False. Which
-  channels a hub's clients follow is the hub's business: the relay hands over everything,
-  and each hub fans out to its own subscribers.
+* another epoch (Redis lost its data, or was flushed): :meth:`Sink.reset` to the head;
+* the stream is input: an entry :func:`~sidecar.broker.entries.parse_entry` refuses, whose
+  position or seq is beyond what was read after it, or whose seq does not follow its
+  channel's last one (:class:`ChannelSeqs`) is skipped, counted by kind in
+  :class:`RelayStats` (``/metrics``, ``/api/v1/hub``) and logged at most once per kind every
+  :data:`LOG_INTERVAL` seconds;
+* entries that do not start at ``last + 1`` (trimmed past a relay that fell behind, or a
+  malformed entry took a position) or have a hole: the part in a row, then a reset;
+* otherwise :meth:`Sink.deliver`, retried while it returns False; each hub fans out to its
+  own subscribers.
 
-The cursor (the ID of the last entry consumed: delivered, skipped or dropped by a reset)
-moves forward; only a reset to another epoch, or to a position that went back, sets it back
-(each takes a change in Redis). Whatever the stream holds, a round either waits in
-``XREAD BLOCK`` or consumes at least one entry: the relay never reads the same entries in a
-loop. A meta hash or stream that cannot be read as ours (another type, fields publish.lua
-would not write) runs the script, which starts a new epoch for it.
-
-A failed round (Redis unreachable, or anything raised) starts an outage: one warning, then
-retries with capped exponential backoff; the first round that succeeds logs one info line.
-After an outage the relay simply continues from its last position, so nothing is lost unless
-the stream was trimmed or the epoch changed meanwhile, which the round detects as above.
+The cursor (the last entry consumed: delivered, skipped or dropped by a reset) only moves
+forward, except at a reset to another epoch or a position gone back (each a change in Redis):
+a round waits in ``XREAD BLOCK`` or consumes an entry, never reads the same ones in a loop.
+Keys that cannot be read as ours run the script, which starts a new epoch. A failed round
+starts an outage: one warning, retries with capped exponential backoff, one info line when a
+round succeeds again; the relay then goes on from its last position (a trim or a new epoch
+meanwhile is found as above).
 
 Threads and state
     * **the relay thread** (``sidecar-broker-relay``) owns everything here: its client (one
