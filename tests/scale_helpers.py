@@ -70,17 +70,24 @@ def connect(port: int, query: str = "", timeout: float = 10.0) -> tuple[Any, dic
 
 
 class Gunicorn:
-    """``gunicorn -c python:sidecar.gunicorn_conf`` on a free port, its log in ``log_dir``."""
+    """``gunicorn -c python:sidecar.gunicorn_conf`` on a free port, its log in ``log_dir``
+    (``app``: the WSGI app, the sidecar's by default; pass ``--chdir`` in ``args`` for one
+    in another folder)."""
 
     def __init__(
-        self, log_dir: Path, *args: str, workers: int = 1, env: dict[str, str] | None = None
+        self,
+        log_dir: Path,
+        *args: str,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        app: str = "sidecar.wsgi:create_app()",
     ) -> None:
         self.port = free_port()  # gunicorn cannot bind port 0 and tell us which it got
         self.workers = workers
         self.log_path = log_dir / f"gunicorn-{self.port}.log"
         command = [sys.executable, "-m", "gunicorn", "-c", "python:sidecar.gunicorn_conf"]
         command += ["--bind", f"127.0.0.1:{self.port}", "-w", str(workers), "--threads", "48"]
-        command += [*args, "sidecar.wsgi:create_app()"]
+        command += [*args, app]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 command,

@@ -20,8 +20,8 @@ import pytest
 
 from sidecar.broker import BrokerOutcomeUnknown, BrokerUnavailable
 from sidecar.broker.publisher import Publisher
-from sidecar.broker.redis import MAX_BATCH, RedisBroker
-from sidecar.core.stream import Numbered
+from sidecar.broker.redis import MAX_BATCH, POSITION_TTL, RedisBroker
+from sidecar.core.stream import Delivered, Numbered, Position, Revocation
 from sidecar.envelope import encode, new_event, with_seq
 from sidecar.protocol import (
     IDEMPOTENCY_WINDOW,
@@ -32,42 +32,78 @@ from sidecar.protocol import (
 )
 from tests.conftest import wait_for
 from tests.redis_server import RedisServer, free_port
+from tests.stream_entries import (
+    META,
+    STREAM,
+    history_key,
+    idempotency_key,
+    position_key,
+)
 
 WAIT = 15.0  # the deadline of every wait for the relay (generous: 2 shared cores)
 
 
 class RecordingSink:
-    """Records what the relay hands over; ``accepting`` cleared makes it refuse (stall)."""
+    """Records what the relay hands over; ``accepting`` cleared makes it refuse (stall).
+
+    ``items`` holds the default channel's events as ``(epoch, seq, data)``; ``delivered``
+    every item (events of any channel, revocations) whole. Contract violations seen in
+    ``deliver`` go to ``errors``: positions that do not follow, an envelope whose seq or
+    channel is not the item's, a channel's seq that does not follow its last one.
+    """
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
-        self.items: list[tuple[str, int, bytes]] = []  # (epoch, seq, data)
-        self.resets: list[tuple[str, int, str]] = []
+        self.items: list[tuple[str, int, bytes]] = []  # (epoch, seq, data): default channel
+        self.delivered: list[Delivered] = []
+        self.resets: list[tuple[str, int, str]] = []  # (epoch, position, reason)
         self.errors: list[str] = []  # contract violations seen in deliver()
         self.refusals = 0
         self.accepting = threading.Event()
         self.accepting.set()
-        self._next: int | None = None
+        self._next: int | None = None  # the next position
+        self._seqs: dict[str, tuple[str, int]] = {}  # each channel's (epoch, last seq)
 
-    def deliver(self, epoch: str, items: Sequence[Numbered], timeout: float) -> bool:
+    def deliver(self, epoch: str, items: Sequence[Delivered], timeout: float) -> bool:
         accepted = self.accepting.wait(timeout)
         with self.cond:
             self.refusals += not accepted
-            for seq, data in ((i.seq, i.data) for i in items) if accepted else ():
-                if self._next is not None and seq != self._next:
-                    self.errors.append(f"seq {seq} delivered, expected {self._next}")
-                if json.loads(data)["seq"] != seq:
-                    self.errors.append(f"seq {seq} does not match its data")
-                self._next = seq + 1
-                self.items.append((epoch, seq, bytes(data)))
+            for item in items if accepted else ():
+                if self._next is not None and item.pos != self._next:
+                    self.errors.append(f"position {item.pos} delivered, expected {self._next}")
+                self._next = item.pos + 1
+                self.delivered.append(item)
+                if isinstance(item, Numbered):
+                    self._check(epoch, item)
             self.cond.notify_all()
         return accepted
 
-    def reset(self, epoch: str, seq: int, reason: str) -> None:
+    def _check(self, epoch: str, item: Numbered) -> None:
+        envelope = json.loads(item.data)
+        if envelope["seq"] != item.seq or envelope.get("channel", "") != item.channel:
+            self.errors.append(f"{item.channel}:{item.seq} does not match its data")
+        last = self._seqs.get(item.channel)
+        if last is not None and (item.epoch, item.seq) != (last[0], last[1] + 1):
+            self.errors.append(f"{item.channel}: {item.seq} after {last}")
+        self._seqs[item.channel] = (item.epoch, item.seq)
+        if item.channel == "":
+            if item.epoch != epoch:
+                self.errors.append(f"default channel in {item.epoch}, not the stream's {epoch}")
+            self.items.append((epoch, item.seq, bytes(item.data)))
+
+    def reset(self, epoch: str, seq: int, reason: str, *, pos: int | None = None) -> None:
         with self.cond:
-            self.resets.append((epoch, seq, reason))
-            self._next = seq + 1
+            if pos is None:
+                self.errors.append("a reset without a position")
+                pos = seq
+            self.resets.append((epoch, pos, reason))
+            self._next = pos + 1
+            self._seqs = {"": (epoch, seq)}
             self.cond.notify_all()
+
+    def channel(self, name: str) -> list[Numbered]:
+        """The events of channel ``name`` delivered, in order."""
+        return [i for i in self.delivered if isinstance(i, Numbered) and i.channel == name]
 
     def wait(self, predicate: Callable[[RecordingSink], bool], timeout: float = WAIT) -> None:
         """Wait until ``predicate(self)`` holds; fail the test after ``timeout``."""
@@ -137,15 +173,26 @@ def test_publish_assigns_seqs_and_stores_the_spliced_envelope(
     assert broker.publish([]) == []
     epoch, seq = broker.head()
     assert seq == 4 and Since.parse(f"{epoch}:{seq}") == Since(epoch, 4)
-    stored = server.client().xrange("sidecar:stream")
+    redis = server.client()
+    stored = redis.xrange(STREAM)
     assert [entry_id for entry_id, _ in stored] == [b"1-0", b"2-0", b"3-0", b"4-0"]
     for (_, fields), seq, raw in zip(stored, [1, 2, 3], data, strict=False):
-        assert fields == {b"d": with_seq(raw, seq)}  # byte-identical to the hub's splice
+        # byte-identical to the hub's splice, and the seq beside it
+        assert fields == {b"d": with_seq(raw, seq), b"s": b"%d" % seq}
+    history = redis.lrange(history_key(), 0, -1)  # newest first, "<pos> <envelope>"
+    kept = [b"%d %s" % (seq, with_seq(data[seq - 1], seq)) for seq in (3, 2, 1)]
+    assert history[1:] == kept
+    assert redis.ttl(history_key()) == -1 and redis.ttl(META) == -1  # the default's: no TTL
+    assert redis.hmget(META, "epoch", "pos", "seq") == [epoch.encode(), b"4", b"4"]
     with pytest.raises(ValueError, match="JSON object"):
         broker.publish([b"[1, 2]"])
     with pytest.raises(ValueError, match="at most"):
         broker.publish([b"{}"] * (MAX_BATCH + 1))
-    assert broker.head() == (epoch, 4)
+    for bad in ("Bad", "project:p1,chat:c9", "a" * 129, "user:"):
+        with pytest.raises(ValueError, match="channel"):
+            broker.publish_items([("project:p1", b"{}"), (bad, b"{}")])  # all or nothing
+    assert broker.head() == (epoch, 4) and redis.xlen(STREAM) == 4
+    assert redis.keys(position_key("*")) == []
 
 
 def test_concurrent_publishers_give_two_relays_one_identical_order(
@@ -206,6 +253,165 @@ print(json.dumps(seqs))
 """
 
 
+# -- channels: one script numbers each channel and the global order ----------------------------
+
+
+def test_each_channel_has_its_own_epoch_and_dense_seqs_in_one_global_order(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    broker = make_broker(server.url, channel_ttl=600)
+    data = events(5)
+    items = [("project:p1", data[0]), ("", data[1]), ("chat:c9", data[2]), ("project:p1", data[3])]
+    assert broker.publish_items(items) == [1, 1, 1, 2]
+    assert broker.publish_items([("chat:c9", data[4])]) == [2]
+    stream = broker.stream_head()
+    p1, c9, default = broker.heads(["project:p1", "chat:c9", ""])
+    assert (stream.pos, stream.seq, default) == (5, 1, Position(stream.epoch, 1))
+    assert p1.seq == 2 and c9.seq == 2 and len({p1.epoch, c9.epoch, stream.epoch}) == 3
+    redis = server.client()
+    stored = redis.xrange(STREAM)
+    assert [entry_id for entry_id, _ in stored] == [b"%d-0" % n for n in range(1, 6)]
+    assert [fields for _, fields in stored] == [
+        {
+            b"d": with_seq(data[0], 1, "project:p1"),
+            b"s": b"1",
+            b"c": b"project:p1",
+            b"e": p1.epoch.encode(),
+        },
+        {b"d": with_seq(data[1], 1), b"s": b"1"},
+        {
+            b"d": with_seq(data[2], 1, "chat:c9"),
+            b"s": b"1",
+            b"c": b"chat:c9",
+            b"e": c9.epoch.encode(),
+        },
+        {
+            b"d": with_seq(data[3], 2, "project:p1"),
+            b"s": b"2",
+            b"c": b"project:p1",
+            b"e": p1.epoch.encode(),
+        },
+        {
+            b"d": with_seq(data[4], 2, "chat:c9"),
+            b"s": b"2",
+            b"c": b"chat:c9",
+            b"e": c9.epoch.encode(),
+        },
+    ]
+    assert redis.lrange(history_key("project:p1"), 0, -1) == [
+        b"4 " + with_seq(data[3], 2, "project:p1"),
+        b"1 " + with_seq(data[0], 1, "project:p1"),
+    ]
+    assert redis.hgetall(position_key("project:p1")) == {b"epoch": p1.epoch.encode(), b"seq": b"2"}
+    assert 590 < redis.ttl(history_key("project:p1")) <= 600  # channel_ttl
+    assert POSITION_TTL - 10 < redis.ttl(position_key("project:p1")) <= POSITION_TTL == 30 * 86400
+    assert redis.ttl(META) == redis.ttl(STREAM) == redis.ttl(history_key()) == -1
+    # a position asked for is created at 0 and kept (a subscriber's since stays valid)
+    fresh = broker.heads(["doc:9:comments"])[0]
+    assert fresh.seq == 0 and broker.heads(["doc:9:comments"]) == [fresh]
+    assert 0 < redis.ttl(position_key("doc:9:comments")) <= POSITION_TTL
+    assert not redis.exists(history_key("doc:9:comments"))
+    assert broker.stream_head() == stream  # asking publishes nothing
+    assert broker.publish_items([("doc:9:comments", data[0])]) == [1]
+    assert broker.heads(["doc:9:comments"]) == [Position(fresh.epoch, 1)]
+
+
+def test_publishing_refreshes_a_channels_ttls_and_its_expiry_gives_a_new_epoch(
+    server: RedisServer, make_broker: Callable[..., RedisBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sidecar.broker.redis.POSITION_TTL", 4)
+    broker = make_broker(server.url, channel_ttl=1)
+    redis = server.client()
+    assert broker.publish_items([("project:p1", e) for e in events(3)]) == [1, 2, 3]
+    epoch = broker.heads(["project:p1"])[0].epoch
+    assert 0 < redis.ttl(history_key("project:p1")) <= 1
+    # the history goes after channel_ttl; the position stays: the seqs go on, a resume from
+    # before the expiry is no longer recovered
+    wait_for(lambda: not redis.exists(history_key("project:p1")), WAIT)
+    assert redis.exists(position_key("project:p1"))
+    assert broker.read_channel("project:p1", epoch, 1, 10, 1 << 20) is None
+    assert broker.read_channel("project:p1", epoch, 3, 10, 1 << 20) == []
+    assert broker.publish_items([("project:p1", events(1)[0])]) == [4]
+    assert [i.seq for i in broker.read_channel("project:p1", epoch, 3, 10, 1 << 20) or []] == [4]
+    assert broker.read_channel("project:p1", epoch, 2, 10, 1 << 20) is None
+    # the position goes after its own TTL (30 days in production): a new epoch from 1
+    wait_for(lambda: not redis.exists(position_key("project:p1")), WAIT)
+    assert broker.publish_items([("project:p1", events(1)[0])]) == [1]
+    now = broker.heads(["project:p1"])[0]
+    assert now.epoch != epoch and now.seq == 1
+    assert broker.read_channel("project:p1", epoch, 4, 10, 1 << 20) is None
+    assert redis.ttl(META) == -1 and redis.ttl(STREAM) == -1  # the stream's keys never expire
+
+
+def test_outside_publishers_keep_the_history_ttl_the_hubs_recorded(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    redis = server.client()
+    with Publisher(server.url) as publisher:  # before any hub: the option's default
+        publisher.publish("app:x", {}, channel="project:p1")
+        assert 3500 < redis.ttl(history_key("project:p1")) <= 3600
+        make_broker(server.url, channel_ttl=77).head()  # a hub's broker starts: recorded
+        assert redis.hget(META, "ttl") == b"77"
+        publisher.publish("app:x", {}, channel="project:p1")
+        assert 70 < redis.ttl(history_key("project:p1")) <= 77  # (was: the Publisher's 3600)
+    with Publisher(server.url, channel_ttl=9.5) as publisher:  # given: used and recorded
+        publisher.publish("app:x", {}, channel="chat:c9")
+        assert 0 < redis.ttl(history_key("chat:c9")) <= 10 and redis.hget(META, "ttl") == b"10"
+    redis.hset(META, "ttl", "forever")  # not a number publish.lua wrote: the default
+    with Publisher(server.url) as publisher:
+        publisher.publish("app:x", {}, channel="chat:c9")
+        assert 3500 < redis.ttl(history_key("chat:c9")) <= 3600
+    with pytest.raises(ValueError, match="channel_ttl"):
+        RedisBroker(server.url, channel_ttl=0)
+
+
+def test_concurrent_publishers_on_channels_give_two_relays_one_order_and_dense_seqs(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    workers = [make_broker(server.url), make_broker(server.url)]
+    sinks = [RecordingSink(), RecordingSink()]
+    for worker, sink in zip(workers, sinks, strict=True):
+        worker.start_relay(sink)
+    channels = ["", "project:p1", "chat:c9", "user:alice"]
+    returned: dict[str, list[list[int]]] = {channel: [] for channel in channels}
+    lock = threading.Lock()
+
+    def publish_from(worker: RedisBroker, n: int) -> None:
+        for round_ in range(60):
+            channel = channels[(n + round_) % len(channels)]
+            items = [(channel, e) for e in events(1 + round_ % 3, f"{n}-{round_}")]
+            if round_ % 5 == 0:
+                items.append((channels[(n + round_ + 1) % len(channels)], events(1)[0]))
+            seqs = worker.publish_items(items)
+            with lock:
+                for (item_channel, _data), seq in zip(items, seqs, strict=True):
+                    returned[item_channel].append([seq])
+            if round_ % 20 == 7:
+                worker.revoke(f"u{n}", "project:p1")
+
+    threads = [threading.Thread(target=publish_from, args=(workers[i % 2], i)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert not any(t.is_alive() for t in threads)
+    total = workers[0].stream_head().pos
+    for sink in sinks:
+        sink.wait(_delivered(total))
+        assert not sink.errors and not sink.resets
+    assert sinks[0].delivered == sinks[1].delivered  # one identical order, revocations included
+    assert [item.pos for item in sinks[0].delivered] == list(range(1, total + 1))
+    assert sum(isinstance(i, Revocation) for i in sinks[0].delivered) == 4 * 3
+    for channel in channels:  # each channel dense from 1, as each publisher was answered
+        got = sinks[0].channel(channel)
+        assert [i.seq for i in got] == list(range(1, len(got) + 1))
+        assert sorted(seq for seqs in returned[channel] for seq in seqs) == [i.seq for i in got]
+        epoch, last = workers[1].heads([channel])[0]
+        assert last == len(got) and {i.epoch for i in got} == {epoch}
+        page = workers[1].read_channel(channel, epoch, 0, 1024, 1 << 30)
+        assert page == got  # a resume anywhere reads exactly what the relays delivered
+
+
 def test_publish_falls_back_on_noscript(
     server: RedisServer, make_broker: Callable[..., RedisBroker]
 ) -> None:
@@ -239,11 +445,18 @@ def test_key_prefixes_keep_deployments_apart(
     assert b'"tag":"two"' in sink_two.items[0][2]
     assert one.read_range(epoch_two, 0, 10) is None
     assert len(one.read_range(epoch_one, 0, 10) or []) == 2
+    assert one.publish_items([("project:p1", events(1, "one")[0])]) == [1]
+    assert two.heads(["project:p1"])[0].seq == 0  # another deployment's channel of that name
     assert sorted(server.client().keys()) == [
-        b"one:meta",
-        b"one:stream",
-        b"two:meta",
-        b"two:stream",
+        b"one:v2:ch:project:p1",
+        b"one:v2:hist:",
+        b"one:v2:hist:project:p1",
+        b"one:v2:meta",
+        b"one:v2:stream",
+        b"two:v2:ch:project:p1",
+        b"two:v2:hist:",
+        b"two:v2:meta",
+        b"two:v2:stream",
     ]
 
 
@@ -253,8 +466,13 @@ def test_unreachable_redis_is_one_clear_error_without_the_password() -> None:
     broker = RedisBroker(url, connect_timeout=1.0)
     for call in (
         broker.head,
+        broker.stream_head,
+        lambda: broker.heads(["project:p1"]),
         lambda: broker.publish(events(1)),
+        lambda: broker.publish_items([("project:p1", events(1)[0])]),
+        lambda: broker.revoke("alice", "project:p1"),
         lambda: broker.read_range("e", 0, 1),
+        lambda: broker.read_channel("project:p1", "e", 0, 1, 1000),
     ):
         with pytest.raises(BrokerUnavailable) as caught:
             call()
@@ -347,6 +565,10 @@ def test_flush_while_connected_never_delivers_new_events_as_old_ones(
     assert sink.seqs(old) == [1, 2, 3] and sink.seqs(new) == list(range(seq + 1, 11))
 
 
+def _delivered(n: int) -> Callable[[RecordingSink], bool]:
+    return lambda sink: len(sink.delivered) >= n
+
+
 def _has(n: int) -> Callable[[RecordingSink], bool]:
     return lambda sink: len(sink.items) == n
 
@@ -360,10 +582,10 @@ def _reconnects(broker: RedisBroker, n: int) -> Callable[[], bool]:
 
 
 def publish_300(broker: RedisBroker, server: RedisServer) -> int:
-    """Publish 300 events in batches of 50; the oldest seq the stream still holds."""
+    """Publish 300 events in batches of 50; the oldest position the stream still holds."""
     for _ in range(6):
         broker.publish(events(50))
-    return int(server.client().xrange("sidecar:stream", count=1)[0][0].split(b"-")[0])
+    return int(server.client().xrange(STREAM, count=1)[0][0].split(b"-")[0])
 
 
 def test_a_relay_left_behind_by_trimming_resets(
@@ -390,19 +612,112 @@ def test_read_range_edges(server: RedisServer, make_broker: Callable[..., RedisB
     broker = make_broker(server.url, history_size=5)
     epoch, seq = broker.head()
     assert seq == 0 and broker.read_range(epoch, 0, 10) == []  # empty stream, at the head
-    first = publish_300(broker, server)
+    publish_300(broker, server)
+    assert server.client().llen(history_key()) == 5  # the history keeps exactly 5
+    first = 296
     edge = broker.read_range(epoch, first - 1, 3)  # exactly the oldest event kept
     assert edge is not None and [s for s, _ in edge] == [first, first + 1, first + 2]
     assert all(json.loads(data)["seq"] == s for s, data in edge)
     assert broker.read_range(epoch, first - 2, 3) is None  # too old: first - 1 was trimmed
+    assert broker.read_range(epoch, 0, 3) is None
     assert broker.read_range(epoch, 300, 10) == []  # nothing missed
     assert broker.read_range(epoch, 301, 10) is None  # ahead of the last seq
     assert broker.read_range("another-epoch", 299, 10) is None
     assert [s for s, _ in broker.read_range(epoch, 297, 10) or []] == [298, 299, 300]
-    assert [s for s, _ in broker.read_range(epoch, 290, 2) or []] == [291, 292]  # limit
-    assert broker.read_range(epoch, 290, 0) == []
+    assert [s for s, _ in broker.read_range(epoch, 296, 2) or []] == [297, 298]  # limit
+    assert broker.read_range(epoch, 296, 0) == []
     with pytest.raises(ValueError):
         broker.read_range(epoch, -1, 10)
+
+
+def test_read_channel_reads_one_channel_in_pages_bounded_in_bytes(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    broker = make_broker(server.url, history_size=8)
+    padded = [encode(new_event("test:tick", {"n": n, "pad": "x" * 100 * n})) for n in range(10)]
+    items = [("project:p1", data) for data in padded]
+    items[5:5] = [("chat:c9", events(1)[0]), ("", events(1)[0])]  # other channels between
+    assert broker.publish_items(items) == [1, 2, 3, 4, 5, 1, 1, 6, 7, 8, 9, 10]
+    epoch, last = broker.heads(["project:p1"])[0]
+    assert last == 10 and server.client().llen(history_key("project:p1")) == 8
+    page = broker.read_channel("project:p1", epoch, 2, 100, 1 << 20)
+    assert page is not None and [i.seq for i in page] == list(range(3, 11))
+    assert [i.pos for i in page] == [3, 4, 5, 8, 9, 10, 11, 12]  # their global positions
+    assert all(i.channel == "project:p1" and i.epoch == epoch for i in page)
+    spliced = [with_seq(d, n + 1, "project:p1") for n, d in enumerate(padded)]
+    assert [i.data for i in page] == spliced[2:]
+    # bytes: it stops once the budget is exceeded, the event that crosses it included
+    sizes = [len(i.data) for i in page]
+    for budget in (0, 1, sizes[0], sizes[0] + 1, sizes[0] + sizes[1]):
+        part = broker.read_channel("project:p1", epoch, 2, 100, budget)
+        assert part is not None
+        taken = len(part)
+        assert sum(sizes[: taken - 1]) <= budget < sum(sizes[:taken]) or (
+            taken == len(sizes) and sum(sizes) <= budget
+        ), (budget, taken)
+    assert broker.read_channel("project:p1", epoch, 2, 3, 1 << 20) == page[:3]  # a count
+    assert broker.read_channel("project:p1", epoch, 10, 100, 1 << 20) == []  # at the head
+    assert broker.read_channel("project:p1", epoch, 1, 100, 1 << 20) is None  # trimmed
+    assert broker.read_channel("project:p1", epoch, 11, 100, 1 << 20) is None  # ahead
+    assert broker.read_channel("project:p1", "another", 5, 100, 1 << 20) is None
+    assert broker.read_channel("project:p2", epoch, 0, 100, 1 << 20) is None  # none there
+    stream_epoch = broker.head()[0]
+    assert [i.seq for i in broker.read_channel("", stream_epoch, 0, 10, 1 << 20) or []] == [1]
+    with pytest.raises(ValueError):
+        broker.read_channel("project:p1", epoch, -1, 10, 100)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda r: r.lset(history_key("project:p1"), 2, b"not an item"),
+        lambda r: r.lset(history_key("project:p1"), 2, b"7 not json"),
+        lambda r: r.lset(history_key("project:p1"), 2, b'7 {"type":"app:x","seq":3}'),
+        lambda r: r.lset(
+            history_key("project:p1"), 2, b'7 {"type":"app:x","seq":3,"channel":"chat:c9"}'
+        ),
+        lambda r: r.lset(
+            history_key("project:p1"),
+            2,
+            b'7 {"type":"connection:status","seq":3,"channel":"project:p1"}',
+        ),
+        lambda r: r.lrem(history_key("project:p1"), 1, r.lindex(history_key("project:p1"), 2)),
+        lambda r: r.lpush(
+            history_key("project:p1"), b"99 " + with_seq(b'{"type":"app:x"}', 6, "project:p1")
+        ),
+        lambda r: (r.delete(history_key("project:p1")), r.set(history_key("project:p1"), "x")),
+        lambda r: r.delete(history_key("project:p1")),
+        lambda r: r.hset(position_key("project:p1"), "seq", "five"),
+        lambda r: r.hset(position_key("project:p1"), "seq", "9"),
+        lambda r: (r.delete(position_key("project:p1")), r.set(position_key("project:p1"), "x")),
+    ],
+    ids=[
+        "garbage",
+        "not-json",
+        "another-list",
+        "another-channel",
+        "reserved",
+        "hole",
+        "pushed",
+        "list-of-another-type",
+        "expired",
+        "seq",
+        "seq-ahead",
+        "meta-of-another-type",
+    ],
+)
+def test_a_damaged_history_is_never_a_partial_or_wrong_resume(
+    server: RedisServer, make_broker: Callable[..., RedisBroker], damage: Callable[[Any], object]
+) -> None:
+    broker = make_broker(server.url)
+    assert broker.publish_items([("project:p1", d) for d in events(5)]) == [1, 2, 3, 4, 5]
+    epoch, _ = broker.heads(["project:p1"])[0]
+    damage(server.client())
+    page = broker.read_channel("project:p1", epoch, 0, 100, 1 << 20)
+    # what comes back is exactly what was published, from seq 1 on, or nothing (None)
+    assert page is None or (
+        [i.seq for i in page] == [1, 2, 3, 4, 5][: len(page)] and len(page) == 5
+    ), page
 
 
 def test_publisher_validates_like_the_api_and_returns_seqs(
@@ -430,7 +745,7 @@ def test_publisher_validates_like_the_api_and_returns_seqs(
                 small.publish_many([("app:fine", {}), item])  # all or nothing
         small.close()
         assert publisher.head()[1] == 3
-    stored = server.client().xrange("sidecar:stream")
+    stored = server.client().xrange(STREAM)
     envelopes = [json.loads(fields[b"d"]) for _, fields in stored]
     assert [(e["type"], e["seq"]) for e in envelopes] == [
         ("stream:created", 1),
@@ -438,7 +753,59 @@ def test_publisher_validates_like_the_api_and_returns_seqs(
         ("workflow:status-changed", 3),
     ]
     assert envelopes[2]["timestamp"] == status.timestamp and envelopes[0]["payload"] == created
-    assert server.client().hget("sidecar:meta", "size") == b"7"  # publishers keep the hub's
+    assert server.client().hget(META, "size") == b"7"  # publishers keep the hub's
+
+
+def test_publisher_publishes_on_channels_sends_to_users_and_revokes(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    relay = make_broker(server.url)
+    sink = RecordingSink()
+    relay.start_relay(sink)
+    with Publisher(server.url) as publisher:
+        epoch, seq = publisher.position("project:p1")  # created, at 0
+        assert seq == 0 and publisher.position("project:p1") == (epoch, 0)
+        assert publisher.publish("app:thing", {"n": 1}, channel="project:p1") == 1
+        assert publisher.publish_many([("app:thing", {"n": 2})] * 2, channel="project:p1") == [
+            2,
+            3,
+        ]
+        assert publisher.publish("app:thing", {"n": 3}) == 1  # the default channel's own seq
+        assert publisher.send_to_user("alice", "app:note", {"text": "hi"}) == 1
+        publisher.revoke("alice", "project:p1")
+        assert publisher.position("project:p1") == (epoch, 3)
+        assert publisher.position() == publisher.head() == (relay.head()[0], 1)
+        refused: list[tuple[Callable[[], object], str]] = [
+            (lambda: publisher.publish("app:x", {}, channel="Bad"), "channel"),
+            (lambda: publisher.publish("app:x", {}, channel="a,b"), "channel"),
+            (lambda: publisher.send_to_user("al ice", "app:x", {}), "user id"),
+            (lambda: publisher.send_to_user("", "app:x", {}), "user id"),
+            (lambda: publisher.revoke("alice", "Bad"), "channel"),
+            (lambda: publisher.revoke("al:ice", "project:p1"), "user id"),
+            (lambda: publisher.position("Bad"), "channel"),
+            (lambda: publisher.publish("channel:subscribed", {}, channel="project:p1"), "hub"),
+        ]
+        for call, message in refused:
+            with pytest.raises(ValueError, match=message):
+                call()
+    sink.wait(lambda s: len(s.delivered) == 6)
+    assert not sink.errors and sink.resets == []
+    assert [(i.seq, json.loads(i.data)["payload"]["n"]) for i in sink.channel("project:p1")] == [
+        (1, 1),
+        (2, 2),
+        (3, 2),
+    ]
+    assert [i.channel for i in sink.delivered if isinstance(i, Numbered)] == [
+        "project:p1",
+        "project:p1",
+        "project:p1",
+        "",
+        "user:alice",
+    ]
+    assert sink.delivered[-1] == Revocation(6, "alice", "project:p1")
+    (note,) = sink.channel("user:alice")
+    envelope = json.loads(note.data)
+    assert (envelope["type"], envelope["seq"], envelope["channel"]) == ("app:note", 1, "user:alice")
 
 
 def test_tcp_url_with_password_and_database(make_broker: Callable[..., RedisBroker]) -> None:
@@ -498,11 +865,23 @@ def test_stop_while_redis_is_down_is_bounded(
 
 # -- keys that are not ours any more: no seq burned, no half publish (issue 19, item 4) -------
 
-STREAM_KEY, META_KEY = "sidecar:stream", "sidecar:meta"
+STREAM_KEY, META_KEY = STREAM, META
+P1_KEY, P1_HISTORY = position_key("project:p1"), history_key("project:p1")
 
 
-def stored_seqs(server: RedisServer) -> list[int]:
-    return [json.loads(fields[b"d"])["seq"] for _, fields in server.client().xrange(STREAM_KEY)]
+def stored_seqs(server: RedisServer, channel: str = "") -> list[int]:
+    """The seqs of ``channel``'s events in the stream, in its order."""
+    return [
+        json.loads(fields[b"d"])["seq"]
+        for _, fields in server.client().xrange(STREAM_KEY)
+        if fields.get(b"c", b"").decode() == channel and b"d" in fields
+    ]
+
+
+def history_seqs(server: RedisServer, channel: str = "") -> list[int]:
+    """The seqs in ``channel``'s history list, oldest first."""
+    items = server.client().lrange(history_key(channel), 0, -1)
+    return [json.loads(item.partition(b" ")[2])["seq"] for item in reversed(items)]
 
 
 @pytest.mark.parametrize(
@@ -514,12 +893,20 @@ def test_a_foreign_entry_above_the_last_seq_starts_a_new_epoch_not_a_refusal(
     broker = make_broker(server.url)
     assert broker.publish(events(3)) == [1, 2, 3]
     old, _ = broker.head()
+    p1 = broker.heads(["project:p1"])[0]
     server.client().xadd(STREAM_KEY, {"x": "y"}, id=foreign)  # blocks "4-0" (or "5-0")
     seqs = broker.publish(events(3))  # was: BrokerUnavailable, and seq 4-6 used up
     epoch, last = broker.head()
     assert seqs == [1, 2, 3] and epoch != old and last == 3
     assert stored_seqs(server) == [1, 2, 3]  # nothing of the old epoch, nothing foreign
+    assert history_seqs(server) == [1, 2, 3]
     assert broker.publish(events(1)) == [4] and broker.head() == (epoch, 4)
+    # the same on a named channel's publish; the channel keeps its own epoch and seqs
+    server.client().xadd(STREAM_KEY, {"x": "y"}, id=foreign.replace("4-0", "6-0"))
+    assert broker.publish_items([("project:p1", d) for d in events(2)]) == [1, 2]
+    assert broker.head()[0] not in (old, epoch) and broker.stream_head().pos == 2
+    assert broker.heads(["project:p1"]) == [Position(p1.epoch, 2)]
+    assert stored_seqs(server, "project:p1") == [1, 2] and stored_seqs(server) == []
 
 
 def test_a_refused_publish_uses_up_no_seq_and_writes_nothing(
@@ -527,21 +914,38 @@ def test_a_refused_publish_uses_up_no_seq_and_writes_nothing(
 ) -> None:
     broker = make_broker(server.url)
     assert broker.publish(events(2)) == [1, 2]
+    assert broker.publish_items([("project:p1", events(1)[0])]) == [1]
     redis = server.client()
-    before = (redis.hgetall(META_KEY), redis.xrange(STREAM_KEY))
+
+    def everything() -> list[Any]:
+        return [redis.hgetall(META_KEY), redis.xrange(STREAM_KEY), redis.hgetall(P1_KEY)] + [
+            redis.lrange(key, 0, -1) for key in (history_key(), P1_HISTORY)
+        ]
+
+    before = everything()
     redis.set("ballast", b"x" * 2_000_000)
     redis.config_set("maxmemory-policy", "noeviction")
     redis.config_set("maxmemory", 1_000_000)  # below what is used: every first write refused
     try:
-        for batch in (events(1), events(5)):
+        for items in (
+            [("", e) for e in events(1)],
+            [("", e) for e in events(5)],
+            [("project:p1", e) for e in events(2)],
+            [("chat:c9", e) for e in events(1)],  # a new channel
+            [("", events(1)[0]), ("project:p1", events(1)[0]), ("chat:c9", events(1)[0])],
+        ):
             with pytest.raises(BrokerUnavailable) as refused:
-                broker.publish(batch, idempotency_key="while-full")
+                broker.publish_items(items, idempotency_key="while-full")
             assert not isinstance(refused.value, BrokerOutcomeUnknown)
-        assert (redis.hgetall(META_KEY), redis.xrange(STREAM_KEY)) == before
-        assert not redis.exists("sidecar:idem:while-full")
+        with pytest.raises(BrokerUnavailable):
+            broker.revoke("alice", "project:p1")
+        assert everything() == before
+        assert not redis.exists(idempotency_key("while-full"))
+        assert not redis.exists(position_key("chat:c9"), history_key("chat:c9"))
     finally:
         redis.config_set("maxmemory", 0)
     assert broker.publish(events(1), idempotency_key="while-full") == [3]  # next seq, kept
+    assert broker.publish_items([("project:p1", events(1)[0])]) == [2]
 
 
 @pytest.mark.parametrize(
@@ -551,11 +955,16 @@ def test_a_refused_publish_uses_up_no_seq_and_writes_nothing(
         lambda r: (r.delete(META_KEY), r.set(META_KEY, "a string")),
         lambda r: r.hset(META_KEY, "seq", "twelve"),
         lambda r: r.hset(META_KEY, "seq", "1" * 16),
+        lambda r: r.hset(META_KEY, "pos", "twelve"),
+        lambda r: r.hset(META_KEY, "pos", "-1"),
+        lambda r: r.hdel(META_KEY, "pos"),
         lambda r: r.hset(META_KEY, "epoch", "not an epoch!"),
         lambda r: r.hset(META_KEY, "size", "lots"),
+        lambda r: (r.delete(history_key()), r.set(history_key(), "a string")),
     ],
-    ids=["stream-type", "meta-type", "seq", "huge-seq", "epoch", "size"],
-)
+    ids=["stream-type", "meta-type", "seq", "huge-seq", "pos", "negative-pos", "no-pos", "epoch",
+         "size", "history-type"],
+)  # fmt: skip
 def test_keys_that_cannot_be_continued_start_a_new_epoch_and_publishing_goes_on(
     server: RedisServer, make_broker: Callable[..., RedisBroker], damage: Callable[[Any], object]
 ) -> None:
@@ -569,6 +978,65 @@ def test_keys_that_cannot_be_continued_start_a_new_epoch_and_publishing_goes_on(
         assert seqs == [3, 4] and stored_seqs(server) == [1, 2, 3, 4]
     else:
         assert seqs == [1, 2] and last == 2 and stored_seqs(server) == [1, 2]
+        assert history_seqs(server) == [1, 2]
+    stored = [(json.loads(f[b"d"])["seq"], f[b"d"]) for _, f in server.client().xrange(STREAM_KEY)]
+    if history_seqs(server) == [seq for seq, _data in stored]:
+        assert publisher.read_range(epoch, 0, 10) == stored  # a resume reads what was stored
+    else:  # only a history of another type was lost: the seqs went on, its history restarted
+        assert history_seqs(server) == [3, 4]
+        assert publisher.read_range(epoch, 0, 10) is None
+        assert publisher.read_range(epoch, 2, 10) == stored[2:]
+
+
+@pytest.mark.parametrize(
+    ("damage", "continued"),
+    [
+        (lambda r: r.delete(P1_KEY), False),  # as when its position expired
+        (lambda r: (r.delete(P1_KEY), r.set(P1_KEY, "a string")), False),
+        (lambda r: r.hset(P1_KEY, "seq", "twelve"), False),
+        (lambda r: r.hset(P1_KEY, "seq", "1" * 16), False),
+        (lambda r: r.hset(P1_KEY, "seq", "-1"), False),
+        (lambda r: r.hdel(P1_KEY, "seq"), False),
+        (lambda r: r.hset(P1_KEY, "epoch", "not an epoch!"), False),
+        (lambda r: r.hset(P1_KEY, "epoch", "e" * 65), False),
+        (lambda r: r.hdel(P1_KEY, "epoch"), False),
+        (lambda r: (r.delete(P1_HISTORY), r.set(P1_HISTORY, "a string")), True),
+        (lambda r: (r.delete(P1_HISTORY), r.hset(P1_HISTORY, "a", "b")), True),
+        (lambda r: r.delete(P1_HISTORY), True),  # as when its history expired
+    ],
+    ids=["gone", "meta-type", "seq", "huge-seq", "negative-seq", "no-seq", "epoch", "long-epoch",
+         "no-epoch", "history-type", "history-hash", "history-gone"],
+)  # fmt: skip
+def test_a_channels_keys_that_cannot_be_continued_give_it_a_new_epoch_or_a_fresh_history(
+    server: RedisServer,
+    make_broker: Callable[..., RedisBroker],
+    damage: Callable[[Any], object],
+    continued: bool,
+) -> None:
+    broker = make_broker(server.url)
+    assert broker.publish_items([("project:p1", e) for e in events(2)]) == [1, 2]
+    assert broker.publish(events(1)) == [1]
+    old = broker.heads(["project:p1"])[0]
+    stream = broker.stream_head()
+    damage(server.client())
+    seqs = broker.publish_items([("project:p1", e) for e in events(2)])
+    now = broker.heads(["project:p1"])[0]
+    assert broker.stream_head() == (stream.epoch, stream.pos + 2, 1)  # the stream goes on
+    if continued:  # its position is intact: the seqs go on, the history starts again
+        assert seqs == [3, 4] and now == (old.epoch, 4)
+        assert history_seqs(server, "project:p1") == [3, 4]
+        assert broker.read_channel("project:p1", old.epoch, 1, 10, 1 << 20) is None
+        page = broker.read_channel("project:p1", old.epoch, 2, 10, 1 << 20)
+        assert [i.seq for i in page or []] == [3, 4]
+    else:  # a new epoch from seq 1, none of the old history with it
+        assert seqs == [1, 2] and now.epoch != old.epoch and now.seq == 2
+        assert history_seqs(server, "project:p1") == [1, 2]
+        assert broker.read_channel("project:p1", old.epoch, 2, 10, 1 << 20) is None
+        page = broker.read_channel("project:p1", now.epoch, 0, 10, 1 << 20)
+        assert [i.seq for i in page or []] == [1, 2]
+    assert stored_seqs(server, "project:p1") == [1, 2, *seqs]
+    redis = server.client()
+    assert 0 < redis.ttl(P1_KEY) <= POSITION_TTL and 0 < redis.ttl(P1_HISTORY) <= 3600
 
 
 # -- idempotency keys and answers whose outcome is unknown (issue 19, item 6) ------------------
@@ -596,11 +1064,80 @@ def test_a_retry_with_the_same_key_publishes_nothing_and_gets_the_first_seqs(
     sink.wait(lambda s: len(s.items) == 3)
     assert sink.seqs() == [1, 2, 3] and stored_seqs(server) == [1, 2, 3]
     redis = server.client()
-    ttl = redis.ttl("sidecar:idem:order-42")
+    ttl = redis.ttl(idempotency_key("order-42"))
     assert 0 < ttl <= IDEMPOTENCY_WINDOW == 300
-    assert redis.get("sidecar:idem:order-42") == f"{broker.head()[0]} 2 2".encode()
-    redis.delete("sidecar:idem:order-42")  # as when the window is over
+    # the script's answer: epoch, last position, count, (duplicate), default seq, the seqs
+    assert json.loads(redis.get(idempotency_key("order-42"))) == [broker.head()[0], 2, 2, 0, 2,
+                                                                   1, 2]  # fmt: skip
+    redis.delete(idempotency_key("order-42"))  # as when the window is over
     assert broker.publish(events(2), idempotency_key="order-42") == [4, 5]
+
+
+def test_a_retry_on_channels_gets_each_events_seq_in_its_channel_once(
+    server: RedisServer, make_broker: Callable[..., RedisBroker]
+) -> None:
+    broker = make_broker(server.url)
+    sink = RecordingSink()
+    broker.start_relay(sink)
+    items = [("project:p1", events(1)[0]), ("", events(1)[0]), ("project:p1", events(1)[0])]
+    first = broker.publish_items(items, idempotency_key="mixed")
+    assert first == [1, 1, 2] and not first.duplicate
+    again = broker.publish_items(items, idempotency_key="mixed")
+    assert again == [1, 1, 2] and again.duplicate
+    # the same key with other channels (a retry that lost its own batch): the first's seqs,
+    # never a crash reading an answer of other channels (a 500 or a 422 over HTTP)
+    for other in (
+        [("chat:c9", events(1)[0]), ("chat:c8", events(1)[0]), ("", events(1)[0])],
+        [("", events(1)[0])] * 3,
+        [("chat:c9", events(1)[0])] * 3,
+    ):
+        retried = broker.publish_items(other, idempotency_key="mixed")
+        assert retried == [1, 1, 2] and retried.duplicate
+    with pytest.raises(IdempotencyKeyReused):
+        broker.publish_items(items[:2], idempotency_key="mixed")
+    broker.revoke("alice", "project:p1")  # (a revocation is no publish: never deduplicated)
+    assert broker.publish_items(items[:1]) == [3]
+    sink.wait(lambda s: len(s.delivered) == 5)
+    assert [(i.channel, i.seq) for i in sink.delivered if isinstance(i, Numbered)] == [
+        ("project:p1", 1),
+        ("", 1),
+        ("project:p1", 2),
+        ("project:p1", 3),
+    ]
+    assert not sink.errors and server.client().keys(position_key("chat:*")) == []
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        b"not json",
+        b"[]",
+        b"{}",
+        b'"text"',
+        b"[1,2,3,4,5,6,7]",
+        b'["e1",2,2,0,2,1]',  # one seq for two events
+        b'["e1",2,2,0,2,"1","2"]',
+        b'["e1",2,2,0,2,1.5,2]',
+        b'["e1",2,2,0,2,-1,2]',
+        b'["not an epoch!",2,2,0,2,1,2]',
+        b'["e1",2,2,0,2,"E",1,1]',  # a named channel's two values, and one seq too few
+        b'["e1",2,0,0,2]',
+        b'["e1",-2,2,0,2,1,2]',
+    ],
+)
+def test_an_idempotency_record_the_script_did_not_write_is_ignored_never_a_crash(
+    server: RedisServer, make_broker: Callable[..., RedisBroker], record: bytes
+) -> None:
+    broker = make_broker(server.url)
+    server.client().set(idempotency_key("k"), record)  # (anyone may write to the keys)
+    assert broker.publish_items([("project:p1", e) for e in events(2)], idempotency_key="k") == [
+        1,
+        2,
+    ]
+    retried = broker.publish_items([("project:p1", e) for e in events(2)], idempotency_key="k")
+    assert retried == [1, 2] and retried.duplicate  # the record is ours again
+    server.client().set(idempotency_key("k"), record)
+    assert broker.publish(events(2), idempotency_key="k") == [1, 2]  # published, not a crash
 
 
 def test_the_window_is_the_brokers_and_keys_of_other_prefixes_do_not_meet(
@@ -610,7 +1147,7 @@ def test_the_window_is_the_brokers_and_keys_of_other_prefixes_do_not_meet(
     other = make_broker(server.url, prefix="other")
     assert short.publish(events(1), idempotency_key="k") == [1]
     assert other.publish(events(1), idempotency_key="k") == [1]  # its own stream and keys
-    assert 0 < server.client().ttl("sidecar:idem:k") <= 7
+    assert 0 < server.client().ttl(idempotency_key("k")) <= 7
     assert other.publish(events(1), idempotency_key="k").duplicate
 
 

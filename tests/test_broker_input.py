@@ -37,8 +37,9 @@ from sidecar.envelope import loads_strict
 from sidecar.web.extension import create_app
 from tests.conftest import TOKEN, RunningSidecar, wait_for
 from tests.redis_server import RedisServer
+from tests.stream_entries import META, STREAM, envelope, event_fields, position_key, revoke_fields
 
-STREAM, META = "sidecar:stream", "sidecar:meta"
+P1 = "project:p1"
 WAIT = 15.0
 FUZZ_EXAMPLES = int(os.environ.get("SIDECAR_RELAY_FUZZ_EXAMPLES", "25"))
 
@@ -68,8 +69,12 @@ def get(port: int, path: str) -> bytes:
         conn.close()
 
 
-def tick(tag: str) -> dict[str, Any]:
-    return {"type": "test:tick", "payload": {"id": tag}}
+def tick(tag: str, channel: str = "") -> dict[str, Any]:
+    return {
+        "type": "test:tick",
+        "payload": {"id": tag},
+        **({"channel": channel} if channel else {}),
+    }
 
 
 def next_event(ws: websocket.WebSocket, timeout: float = WAIT) -> dict[str, Any] | int | None:
@@ -136,14 +141,15 @@ def test_an_entry_without_d_is_counted_and_events_keep_reaching_clients(
     ws, status = sidecar.connect_ready()
     redis = redis_server.client()
     head = status["payload"]["seq"]
-    redis.xadd(STREAM, {"foo": "bar"}, id="*" if entry_id == "*" else f"{head}-1")
+    pos = int(redis.hget(META, "pos"))
+    redis.xadd(STREAM, {"foo": "bar"}, id="*" if entry_id == "*" else f"{pos}-1")
     if entry_id == "*":  # (before the publish removes it: the relay reads it, and goes on)
         wait_for(lambda: relay_counters(sidecar).get("malformed"), WAIT)
     code, _headers, answer = post(sidecar.port, tick("after"))
     assert code == 202, answer
     got = next_event(ws)
     if entry_id == "*":
-        # the foreign ID blocked "<seq>-0": the publish started a new epoch (one 4001)
+        # the foreign ID blocked "<pos>-0": the publish started a new epoch (one 4001)
         assert got == 4001
         ws, status = sidecar.connect_ready(f"?since={status['payload']['epoch']}:{head}")
         assert status["payload"]["recovered"] is False
@@ -157,7 +163,7 @@ def test_an_entry_without_d_is_counted_and_events_keep_reaching_clients(
     assert metric[kind] == 1.0 and sum(metric.values()) == 1.0
     assert set(metric) == {"id", "fields", "too-large", "not-json", "not-envelope",
                            "reserved-type", "seq-mismatch", "channel-mismatch",
-                           "ahead"}  # fmt: skip
+                           "ahead", "out-of-order"}  # fmt: skip
 
 
 def test_a_foreign_auto_id_entry_is_no_reset_storm(
@@ -165,16 +171,16 @@ def test_a_foreign_auto_id_entry_is_no_reset_storm(
 ) -> None:
     sidecar = broker_sidecar
     redis = redis_server.client()
-    envelope = b'{"type":"app:forged","payload":{},"seq":1}'
+    forged = b'{"type":"app:forged","payload":{},"seq":1}'
     relay = relay_thread()
     cpu, started = thread_cpu(relay), time.monotonic()
-    redis.xadd(STREAM, {"d": envelope})  # XADD … * : an ID far above any seq
+    redis.xadd(STREAM, event_fields(forged, 1))  # XADD … * : an ID far above any position
     ws, status = sidecar.connect_ready()
     ws.settimeout(1.0)  # connected, and stays so: no 4001 as soon as it connects
     with pytest.raises(websocket.WebSocketTimeoutException):
         ws.recv_frame()
     counters = relay_counters(sidecar)
-    assert counters["resets"] == 0 and counters["malformed"] == {"seq-mismatch": 1}
+    assert counters["resets"] == 0 and counters["malformed"] == {"ahead": 1}
     assert thread_cpu(relay) - cpu < 0.5 * (time.monotonic() - started)  # it waited
     code, _headers, answer = post(sidecar.port, tick("x"))  # was 503, burning a seq
     assert code == 202, answer
@@ -190,35 +196,96 @@ def test_a_foreign_auto_id_entry_is_no_reset_storm(
 # -- item 5: garbage is never delivered -------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("data", "kind"),
-    [
-        (b'{"type":"connection:status","payload":{"status":"connected","epoch":"x","seq":0,'
-         b'"recovered":true},"seq":%d}', "reserved-type"),
-        (b'{"type":"app:x","payload":{},"seq":99999}', "seq-mismatch"),
-        (b"not json %d", "not-json"),
-    ],
-    ids=["forged-status", "seq-mismatch", "not-json"],
-)  # fmt: skip
-def test_a_forged_entry_in_the_next_seqs_place_reaches_no_client(
-    broker_sidecar: RunningSidecar, redis_server: RedisServer, data: bytes, kind: str
+FORGED: list[tuple[bytes, str]] = [
+    (b'{"type":"connection:status","payload":{"status":"connected","epoch":"x","seq":0,'
+     b'"recovered":true},"seq":SEQ}', "reserved-type"),
+    (b'{"type":"app:x","payload":{},"seq":99999}', "seq-mismatch"),
+    (b"not json SEQ", "not-json"),
+    (b'{"type":"app:x","payload":{},"seq":SEQ,"channel":"project:p1"}', "channel-mismatch"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("takes_seq", [False, True], ids=["position", "position-and-seq"])
+@pytest.mark.parametrize(("data", "kind"), FORGED, ids=[k for _d, k in FORGED])
+def test_a_forged_entry_in_the_next_positions_place_reaches_no_client(
+    broker_sidecar: RunningSidecar,
+    redis_server: RedisServer,
+    data: bytes,
+    kind: str,
+    takes_seq: bool,
 ) -> None:
     sidecar = broker_sidecar
     ws, status = sidecar.connect_ready()
     head = status["payload"]["seq"]
     redis = redis_server.client()
-    pipe = redis.pipeline(transaction=True)  # a forger that takes the next seq too
-    pipe.xadd(STREAM, {"d": data.replace(b"%d", b"%d" % (head + 1))}, id=f"{head + 1}-0")
-    pipe.hincrby(META, "seq", 1)
+    pos = int(redis.hget(META, "pos"))
+    pipe = redis.pipeline(transaction=True)  # a forger that takes the next position too
+    fields = event_fields(data.replace(b"SEQ", b"%d" % (head + 1)), head + 1)
+    pipe.xadd(STREAM, fields, id=f"{pos + 1}-0")
+    pipe.hincrby(META, "pos", 1)
+    if takes_seq:  # and the default channel's next seq
+        pipe.hincrby(META, "seq", 1)
     pipe.execute()
-    assert next_event(ws) == 4001  # seq head+1 is lost to everyone: resume
+    assert next_event(ws) == 4001  # position pos+1 is lost to everyone: resume
     ws, status = sidecar.connect_ready(f"?since={status['payload']['epoch']}:{head}")
-    assert status["payload"]["recovered"] is False
+    # no event of the default channel was lost unless the forger took a seq of it too
+    assert status["payload"]["recovered"] is not takes_seq
     code, _headers, answer = post(sidecar.port, tick("real"))
-    assert code == 202 and answer["seqs"] == [head + 2], answer
+    real = head + 1 + takes_seq
+    assert code == 202 and answer["seqs"] == [real], answer
     got = next_event(ws)
-    assert isinstance(got, dict) and got["type"] == "test:tick" and got["seq"] == head + 2
+    assert isinstance(got, dict) and got["type"] == "test:tick" and got["seq"] == real
     assert relay_counters(sidecar)["malformed"] == {kind: 1}
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        # well formed, s and d agreeing, the channel's real epoch: a seq far ahead (a hub would
+        # then drop p1's real events 2..1000 as duplicates), the next seq (which no publish
+        # gave: the real seq 2 would be dropped), the last seq again
+        lambda epoch, seq: event_fields(envelope(1000, P1), 1000, P1, epoch),
+        lambda epoch, seq: event_fields(envelope(seq, P1), seq, P1, epoch),
+        lambda epoch, seq: event_fields(envelope(seq - 1, P1), seq - 1, P1, epoch),
+        lambda epoch, seq: event_fields(envelope(seq + 1, P1), seq + 1, P1, "another-epoch"),
+        lambda epoch, seq: event_fields(envelope(seq + 1, P1), seq + 1, "chat:c9", epoch),
+        lambda epoch, seq: event_fields(envelope(seq + 1), seq + 1, P1, epoch),
+        lambda epoch, seq: event_fields(envelope(seq + 1, P1), seq + 1, P1, "bad epoch"),
+        lambda epoch, seq: event_fields(envelope(seq + 1, P1), seq + 1, "Bad", epoch),
+        lambda epoch, seq: {**event_fields(envelope(seq + 1, P1), seq + 1, P1, epoch), "s": "x"},
+        lambda epoch, seq: revoke_fields("al ice", P1),
+        lambda epoch, seq: revoke_fields("alice", "Bad"),
+    ],
+    ids=["far-ahead", "next-seq", "last-again", "other-epoch", "other-channel", "no-channel-in-d",
+         "bad-epoch", "bad-channel", "bad-seq", "revoke-bad-user", "revoke-bad-channel"],
+)  # fmt: skip
+def test_a_forged_entry_of_a_named_channel_never_wedges_it(
+    broker_sidecar: RunningSidecar, redis_server: RedisServer, forge: Callable[..., Any]
+) -> None:
+    sidecar = broker_sidecar
+    ws, status = sidecar.connect_ready(f"?channels={P1}")
+    code, _headers, answer = post(sidecar.port, tick("one", P1))
+    assert code == 202 and answer["seqs"] == [1]
+    got = next_event(ws)
+    assert isinstance(got, dict) and (got["channel"], got["seq"]) == (P1, 1)
+    redis = redis_server.client()
+    epoch = redis.hget(position_key(P1), "epoch").decode()
+    pos = int(redis.hget(META, "pos"))
+    pipe = redis.pipeline(transaction=True)  # a forger that takes the next position
+    pipe.xadd(STREAM, forge(epoch, 2), id=f"{pos + 1}-0")
+    pipe.hincrby(META, "pos", 1)
+    pipe.execute()
+    assert next_event(ws) == 4001  # the position is lost to everyone: resume, nothing else
+    since = f"{P1}@{epoch}:1"
+    ws, status = sidecar.connect_ready(f"?channels={P1}&since={since}")
+    assert status["payload"]["channels"][P1] == {"epoch": epoch, "seq": 1, "recovered": True}
+    for n in (2, 3):  # the channel's real events keep arriving, once each
+        code, _headers, answer = post(sidecar.port, tick(f"real-{n}", P1))
+        assert code == 202 and answer["seqs"] == [n], answer
+        got = next_event(ws)
+        assert isinstance(got, dict) and got["payload"] == {"id": f"real-{n}"}, got
+        assert (got["channel"], got["seq"]) == (P1, n)
+    assert sum(relay_counters(sidecar)["malformed"].values()) == 1
 
 
 # -- item 6: an answer that was lost, and idempotency keys -------------------------------------
@@ -269,6 +336,20 @@ def test_a_publish_redis_never_answered_is_504_unknown_and_a_retry_with_the_key_
         sequencer.close()
 
 
+def test_a_retry_with_the_key_whose_channels_differ_gets_the_first_answer_not_a_500(
+    broker_sidecar: RunningSidecar,
+) -> None:
+    key = {"Idempotency-Key": "order-9"}
+    first = [tick("a", P1), tick("b", P1)]
+    code, _headers, answer = post(broker_sidecar.port, first, key)
+    assert code == 202 and answer["seqs"] == [1, 2], answer
+    for other in ([tick("a", P1), tick("b", "chat:c9")], [tick("a"), tick("b")]):
+        code, _headers, again = post(broker_sidecar.port, other, key)  # was: a 500, a 413
+        assert code == 202 and again == {"accepted": 2, "seqs": [1, 2], "duplicate": True}
+    code, _headers, again = post(broker_sidecar.port, [tick("a", P1)], key)
+    assert code == 422 and again["error"].startswith("Idempotency-Key: "), again
+
+
 def test_without_a_broker_the_key_is_honoured_too_and_bad_keys_are_refused(
     sidecar: RunningSidecar,
 ) -> None:
@@ -303,14 +384,32 @@ def test_without_a_broker_the_key_is_honoured_too_and_bad_keys_are_refused(
 
 _JUNK_IDS = ["auto", "sub", "next", "far", "huge"]
 
+#: Junk as a function of (seq it pretends to have, the named channel's real epoch).
+JunkFields = Callable[[int, str], dict[str, Any]]
 
-def _d(template: bytes, seq_offset: int = 0) -> Callable[[int], dict[str, bytes]]:
-    return lambda seq: {"d": template.replace(b"SEQ", b"%d" % (seq + seq_offset))}
+
+def _d(template: bytes, seq_offset: int = 0) -> JunkFields:
+    def fields(seq: int, _epoch: str) -> dict[str, Any]:
+        return {"d": template.replace(b"SEQ", b"%d" % (seq + seq_offset)), "s": seq}
+
+    return fields
 
 
-_JUNK_DATA: dict[str, Callable[[int], dict[str, bytes]]] = {
-    "no-d": lambda seq: {"x": b"y"},
-    "extra-field": lambda seq: {"d": b'{"type":"app:x","seq":%d}' % seq, "e": b""},
+def _p1(template: bytes, s_offset: int = 0, **changes: Any) -> JunkFields:
+    """Junk on project:p1 (the fuzzed client's named channel)."""
+
+    def fields(seq: int, epoch: str) -> dict[str, Any]:
+        data = template.replace(b"SEQ", b"%d" % seq)
+        return {"d": data, "s": seq + s_offset, "c": P1, "e": epoch, **changes}
+
+    return fields
+
+
+_P1_TEMPLATE = b'{"type":"app:x","payload":{},"seq":SEQ,"channel":"project:p1"}'
+_JUNK_DATA: dict[str, JunkFields] = {
+    "no-d": lambda seq, epoch: {"x": b"y"},
+    "no-s": lambda seq, epoch: {"d": b'{"type":"app:x","seq":%d}' % seq},
+    "extra-field": lambda seq, epoch: {"d": b'{"type":"app:x","seq":%d}' % seq, "s": seq, "x": b""},
     "not-json": _d(b"\xff\xfe not json"),
     "nan": _d(b'{"type":"app:x","payload":{"n":NaN},"seq":SEQ}'),
     "repeated-key": _d(b'{"type":"connection:status","type":"app:x","seq":SEQ}'),
@@ -321,6 +420,19 @@ _JUNK_DATA: dict[str, Callable[[int], dict[str, bytes]]] = {
     "seq-not-last": _d(b'{"seq":SEQ,"type":"app:x"}'),
     "channel": _d(b'{"type":"app:x","payload":{},"channel":"chat:c1","seq":SEQ}'),
     "well-formed": _d(b'{"type":"app:forged","payload":{},"seq":SEQ}'),
+    "p1-no-channel": _p1(b'{"type":"app:x","payload":{},"seq":SEQ}'),
+    "p1-other-channel": _p1(_P1_TEMPLATE, c="chat:c9"),
+    "p1-bad-name": _p1(_P1_TEMPLATE, c="Not A Channel"),
+    "p1-bad-epoch": _p1(_P1_TEMPLATE, e="not an epoch!"),
+    "p1-s-mismatch": _p1(_P1_TEMPLATE, 3),
+    "p1-reserved": _p1(
+        b'{"type":"channel:subscribed","payload":{},"seq":SEQ,"channel":"project:p1"}'
+    ),
+    "p1-ahead": lambda seq, epoch: event_fields(envelope(9999, P1), 9999, P1, epoch),
+    "p1-again": lambda seq, epoch: event_fields(envelope(seq - 1, P1), seq - 1, P1, epoch),
+    "p1-new-epoch": lambda seq, epoch: event_fields(envelope(seq, P1), seq, P1, "forged-epoch"),
+    "revoke-bad-user": lambda seq, epoch: revoke_fields("no one", P1),
+    "revoke-bad-channel": lambda seq, epoch: revoke_fields("alice", "project:p1,chat:c9"),
 }
 
 
@@ -328,54 +440,70 @@ _JUNK_DATA: dict[str, Callable[[int], dict[str, bytes]]] = {
 class Junk:
     where: str
     data: str
-    bump: bool  # also raise the meta's seq (a forger that takes the seq it writes)
+    bump: bool  # also raise the meta's position (a forger that takes the position it writes)
 
 
 @dataclass
 class Flow:
-    """The fuzzed sidecar, a checking client, and what was published."""
+    """The fuzzed sidecar, a checking client on the default channel and project:p1, and
+    what was published on each."""
 
     sidecar: RunningSidecar
     redis: Any
-    published: dict[str, int] = field(default_factory=dict)  # payload id -> seq answered
+    published: dict[tuple[str, str], int] = field(default_factory=dict)  # (channel, id) -> seq
     count: int = 0
     ws: Any = None
-    epoch: str = ""
-    last: int = 0
+    positions: dict[str, tuple[str, int]] = field(default_factory=dict)  # channel -> (epoch, seq)
 
-    def connect(self, since: str = "") -> None:
-        self.ws, status = self.sidecar.connect_ready(since)
+    def connect(self, resume: bool = False) -> None:
+        query = f"?channels={P1}"
+        if resume:
+            (epoch, seq), (p1_epoch, p1_seq) = self.positions[""], self.positions[P1]
+            query += f"&since={epoch}:{seq},{P1}@{p1_epoch}:{p1_seq}"
+        self.ws, status = self.sidecar.connect_ready(query)
         payload = status["payload"]
-        if not (since and payload["recovered"]):
-            self.epoch, self.last = payload["epoch"], payload["seq"]
+        if not (resume and payload["recovered"]):
+            self.positions[""] = (payload["epoch"], payload["seq"])
+        state = payload["channels"][P1]
+        if not (resume and state["recovered"]):
+            self.positions[P1] = (state["epoch"], state["seq"])
 
     def publish(self, n: int) -> None:
         tags = [f"e{self.count + i}" for i in range(n)]
+        channels = [P1 if (self.count + i) % 3 == 1 else "" for i in range(n)]
         self.count += n
-        code, _headers, answer = post(self.sidecar.port, [tick(t) for t in tags])
+        body = [tick(t, c) for t, c in zip(tags, channels, strict=True)]
+        code, _headers, answer = post(self.sidecar.port, body)
         assert code == 202, answer  # never 503 for what is in the stream
-        self.published.update(zip(tags, answer["seqs"], strict=True))
+        self.published.update(zip(zip(channels, tags, strict=True), answer["seqs"], strict=True))
 
     def write(self, junk: Junk) -> None:
-        head = int(self.redis.hget(META, "seq") or 0)
-        seq = {"auto": head + 1, "sub": head, "next": head + 1, "far": head + 1000,
+        head = int(self.redis.hget(META, "pos") or 0)
+        pos = {"auto": head + 1, "sub": head, "next": head + 1, "far": head + 1000,
                "huge": 2**60}[junk.where]  # fmt: skip
-        entry_id = {"auto": "*", "sub": f"{head}-{1 + self.count}"}.get(junk.where, f"{seq}-0")
+        entry_id = {"auto": "*", "sub": f"{head}-{1 + self.count}"}.get(junk.where, f"{pos}-0")
+        # the seq it pretends to have: its channel's next one
+        channel = P1 if junk.data.startswith("p1-") else ""
+        _epoch, seq = self.positions[channel]
+        real_epoch = (self.redis.hget(position_key(P1), "epoch") or b"E").decode()
+        fields = _JUNK_DATA[junk.data](seq + 1, real_epoch)
         try:
-            self.redis.xadd(STREAM, _JUNK_DATA[junk.data](seq), id=entry_id)
+            self.redis.xadd(STREAM, fields, id=entry_id)
         except Exception:  # an ID not above the stream's top: Redis refuses it, as it should
             return
-        # a forger that also takes the seq it wrote (one that writes a well-formed event and
-        # takes its seq is a publisher: nothing tells it apart)
+        # a forger that also takes the position it wrote (one that writes a well-formed event
+        # and takes its position and its channel's seq is a publisher: nothing tells it apart)
         if junk.bump and junk.where == "next" and junk.data != "well-formed":
-            self.redis.hincrby(META, "seq", 1)
+            self.redis.hincrby(META, "pos", 1)
 
     def check(self, event: dict[str, Any]) -> None:
         """One event as the client got it: only what was published, once, in order."""
         assert event["type"] == "test:tick", event  # nothing forged, nothing reserved
-        assert event["seq"] == self.last + 1, (event, self.last)
-        assert self.published.get(event["payload"]["id"]) == event["seq"], event
-        self.last = event["seq"]
+        channel = event.get("channel", "")
+        epoch, last = self.positions[channel]
+        assert event["seq"] == last + 1, (event, last)
+        assert self.published.get((channel, event["payload"]["id"])) == event["seq"], event
+        self.positions[channel] = (epoch, event["seq"])
 
     def drain(self) -> None:
         """Publish a marker and read until it arrives, resuming after each 4001."""
@@ -390,7 +518,7 @@ class Flow:
                         return
                     continue
                 assert got == 4001, got  # the only close a client may get here
-                self.connect(f"?since={self.epoch}:{self.last}")
+                self.connect(resume=True)
                 break
         raise AssertionError("the marker never arrived")
 

@@ -29,12 +29,20 @@ import pytest
 from sidecar.broker.entries import Entry, Malformed, parse_entry
 from sidecar.broker.redis import RedisBroker
 from sidecar.broker.relay import Relay, RelayStats
-from sidecar.core.stream import Numbered
+from sidecar.core.stream import Delivered, Numbered, Revocation
 from tests.conftest import wait_for
 from tests.redis_server import RedisServer
+from tests.stream_entries import (
+    META,
+    STREAM,
+    envelope,
+    event_fields,
+    position_key,
+    revoke_fields,
+)
 from tests.unit.fakes import PATIENCE, wait_until
 
-STREAM, META = "sidecar:stream", "sidecar:meta"
+P1, C9 = "project:p1", "chat:c9"
 BLOCK = 0.05  # the relay's XREAD BLOCK, in seconds: an idle round lasts this long
 BACKOFF = (0.01, 0.04)
 #: Runs a test on a server whose restart keeps the data (``persistent_redis``).
@@ -42,9 +50,10 @@ KEEPS_DATA = pytest.mark.parametrize("redis", ["persistent"], indirect=True)
 
 
 def entries(*seqs: int) -> list[tuple[int, bytes]]:
-    """``(seq, data)`` as the test writes them and the relay hands them over: envelopes with
-    their seq, as publish.lua writes them (the relay skips anything else)."""
-    return [(seq, b'{"type":"test:e","payload":{"n":%d},"seq":%d}' % (seq, seq)) for seq in seqs]
+    """``(seq, data)`` of default-channel events as the test writes them and the relay hands
+    them over: envelopes with their seq, as publish.lua writes them (the relay skips anything
+    else). In a stream of the default channel alone, each one's position is its seq."""
+    return [(seq, envelope(seq)) for seq in seqs]
 
 
 class Redis:
@@ -61,11 +70,21 @@ class Redis:
         self.client.config_set("slowlog-max-len", 100_000)
 
     def write(self, head: int, *seqs: int, epoch: str | None = None) -> None:
-        """``XADD`` ``seqs`` (IDs ``<seq>-0``) and set the last seq (and epoch), atomically."""
+        """``XADD`` default-channel events ``seqs`` at their positions (IDs ``<seq>-0``, the
+        stream of one channel) and set the last position and seq (and epoch), atomically."""
         pipe = self.client.pipeline(transaction=True)
         for seq, data in entries(*seqs):
-            pipe.xadd(STREAM, {"d": data}, id=f"{seq}-0")
-        pipe.hset(META, mapping={"seq": head, **({"epoch": epoch} if epoch else {})})
+            pipe.xadd(STREAM, event_fields(data, seq), id=f"{seq}-0")
+        mapping = {"pos": head, "seq": head, **({"epoch": epoch} if epoch else {})}
+        pipe.hset(META, mapping=mapping)
+        pipe.execute()
+
+    def write_at(self, head: int, *items: tuple[int, dict[str, Any]]) -> None:
+        """``XADD`` ``(pos, fields)`` items and set the last position, atomically."""
+        pipe = self.client.pipeline(transaction=True)
+        for pos, fields in items:
+            pipe.xadd(STREAM, fields, id=f"{pos}-0")
+        pipe.hset(META, "pos", head)
         pipe.execute()
 
     def epoch(self) -> str:
@@ -88,7 +107,7 @@ class Redis:
 
     def rounds(self) -> int:
         """How many rounds the relay has done (on this run of the server)."""
-        return sum(1 for command in self.sent() if command[0] == "HMGET")
+        return sum(1 for command in self.sent() if command[:2] == ["HMGET", META])
 
     def relay_client(self) -> dict[str, str] | None:
         """The relay's connection, as ``CLIENT LIST`` shows it; None without one."""
@@ -111,8 +130,12 @@ class Sink:
 
     def __init__(self, refuse: int = 0, fail: int = 0, hold: bool = False) -> None:
         self.cond = threading.Condition()
-        self.delivered: list[tuple[str, list[tuple[int, bytes]]]] = []
-        self.resets: list[tuple[str, int, str]] = []
+        #: what was delivered, by batch: ``(seq, data)`` of each event (a revocation: its
+        #: ``(pos, user, channel)``); ``items`` keeps each one whole, as the relay made it
+        self.delivered: list[tuple[str, list[tuple[Any, ...]]]] = []
+        self.items: list[Delivered] = []
+        self.resets: list[tuple[str, int, str]] = []  # (epoch, position, reason)
+        self.reset_seqs: list[int] = []  # the default channel's seq at each reset
         self.timeouts: list[float] = []
         self.refuse, self.fail, self.hold = refuse, fail, hold
         self.offers = self.refusals = 0
@@ -121,7 +144,7 @@ class Sink:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def deliver(self, epoch: str, items: Sequence[Numbered], timeout: float) -> bool:
+    def deliver(self, epoch: str, items: Sequence[Delivered], timeout: float) -> bool:
         if self.hold:
             self.entered.set()
             self.release.wait(2 * PATIENCE)
@@ -140,13 +163,16 @@ class Sink:
             if self.refuse:
                 self.refuse -= 1
                 return False
-            self.delivered.append((epoch, [(item.seq, item.data) for item in items]))
+            self.delivered.append((epoch, [_short(item) for item in items]))
+            self.items += items
             self.cond.notify_all()
             return True
 
-    def reset(self, epoch: str, seq: int, reason: str) -> None:
+    def reset(self, epoch: str, seq: int, reason: str, *, pos: int | None = None) -> None:
+        assert pos is not None, "the relay always says where the stream goes on"
         with self.cond:
-            self.resets.append((epoch, seq, reason))
+            self.resets.append((epoch, pos, reason))
+            self.reset_seqs.append(seq)
             self.cond.notify_all()
 
     def wait(self, predicate: Callable[[Sink], object]) -> None:
@@ -154,6 +180,13 @@ class Sink:
         with self.cond:
             met = self.cond.wait_for(lambda: predicate(self), PATIENCE)
         assert met, f"sink: not within {PATIENCE} s: {self.delivered}, resets {self.resets}"
+
+
+def _short(item: Delivered) -> tuple[Any, ...]:
+    """An event as ``(seq, data)``; a revocation as ``(pos, user, channel)``."""
+    if isinstance(item, Revocation):
+        return (item.pos, item.user, item.channel)
+    return (item.seq, item.data)
 
 
 @pytest.fixture(autouse=True)
@@ -173,8 +206,9 @@ def redis(request: pytest.FixtureRequest) -> Redis:
 def make_relay(redis: Redis) -> Iterator[Callable[..., Relay]]:
     """Relays (not started) over brokers with quick knobs; each must stop at teardown.
 
-    ``make(sink, (epoch, seq), url=…, **broker options)`` also writes ``(epoch, seq)`` to the
-    meta hash, as a deployment whose relay is at its head would have it.
+    ``make(sink, (epoch, pos), url=…, **broker options)`` also writes ``(epoch, pos)`` to the
+    meta hash (the default channel's seq at ``pos`` too), as a deployment whose relay is at
+    its head would have it.
     """
     made: list[tuple[RedisBroker, Relay]] = []
 
@@ -211,7 +245,7 @@ def test_entries_in_a_row_are_delivered_read_count_at_a_time(
     reads = redis.reads()
     assert reads[:2] == [
         ["XREAD", "BLOCK", "50", "COUNT", "2", "STREAMS", STREAM, "10-0"],
-        ["HMGET", META, "epoch", "seq"],
+        ["HMGET", META, "epoch", "pos", "seq"],
     ]
     assert [read[-1] for read in reads if read[0] == "XREAD"] == ["10-0", "12-0"]  # (a read
     # is logged when it returns at once: from 13-0 it blocks, and the round comes after it)
@@ -253,14 +287,15 @@ def test_a_new_epoch_resets_and_drops_what_was_read(
     assert sink.delivered == [("e2", entries(13))]
 
 
-def test_a_seq_gone_back_resets(redis: Redis, make_relay: Callable[..., Relay]) -> None:
+def test_a_position_gone_back_resets(redis: Redis, make_relay: Callable[..., Relay]) -> None:
     sink = Sink()
     relay = make_relay(sink)
     relay.start()
     wait_until(lambda: redis.rounds() >= 1)
-    redis.client.hset(META, "seq", 4)  # (an older copy of the data restored)
+    redis.client.hset(META, mapping={"pos": 4, "seq": 3})  # (an older copy of the data)
     sink.wait(lambda s: s.resets)
-    assert sink.resets == [("e1", 4, "seq went back from 10 to 4")]
+    assert sink.resets == [("e1", 4, "the position went back from 10 to 4")]
+    assert sink.reset_seqs == [3]  # the default channel's seq there, read with it
     assert relay.stats.last_delivered_seq == 4 and relay.stats.resets == 1
     redis.write(5, 5)
     sink.wait(lambda s: s.delivered)
@@ -327,7 +362,8 @@ def test_lost_data_starts_a_new_epoch_on_the_relays_own_connection(
     assert epoch != "e1"
     assert sink.resets == [(epoch, 0, "epoch changed from e1 (Redis lost its data)")]
     scripts = [command for command in redis.sent() if command[0] == "EVALSHA"]
-    assert scripts and all(len(command) == 8 for command in scripts)  # no events in it
+    # no named channel and no item in it: its last argument is m, the number of channels, 0
+    assert scripts and all(command[-1] == "0" for command in scripts), scripts
     assert not [command for command in redis.sent("sidecar") if command[0] == "EVALSHA"]
     rounds = redis.rounds()
     wait_until(lambda: redis.rounds() >= rounds + 2)
@@ -547,23 +583,84 @@ def test_xread_blocks_for_the_brokers_block_in_whole_milliseconds(
     wait_until(lambda: (redis.unblock(), relay.stop(0.01))[1])
 
 
-def test_entries_as_redis_returns_them_are_parsed_with_the_seq_from_the_id(redis: Redis) -> None:
+def test_entries_as_redis_returns_them_are_parsed_with_the_position_from_the_id(
+    redis: Redis,
+) -> None:
     (_, good), (_, other) = entries(42, 43)
-    redis.client.xadd(STREAM, {"d": good}, id="42-0")
-    redis.client.xadd(STREAM, {"d": other}, id="43-1")  # a seq's ID, but not <seq>-0
+    p1 = envelope(7, P1)
+    redis.client.xadd(STREAM, event_fields(good, 42), id="42-0")
+    redis.client.xadd(STREAM, event_fields(other, 43), id="43-1")  # not <pos>-0
+    redis.client.xadd(STREAM, event_fields(p1, 7, P1, "E1"), id="44-0")
+    redis.client.xadd(STREAM, revoke_fields("alice", P1), id="45-0")
     parsed = [parse_entry(i, fields, 1 << 20) for i, fields in redis.client.xrange(STREAM)]
-    assert parsed == [Entry(42, good), Malformed.ID]
+    assert parsed == [
+        Entry(42, "", "", 42, good),
+        Malformed.ID,
+        Entry(44, P1, "E1", 7, p1),
+        Revocation(45, "alice", P1),
+    ]
+
+
+# -- channels: one stream, every channel's events and the revocations in one order ---------
+
+
+def test_every_channels_events_and_revocations_are_delivered_in_the_streams_order(
+    redis: Redis, make_relay: Callable[..., Relay]
+) -> None:
+    sink = Sink()
+    relay = make_relay(sink, ("e1", 10))
+    redis.write_at(
+        15,
+        (11, event_fields(envelope(4, P1), 4, P1, "E1")),
+        (12, event_fields(envelope(11), 11)),  # the default channel: seq 11 at position 12
+        (13, revoke_fields("alice", P1)),
+        (14, event_fields(envelope(1, C9), 1, C9, "E9")),
+        (15, event_fields(envelope(5, P1), 5, P1, "E1")),
+    )
+    redis.client.hset(META, "seq", 11)
+    relay.start()
+    sink.wait(lambda s: len(s.items) == 5)
+    assert sink.items == [
+        Numbered(11, P1, "E1", 4, envelope(4, P1)),
+        Numbered(12, "", "e1", 11, envelope(11)),  # the default channel's epoch: the stream's
+        Revocation(13, "alice", P1),
+        Numbered(14, C9, "E9", 1, envelope(1, C9)),
+        Numbered(15, P1, "E1", 5, envelope(5, P1)),
+    ]
+    assert sink.resets == [] and relay.stats.malformed == {}
+    assert (relay.last, relay.stats.last_delivered_seq, relay.stats.delivered) == (15, 15, 5)
+
+
+def test_a_channel_whose_position_was_lost_goes_on_in_its_new_epoch_from_seq_1(
+    redis: Redis, make_relay: Callable[..., Relay]
+) -> None:
+    sink = Sink()
+    relay = make_relay(sink)
+    redis.write_at(12, (11, event_fields(envelope(8, P1), 8, P1, "E1")))
+    relay.start()
+    sink.wait(lambda s: len(s.items) == 1)
+    # its ch: key expired (or was lost): the next publish gives it a new epoch, seq 1
+    redis.write_at(13, (12, event_fields(envelope(1, P1), 1, P1, "E2")))
+    redis.write_at(14, (13, event_fields(envelope(2, P1), 2, P1, "E2")))
+    sink.wait(lambda s: len(s.items) == 3)
+    assert [(i.epoch, i.seq) for i in sink.items if isinstance(i, Numbered)] == [
+        ("E1", 8),
+        ("E2", 1),
+        ("E2", 2),
+    ]
+    assert sink.resets == [] and relay.stats.malformed == {}
 
 
 # -- the stream is input: malformed and foreign entries (issue 19, items 3-5) ----------------
 
 
 def xadd(redis: Redis, entry_id: str, fields: dict[str, Any], head: int | None = None) -> None:
-    """Write an entry as something other than publish.lua would (and the head, if given)."""
+    """Write an entry as something other than publish.lua would (and the last position, if
+    given: a forger that takes the position it writes)."""
     pipe = redis.client.pipeline(transaction=True)
     pipe.xadd(STREAM, fields, id=entry_id)
     if head is not None:
-        pipe.hset(META, "seq", head)
+        pipe.hset(META, "pos", head)
     pipe.execute()
 
 
@@ -577,7 +674,7 @@ def test_an_entry_between_events_is_skipped_counted_and_logged_and_the_relay_goe
     sink = Sink()
     relay = make_relay(sink)
     redis.write(11, 11)
-    xadd(redis, "11-1", {"x": "y"})  # between two events (no seq is missing), without d
+    xadd(redis, "11-1", {"x": "y"})  # between two events (no position is missing), without d
     relay.start()
     sink.wait(lambda s: s.delivered)
     redis.write(12, 12)
@@ -586,18 +683,21 @@ def test_an_entry_between_events_is_skipped_counted_and_logged_and_the_relay_goe
     assert sink.resets == [] and relay.stats.malformed == {"id": 1}
     assert relay.stats.failed_attempts == 0 and relay.stats.outages == 0
     assert skipped_lines(caplog) == [
-        "relay: skipped stream entry 11-1: its ID is not <seq>-0 (written by something other"
+        "relay: skipped stream entry 11-1: its ID is not <pos>-0 (written by something other"
         " than a publish)"
     ]
 
 
-def test_an_entry_without_d_in_a_seqs_place_is_a_gap_once_and_the_relay_goes_on(
-    redis: Redis, make_relay: Callable[..., Relay]
+@pytest.mark.parametrize(
+    "fields", [{"x": "y"}, {"s": 12}, {"d": envelope(12)}], ids=["no-d-no-s", "no-d", "no-s"]
+)
+def test_an_entry_without_d_in_a_positions_place_is_a_gap_once_and_the_relay_goes_on(
+    redis: Redis, make_relay: Callable[..., Relay], fields: dict[str, Any]
 ) -> None:
     sink = Sink()
     relay = make_relay(sink)
     redis.write(11, 11)
-    xadd(redis, "12-0", {"x": "y"}, head=12)  # event 12 is lost: clients must resume
+    xadd(redis, "12-0", fields, head=12)  # event 12 is lost: clients must resume
     relay.start()
     sink.wait(lambda s: s.resets)
     assert sink.resets == [("e1", 12, "events 12..12 are missing or malformed")]
@@ -609,30 +709,71 @@ def test_an_entry_without_d_in_a_seqs_place_is_a_gap_once_and_the_relay_goes_on(
     assert len(sink.resets) == 1 and relay.stats.malformed == {"fields": 1}
 
 
+def _named(data: bytes, seq: Any = 12, channel: Any = P1, epoch: Any = "E1") -> dict[str, Any]:
+    return {"d": data, "s": seq, "c": channel, "e": epoch}
+
+
+_P1_12 = b'{"type":"app:x","payload":{},"seq":12,"channel":"project:p1"}'
+
 HOSTILE: list[tuple[dict[str, Any], str]] = [
     ({"x": b"y"}, "fields"),  # no d (issue 19, item 3)
     ({"d": b"{}", "e": b"1"}, "fields"),
-    ({"d": b"not json"}, "not-json"),
-    ({"d": b'{"type":"app:x","payload":{"n":NaN},"seq":12}'}, "not-json"),
-    ({"d": b'{"type":"app:x","type":"app:y","seq":12}'}, "not-json"),
-    ({"d": b"[1,2]"}, "not-envelope"),
-    ({"d": b'{"type":"Not A Name","seq":12}'}, "not-envelope"),
+    ({"d": envelope(12), "s": 12, "e": b"E1"}, "fields"),  # e without c
+    ({"d": envelope(12), "s": 12, "k": b"revoke"}, "fields"),
+    ({"d": envelope(12), "s": b"twelve"}, "fields"),
+    ({"d": envelope(12), "s": b"0"}, "fields"),
+    ({"d": envelope(12), "s": b"-12"}, "fields"),
+    ({"d": envelope(12), "s": b"9" * 20}, "fields"),
+    (_named(_P1_12, channel=b"Not:A:Channel:Name:x"), "fields"),
+    (_named(_P1_12, channel=b"project:p1,chat:c9"), "fields"),
+    (_named(_P1_12, channel=b""), "fields"),
+    (_named(_P1_12, epoch=b""), "fields"),
+    (_named(_P1_12, epoch=b"not an epoch"), "fields"),
+    (_named(_P1_12, epoch=b"E" * 65), "fields"),
+    ({"k": b"revoke", "u": b"al ice", "c": P1}, "fields"),
+    ({"k": b"revoke", "u": b"", "c": P1}, "fields"),
+    ({"k": b"revoke", "u": b"alice", "c": b"Bad"}, "fields"),
+    ({"k": b"unsubscribe", "u": b"alice", "c": P1}, "fields"),
+    ({"d": b"not json", "s": 12}, "not-json"),
+    ({"d": b'{"type":"app:x","payload":{"n":NaN},"seq":12}', "s": 12}, "not-json"),
+    ({"d": b'{"type":"app:x","type":"app:y","seq":12}', "s": 12}, "not-json"),
+    ({"d": b"[1,2]", "s": 12}, "not-envelope"),
+    ({"d": b'{"type":"Not A Name","seq":12}', "s": 12}, "not-envelope"),
     (
-        {"d": b'{"type":"connection:status","payload":{"status":"connected"},"seq":12}'},
+        {"d": b'{"type":"connection:status","payload":{"status":"connected"},"seq":12}', "s": 12},
         "reserved-type",
     ),
-    ({"d": b'{"type":"chat:send","payload":{},"seq":12}'}, "reserved-type"),
-    ({"d": b'{"type":"app:x","payload":{},"seq":99}'}, "seq-mismatch"),
-    ({"d": b'{"type":"app:x","payload":{},"channel":"chat:c1","seq":12}'}, "channel-mismatch"),
-    ({"d": b'{"type":"app:x","payload":{"p":"' + b"x" * 2000 + b'"},"seq":12}'}, "too-large"),
+    ({"d": b'{"type":"chat:send","payload":{},"seq":12}', "s": 12}, "reserved-type"),
+    (
+        _named(b'{"type":"channel:subscribed","payload":{},"seq":12,"channel":"project:p1"}'),
+        "reserved-type",
+    ),
+    ({"d": b'{"type":"app:x","payload":{},"seq":99}', "s": 12}, "seq-mismatch"),
+    ({"d": envelope(12), "s": 13}, "seq-mismatch"),
+    (_named(_P1_12, seq=11), "seq-mismatch"),
+    (
+        {"d": b'{"type":"app:x","payload":{},"channel":"chat:c1","seq":12}', "s": 12},
+        "channel-mismatch",
+    ),
+    ({"d": b'{"type":"app:x","payload":{},"channel":"","seq":12}', "s": 12}, "channel-mismatch"),
+    ({"d": _P1_12, "s": 12}, "channel-mismatch"),  # the default channel's, naming one
+    (_named(b'{"type":"app:x","payload":{},"seq":12}'), "channel-mismatch"),  # naming none
+    (_named(_P1_12, channel=C9), "channel-mismatch"),  # naming another one
+    (
+        {"d": b'{"type":"app:x","payload":{"p":"' + b"x" * 2000 + b'"},"seq":12}', "s": 12},
+        "too-large",
+    ),
+    # well formed, but a default-channel seq no publish assigned (the head's is 13)
+    ({"d": envelope(14), "s": 14}, "ahead"),
+    ({"d": envelope(2000), "s": 2000}, "ahead"),
 ]
 
 
 @pytest.mark.parametrize(("fields", "kind"), HOSTILE, ids=[k for _f, k in HOSTILE])
-def test_a_hostile_entry_in_a_seqs_place_is_never_delivered_and_is_one_gap(
+def test_a_hostile_entry_in_a_positions_place_is_never_delivered_and_is_one_gap(
     redis: Redis, make_relay: Callable[..., Relay], fields: dict[str, Any], kind: str
 ) -> None:
-    # (a seq in the data that differs from the ID's would make every client drop the events
+    # (a seq in the data that differs from the entry's would make every client drop the events
     # after it as duplicates; a connection:status would be taken for the hub's own)
     sink = Sink()
     relay = make_relay(sink, max_event_bytes=1024)
@@ -649,6 +790,131 @@ def test_a_hostile_entry_in_a_seqs_place_is_never_delivered_and_is_one_gap(
     assert sink.delivered[1] == ("e1", entries(14)) and len(sink.resets) == 1
 
 
+@pytest.mark.parametrize(
+    ("seq", "epoch"),
+    [(10, "E1"), (8, "E1"), (3, "E1"), (1, "E1"), (2, "E2"), (900, "E2")],
+    ids=["jump", "twice", "back", "restart", "new-epoch-not-at-1", "new-epoch-far"],
+)
+def test_a_well_formed_entry_whose_seq_does_not_follow_its_channel_is_never_delivered(
+    redis: Redis,
+    make_relay: Callable[..., Relay],
+    caplog: pytest.LogCaptureFixture,
+    seq: int,
+    epoch: str,
+) -> None:
+    # a forger (or a ch: key changed by hand) giving project:p1 seq 900 in its epoch: handed
+    # on, every hub would take p1 as at 900 and drop its real events 9..900 as duplicates
+    sink = Sink()
+    relay = make_relay(sink)
+    redis.write_at(12, (11, event_fields(envelope(7, P1), 7, P1, "E1")))
+    redis.write_at(13, (12, event_fields(envelope(8, P1), 8, P1, "E1")))
+    relay.start()
+    sink.wait(lambda s: len(s.items) == 2)
+    redis.write_at(14, (13, event_fields(envelope(seq, P1), seq, P1, epoch)))
+    sink.wait(lambda s: s.resets)
+    assert sink.resets == [("e1", 14, "events 13..13 are missing or malformed")]
+    assert relay.stats.malformed == {"out-of-order": 1}
+    assert skipped_lines(caplog) == [
+        "relay: skipped stream entry 13-0: its seq does not follow the last one of its channel"
+    ]
+    # after the reset (every client resumes), the channel is taken as it comes again
+    redis.write_at(15, (15, event_fields(envelope(9, P1), 9, P1, "E1")))
+    redis.write_at(16, (16, event_fields(envelope(10, P1), 10, P1, "E1")))
+    sink.wait(lambda s: len(s.items) == 4)
+    assert [i.seq for i in sink.items if isinstance(i, Numbered)] == [7, 8, 9, 10]
+    assert len(sink.resets) == 1
+
+
+@pytest.mark.parametrize(
+    ("position", "entry", "kind"),
+    [
+        ({"epoch": "E1", "seq": 8}, ("E1", 9), "ahead"),  # no publish gave it seq 9
+        ({"epoch": "E1", "seq": 8}, ("E1", 900), "ahead"),
+        ({"epoch": "E1", "seq": 8}, ("E1", 8), None),  # first seen: taken as it comes
+        ({"epoch": "E1", "seq": 8}, ("E1", 1), None),
+        ({"epoch": "E2", "seq": 1}, ("E1", 9), None),  # the channel moved on since: no check
+        ({}, ("E1", 9), None),  # no position (expired): no check
+        ({"epoch": "E1", "seq": "nine"}, ("E1", 9), None),  # not a position publish.lua wrote
+        ({"epoch": "bad epoch", "seq": 8}, ("E1", 9), None),
+    ],
+    ids=["ahead", "far-ahead", "at", "behind", "other-epoch", "none", "bad-seq", "bad-epoch"],
+)
+def test_a_named_event_beyond_its_channels_position_is_ahead_even_first_seen(
+    redis: Redis,
+    make_relay: Callable[..., Relay],
+    position: dict[str, Any],
+    entry: tuple[str, int],
+    kind: str | None,
+) -> None:
+    # the relay knows nothing of project:p1 yet; its ch: key, read after the entry, says
+    # which seqs a publish gave it
+    sink = Sink()
+    relay = make_relay(sink)
+    if position:
+        redis.client.hset(position_key(P1), mapping=position)
+    epoch, seq = entry
+    redis.write_at(11, (11, event_fields(envelope(seq, P1), seq, P1, epoch)))
+    redis.write(12, 12)
+    relay.start()
+    if kind is None:
+        sink.wait(lambda s: len(s.items) == 2)
+        assert sink.resets == [] and relay.stats.malformed == {}
+        return
+    sink.wait(lambda s: s.resets)
+    assert sink.resets == [("e1", 12, "events 11..11 are missing or malformed")]
+    assert relay.stats.malformed == {kind: 1} and sink.items == []
+    rounds = redis.rounds()
+    wait_until(lambda: redis.rounds() >= rounds + 2)
+    # one extra read per round only while named events are read: none when idle
+    reads = [c[1] for c in redis.sent() if c[0] == "HMGET"]
+    assert reads.count(position_key(P1)) == 1 and reads.count(META) == redis.rounds() >= 3
+
+
+def test_the_seqs_checked_are_those_delivered_not_those_read_and_refused(
+    redis: Redis, make_relay: Callable[..., Relay]
+) -> None:
+    sink = Sink(fail=1, refuse=1)  # the first batch raises, the second is refused: read again
+    relay = make_relay(sink)
+    redis.write_at(
+        13,
+        (11, event_fields(envelope(1, P1), 1, P1, "E1")),
+        (12, event_fields(envelope(2, P1), 2, P1, "E1")),
+        (13, event_fields(envelope(1, C9), 1, C9, "E9")),
+    )
+    relay.start()
+    sink.wait(lambda s: len(s.items) == 3)
+    assert sink.resets == [] and relay.stats.malformed == {}
+    assert [(i.channel, i.seq) for i in sink.items if isinstance(i, Numbered)] == [
+        (P1, 1),
+        (P1, 2),
+        (C9, 1),
+    ]
+
+
+def test_the_channels_remembered_are_bounded(
+    redis: Redis, make_relay: Callable[..., Relay]
+) -> None:
+    sink = Sink()
+    relay = make_relay(sink, read_count=64)
+    relay.seqs.limit = 50
+    redis.write_at(
+        110,
+        *((10 + i, event_fields(envelope(1, f"a:{i}"), 1, f"a:{i}", "E")) for i in range(1, 101)),
+    )
+    relay.start()
+    sink.wait(lambda s: len(s.items) == 100)
+    assert len(relay.seqs) == 50
+    # a:1 was forgotten (its next event is taken as it comes); a:100 is remembered
+    redis.write_at(
+        112,
+        (111, event_fields(envelope(5, "a:1"), 5, "a:1", "E")),
+        (112, event_fields(envelope(5, "a:100"), 5, "a:100", "E")),
+    )
+    sink.wait(lambda s: s.resets)
+    assert [i.channel for i in sink.items[100:] if isinstance(i, Numbered)] == ["a:1"]
+    assert relay.stats.malformed == {"out-of-order": 1}
+
+
 def relay_cpu(relay: Relay) -> float:
     """CPU seconds the relay thread has used so far."""
     ident = relay._thread.ident
@@ -657,17 +923,29 @@ def relay_cpu(relay: Relay) -> float:
 
 
 @pytest.mark.parametrize(
-    "entry_id", ["*", "900000000000000-0", "1000-0"], ids=["auto", "huge", "ahead"]
-)
+    ("entry_id", "kind"),
+    [("*", "event"), ("900000000000000-0", "event"), ("1000-0", "event"), ("1000-0", "named"),
+     ("1000-0", "revocation")],
+    ids=["auto", "huge", "ahead", "ahead-named", "ahead-revocation"],
+)  # fmt: skip
 def test_a_foreign_entry_beyond_the_head_is_skipped_once_no_reset_storm(
-    redis: Redis, make_relay: Callable[..., Relay], caplog: pytest.LogCaptureFixture, entry_id: str
+    redis: Redis,
+    make_relay: Callable[..., Relay],
+    caplog: pytest.LogCaptureFixture,
+    entry_id: str,
+    kind: str,
 ) -> None:
     sink = Sink()
     relay = make_relay(sink)
     relay.start()
     wait_until(lambda: redis.rounds() >= 1)
-    data = b'{"type":"app:x","payload":{},"seq":1000}'  # even well formed, no publish wrote it
-    xadd(redis, entry_id, {"d": data})
+    # even well formed, no publish wrote it
+    fields = {
+        "event": event_fields(envelope(11), 11),
+        "named": event_fields(envelope(1, P1), 1, P1, "E1"),
+        "revocation": revoke_fields("alice", P1),
+    }[kind]
+    xadd(redis, entry_id, fields)
     wait_until(lambda: relay.stats.malformed)
     rounds, cpu, started = redis.rounds(), relay_cpu(relay), time.monotonic()
     wait_until(lambda: redis.rounds() >= rounds + 6)
@@ -686,18 +964,19 @@ def test_a_foreign_entry_is_healed_by_the_next_publish_in_a_new_epoch(
     broker = RedisBroker(redis.server.url)
     try:
         relay.start()
-        redis.client.xadd(STREAM, {"x": "y"})  # XADD … * : an ID far above any seq
+        redis.client.xadd(STREAM, {"x": "y"})  # XADD … * : an ID far above any position
         wait_until(lambda: relay.stats.malformed)
         assert broker.publish([b'{"type":"app:x","payload":{}}']) == [1]  # 202, not 503
         epoch = redis.epoch()
         assert epoch != "e1" and redis.client.xlen(STREAM) == 1  # the foreign entry is gone
         sink.wait(lambda s: s.resets)
+        assert broker.publish_items([(P1, b'{"type":"app:x","payload":{}}')]) == [1]
         assert broker.publish([b'{"type":"app:x","payload":{}}']) == [2]
-        sink.wait(lambda s: s.delivered and s.delivered[-1][1][-1][0] == 2)
+        sink.wait(lambda s: s.items and s.items[-1].pos == 3)
         # one reset, to the new epoch (at 0, or at 1 if the publish came first)
         assert len(sink.resets) == 1 and sink.resets[0][:1] == (epoch,)
-        delivered = [seq for _e, items in sink.delivered for seq, _data in items]
-        assert delivered == list(range(sink.resets[0][1] + 1, 3)) and relay.stats.resets == 1
+        delivered = [item.pos for item in sink.items]
+        assert delivered == list(range(sink.resets[0][1] + 1, 4)) and relay.stats.resets == 1
     finally:
         broker.close()
 
@@ -707,12 +986,15 @@ def test_a_foreign_entry_is_healed_by_the_next_publish_in_a_new_epoch(
     [
         lambda r: r.client.set(STREAM, "a string"),
         lambda r: r.client.set(META, "a string"),
+        lambda r: r.client.hset(META, "pos", "twelve"),
         lambda r: r.client.hset(META, "seq", "twelve"),
         lambda r: r.client.hset(META, "epoch", "not an epoch!"),
+        lambda r: r.client.hdel(META, "pos"),
         lambda r: r.client.hdel(META, "seq"),
     ],
-    ids=["stream-of-another-type", "meta-of-another-type", "seq", "epoch", "no-seq"],
-)
+    ids=["stream-of-another-type", "meta-of-another-type", "pos", "seq", "epoch", "no-pos",
+         "no-seq"],
+)  # fmt: skip
 def test_keys_the_relay_cannot_read_as_ours_start_a_new_epoch_never_an_endless_outage(
     redis: Redis, make_relay: Callable[..., Relay], damage: Callable[[Redis], object]
 ) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
-from ..core.stream import Revocation
+from ..core.stream import Position, Revocation
 from ..envelope import is_event_name, loads_strict
 from ..protocol import check_broadcast_type, is_channel_name, is_user
 
@@ -38,6 +38,7 @@ __all__ = [
     "parse_entry",
     "parse_head",
     "parse_history",
+    "parse_position",
 ]
 
 #: The largest seq (and position) an entry may carry: every client's JSON numbers hold it.
@@ -74,9 +75,13 @@ class Malformed(StrEnum):
     SEQ_MISMATCH = "seq-mismatch"
     #: ``d``'s ``channel`` is not the entry's (or a default-channel event names one).
     CHANNEL_MISMATCH = "channel-mismatch"
-    #: A position beyond the last one Redis assigned: no publish wrote it (the relay decides
-    #: this one, from the head it reads with the entries).
+    #: A position, or a seq in its channel's epoch, beyond the last one Redis assigned: no
+    #: publish wrote it (the relay decides this one, from the head and the named channels'
+    #: positions it reads after the entries).
     AHEAD = "ahead"
+    #: A seq that does not follow the last one the relay handed on of its channel (``seq + 1``
+    #: in the same epoch, 1 in a new one): the relay decides this one.
+    OUT_OF_ORDER = "out-of-order"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,16 @@ def parse_head(epoch: object, pos: object, seq: object) -> Head | None:
         return None
     assert isinstance(pos, bytes) and isinstance(seq, bytes)
     return Head(epoch.decode(), int(pos), int(seq))
+
+
+def parse_position(epoch: object, seq: object) -> Position | None:
+    """A named channel's position hash (``epoch``, ``seq`` as ``HMGET`` returns them), or
+    ``None`` when it is missing or not what ``publish.lua`` writes."""
+    if not isinstance(epoch, bytes) or _EPOCH_RE.fullmatch(epoch) is None:
+        return None
+    if not isinstance(seq, bytes) or _NUMBER_RE.fullmatch(seq) is None:
+        return None
+    return Position(epoch.decode(), int(seq))
 
 
 def entry_position(entry_id: bytes) -> tuple[int, int]:
@@ -188,7 +203,9 @@ def check_envelope(data: bytes, seq: int, channel: str, max_bytes: int) -> Malfo
     kind = _type_problem(envelope.get("type"))
     if kind is not None:
         return kind
-    if envelope.get("channel", "") != channel or (channel and "channel" not in envelope):
+    # a named channel's own name; none at all on the default channel ("", null: a key all
+    # the same, which the hubs never write and a client would read as a channel)
+    if envelope.get("channel") != channel if channel else "channel" in envelope:
         return Malformed.CHANNEL_MISMATCH
     tail = (
         b',"seq":%d,"channel":"%s"}' % (seq, channel.encode()) if channel else (b',"seq":%d}' % seq)
@@ -207,10 +224,15 @@ def parse_history(value: object, channel: str, epoch: str, max_bytes: int) -> En
     pos_text, space, data = value.partition(b" ")
     if not space or _SEQ_RE.fullmatch(pos_text) is None or int(pos_text) > MAX_SEQ:
         return Malformed.ID
+    if len(data) > max_bytes:  # before decoding it: what a resume holds stays bounded
+        return Malformed.TOO_LARGE
     try:
-        seq = loads_strict(data).get("seq")
-    except (ValueError, RecursionError, AttributeError):
+        envelope = loads_strict(data)
+    except (ValueError, RecursionError):
         return Malformed.NOT_JSON
+    if not isinstance(envelope, dict):
+        return Malformed.NOT_ENVELOPE
+    seq = envelope.get("seq")
     if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
         return Malformed.SEQ_MISMATCH
     problem = check_envelope(data, seq, channel, max_bytes)

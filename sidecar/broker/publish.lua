@@ -2,7 +2,8 @@
 -- at most once per idempotency key.
 --
 -- KEYS[1]  the meta hash: epoch (the stream's and the default channel's), pos (the last
---          global position), seq (the default channel's last seq), size (the history size)
+--          global position), seq (the default channel's last seq), size (the history size),
+--          ttl (the seconds a named channel's history is kept)
 -- KEYS[2]  the stream: one entry per event, ID "<pos>-0", fields d (the envelope with its
 --          seq, and its channel if named), s (the channel's seq), and for a named channel
 --          c (its name) and e (its epoch); a revocation has k=revoke, u (the user), c
@@ -13,7 +14,8 @@
 -- ARGV[2]  the history size to trim to and record; "" uses the recorded one
 -- ARGV[3]  the history size to use when ARGV[2] is "" and none is recorded
 -- ARGV[4]  seconds the idempotency record is kept ("" without a key)
--- ARGV[5]  seconds a named channel's history is kept after its last event
+-- ARGV[5]  seconds a named channel's history is kept after its last event, to record; ""
+--          uses the recorded one (a hub's), or 3600 when none is recorded
 -- ARGV[6]  seconds a named channel's position is kept after its last event
 -- ARGV[7]  m, the number of named channels
 -- ARGV[8..7+m]  for each named channel: its name, then (ARGV[8+m..7+2m]) the epoch to give
@@ -41,7 +43,8 @@
 --     that is not a stream, or an entry someone appended beyond our last pos (Redis would
 --     refuse every later "<pos>-0"): a new epoch, an empty stream and default history;
 --   * a named channel: a meta that is missing or not as written here (a new epoch for that
---     channel, its history emptied), a history key that is not a list (emptied).
+--     channel, its history emptied), a history key that is not a list (emptied);
+--   * the default channel's history key that is not a list: emptied (its seqs go on).
 
 local meta, stream, default_history, record = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local m = tonumber(ARGV[7])
@@ -54,17 +57,33 @@ local function number(text)
 end
 
 local function epoch_ok(text)
-  return text and #text <= 64 and string.match(text, '^[%w_-]+$') ~= nil
+  return type(text) == 'string' and #text <= 64 and string.match(text, '^[%w_-]+$') ~= nil
 end
 
 -- Idempotency (KEYS[4], ARGV[4]): separate from the numbering below.
 
+local function whole(value)
+  return type(value) == 'number' and value >= 0 and value < 1e15 and value == math.floor(value)
+end
+
+-- The answer remember() stored under the key, or nil: none, or not one remember() writes
+-- (anyone may SET the key): epoch, pos, count, 0, default seq, then two values per named
+-- channel, then count seqs.
 local function recall()
   if record == '' then return nil end
   local seen = redis.pcall('GET', record)
   if type(seen) ~= 'string' then return nil end  -- none, or not a string: not ours
   local ok, answer = pcall(cjson.decode, seen)
-  if not ok or type(answer) ~= 'table' then return nil end
+  if not ok or type(answer) ~= 'table' or not epoch_ok(answer[1]) then return nil end
+  local count = answer[3]
+  if not whole(answer[2]) or not whole(count) or count < 1 or not whole(answer[5]) then
+    return nil
+  end
+  local named = #answer - 5 - count
+  if named < 0 or named % 2 ~= 0 then return nil end
+  for i = #answer - count + 1, #answer do
+    if not whole(answer[i]) then return nil end
+  end
   answer[4] = 1
   return answer
 end
@@ -100,6 +119,17 @@ local function history_size()
     return recorded, false
   end
   return ARGV[3], false
+end
+
+-- The seconds a named channel's history is kept, and whether they are to be recorded (as the
+-- size: a hub's, so that outside publishers keep the deployment's).
+local function history_ttl()
+  local recorded = redis.call('HGET', meta, 'ttl')
+  if ARGV[5] ~= '' then return ARGV[5], recorded ~= ARGV[5] end
+  if recorded and #recorded <= 15 and string.match(recorded, '^[1-9]%d*$') then
+    return recorded, false
+  end
+  return '3600', false
 end
 
 -- Whether an entry we did not write sits at or above "<last + 1>-0".
@@ -182,6 +212,7 @@ if not epoch or (kind ~= 'none' and kind ~= 'stream') then
   epoch, pos, default_seq = fresh()
 end
 local size, record_size = history_size()
+local ttl, record_ttl = history_ttl()
 
 local answers, kept, seqs = {}, {}, {}
 for i = 1, m do seqs[i] = channels[i].seq end
@@ -199,6 +230,7 @@ if n > 0 then
   redis.call('HSET', meta, 'pos', pos, 'seq', default_seq)
 end
 if record_size then redis.call('HSET', meta, 'size', size) end
+if record_ttl then redis.call('HSET', meta, 'ttl', ttl) end
 
 -- The named channels' positions (created if new), then the histories.
 for i = 1, m do
@@ -210,6 +242,9 @@ for i = 1, m do
   end
   redis.call('EXPIRE', c.key, ARGV[6])
 end
+-- (a default history of another type would fail the LPUSH after the XADDs: emptied too)
+local default_kind = redis.call('TYPE', default_history)['ok']
+if default_kind ~= 'none' and default_kind ~= 'list' then redis.call('DEL', default_history) end
 local touched = {}
 for _, item in ipairs(kept) do
   local index, value = item[1], item[2]
@@ -219,7 +254,7 @@ for _, item in ipairs(kept) do
 end
 for index, history in pairs(touched) do
   redis.call('LTRIM', history, 0, size - 1)
-  if index > 0 then redis.call('EXPIRE', history, ARGV[5]) end
+  if index > 0 then redis.call('EXPIRE', history, ttl) end
 end
 if n > 0 then redis.call('XTRIM', stream, 'MAXLEN', '~', size) end
 

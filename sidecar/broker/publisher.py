@@ -75,8 +75,10 @@ class Publisher:
     ``broker_url`` is a Redis URL as for :class:`~sidecar.broker.redis.RedisBroker`. An
     event whose envelope encodes to more than ``max_event_bytes`` is refused (never set it
     above the hubs' ``--max-event-bytes``: their relays skip larger entries). The stream is
-    trimmed to the history size the hubs' broker recorded in Redis; a ``history_size`` given
-    here is used (and recorded) instead. ``timeout`` and ``connect_timeout`` bound each call.
+    trimmed to the history size the hubs' broker recorded in Redis, and a named channel's
+    history kept for the ``channel_ttl`` they recorded; a ``history_size`` or ``channel_ttl``
+    given here is used (and recorded) instead. ``timeout`` and ``connect_timeout`` bound each
+    call.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class Publisher:
         prefix: str = "sidecar",
         max_event_bytes: int = 1 << 20,
         history_size: int | None = None,
+        channel_ttl: float | None = None,
         timeout: float = 5.0,
         connect_timeout: float = 2.0,
     ) -> None:
@@ -94,6 +97,7 @@ class Publisher:
             broker_url,
             prefix=prefix,
             history_size=history_size,
+            channel_ttl=channel_ttl,
             timeout=timeout,
             connect_timeout=connect_timeout,
             max_event_bytes=max_event_bytes,

@@ -30,7 +30,7 @@ local entries = redis.call('LRANGE', KEYS[2], last - newest, last - after - 1)
 local size = 0
 for i = #entries, 1, -1 do  -- oldest first
   answer[#answer + 1] = entries[i]
-  size = size + #entries[i]
+  size = size + #entries[i] - (string.find(entries[i], ' ', 1, true) or 0)  -- the envelope's
   if size > budget then break end
 end
 return answer

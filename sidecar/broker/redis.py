@@ -2,50 +2,41 @@ r"""RedisBroker: channels numbered in one global order in Redis (publish, resume
 
 Redis owns every epoch, ``seq`` and the order: each publish runs one Lua script
 (``publish.lua``, EVALSHA with a NOSCRIPT fallback) that gives each event its channel's next
-``seq`` (creating the channel's epoch when it has none) and the next global position,
-splices ``,"seq":N}`` (and ``,"channel":"…"``) into each envelope, ``XADD``\ s it to the one
-global stream with the ID ``<pos>-0``, pushes it onto its channel's history and trims. The
-script checks everything before it writes anything (a script is not rolled back), so a
-refused publish uses up no seq; keys it cannot continue (a foreign entry above the last
-position, a key of another type) start a new epoch. Keys, under ``prefix`` and a version
-(``{prefix}:v2:…``: workers of a version without channels never share a stream with these):
+``seq`` (creating the channel's epoch when it has none) and the next global position, splices
+``,"seq":N}`` (and ``,"channel":"…"``) into each envelope, ``XADD``\ s it to the one stream as
+``<pos>-0``, pushes it onto its channel's history and trims. It checks before it writes (a
+script is not rolled back), so a refused publish uses up no seq; keys it cannot continue (a
+foreign entry above the last position, a key of another type) start a new epoch. Keys, under
+``prefix`` and a version (``{prefix}:v2:…``: never shared with workers without channels):
 
-* ``meta``: a hash with ``epoch`` (the stream's, which is the default channel's), ``pos`` (the
-  last global position), ``seq`` (the default channel's last seq) and ``size`` (the history
-  size last configured by a broker, which outside publishers trim to). One hash, so that
-  Redis loses the epoch and the counters together, never one without the other.
+* ``meta``: a hash: ``epoch`` (the stream's and the default channel's), ``pos`` (the last
+  position), ``seq`` (the default channel's last), and the ``size`` and ``ttl`` a hub's broker
+  configured (outside publishers keep them). One hash: lost together, never one without another.
 * ``stream``: every event, ID ``<pos>-0``, fields ``d`` (the envelope), ``s`` (its channel's
-  seq) and, for a named channel, ``c`` and ``e`` (the channel and its epoch); revocations
-  (``k=revoke``, ``u``, ``c``) travel in it too, in order. Every worker's relay reads it all
-  and its hub fans out to its own subscribers (a ``XREAD`` over one key, not per channel).
+  seq) and on a named channel ``c``, ``e`` (the channel, its epoch); revocations (``k=revoke``,
+  ``u``, ``c``) in order among them. Every relay reads it all (one ``XREAD`` over one key).
 * ``hist:`` and ``hist:{channel}``: each channel's last ``size`` events, newest first, as
-  ``"<pos> <envelope>"`` (for resumes on any worker, read in pages by ``read.lua``);
+  ``"<pos> <envelope>"`` (resumes on any worker read them in pages: ``read.lua``);
   ``ch:{channel}``: a named channel's ``epoch`` and ``seq``. A named channel's history expires
-  ``channel_ttl`` seconds after its last event, its position after ``position_ttl``.
-* ``idem:{key}``: one record per idempotency key published within the window (the script's
-  answer, expiring after ``idempotency_window`` seconds): a publish with the same key returns
-  those seqs and publishes nothing.
+  ``channel_ttl`` seconds after its last event, its position after :data:`POSITION_TTL`.
+* ``idem:{key}``: the script's answer to a publish with that idempotency key, for
+  ``idempotency_window`` seconds: a publish with the same key gets it and publishes nothing.
 
 A publish is answered in one of three ways: the seqs (stored), :class:`BrokerUnavailable`
 (nothing reached Redis, or Redis refused it: nothing was published), or
 :class:`BrokerOutcomeUnknown` (the script was sent and no answer came: it may have run). The
-script is therefore sent by hand on one pooled connection, so that a failure before the
-request left (connecting, sending) is told apart from one after it (reading the answer).
+script is sent by hand on one pooled connection, to tell a failure before the request left
+(connecting, sending) from one after it (reading the answer). redis-py's retries are off: a
+retried script whose reply was lost would publish twice (a stale pooled connection is still
+replaced before use, so the first publish after a Redis restart succeeds).
 
 Threads and state
-    * **any thread** calls :meth:`RedisBroker.publish`, :meth:`~RedisBroker.head` and
-      :meth:`~RedisBroker.read_range`. They share ``_client``, whose redis-py connection pool
-      is thread-safe (each call takes a connection of its own). redis-py's ``Script`` object
-      may rewrite its sha after NOSCRIPT (a benign race: every thread writes the same value).
+    * **any thread** calls the publishing and reading methods. They share ``_client``, whose
+      redis-py connection pool is thread-safe (each call takes a connection of its own).
     * **the relay thread** (``sidecar-broker-relay``, at most one per broker, see
       :mod:`sidecar.broker.relay`) has a client and connection of its own.
-    * ``_lock`` guards ``_relay`` (starting and stopping it from any thread).
-
-redis-py's automatic retries are turned off: a retried script whose first reply was lost
-would publish twice. A stale pooled connection (after a Redis restart) is still replaced
-before use by redis-py's pool, so the first publish after a restart succeeds.
-
-Create brokers (and start relays) after a fork, never before: threads do not survive it.
+    * ``_lock`` guards ``_relay`` (starting and stopping it from any thread). Create brokers
+      (and start relays) after a fork, never before: threads do not survive it.
 """
 
 from __future__ import annotations
@@ -92,6 +83,9 @@ log = logging.getLogger("sidecar.broker")
 MAX_BATCH = 10_000
 #: The history size outside publishers trim to when no broker has recorded one.
 DEFAULT_HISTORY_SIZE = 1024
+#: Seconds a named channel's history is kept when no broker has recorded a ``channel_ttl``
+#: (the option's default; ``publish.lua`` falls back to the same number).
+DEFAULT_CHANNEL_TTL = 3600.0
 
 #: The version of the key layout (channels: a global position, per-channel keys).
 KEY_VERSION = "v2"
@@ -140,15 +134,20 @@ class _Answer:
 
     @classmethod
     def parse(cls, reply: Any, named: list[str]) -> _Answer:
+        """``reply`` to a run with the ``named`` channels. A duplicate is the first publish's
+        answer, whose channels may be others: only its seqs (the last ``count`` values)."""
         epoch, pos, count, duplicate, default_seq, *rest = reply
         stream_epoch = epoch.decode()
-        positions = {
-            name: Position(rest[2 * i].decode(), int(rest[2 * i + 1]))
-            for i, name in enumerate(named)
-        }
-        seqs = [int(seq) for seq in rest[2 * len(named) :]]
-        if bool(duplicate) and len(seqs) != int(count):
-            raise BrokerUnavailable("the idempotency record does not match this publish")
+        split = len(rest) - int(count)
+        seqs = [int(seq) for seq in rest[split:]]
+        positions = (
+            {}
+            if duplicate
+            else {
+                name: Position(rest[2 * i].decode(), int(rest[2 * i + 1]))
+                for i, name in enumerate(named)
+            }
+        )
         default = Position(stream_epoch, int(default_seq))
         return cls(stream_epoch, int(pos), bool(duplicate), default, positions, seqs)
 
@@ -165,7 +164,8 @@ class RedisBroker:
     relay's knobs are described in :meth:`start_relay`. ``max_event_bytes`` is the largest
     envelope (with its ``seq``) the relay hands on: larger entries are skipped as malformed.
     ``idempotency_window`` is how many seconds Redis remembers an idempotency key;
-    ``channel_ttl`` how long a named channel's history outlives its last event.
+    ``channel_ttl`` how long a named channel's history outlives its last event (recorded in
+    Redis like the history size; ``None`` uses the recorded one, as outside publishers do).
     """
 
     def __init__(
@@ -181,7 +181,7 @@ class RedisBroker:
         backoff: tuple[float, float] = (0.1, 5.0),
         max_event_bytes: int = 1 << 20,
         idempotency_window: int = IDEMPOTENCY_WINDOW,
-        channel_ttl: float = 3600.0,
+        channel_ttl: float | None = DEFAULT_CHANNEL_TTL,
     ) -> None:
         if not prefix:
             raise ValueError("prefix must not be empty")
@@ -191,6 +191,8 @@ class RedisBroker:
             raise ValueError("block, read_count and backoff (low <= high) must be positive")
         if max_event_bytes < 1 or idempotency_window < 1:
             raise ValueError("max_event_bytes and idempotency_window must be positive")
+        if channel_ttl is not None and not channel_ttl > 0:
+            raise ValueError(f"channel_ttl must be positive, not {channel_ttl}")
         self.url = url
         self.safe_url = redact(url)
         self.prefix = prefix
@@ -329,7 +331,8 @@ class RedisBroker:
         size = "" if self.history_size is None else str(self.history_size)
         args: list[bytes | str | int] = [secrets.token_hex(8), size, DEFAULT_HISTORY_SIZE]
         args += ["" if key is None else self.idempotency_window]
-        args += [max(1, math.ceil(self.channel_ttl)), POSITION_TTL, len(named), *named]
+        ttl = "" if self.channel_ttl is None else max(1, math.ceil(self.channel_ttl))
+        args += [ttl, POSITION_TTL, len(named), *named]
         args += [secrets.token_urlsafe(8) for _name in named]
         for kind, channel, data in items:
             args += [kind, index.get(channel, 0), data]

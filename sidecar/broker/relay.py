@@ -1,44 +1,38 @@
 """The relay: one thread per broker that reads the stream and feeds a :class:`Sink`.
 
 The stream holds every channel's events (and revocations) in one order: entry IDs are global
-positions ``<pos>-0``. Each round pipelines ``XREAD BLOCK`` (after the relay's cursor,
-``COUNT read_count``) with ``HMGET`` of the epoch, the last position and the default channel's
-last seq, on the relay's own connection. Redis runs the two back to back, so the epoch read
-after the entries tells whether they still belong to the relay's epoch (an epoch never comes
-back once it has changed), and the position read after them is at least every position
-``publish.lua`` wrote among them. Then:
+positions ``<pos>-0``. Each round pipelines ``XREAD BLOCK`` (after the cursor, ``COUNT
+read_count``) with ``HMGET`` of the meta's epoch, last position and default seq, on the
+relay's own connection; Redis runs them back to back, so the epoch read after the entries
+tells whether they are still of the relay's epoch (an epoch never comes back), and the
+position and seq read after them are at least those ``publish.lua`` gave them. Events of
+named channels add one round trip: their channels' positions (``ch:`` keys), read after them
+too. Then:
 
-* a different epoch (Redis lost its data, or was flushed): :meth:`Sink.reset` to the head;
-  the entries read are dropped, they are older than that point;
-* the stream is input (anyone may write to it): every entry is checked by
-  :func:`~sidecar.broker.entries.parse_entry`, and one that is malformed, or whose position is
-  beyond the last one read with it (no publish wrote it), is skipped: counted by kind in
+* another epoch (Redis lost its data, or was flushed): :meth:`Sink.reset` to the head;
+* the stream is input: an entry :func:`~sidecar.broker.entries.parse_entry` refuses, whose
+  position or seq is beyond what was read after it, or whose seq does not follow its
+  channel's last one (:class:`ChannelSeqs`) is skipped, counted by kind in
   :class:`RelayStats` (``/metrics``, ``/api/v1/hub``) and logged at most once per kind every
-  :data:`LOG_INTERVAL` seconds, with the number skipped since;
-* valid entries that do not start at ``last + 1`` (the stream was trimmed past the relay
-  while it was behind or away, or a malformed entry took a position) or have a hole: the
-  contiguous part is delivered, then a reset to the head;
-* otherwise the entries go to :meth:`Sink.deliver`, retried while it returns False. Which
-  channels a hub's clients follow is the hub's business: the relay hands over everything,
-  and each hub fans out to its own subscribers.
+  :data:`LOG_INTERVAL` seconds;
+* entries that do not start at ``last + 1`` (trimmed past a relay that fell behind, or a
+  malformed entry took a position) or have a hole: the part in a row, then a reset;
+* otherwise :meth:`Sink.deliver`, retried while it returns False; each hub fans out to its
+  own subscribers.
 
-The cursor (the ID of the last entry consumed: delivered, skipped or dropped by a reset)
-moves forward; only a reset to another epoch, or to a position that went back, sets it back
-(each takes a change in Redis). Whatever the stream holds, a round either waits in
-``XREAD BLOCK`` or consumes at least one entry: the relay never reads the same entries in a
-loop. A meta hash or stream that cannot be read as ours (another type, fields publish.lua
-would not write) runs the script, which starts a new epoch for it.
-
-A failed round (Redis unreachable, or anything raised) starts an outage: one warning, then
-retries with capped exponential backoff; the first round that succeeds logs one info line.
-After an outage the relay simply continues from its last position, so nothing is lost unless
-the stream was trimmed or the epoch changed meanwhile, which the round detects as above.
+The cursor (the last entry consumed: delivered, skipped or dropped by a reset) only moves
+forward, except at a reset to another epoch or a position gone back (each a change in Redis):
+a round waits in ``XREAD BLOCK`` or consumes an entry, never reads the same ones in a loop.
+Keys that cannot be read as ours run the script, which starts a new epoch. A failed round
+starts an outage: one warning, retries with capped exponential backoff, one info line when a
+round succeeds again; the relay then goes on from its last position (a trim or a new epoch
+meanwhile is found as above).
 
 Threads and state
     * **the relay thread** (``sidecar-broker-relay``) owns everything here: its client (one
       connection, closed when the thread ends), ``epoch``/``last`` (where it is), the cursor,
-      the backoff, the log limiter, and ``stats``, an immutable :class:`RelayStats` it
-      replaces after each change.
+      each channel's last seq (:class:`ChannelSeqs`), the backoff, the log limiter, and
+      ``stats``, an immutable :class:`RelayStats` it replaces after each change.
       Other threads read ``stats`` without a lock (one reference, always a whole snapshot).
     * **any thread** calls :meth:`Relay.stop`, which sets ``_stopping`` (an Event) and joins.
 """
@@ -49,16 +43,26 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import redis
 
-from ..core.stream import Delivered, Numbered, Revocation
+from ..core.stream import Delivered, Numbered, Position, Revocation
 from ..logs import LogLimiter
+from ..protocol import DEFAULT_CHANNEL, MAX_CHANNEL_BYTES, is_channel_name
 from . import BrokerError, Sink
-from .entries import Entry, Head, Malformed, entry_position, parse_entry, parse_head
+from .entries import (
+    Entry,
+    Head,
+    Malformed,
+    entry_position,
+    parse_entry,
+    parse_head,
+    parse_position,
+)
 
 if TYPE_CHECKING:
     from .redis import RedisBroker
@@ -67,6 +71,9 @@ log = logging.getLogger("sidecar.broker")
 
 #: Seconds between two log lines about malformed entries of one kind.
 LOG_INTERVAL = 10.0
+#: Channels whose last seq the relay remembers to check the next one (the least recently
+#: seen are forgotten first): the hub's default bound on channel states held.
+TRACKED_CHANNELS = 16384
 #: A raw stream entry as redis-py returns it: ``(id, {field: value})``.
 RawEntry = tuple[bytes, Any]
 
@@ -114,6 +121,46 @@ class Backoff:
         self._next = self.low
 
 
+class ChannelSeqs:
+    """The last seq the relay handed on of each channel, to check that the next one follows.
+
+    ``publish.lua`` numbers each channel densely in the stream's order, so within one stream
+    epoch an event of a channel follows its last one (``seq + 1``), or starts a new epoch of
+    the channel at seq 1 (its position expired or was lost). Anything else was not written by
+    a publish: handed on, it would make every hub take the channel as moved on and drop its
+    later real events as duplicates. At most ``limit`` channels are remembered (least
+    recently seen forgotten first); a channel not remembered is taken as it comes. Cleared
+    at every reset. Relay thread only.
+    """
+
+    def __init__(self, limit: int = TRACKED_CHANNELS) -> None:
+        self.limit = limit
+        self._last: OrderedDict[str, tuple[str, int]] = OrderedDict()
+
+    def follows(self, item: Entry, pending: Mapping[str, tuple[str, int]]) -> bool:
+        """Whether ``item`` may follow its channel's last event (``pending``: the events taken
+        since the last :meth:`record`, by channel)."""
+        last = pending.get(item.channel) or self._last.get(item.channel)
+        if last is None:
+            return True
+        return item.seq == (last[1] + 1 if item.epoch == last[0] else 1)
+
+    def record(self, taken: Mapping[str, tuple[str, int]]) -> None:
+        """Remember each channel's last ``(epoch, seq)`` handed on."""
+        for channel, last in taken.items():
+            self._last[channel] = last
+            self._last.move_to_end(channel)
+        while len(self._last) > self.limit:
+            self._last.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every channel (the stream goes on from a new point)."""
+        self._last.clear()
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+
 class Relay:
     """Feeds ``sink`` every event of ``broker``'s stream after ``(epoch, seq)``, in order."""
 
@@ -123,6 +170,8 @@ class Relay:
         self.epoch, self.last = epoch, seq
         #: The ID of the last entry consumed, as ``(ms, seq)``: the next read is after it.
         self.cursor = (seq, 0)
+        #: Each channel's last seq handed on (relay thread only).
+        self.seqs = ChannelSeqs()
         self._log_limit = LogLimiter(LOG_INTERVAL, max_keys=len(Malformed))
         self.stats = RelayStats(
             running=True,
@@ -206,6 +255,31 @@ class Relay:
             groups = [entries for _stream, entries in reply]
         return [entry for entries in groups for entry in entries], head
 
+    def _positions(self, entries: list[RawEntry]) -> dict[str, Position]:
+        """The position of each named channel whose events ``entries`` hold, read after them
+        (one round trip, none without such an event): at least every seq publish.lua gave
+        those events, in the channel's epoch. Channels without a readable position are left
+        out (their events are taken as they come)."""
+        names: dict[str, None] = {}
+        for _entry_id, fields in entries:
+            name = fields.get(b"c") if isinstance(fields, dict) and b"d" in fields else None
+            if not isinstance(name, bytes) or len(name) > MAX_CHANNEL_BYTES:
+                continue
+            text = name.decode("latin-1")  # (any byte: is_channel_name takes ASCII only)
+            if is_channel_name(text):
+                names[text] = None
+        if not names:
+            return {}
+        pipe = self._client.pipeline(transaction=False)
+        for name in names:
+            pipe.hmget(self._broker.position_key(name), ["epoch", "seq"])
+        found = {}
+        for name, (epoch, seq) in zip(names, pipe.execute(), strict=True):
+            position = parse_position(epoch, seq)
+            if position is not None:
+                found[name] = position
+        return found
+
     def _round(self) -> None:
         entries, head = self._read()
         self._update(last_published_seq=head.pos)
@@ -217,34 +291,70 @@ class Relay:
             self._reset(head, f"the position went back from {self.last} to {head.pos}")
             return
         batch: list[Delivered] = []
+        taken: dict[str, tuple[str, int]] = {}  # each channel's last event in the batch
         cursor = self.cursor
+        heads = self._positions(entries)
         for entry_id, fields in entries:
             position = entry_position(entry_id)
-            item = parse_entry(entry_id, fields, self._broker.max_event_bytes)
-            if not isinstance(item, Malformed) and item.pos > head.pos:
-                item = Malformed.AHEAD
             expected = self.last + len(batch) + 1  # (never more: the cursor is past it)
+            item = self._check(entry_id, fields, head, heads, expected, taken)
             if isinstance(item, Malformed):
                 self._skip(entry_id, item)
                 if position[1] == 0 and expected <= position[0] <= head.pos:  # it took a pos
-                    self._gap(batch, cursor, head, position[0], "missing or malformed")
+                    self._gap(batch, cursor, head, position[0], "missing or malformed", taken)
                     return
             elif item.pos == expected:
                 batch.append(_numbered(item, self.epoch))
+                if isinstance(item, Entry):
+                    taken[item.channel] = (item.epoch, item.seq)
             else:
-                self._gap(batch, cursor, head, item.pos - 1, "no longer in the stream")
+                self._gap(batch, cursor, head, item.pos - 1, "no longer in the stream", taken)
                 return
             cursor = position
         if batch:
-            self._deliver(batch, cursor)
+            self._deliver(batch, cursor, taken)
         elif not self._stopping.is_set():
             self.cursor = cursor  # only skipped entries: consumed all the same
 
+    def _check(
+        self,
+        entry_id: bytes,
+        fields: Any,
+        head: Head,
+        heads: Mapping[str, Position],
+        expected: int,
+        taken: Mapping[str, tuple[str, int]],
+    ) -> Entry | Revocation | Malformed:
+        """One entry as :func:`parse_entry` reads it, then against the head (and the named
+        channels' ``heads``) read after it and, at the ``expected`` position, its channel's
+        last event."""
+        item = parse_entry(entry_id, fields, self._broker.max_event_bytes)
+        if isinstance(item, Malformed):
+            return item
+        if item.pos > head.pos:
+            return Malformed.AHEAD
+        if isinstance(item, Entry):
+            last = head.seq if item.channel == DEFAULT_CHANNEL else None
+            known = heads.get(item.channel)
+            if known is not None and known.epoch == item.epoch:
+                last = known.seq
+            if last is not None and item.seq > last:
+                return Malformed.AHEAD  # a seq no publish assigned
+            if item.pos == expected and not self.seqs.follows(item, taken):
+                return Malformed.OUT_OF_ORDER  # (after a hole, the reset clears the seqs)
+        return item
+
     def _gap(
-        self, batch: list[Delivered], cursor: tuple[int, int], head: Head, lost: int, why: str
+        self,
+        batch: list[Delivered],
+        cursor: tuple[int, int],
+        head: Head,
+        lost: int,
+        why: str,
+        taken: Mapping[str, tuple[str, int]],
     ) -> None:
         """Deliver what is in a row, then reset to ``head``: events up to ``lost`` are gone."""
-        if batch and not self._deliver(batch, cursor):
+        if batch and not self._deliver(batch, cursor, taken):
             return  # stopping
         self._reset(head, f"events {self.last + 1}..{lost} are {why}")
 
@@ -263,12 +373,19 @@ class Relay:
                 more,
             )
 
-    def _deliver(self, items: Sequence[Delivered], cursor: tuple[int, int]) -> bool:
+    def _deliver(
+        self,
+        items: Sequence[Delivered],
+        cursor: tuple[int, int],
+        taken: Mapping[str, tuple[str, int]],
+    ) -> bool:
         """Hand ``items`` to the sink, retrying the same items, then move the cursor to
-        ``cursor`` (the last entry consumed with them); False if stopped first."""
+        ``cursor`` (the last entry consumed with them) and record each channel's last event
+        (``taken``); False if stopped first."""
         while not self._stopping.is_set():
             if self._sink.deliver(self.epoch, items, self._broker.block):
                 self.last, self.cursor = items[-1].pos, cursor
+                self.seqs.record(taken)
                 delivered = self.stats.delivered + len(items)
                 self._update(last_delivered_seq=self.last, delivered=delivered)
                 return True
@@ -281,6 +398,7 @@ class Relay:
         self._sink.reset(head.epoch, head.seq, reason, pos=head.pos)
         self.epoch, self.last = head.epoch, head.pos
         self.cursor = (head.pos, 0)  # (entries above it are read, and skipped if beyond the head)
+        self.seqs.clear()
         self._update(epoch=head.epoch, last_delivered_seq=head.pos, resets=self.stats.resets + 1)
 
     def _failed(self, exc: Exception) -> None:
@@ -332,5 +450,6 @@ _MALFORMED_WHY = {
     Malformed.RESERVED_TYPE: "its type is the hub's own or a client-to-server one",
     Malformed.SEQ_MISMATCH: "the seq in its data is not the one of its fields",
     Malformed.CHANNEL_MISMATCH: "the channel in its data is not the one of its fields",
-    Malformed.AHEAD: "its position is beyond the last one assigned (no publish wrote it)",
+    Malformed.AHEAD: "its position or seq is beyond the last one assigned (no publish wrote it)",
+    Malformed.OUT_OF_ORDER: "its seq does not follow the last one of its channel",
 }

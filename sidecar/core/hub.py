@@ -361,6 +361,8 @@ class Hub:
             "clients": self._count,
             "seq": self.seq,
             "epoch": self.epoch,
+            # the stream position fanned out (the tracker's int, replaced whole: a snapshot)
+            "pos": self._tracker.pos,
             "historyEvents": 0 if span is None else span[1] - span[0] + 1,
             "historyBytes": 0 if span is None else span[2],
             "pending": pending,

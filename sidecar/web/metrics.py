@@ -107,7 +107,8 @@ def _relay_lag(sample: dict[str, Any]) -> Reading:
     relay, hub = sample["relay"], sample["hub"]
     if not relay or relay["epoch"] != hub["epoch"]:
         return [((), 0.0)]
-    return [((), float(max(0, relay["last_published_seq"] - hub["seq"])))]
+    # positions, both: every channel's events count (the default channel's seq would not)
+    return [((), float(max(0, relay["last_published_seq"] - hub["pos"])))]
 
 
 def _counter(
