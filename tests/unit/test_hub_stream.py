@@ -23,7 +23,6 @@ from sidecar.protocol import CloseCode, Since
 from tests.unit.conftest import Blocker, HubFactory, sync
 from tests.unit.fakes import PATIENCE, FakeClock, FakeTransport, new_client, seqs, tick
 
-
 #: The monotonic clock's resolution: Windows' ticks every ~16 ms, so two readings differ by
 #: whole ticks and a wait of 0.3 s can read as 0.29999… (a bound, never a race).
 TICK = time.get_clock_info("monotonic").resolution
