@@ -240,7 +240,8 @@ for i = 1, m do
     if c.new and redis.call('TYPE', c.key)['ok'] ~= 'hash' then redis.call('DEL', c.key) end
     redis.call('HSET', c.key, 'epoch', c.epoch, 'seq', seqs[i])
   end
-  redis.call('EXPIRE', c.key, ARGV[6])
+  -- a position nothing was published on yet (a subscribe's) lives as long as a history
+  redis.call('EXPIRE', c.key, seqs[i] == 0 and ttl or ARGV[6])
 end
 -- (a default history of another type would fail the LPUSH after the XADDs: emptied too)
 local default_kind = redis.call('TYPE', default_history)['ok']

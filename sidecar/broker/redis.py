@@ -104,7 +104,9 @@ class _Script:
 _PUBLISH = _Script("publish.lua")
 _READ = _Script("read.lua")
 #: ``maxmemory-policy`` values that never evict the broker's keys (they have no TTL).
-SAFE_POLICIES = frozenset({"noeviction", "volatile-lru", "volatile-lfu", "volatile-random"})
+SAFE_POLICIES = frozenset({"noeviction"})
+#: Policies that evict only keys with a TTL: named channels' positions and histories.
+VOLATILE_POLICIES = frozenset({"volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"})
 # redis-py before 5.3 requires the command name (ignored since) when taking a connection
 _POOL_WANTS_NAME = (
     inspect.signature(redis.ConnectionPool.get_connection).parameters["command_name"].default
@@ -457,11 +459,12 @@ class RedisBroker:
         """Warn (one line, returned too) if the server may evict the broker's keys.
 
         Redis evicts only with a ``maxmemory`` set, and then only what its policy allows:
-        ``noeviction`` and the ``volatile-*`` policies never touch the meta hash and the stream
-        (they have no TTL); the ``allkeys-*`` ones do. An evicted meta hash starts a new epoch
-        and an evicted stream loses the history: every client is closed with 4001 and
-        resumes ``recovered: false``. That is never a silent loss, so the hub starts anyway
-        (a managed Redis may not let the policy be changed): the warning says what to fix.
+        ``noeviction`` never; the ``volatile-*`` policies only keys with a TTL (named
+        channels' positions and histories: their subscribers resync, ``recovered: false``);
+        the ``allkeys-*`` ones anything (an evicted meta hash starts a new epoch and an evicted
+        stream loses the history: every client is closed with 4001 and resumes
+        ``recovered: false``). That is never a silent loss, so the hub starts anyway (a managed
+        Redis may not let the policy be changed): the warning says what to fix.
         """
         found = self.memory_policy()
         if found is None:
@@ -470,12 +473,21 @@ class RedisBroker:
         policy, limit = found
         if limit == 0 or policy in SAFE_POLICIES:
             return None
+        if policy in VOLATILE_POLICIES:
+            message = (
+                f"redis broker {self.safe_url} has maxmemory-policy {policy} with maxmemory"
+                f" {limit} bytes: Redis may evict named channels' positions and histories"
+                " (their subscribers then resync with recovered: false); set maxmemory-policy"
+                " noeviction to keep them (docs: Redis sizing)"
+            )
+            log.warning("%s", message)
+            return message
         message = (
             f"redis broker {self.safe_url} has maxmemory-policy {policy} with maxmemory"
             f" {limit} bytes: Redis may evict {self.meta_key} or {self.stream_key}, and each"
             " eviction closes every client with 4001 and loses the resume history; set"
-            " maxmemory-policy noeviction (or volatile-lru) or give the broker a Redis of its"
-            " own (README: Redis sizing)"
+            " maxmemory-policy noeviction or give the broker a Redis of its own"
+            " (docs: Redis sizing)"
         )
         log.warning("%s", message)
         return message
