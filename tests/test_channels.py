@@ -264,3 +264,29 @@ def test_a_slow_subscriber_is_evicted_with_4008_and_others_go_on(sidecar_factory
     assert channel_of(recv_json(quick)) == (C9, 1, 7)  # the other channel's client goes on
     closes = [f.close_code for f in stuck.read_to_eof() if f.opcode == wsreader.OP_CLOSE]
     assert closes in ([], [4008]), closes
+
+
+def test_channel_replays_are_charged_to_the_peers_replay_budget(sidecar_factory: Any) -> None:
+    sc = sidecar_factory(replay_rate=256 << 10, history_bytes=4 << 20)
+    epoch = sc.hub.position(P1).epoch
+    pad = "x" * (32 << 10)
+    sc.hub.publish([new_event("test:tick", {"i": i, "pad": pad}) for i in range(40)], P1)
+    since = quote(f"{P1}@{epoch}:0")
+    statuses = []
+    for _ in range(10):  # 1.3 MiB a resume: the 512 KiB burst runs out at once
+        try:
+            ws, status = sc.connect_ready(f"?channels={P1}&since={since}")
+        except websocket.WebSocketBadStatusException as refused:
+            statuses.append(refused.status_code)
+            assert int(refused.resp_headers["retry-after"]) >= 1
+            break
+        statuses.append(101)
+        assert status["payload"]["channels"][P1]["recovered"] is True
+        ws.close()
+    assert statuses[-1] == 503 and len(statuses) <= 3, statuses
+    # a subscribe by message over the budget is a join without replay: recovered false
+    ws, _status = sc.connect_ready()
+    send(ws, "channel:subscribe", {"channel": P1, "since": f"{epoch}:0"})
+    answer = recv_json(ws)
+    assert answer["type"] == "channel:subscribed" and answer["payload"]["recovered"] is False
+    assert answer["payload"]["seq"] == 40
