@@ -9,6 +9,8 @@ same file drives ``sidecar-client.js`` (``tests/browser/pages/client-vectors.mjs
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -22,14 +24,14 @@ from sidecar.client.policy import backoff_delay, should_reconnect
 from sidecar.client.session import Session
 from sidecar.protocol import parse_since
 from tests.conftest import wait_for
-from tests.needs import needs_module
+from tests.needs import needs_module, unavailable
 from tests.scripted_hub import ScriptedConnection, ScriptedHub
 
 needs_module("websocket", "pip install 'sidecar-hub[client]'")
 
-VECTORS = json.loads(
-    (Path(__file__).parent / "data" / "client-vectors.json").read_text(encoding="utf-8")
-)
+ROOT = Path(__file__).resolve().parents[1]
+VECTORS_FILE = ROOT / "tests" / "data" / "client-vectors.json"
+VECTORS = json.loads(VECTORS_FILE.read_text(encoding="utf-8"))
 SCENARIOS = VECTORS["scenarios"]
 TIMESTAMP = "2026-01-01T00:00:00Z"
 
@@ -209,3 +211,24 @@ def test_subscriber_follows_the_vector_over_real_sockets(scenario: dict[str, Any
     finally:
         sub.close()
         hub.close()
+
+
+def test_the_js_client_follows_the_same_vectors_in_node() -> None:
+    """The same file against ``sidecar-client.js`` (its fake-socket runner, in Node; the
+    Chromium suite runs it too)."""
+    node = shutil.which("node")
+    if node is None:
+        unavailable("node is needed to run the JS client's vectors (Node >= 20)")
+    assert node is not None
+    runner = ROOT / "tests" / "browser" / "pages" / "node-vectors.mjs"
+    client = ROOT / "sidecar" / "static" / "sidecar-client.js"
+    done = subprocess.run(
+        [node, str(runner), str(client), str(VECTORS_FILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    results = json.loads(done.stdout)
+    failures = [f"{r['name']}: {r['error']}" for r in results if not r["ok"]]
+    assert not failures, "\n\n".join(failures)
+    assert len(results) == len(SCENARIOS) + 2

@@ -138,8 +138,15 @@ class PageServer:
         self.thread.join(5)
 
 
+#: Files served at the root of the page servers besides ``pages/``.
+EXTRA_FILES = {
+    "/sidecar-client.js": STATIC_DIR / "sidecar-client.js",
+    "/client-vectors.json": Path(__file__).resolve().parents[1] / "data" / "client-vectors.json",
+}
+
+
 class _PageHandler(SimpleHTTPRequestHandler):
-    """Serves ``pages/`` plus ``/sidecar-client.js`` (a copy of the shipped module)."""
+    """Serves ``pages/`` plus ``/sidecar-client.js`` (the shipped module) and the vectors."""
 
     extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript"}
 
@@ -147,9 +154,8 @@ class _PageHandler(SimpleHTTPRequestHandler):
         super().__init__(*args, directory=str(PAGES_DIR), **kwargs)
 
     def translate_path(self, path: str) -> str:
-        if path.split("?", 1)[0] == "/sidecar-client.js":
-            return str(STATIC_DIR / "sidecar-client.js")
-        return super().translate_path(path)
+        extra = EXTRA_FILES.get(path.split("?", 1)[0])
+        return str(extra) if extra is not None else super().translate_path(path)
 
     def end_headers(self) -> None:
         self.send_header("Cache-Control", "no-store")

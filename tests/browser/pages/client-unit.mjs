@@ -2,96 +2,12 @@
  * Unit tests of sidecar-client.js against a fake WebSocket, run inside Chromium by
  * tests/browser/test_client_unit.py (the real-socket behaviour is tested there too).
  *
- * `runAll(mod)` takes the imported module and resolves to `[{name, ok, error}]`.
+ * `runAll(mod)` takes the imported module and resolves to `[{name, ok, error}]`; it also runs
+ * the shared vectors (`tests/data/client-vectors.json`, served as `/client-vectors.json`).
  */
 
-/** A scripted stand-in for the browser's WebSocket. */
-class FakeSocket {
-  /** @type {FakeSocket[]} */
-  static all = [];
-
-  /**
-   * @param {string} url
-   * @param {string[]} protocols
-   */
-  constructor(url, protocols) {
-    this.url = url;
-    this.protocols = protocols;
-    this.readyState = 0;
-    /** @type {string[]} */
-    this.sent = [];
-    this.closedWith = null;
-    FakeSocket.all.push(this);
-  }
-
-  open() {
-    this.readyState = 1;
-    this.onopen?.({});
-  }
-
-  /** @param {unknown} message */
-  deliver(message) {
-    this.onmessage?.({ data: typeof message === "string" ? message : JSON.stringify(message) });
-  }
-
-  /**
-   * @param {string} epoch
-   * @param {number} seq
-   * @param {boolean} recovered
-   */
-  status(epoch, seq, recovered = false) {
-    this.open();
-    this.deliver({
-      type: "connection:status",
-      payload: { status: "connected", epoch, seq, recovered },
-      timestamp: "2026-01-01T00:00:00Z",
-    });
-  }
-
-  /** @param {number} seq */
-  event(seq, type = "stream:updated") {
-    this.deliver({ type, payload: { i: seq }, timestamp: "2026-01-01T00:00:00Z", seq });
-  }
-
-  /** The server (or the network) ends the connection. */
-  drop(code = 1006, reason = "") {
-    this.readyState = 3;
-    this.onclose?.({ code, reason, wasClean: code !== 1006 });
-  }
-
-  /** @param {string} data */
-  send(data) {
-    this.sent.push(data);
-  }
-
-  close(code = 1005, reason = "") {
-    this.closedWith = { code, reason };
-    this.readyState = 3;
-  }
-}
-
-/**
- * @param {() => unknown} predicate
- * @param {string} what
- */
-async function until(predicate, what, timeout = 2000) {
-  const deadline = performance.now() + timeout;
-  while (!predicate()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 2));
-  }
-}
-
-/**
- * @param {unknown} actual
- * @param {unknown} expected
- * @param {string} what
- */
-function eq(actual, expected, what) {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) throw new Error(`${what}: expected ${e}, got ${a}`);
-}
+import { FakeSocket, eq, until } from "./fake-socket.mjs";
+import { vectorTests } from "./client-vectors.mjs";
 
 /** A client on a fresh fake, with everything it reports recorded. */
 function harness(mod, url = "ws://127.0.0.1:1/ws", options = {}) {
@@ -367,7 +283,8 @@ const tests = {
  */
 export async function runAll(mod) {
   const results = [];
-  for (const [name, test] of Object.entries(tests)) {
+  const vectors = await (await fetch("/client-vectors.json", { cache: "no-store" })).json();
+  for (const [name, test] of [...Object.entries(tests), ...Object.entries(vectorTests(vectors))]) {
     try {
       await test(mod);
       results.push({ name, ok: true, error: null });
