@@ -28,6 +28,7 @@ from sidecar.client import (
     SubscriberClosed,
 )
 from sidecar.envelope import new_event
+from sidecar.events import StreamCreatedPayload, new_stream_created_event
 from sidecar.launcher import SidecarProcess
 from sidecar.protocol import CloseCode
 from tests.conftest import TOKEN, RunningSidecar, wait_for
@@ -335,6 +336,19 @@ def test_a_raising_handler_is_logged_and_delivery_goes_on(
         sum("a subscriber handler for test:tick raised" in r.getMessage() for r in caplog.records)
         == 2
     )
+
+
+def test_catalog_payload_types_apply_to_events(
+    sidecar: RunningSidecar, subscribe: Callable[..., Subscriber]
+) -> None:
+    """``Event`` is generic in its payload: annotated with a catalog type, mypy checks the
+    keys (this file is type-checked by ``mypy tests``)."""
+    sub = subscribe(sidecar.ws_url)
+    sub.wait_open()
+    sidecar.hub.broadcast_event(new_stream_created_event("p1", "s1", "Refactor"))
+    created: Event[StreamCreatedPayload] = sub.next("stream:created")
+    stream_id: str = created.payload["streamId"]
+    assert (stream_id, created.seq, created.channel) == ("s1", 1, None)
 
 
 def test_next_keeps_other_events_and_names_the_type_on_timeout(

@@ -29,7 +29,7 @@ import json
 import random as _random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
 from ..protocol import (
     CHANNEL_ERROR,
@@ -87,14 +87,22 @@ class Position:
         return f"{self.epoch}:{self.seq}"
 
 
+P = TypeVar("P")
+
+
 @dataclass(frozen=True, slots=True)
-class Event:
+class Event(Generic[P]):
     """One envelope from the hub, as received: ``connection:status``, ``channel:*`` answers,
     the application's events. ``channel`` is ``None`` for the default channel; ``seq`` is
-    ``None`` for messages sent to this connection only. ``raw`` is the whole envelope."""
+    ``None`` for messages sent to this connection only. ``raw`` is the whole envelope.
+
+    Generic in its payload, so that the catalog's payload types apply where the type is
+    known: ``created: Event[StreamCreatedPayload] = sub.next("stream:created")`` (the
+    ``TypedDict`` classes are in :mod:`sidecar.events`).
+    """
 
     type: str
-    payload: dict[str, Any]
+    payload: P
     timestamp: str | None
     seq: int | None
     channel: str | None
@@ -138,7 +146,7 @@ class Joined:
     channel: str
 
 
-Output: TypeAlias = Event | Resync | ChannelError | Joined
+Output: TypeAlias = "Event[Any] | Resync | ChannelError | Joined"
 
 
 @dataclass(slots=True)
@@ -154,7 +162,7 @@ def _count(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _event(frame: Mapping[str, Any]) -> Event:
+def _event(frame: Mapping[str, Any]) -> Event[Any]:
     payload = frame.get("payload")
     channel = frame.get("channel")
     timestamp = frame.get("timestamp")

@@ -66,7 +66,7 @@ __all__ = ["ChannelRefused", "State", "StateChange", "Subscriber", "SubscriberCl
 log = logging.getLogger("sidecar.client")
 
 State: TypeAlias = Literal["connecting", "open", "reconnecting", "closed"]
-Item: TypeAlias = "Event | Resync | ChannelError | StateChange"
+Item: TypeAlias = "Event[Any] | Resync | ChannelError | StateChange"
 #: Queue cost of an item that is not an envelope (a resync, a state change, an error).
 _SMALL = 64
 #: The application's messages waiting for the I/O thread (beyond: ``send`` returns False).
@@ -378,9 +378,9 @@ class Subscriber:
         type: str | None = None,
         *,
         channel: str | None = ANY_CHANNEL,
-        match: Callable[[Event], bool] | None = None,
+        match: Callable[[Event[Any]], bool] | None = None,
         timeout: float = 5.0,
-    ) -> Event:
+    ) -> Event[Any]:
         """The next event (of ``type``; of ``channel`` if given, ``None`` being the default
         channel; for which ``match(event)`` is true if given). Items that do not match stay
         queued, in order, for later calls.
