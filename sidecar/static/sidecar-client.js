@@ -555,6 +555,8 @@ export class SidecarClient {
       return;
     }
     this.#ws = ws;
+    ws.onerror = () => {}; // the close event that follows says what happened (Node's ws throws
+    // on an error event nobody listens to)
     ws.onmessage = (ev) => {
       if (id === this.#connectionId) this.#onMessage(ev.data);
     };
