@@ -209,7 +209,8 @@ class Session:
         self._positions: dict[str, Position] = {}
         self._answered: set[str] = set()  # channels the hub gave a position at least once
         # this connection's state
-        self._connected = False
+        self._connecting = False  # a connection is being made or is open (after connect_target)
+        self._connected = False  # its connection:status arrived
         self._in_url: list[str] = []
         self._queue: list[tuple[str, str]] = []  # ("subscribe" | "unsubscribe", channel)
         self._awaiting: set[str] = set()  # asked for on this connection, no answer yet
@@ -263,7 +264,7 @@ class Session:
         self._wanted[channel] = _Wanted(token)
         if since is not None:
             self._positions[channel] = Position(since.epoch, since.seq)
-        if self._connected:
+        if self._connecting:  # too late for this connection's URL: by message, once open
             self._queue.append((CHANNEL_SUBSCRIBE, channel))
         return True
 
@@ -288,6 +289,7 @@ class Session:
         its own ``channels``/``since`` are replaced). Starts a new connection's state: the
         channels that do not fit are queued as messages."""
         self.lost()
+        self._connecting = True
         path, _, query = target.partition("?")
         params = [p for p in query.split("&") if p and p.split("=")[0] not in _OURS]
         items = []
@@ -312,6 +314,7 @@ class Session:
 
     def lost(self) -> None:
         """The connection ended: forget what belonged to it (positions stay)."""
+        self._connecting = False
         self._connected = False
         self._in_url = []
         self._queue.clear()
@@ -470,13 +473,13 @@ class Session:
 
     # -- messages ----------------------------------------------------------------------------
 
-    def take_messages(self, now: float) -> tuple[list[dict[str, Any]], list[Output]]:
+    def take_messages(self, now: float) -> tuple[list[dict[str, Any]], list[ChannelError]]:
         """The ``channel:*`` messages that may be sent now (paced), and the errors of those
         that cannot be sent at all (a token hook that failed)."""
         if not self._connected:
             return [], []
         messages: list[dict[str, Any]] = []
-        errors: list[Output] = []
+        errors: list[ChannelError] = []
         for kind, name in list(self._queue):
             wanted = self._wanted.get(name)
             if kind == CHANNEL_SUBSCRIBE and wanted is not None and wanted.not_before > now:

@@ -607,7 +607,7 @@ class Subscriber:
             messages, errors = self._session.take_messages(now)
             sends = list(self._sends)
             self._sends.clear()
-        self._deliver(errors, 0)
+        self._deliver(list(errors), 0)
         for message in messages:
             conn.send_text(json.dumps(message, separators=(",", ":")))
         for text in sends:

@@ -293,7 +293,8 @@ export class SidecarClient {
   /** @type {Set<string>} */ #answered = new Set();
   /** @type {Record<string, unknown> | null} */ #status = null;
   // this connection's state
-  #connected = false;
+  #connecting = false; // a connection is being made or is open
+  #connected = false; // its connection:status arrived
   /** @type {string[]} */ #inUrl = [];
   /** @type {Outgoing[]} */ #queue = [];
   /** @type {Set<string>} */ #awaiting = new Set();
@@ -434,7 +435,8 @@ export class SidecarClient {
     if (point === null) throw new TypeError(`SidecarClient: bad since ${options.since}`);
     this.#wanted.set(channel, { token: options.token, attempts: 0, notBefore: 0 });
     if (point) this.#positions.set(channel, { epoch: point[1], seq: Number(point[2]) });
-    if (this.#connected) {
+    if (this.#connecting) {
+      // too late for this connection's URL: by message, once the status has arrived
       this.#queue.push({ kind: "channel:subscribe", name: channel });
       this.#flush();
     }
@@ -568,6 +570,7 @@ export class SidecarClient {
   /** The request target of the next connection; queues the channels that do not fit. */
   #connectTarget() {
     this.#lostConnection();
+    this.#connecting = true;
     const path = this.#url.pathname;
     const params = this.#url.search
       .slice(1)
@@ -600,6 +603,7 @@ export class SidecarClient {
 
   /** Forget what belonged to the connection (positions stay). */
   #lostConnection() {
+    this.#connecting = false;
     this.#connected = false;
     this.#inUrl = [];
     this.#queue = [];
