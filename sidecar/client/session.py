@@ -324,7 +324,7 @@ class Session:
 
     # -- frames ------------------------------------------------------------------------------
 
-    def receive(self, text: str, now: float = 0.0) -> list[Output]:
+    def receive(self, text: str, now: float) -> list[Output]:
         """What one text frame from the hub means: the outputs to deliver, in order."""
         self.frames += 1
         try:

@@ -149,18 +149,22 @@ def test_which_refusals_are_retried_and_when(
     assert retry_after_refusal(status, retry_after) == wait
 
 
-def test_the_rate_limit_allows_limit_messages_per_window() -> None:
+def test_the_rate_limit_allows_limit_messages_in_any_window() -> None:
     rate = RateLimit(limit=3, window=1.0)
     for t in (0.0, 0.1, 0.2):
         assert rate.next_allowed(t) == t
         rate.record(t)
     assert rate.next_allowed(0.3) == 1.0  # the 4th waits for the 1st to leave the window
-    assert rate.next_allowed(1.5) == 1.5
-    rate.record(1.5)
-    assert rate.next_allowed(1.6) == 1.1 + 0.0 or rate.next_allowed(1.6) == 1.6
+    rate.record(1.0)
+    assert rate.next_allowed(1.05) == 1.1  # then for the 2nd: any window holds 3 at most
     rate.clear()
-    assert rate.next_allowed(1.6) == 1.6
-    assert RateLimit().limit == 20 and RateLimit().window == 1.25
+    assert rate.next_allowed(1.05) == 1.05
+    assert (RateLimit().limit, RateLimit().window) == (20, 1.25)
+
+
+def test_backoff_takes_the_given_timing_and_clamps_the_exponent() -> None:
+    assert backoff_delay(2, Backoff(base=1.0, cap=100.0), lambda: 0.5) == 2.0
+    assert backoff_delay(40, Backoff(base=1.0, cap=1e12), lambda: 1.0) == 2.0**30
 
 
 # -- the session's edges ---------------------------------------------------------------------
@@ -181,15 +185,34 @@ def _answer(kind: str, **payload: Any) -> str:
     return json.dumps({"type": f"channel:{kind}", "payload": payload, "timestamp": TIMESTAMP})
 
 
-def _tick(seq: int, channel: str | None = None) -> str:
-    frame: dict[str, Any] = {"type": "test:tick", "payload": {}, "timestamp": TIMESTAMP}
-    frame["seq"] = seq
+def _tick(seq: int | bool | None, channel: str | None = None, **extra: Any) -> str:
+    frame: dict[str, Any] = {"type": "test:tick", "payload": {}, "timestamp": TIMESTAMP, **extra}
+    if seq is not None:
+        frame["seq"] = seq
     if channel:
         frame["channel"] = channel
     return json.dumps(frame)
 
 
-def test_names_since_and_tokens_are_checked() -> None:
+def _open(session: Session, text: str | None = None, now: float = 0.0) -> list[Any]:
+    session.connect_target("/ws")
+    return session.receive(text or _status(), now)
+
+
+def _sent(session: Session, now: float = 0.0) -> list[tuple[str, str]]:
+    messages, _ = session.take_messages(now)
+    return [(m["type"].partition(":")[2], m["payload"]["channel"]) for m in messages]
+
+
+def _resyncs(out: list[Any]) -> list[tuple[Any, ...]]:
+    return [
+        (r.channel, r.reason, r.epoch, r.seq, r.previous_epoch, r.previous_seq)
+        for r in out
+        if isinstance(r, Resync)
+    ]
+
+
+def test_names_since_and_positions() -> None:
     with pytest.raises(ValueError):
         Session(["Not:A:Channel:Name:At:All"])
     with pytest.raises(ValueError, match="not in channels"):
@@ -197,149 +220,233 @@ def test_names_since_and_tokens_are_checked() -> None:
     session = Session(["a:1"], {"": Since("E", 4), "a:1": Since("A", 2)})
     assert session.positions() == {None: Position("E", 4), "a:1": Position("A", 2)}
     assert session.position() == Position("E", 4) and session.position("a:9") is None
-    assert not session.subscribe("a:1") and session.channels == ["a:1"]
-    assert not session.unsubscribe("b:2")
-
-
-def test_position_text_needs_both_parts() -> None:
+    assert session.subscribe("a:1") is False and session.subscribe("b:1") is True
+    assert session.channels == ["a:1", "b:1"] and session.status is None
+    assert session.unsubscribe("c:2") is False
     assert Position("E", 3).since() == "E:3"
     assert Position(None, 3).since() is None and Position("E", None).since() is None
 
 
-def test_joined_and_the_answers_of_a_connection() -> None:
+def test_events_keep_their_envelope() -> None:
     session = Session(["a:1"])
-    assert session.connect_target("/ws") == "/ws?channels=a:1"
-    out = session.receive(_status(a_1=("A", 5, False)))
-    assert [type(o) for o in out] == [Event, Joined] and session.joined("a:1")
-    assert session.status is not None and session.status["epoch"] == "E1"
+    _open(session, _status(a_1=("A", 0, False)))
+    [event] = session.receive(_tick(1, "a:1", extra="kept"), 0.0)
+    assert isinstance(event, Event)
+    assert (event.type, event.timestamp, event.seq, event.channel) == (
+        "test:tick",
+        TIMESTAMP,
+        1,
+        "a:1",
+    )
+    assert event.to_dict() == json.loads(_tick(1, "a:1", extra="kept"))
+    odd = session.receive(json.dumps({"type": "test:tick", "timestamp": 5, "seq": True}), 0.0)
+    assert isinstance(odd[0], Event) and (odd[0].timestamp, odd[0].seq) == (None, None)
+    assert session.position() == Position("E1", 0)  # a boolean is not a seq
+
+
+def test_joined_is_reported_for_each_channel_the_hub_grants() -> None:
+    session = Session(["a:1", "b:1", "c:1"])
+    assert session.connect_target("/ws") == "/ws?channels=a:1,b:1,c:1"
+    session.unsubscribe("a:1")  # while connecting: its unsubscribe is queued
+    answer = _status(a_1=("A", 0, False), b_1=("B", 0, False), c_1=("C", 0, False))
+    out = session.receive(answer, 0.0)
+    assert [o for o in out if isinstance(o, Joined)] == [Joined("b:1"), Joined("c:1")]
+    assert session.joined("b:1") and session.joined("c:1") and not session.joined("a:1")
+    assert _sent(session) == [("unsubscribe", "a:1")]
+    session.subscribe("d:1")
+    assert _sent(session) == [("subscribe", "d:1")]
+    out = session.receive(
+        _answer("subscribed", channel="d:1", epoch="D", seq=4, recovered=False), 0
+    )
+    assert out[1:] == [Joined("d:1")]
     session.lost()
-    assert not session.joined("a:1") and session.position("a:1") == Position("A", 5)
+    assert not session.joined("b:1") and session.position("b:1") == Position("B", 0)
 
 
-def test_a_subscribe_token_hook_that_fails_drops_the_channel() -> None:
+def test_a_state_needs_an_epoch_and_a_seq() -> None:
+    session = Session(["a:1", "b:1"])
+    session.connect_target("/ws")
+    status = json.loads(_status(a_1=("A", 0, False)))
+    status["payload"]["channels"]["b:1"] = {"epoch": "B"}  # no seq: not granted
+    out = session.receive(json.dumps(status), 0.0)
+    assert [o for o in out if isinstance(o, Joined)] == [Joined("a:1")]
+    assert session.channels == ["a:1", "b:1"]  # its channel:error follows
+
+
+def test_a_resync_from_a_subscribe_answer_follows_it() -> None:
+    session = Session()
+    _open(session)
+    session.subscribe("a:1", Since("A", 2))
+    assert _sent(session) == [("subscribe", "a:1")]
+    out = session.receive(
+        _answer("subscribed", channel="a:1", epoch="B", seq=0, recovered=False), 0
+    )
+    assert [type(o) for o in out] == [Event, Joined, Resync]
+    assert _resyncs(out) == [("a:1", "new-epoch", "B", 0, "A", 2)]
+
+
+def test_an_untracked_hub_and_the_positions_it_leaves() -> None:
+    session = Session(resync_on_first_connect=True)
+    bare = json.dumps({"type": "connection:status", "payload": {"status": "connected"}})
+    assert _resyncs(_open(session, bare)) == [(None, "initial", None, None, None, None)]
+    session.receive(_tick(5), 0.0)
+    assert session.position() == Position(None, 5)
+    assert session.connect_target("/ws") == "/ws"  # no epoch: nothing to resume from
+    out = session.receive(bare, 0.0)
+    assert _resyncs(out) == [(None, "not-recovered", None, None, None, 5)]
+    session.receive(_tick(5), 0.0)
+    session.connect_target("/ws")
+    out = session.receive(_status("E1", 9, False), 0.0)  # tracked now: still not a resume
+    assert _resyncs(out) == [(None, "not-recovered", "E1", 9, None, 5)]
+
+
+def test_counters() -> None:
+    session = Session()
+    _open(session, _status("E1", 2))
+    for text in ("not json", "[1]", '{"type": 5}'):
+        session.receive(text, 0.0)
+    for seq in (1, 2, 5, 5, 4, 9):
+        session.receive(_tick(seq), 0.0)
+    session.receive(_tick(1, "z:1"), 0.0)
+    session.receive(_tick(2, "z:1"), 0.0)
+    assert (session.ignored, session.duplicates, session.gaps, session.unwanted) == (3, 4, 2, 2)
+    assert session.frames == 12
+
+
+def test_direct_messages_and_answers_with_a_seq_are_events() -> None:
+    session = Session(["a:1"])
+    _open(session, _status(a_1=("A", 0, False)))
+    note = json.dumps({"type": "app:note", "payload": {"channel": "a:1", "code": "limit"}})
+    out = session.receive(note, 0.0)  # a message to this connection, not an answer
+    assert len(out) == 1 and isinstance(out[0], Event) and session.channels == ["a:1"]
+    odd = json.loads(_answer("error", channel="a:1", code="limit", message=""))
+    odd["seq"] = 1
+    out = session.receive(json.dumps(odd), 0.0)
+    assert len(out) == 1 and session.channels == ["a:1"] and session.position() == Position("E1", 1)
+    for text in (
+        json.dumps({"type": "channel:subscribed", "payload": "x", "timestamp": TIMESTAMP}),
+        json.dumps({"type": "channel:error", "payload": {"channel": 5}, "timestamp": TIMESTAMP}),
+    ):
+        out = session.receive(text, 0.0)
+        assert (
+            len(out) == 1 and isinstance(out[0], Event) and out[0].payload in ({}, {"channel": 5})
+        )
+
+
+def test_answers_that_do_not_change_anything() -> None:
+    session = Session(["a:1"])
+    _open(session, _status(a_1=("A", 0, False)))
+    out = session.receive(_answer("subscribed", channel="a:1", epoch="A", seq=3, recovered=True), 0)
+    assert len(out) == 1 and session.position("a:1") == Position("A", 0)  # not awaited
+    out = session.receive(_answer("error", channel="a:1", code="already_subscribed", message=""), 0)
+    assert out[-1] == ChannelError("a:1", "already_subscribed", "", retrying=False)
+    assert session.channels == ["a:1"]  # still subscribed
+    out = session.receive(_answer("unsubscribed", channel="b:1", reason="revoked"), 0)
+    assert len(out) == 1  # not ours: nothing to drop
+    session.unsubscribe("a:1")
+    session.subscribe("a:1")  # again, before the hub answered the unsubscribe
+    out = session.receive(_answer("unsubscribed", channel="a:1", reason="client"), 0)
+    assert len(out) == 1 and session.channels == ["a:1"]  # its own unsubscribe: kept
+
+
+def test_a_channel_the_hub_drops_is_forgotten() -> None:
+    session = Session(["a:1"], resync_on_first_connect=True)
+    _open(session, _status(a_1=("A", 0, False)))
+    out = session.receive(_answer("unsubscribed", channel="a:1", reason=7), 0)
+    assert out[-1] == ChannelError(
+        "a:1", "unsubscribed", "unsubscribed by the hub (unsubscribed)", False
+    )
+    assert session.position("a:1") is None and not session.joined("a:1")
+    assert session.receive(_tick(1, "a:1"), 0.0) == [] and session.unwanted == 1
+    session.subscribe("a:1")
+    assert session.receive(_tick(2, "a:1"), 0.0) == []  # not joined until the answer
+    assert _sent(session) == [("subscribe", "a:1")]
+    out = session.receive(
+        _answer("subscribed", channel="a:1", epoch="A", seq=5, recovered=False), 0
+    )
+    assert _resyncs(out) == [("a:1", "initial", "A", 5, None, None)]  # a first position again
+    out = session.receive(_answer("error", channel="a:1", code=7), 0)
+    assert out[-1] == ChannelError("a:1", "unknown", "", retrying=False) and session.channels == []
+
+
+def test_unsupported_and_token_errors_say_what_happened() -> None:
+    session = Session(["a:1"])
+    out = _open(session, _status())
+    [error] = [o for o in out if isinstance(o, ChannelError)]
+    assert (error.channel, error.code, error.retrying) == ("a:1", "unsupported", False)
+    assert "channels" in error.message
+
     def broken() -> str:
         raise RuntimeError("no token")
 
-    session = Session()
-    session.connect_target("/ws")
-    session.receive(_status())
     session.subscribe("user:1", token=broken)
     session.subscribe("user:2", token=lambda: 42)  # type: ignore[arg-type,return-value]
     session.subscribe("user:3", token=lambda: "ok")
     messages, errors = session.take_messages(0.0)
-    assert messages == [
-        {"type": "channel:subscribe", "payload": {"channel": "user:3", "token": "ok"}}
-    ]
+    assert [m["payload"] for m in messages] == [{"channel": "user:3", "token": "ok"}]
     assert [(e.channel, e.code, e.retrying) for e in errors] == [
         ("user:1", "token", False),
         ("user:2", "token", False),
     ]
-    assert "no token" in errors[0].message and session.channels == ["user:3"]
+    assert "no token" in errors[0].message and "int" in errors[1].message
+    assert session.channels == ["user:3"]
 
 
 def test_messages_wait_for_the_rate_limit_and_retries_for_their_time() -> None:
-    session = Session(rate=RateLimit(limit=2, window=1.0), random=lambda: 0.5)
-    session.connect_target("/ws")
-    assert session.next_message_due(0.0) is None
-    for name in ("a:1", "a:2", "a:3"):
-        session.subscribe(name)
-    session.receive(_status())
-    assert session.next_message_due(0.0) == 0.0
-    messages, _ = session.take_messages(0.0)
-    assert [m["payload"]["channel"] for m in messages] == ["a:1", "a:2"]
-    assert session.next_message_due(0.5) == 1.0 and session.take_messages(0.5) == ([], [])
-    assert [m["payload"]["channel"] for m in session.take_messages(1.0)[0]] == ["a:3"]
-    out = session.receive(_answer("error", channel="a:1", code="unavailable", message="later"), 2.0)
-    assert out[-1] == ChannelError("a:1", "unavailable", "later", retrying=True)
-    assert session.next_message_due(2.0) == 2.25  # 2.0 + 0.5 * 0.5 s
-    assert session.take_messages(2.1) == ([], [])
-    assert [m["payload"]["channel"] for m in session.take_messages(2.25)[0]] == ["a:1"]
-    session.receive(_answer("subscribed", channel="a:1", epoch="A", seq=0, recovered=False))
-    session.receive(_answer("error", channel="a:1", code="unavailable", message="x"), 3.0)
-    assert session.next_message_due(3.0) == 3.25  # attempts start over once joined
-
-
-def test_nothing_is_sent_while_disconnected_and_a_pending_subscribe_is_withdrawn() -> None:
-    session = Session()
-    session.subscribe("a:1")
-    assert session.take_messages(0.0) == ([], [])
-    session.connect_target("/ws?channels=a:1")
-    session.receive(_status(a_1=("A", 0, False)))
-    session.subscribe("b:1")
-    assert session.unsubscribe("b:1")  # withdrawn before it was sent: nothing goes out
-    assert session.unsubscribe("a:1")
-    messages, _ = session.take_messages(0.0)
-    assert messages == [{"type": "channel:unsubscribe", "payload": {"channel": "a:1"}}]
-
-
-def test_frames_that_are_not_what_they_claim() -> None:
-    session = Session(["a:1"])
-    session.connect_target("/ws")
-    session.receive(_status(a_1=("A", 0, False)))
-    odd = [
-        json.dumps({"type": "channel:subscribed", "payload": "x", "timestamp": TIMESTAMP}),
-        json.dumps({"type": "channel:error", "payload": {"channel": 5}, "timestamp": TIMESTAMP}),
-        json.dumps({"type": "connection:status", "payload": {}, "seq": 1}),
-    ]
-    for text in odd:  # not an answer: delivered as an event of the default channel
-        out = session.receive(text)
-        assert len(out) == 1 and isinstance(out[0], Event) and out[0].channel is None
-    out = session.receive(json.dumps({"type": "test:tick", "payload": [], "seq": 2, "channel": 7}))
-    assert isinstance(out[0], Event) and out[0].payload == {} and out[0].timestamp is None
-    assert (session.ignored, session.frames) == (0, 5)
-    out = session.receive(_answer("subscribed", channel="a:1", epoch="A", seq=3, recovered=True))
-    assert len(out) == 1  # not awaited: no position taken from it
-    assert session.position("a:1") == Position("A", 0)
-    out = session.receive(_answer("error", channel="a:1", code="already_subscribed", message=""))
-    assert out[-1] == ChannelError("a:1", "already_subscribed", "", retrying=False)
-    assert session.channels == ["a:1"]  # still subscribed
-    out = session.receive(_answer("error", channel="a:1", code=7))
-    assert out[-1] == ChannelError("a:1", "unknown", "", retrying=False) and session.channels == []
-    out = session.receive(_answer("unsubscribed", channel="b:1", reason="revoked"))
-    assert len(out) == 1  # not ours: nothing to drop
-
-
-def test_an_unsubscribe_without_a_reason_is_still_reported() -> None:
-    session = Session(["a:1"])
-    session.connect_target("/ws")
-    session.receive(_status(a_1=("A", 0, False)))
-    out = session.receive(_answer("unsubscribed", channel="a:1"))
-    assert out[-1] == ChannelError(
-        "a:1", "unsubscribed", "unsubscribed by the hub (unsubscribed)", retrying=False
+    session = Session(
+        rate=RateLimit(limit=2, window=1.0), backoff=Backoff(base=2.0, cap=60), random=lambda: 0.5
     )
-    assert session.receive(_tick(1, "a:1")) == [] and session.unwanted == 1
+    session.connect_target("/ws")
+    for name in ("a:1", "a:2", "a:3"):
+        session.subscribe(name)  # while connecting: by message, once the status is in
+    assert session.take_messages(0.0) == ([], []) and session.next_message_due(0.0) is None
+    session.receive(_status(), 0.0)
+    assert session.next_message_due(0.0) == 0.0
+    assert _sent(session) == [("subscribe", "a:1"), ("subscribe", "a:2")]
+    assert session.next_message_due(0.5) == 1.0 and session.take_messages(0.5) == ([], [])
+    assert _sent(session, 1.0) == [("subscribe", "a:3")]
+    assert session.next_message_due(1.0) is None  # nothing left
+    for name in ("a:1", "a:2"):
+        session.receive(_answer("error", channel=name, code="unavailable", message="later"), 5.0)
+    assert session.next_message_due(5.0) == 6.0  # 5.0 + 0.5 * 2 s
+    session.subscribe("b:1")  # not held up by the retries before it
+    assert _sent(session, 5.5) == [("subscribe", "b:1")]
+    assert _sent(session, 6.0) == [("subscribe", "a:1")]  # 5.5 and 6.0: the window is full
+    assert _sent(session, 6.5) == [("subscribe", "a:2")]
+    out = session.receive(_answer("error", channel="a:1", code="unavailable", message="x"), 7.0)
+    assert out[-1] == ChannelError("a:1", "unavailable", "x", retrying=True)
+    assert session.next_message_due(7.0) == 9.0  # the second attempt: 0.5 * 4 s
+    session.receive(_answer("subscribed", channel="a:2", epoch="A", seq=0, recovered=False), 7.0)
+    session.receive(_answer("error", channel="a:2", code="unavailable", message="x"), 7.0)
+    assert min(8.0, session.next_message_due(7.0) or 99) == 8.0  # once joined, attempts restart
 
 
-def test_an_untracked_event_seq_starts_a_position_and_counts_go_up() -> None:
+def test_a_queued_subscribe_of_a_channel_dropped_meanwhile_is_skipped() -> None:
+    session = Session(["a:1", "b:1"], max_target=5)  # nothing fits: both by message
+    _open(session)
+    session.receive(_answer("error", channel="a:1", code="forbidden", message="no"), 0.0)
+    assert _sent(session) == [("subscribe", "b:1")]
+
+
+def test_unsubscribe_sends_only_what_the_hub_knows_of() -> None:
     session = Session()
-    session.connect_target("/ws")
-    session.receive(json.dumps({"type": "connection:status", "payload": {"status": "connected"}}))
-    assert session.position() == Position(None, None)
-    session.receive(_tick(5))
-    assert session.position() == Position(None, 5)
-    session.receive(_tick(5))
-    session.receive(_tick(8))
-    assert (session.duplicates, session.gaps) == (1, 1)
-    assert session.connect_target("/ws") == "/ws"  # no epoch: nothing to resume from
-
-
-def test_a_recovered_answer_without_a_position_sets_it() -> None:
-    session = Session(["a:1"], resync_on_first_connect=True)
-    session.connect_target("/ws")
-    out = session.receive(_status("E1", 4, True, a_1=("A", 2, True)))
-    assert [(r.channel, r.reason, r.seq) for r in out if isinstance(r, Resync)] == [
-        (None, "initial", 4),
-        ("a:1", "initial", 2),
-    ]
-    assert session.position("a:1") == Position("A", 2)
+    session.subscribe("a:1")  # not connected: nothing to undo
+    assert session.unsubscribe("a:1") and session.position("a:1") is None
+    _open(session)
+    session.subscribe("b:1")
+    assert session.unsubscribe("b:1")  # withdrawn before it was sent
+    assert session.next_message_due(0.0) is None and _sent(session) == []
+    session.subscribe("c:1", Since("C", 3))
+    assert _sent(session) == [("subscribe", "c:1")]
+    assert session.unsubscribe("c:1") and session.position("c:1") is None
+    assert _sent(session) == [("unsubscribe", "c:1")]
 
 
 def test_the_url_budget_counts_bytes_and_keeps_the_order() -> None:
     session = Session(["a:1", "b:22", "c:3"], max_target=len("/ws?channels=a:1,b:22"))
     assert session.connect_target("/ws") == "/ws?channels=a:1,b:22"
-    session.receive(_status(a_1=("A", 0, False), b_22=("B", 0, False)))
-    messages, _ = session.take_messages(0.0)
-    assert messages == [{"type": "channel:subscribe", "payload": {"channel": "c:3"}}]
+    session.receive(_status(a_1=("A", 0, False), b_22=("B", 0, False)), 0.0)
+    assert _sent(session) == [("subscribe", "c:3")]
     exact = Session(["a:1"], max_target=len("/ws?channels=a:1"))
     assert exact.connect_target("/ws") == "/ws?channels=a:1"
     under = Session(["a:1"], max_target=len("/ws?channels=a:1") - 1)
