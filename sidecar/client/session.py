@@ -457,6 +457,8 @@ class Session:
         return Resync(name or None, reason, now.epoch, now.seq, before.epoch, before.seq)
 
     def _drop(self, name: str, code: str, message: str) -> ChannelError:
+        if (CHANNEL_SUBSCRIBE, name) in self._queue:  # a retry that must not go out any more
+            self._queue.remove((CHANNEL_SUBSCRIBE, name))
         self._wanted.pop(name, None)
         self._positions.pop(name, None)
         self._answered.discard(name)

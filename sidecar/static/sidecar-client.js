@@ -663,7 +663,7 @@ export class SidecarClient {
       const wanted = this.#wanted.get(out.name);
       if (out.kind === "channel:subscribe") {
         if (!wanted) {
-          this.#queue.splice(this.#queue.indexOf(out), 1);
+          this.#dequeue(out);
           continue;
         }
         if (wanted.notBefore > now) {
@@ -677,7 +677,7 @@ export class SidecarClient {
         next = Math.min(next, allowed);
         break;
       }
-      this.#queue.splice(this.#queue.indexOf(out), 1);
+      this.#dequeue(out);
       /** @type {Record<string, unknown>} */
       const payload = { channel: out.name };
       if (out.kind === "channel:subscribe") {
@@ -739,9 +739,14 @@ export class SidecarClient {
    * @param {unknown} err
    */
   #tokenError(out, err) {
+    this.#dequeue(out);
+    this.#drop(out.name, "token", `token hook failed: ${err}`);
+  }
+
+  /** @param {Outgoing} out */
+  #dequeue(out) {
     const index = this.#queue.indexOf(out);
     if (index >= 0) this.#queue.splice(index, 1);
-    this.#drop(out.name, "token", `token hook failed: ${err}`);
   }
 
   // -- frames ------------------------------------------------------------------------------
@@ -966,6 +971,8 @@ export class SidecarClient {
    * @returns {ErrorInfo}
    */
   #dropInfo(name, code, message) {
+    // a queued (re)subscribe of it must not go out any more
+    this.#queue = this.#queue.filter((o) => !(o.kind === "channel:subscribe" && o.name === name));
     this.#wanted.delete(name);
     this.#positions.delete(name);
     this.#answered.delete(name);

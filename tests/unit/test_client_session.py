@@ -242,6 +242,10 @@ def test_events_keep_their_envelope() -> None:
     odd = session.receive(json.dumps({"type": "test:tick", "timestamp": 5, "seq": True}), 0.0)
     assert isinstance(odd[0], Event) and (odd[0].timestamp, odd[0].seq) == (None, None)
     assert session.position() == Position("E1", 0)  # a boolean is not a seq
+    for channel in (7, ""):  # not a channel name: the default channel's
+        raw = json.loads(_tick(None))
+        [event] = session.receive(json.dumps({**raw, "channel": channel}), 0.0)
+        assert isinstance(event, Event) and event.channel is None
 
 
 def test_joined_is_reported_for_each_channel_the_hub_grants() -> None:
@@ -252,6 +256,11 @@ def test_joined_is_reported_for_each_channel_the_hub_grants() -> None:
     out = session.receive(answer, 0.0)
     assert [o for o in out if isinstance(o, Joined)] == [Joined("b:1"), Joined("c:1")]
     assert session.joined("b:1") and session.joined("c:1") and not session.joined("a:1")
+    assert session.status == json.loads(answer)["payload"]
+    again = json.loads(_status("E9", 7))
+    again["seq"] = 1  # a status with a seq is an event, not a new connection's status
+    session.receive(json.dumps(again), 0.0)
+    assert session.status == json.loads(answer)["payload"]
     assert _sent(session) == [("unsubscribe", "a:1")]
     session.subscribe("d:1")
     assert _sent(session) == [("subscribe", "d:1")]
@@ -347,6 +356,39 @@ def test_answers_that_do_not_change_anything() -> None:
     session.subscribe("a:1")  # again, before the hub answered the unsubscribe
     out = session.receive(_answer("unsubscribed", channel="a:1", reason="client"), 0)
     assert len(out) == 1 and session.channels == ["a:1"]  # its own unsubscribe: kept
+    assert session.receive(_tick(1, "a:1"), 0.0) == []  # not joined again until answered
+
+
+def test_answers_for_what_was_not_asked_are_not_taken() -> None:
+    session = Session(resync_on_first_connect=True)
+    _open(session)
+    session.subscribe("a:1")
+    assert _sent(session) == [("subscribe", "a:1")]
+    session.receive(_answer("error", channel="a:1", code="unavailable", message=""), 0.0)
+    stale = _answer("subscribed", channel="a:1", epoch="A", seq=0, recovered=False)
+    assert len(session.receive(stale, 0.0)) == 1 and not session.joined("a:1")  # no retry yet
+    session.receive(_answer("error", channel="a:1", code="limit", message=""), 0.0)
+    session.subscribe("a:1")  # again: queued, not sent yet
+    assert len(session.receive(stale, 0.0)) == 1 and not session.joined("a:1")
+    session.subscribe("b:1")
+    assert _sent(session) == [("subscribe", "a:1"), ("subscribe", "b:1")]
+    session.receive(_answer("subscribed", channel="b:1", epoch="B", seq=0, recovered=False), 0.0)
+    session.receive(_answer("error", channel="b:1", code="forbidden", message=""), 0.0)
+    session.subscribe("b:1")  # dropped while joined (a hub that changed its mind): not joined
+    assert session.receive(_tick(1, "b:1"), 0.0) == []
+
+
+def test_unsubscribing_forgets_the_first_position() -> None:
+    session = Session(["a:1"], resync_on_first_connect=True)
+    out = _open(session, _status(a_1=("A", 3, False)))
+    assert ("a:1", "initial", "A", 3, None, None) in _resyncs(out)
+    session.unsubscribe("a:1")
+    session.subscribe("a:1")
+    assert _sent(session) == [("unsubscribe", "a:1"), ("subscribe", "a:1")]
+    out = session.receive(
+        _answer("subscribed", channel="a:1", epoch="A", seq=5, recovered=False), 0
+    )
+    assert _resyncs(out) == [("a:1", "initial", "A", 5, None, None)]
 
 
 def test_a_channel_the_hub_drops_is_forgotten() -> None:
@@ -416,9 +458,13 @@ def test_messages_wait_for_the_rate_limit_and_retries_for_their_time() -> None:
     out = session.receive(_answer("error", channel="a:1", code="unavailable", message="x"), 7.0)
     assert out[-1] == ChannelError("a:1", "unavailable", "x", retrying=True)
     assert session.next_message_due(7.0) == 9.0  # the second attempt: 0.5 * 4 s
+    assert _sent(session, 9.0) == [("subscribe", "a:1")]
+    session.receive(_answer("error", channel="a:1", code="unavailable", message="x"), 10.0)
+    assert session.next_message_due(10.0) == 14.0  # the third: 0.5 * 8 s
     session.receive(_answer("subscribed", channel="a:2", epoch="A", seq=0, recovered=False), 7.0)
-    session.receive(_answer("error", channel="a:2", code="unavailable", message="x"), 7.0)
-    assert min(8.0, session.next_message_due(7.0) or 99) == 8.0  # once joined, attempts restart
+    session.unsubscribe("a:1")  # its queued retry is withdrawn
+    session.receive(_answer("error", channel="a:2", code="unavailable", message="x"), 20.0)
+    assert session.next_message_due(20.0) == 21.0  # once joined, its attempts started over
 
 
 def test_a_queued_subscribe_of_a_channel_dropped_meanwhile_is_skipped() -> None:
@@ -439,6 +485,7 @@ def test_unsubscribe_sends_only_what_the_hub_knows_of() -> None:
     session.subscribe("c:1", Since("C", 3))
     assert _sent(session) == [("subscribe", "c:1")]
     assert session.unsubscribe("c:1") and session.position("c:1") is None
+    assert session.next_message_due(3.0) == 3.0  # an unsubscribe is due at once
     assert _sent(session) == [("unsubscribe", "c:1")]
 
 
