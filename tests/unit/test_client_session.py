@@ -378,6 +378,14 @@ def test_answers_for_what_was_not_asked_are_not_taken() -> None:
     assert session.receive(_tick(1, "b:1"), 0.0) == []
 
 
+def test_a_channel_a_hub_without_channels_ignored_is_not_awaited_any_more() -> None:
+    session = Session(["a:1"])
+    _open(session, _status())  # no channels in the status: unsupported, dropped
+    session.subscribe("a:1")  # again (queued: it goes out with the next take_messages)
+    stale = _answer("subscribed", channel="a:1", epoch="A", seq=0, recovered=False)
+    assert len(session.receive(stale, 0.0)) == 1 and not session.joined("a:1")
+
+
 def test_unsubscribing_forgets_the_first_position() -> None:
     session = Session(["a:1"], resync_on_first_connect=True)
     out = _open(session, _status(a_1=("A", 3, False)))
