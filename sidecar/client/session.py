@@ -141,9 +141,11 @@ class ChannelError:
 
 @dataclass(frozen=True, slots=True)
 class Joined:
-    """Internal: ``channel`` is subscribed on this connection (for waiters; never delivered)."""
+    """Internal: ``channel`` is subscribed on this connection, at ``position`` (for waiters;
+    never delivered)."""
 
     channel: str
+    position: Position | None = None
 
 
 Output: TypeAlias = "Event[Any] | Resync | ChannelError | Joined"
@@ -358,8 +360,8 @@ class Session:
             state = _state(states.get(name)) if isinstance(states, Mapping) else None
             if state is not None:
                 self._join(name)
-                out.append(Joined(name))
                 resyncs.append(self._apply(name, state))
+                out.append(Joined(name, self._positions.get(name)))
             elif not isinstance(states, Mapping):  # a hub without channels ignored them
                 errors.append(self._drop(name, UNSUPPORTED, _NO_CHANNELS))
             # else: refused at connect; its channel:error follows
@@ -375,8 +377,8 @@ class Session:
             state = _state(payload)
             if wanted and name in self._awaiting and state is not None:
                 self._join(name)
-                out.append(Joined(name))
                 resync = self._apply(name, state)
+                out.append(Joined(name, self._positions.get(name)))
                 out += [resync] if resync else []
             return out
         message = payload.get("message")

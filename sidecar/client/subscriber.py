@@ -246,9 +246,8 @@ class Subscriber:
         self._waker.wake()
         io = self._io
         if io is not None and io is not threading.current_thread():
-            io.join(CLOSE_WAIT)
-        if self._io is None or not self._io.is_alive():
-            self._finish(None)
+            io.join(CLOSE_WAIT)  # (a connection attempt in progress ends at its timeout)
+        self._finish(None)
 
     # -- what it knows -----------------------------------------------------------------------
 
@@ -530,11 +529,13 @@ class Subscriber:
         try:
             conn = self._open()
         except Refused as exc:
+            self._no_connection()
             wait = retry_after_refusal(exc.status, exc.retry_after) if self.reconnect else None
             if wait is None:
                 self._finish(SubscriberClosed(f"the hub refused: {exc}", status=exc.status))
             return wait, None, f"the hub refused: {exc}"
         except Unreachable as exc:
+            self._no_connection()
             if not (exc.retry and self.reconnect):
                 self._finish(SubscriberClosed(f"cannot connect: {exc}"))
                 return None
@@ -542,8 +543,7 @@ class Subscriber:
         except _TokenFailed as exc:
             return 0.0, None, f"the token hook failed: {exc.__cause__!r}"
         code, reason = self._serve(conn)
-        with self._cond:
-            self._session.lost()
+        self._no_connection()
         if self._closing:
             return None
         if not (self.reconnect and should_reconnect(code)):
@@ -551,6 +551,11 @@ class Subscriber:
             self._finish(SubscriberClosed(text, code=code))
             return None
         return 0.0, code, f"connection ended: {code} {reason}".strip()
+
+    def _no_connection(self) -> None:
+        """The connection attempt failed, or the connection ended."""
+        with self._cond:
+            self._session.lost()
 
     def _open(self) -> Connection:
         try:
@@ -627,7 +632,7 @@ class Subscriber:
     def _deliver(self, outputs: list[Output], size: int) -> None:
         for output in outputs:
             if isinstance(output, Joined):
-                self._resolve(output.channel, None)
+                self._resolve(output.channel, output.position)
                 continue
             if isinstance(output, ChannelError) and not output.retrying:
                 self._resolve(output.channel, output)
@@ -653,11 +658,11 @@ class Subscriber:
             self._items_bytes += size
             self._cond.notify_all()
 
-    def _resolve(self, channel: str, error: ChannelError | None) -> None:
+    def _resolve(self, channel: str, answer: Position | ChannelError | None) -> None:
         with self._cond:
             waiters = self._waiters.pop(channel, [])
         for waiter in waiters:
-            waiter.set(error)
+            waiter.set(answer)
 
     def _set_state(self, state: State, **details: Any) -> None:
         with self._cond:
@@ -713,18 +718,19 @@ class _Waiter:
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self._error: ChannelError | None = None
+        self._answer: Position | ChannelError | None = None
         self._closed = False
 
-    def set(self, error: ChannelError | None, *, closed: bool = False) -> None:
-        self._error, self._closed = error, closed
+    def set(self, answer: Position | ChannelError | None, *, closed: bool = False) -> None:
+        """The hub's answer: where the channel stands, or its refusal; or the end."""
+        self._answer, self._closed = answer, closed
         self._event.set()
 
     def result(self, channel: str, timeout: float, subscriber: Subscriber) -> Position | None:
         if not self._event.wait(timeout):
             raise TimeoutError(f"no answer for {channel} within {timeout} s")
-        if self._error is not None:
-            raise ChannelRefused(self._error)
+        if isinstance(self._answer, ChannelError):
+            raise ChannelRefused(self._answer)
         if self._closed:
             raise subscriber.error or SubscriberClosed("closed by the application")
-        return subscriber.position(channel)
+        return self._answer

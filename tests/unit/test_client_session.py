@@ -254,7 +254,8 @@ def test_joined_is_reported_for_each_channel_the_hub_grants() -> None:
     session.unsubscribe("a:1")  # while connecting: its unsubscribe is queued
     answer = _status(a_1=("A", 0, False), b_1=("B", 0, False), c_1=("C", 0, False))
     out = session.receive(answer, 0.0)
-    assert [o for o in out if isinstance(o, Joined)] == [Joined("b:1"), Joined("c:1")]
+    joined = [o for o in out if isinstance(o, Joined)]
+    assert joined == [Joined("b:1", Position("B", 0)), Joined("c:1", Position("C", 0))]
     assert session.joined("b:1") and session.joined("c:1") and not session.joined("a:1")
     assert session.status == json.loads(answer)["payload"]
     again = json.loads(_status("E9", 7))
@@ -267,7 +268,7 @@ def test_joined_is_reported_for_each_channel_the_hub_grants() -> None:
     out = session.receive(
         _answer("subscribed", channel="d:1", epoch="D", seq=4, recovered=False), 0
     )
-    assert out[1:] == [Joined("d:1")]
+    assert out[1:] == [Joined("d:1", Position("D", 4))]
     session.lost()
     assert not session.joined("b:1") and session.position("b:1") == Position("B", 0)
 
@@ -278,7 +279,7 @@ def test_a_state_needs_an_epoch_and_a_seq() -> None:
     status = json.loads(_status(a_1=("A", 0, False)))
     status["payload"]["channels"]["b:1"] = {"epoch": "B"}  # no seq: not granted
     out = session.receive(json.dumps(status), 0.0)
-    assert [o for o in out if isinstance(o, Joined)] == [Joined("a:1")]
+    assert [o for o in out if isinstance(o, Joined)] == [Joined("a:1", Position("A", 0))]
     assert session.channels == ["a:1", "b:1"]  # its channel:error follows
 
 
