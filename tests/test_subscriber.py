@@ -472,3 +472,43 @@ def test_channel_errors_are_items_and_refused_channels_are_dropped(
     errors = [i for i in take(sub, 2) if isinstance(i, ChannelError)]
     assert errors == [ChannelError(C9, "limit", errors[0].message, retrying=False)]
     assert sub.channels == [P1]
+
+
+def test_an_identitys_own_channel_is_delivered_and_resumed(
+    sidecar_server: Callable[..., Any], subscribe: Callable[..., Subscriber]
+) -> None:
+    """The hub subscribes a user's connection to ``user:<id>`` by itself: the subscriber takes
+    it on (its events, its position), resumes it after a drop, and, once left, leaves it again
+    when the hub grants it on the next connection."""
+    from flask import Flask
+
+    from sidecar import EventHub, Identity
+
+    app = Flask("users")
+    hub = EventHub(app, token="identity-token-0123456789")
+
+    @hub.authenticate
+    def who(request: Any) -> Identity | None:
+        user = request.headers.get("X-User")
+        return Identity(user) if user else None
+
+    server = sidecar_server(app)
+    sub = subscribe(server.ws_url, token=None, headers=["X-User: 42"])
+    status = sub.wait_open()
+    assert set(status["channels"]) == {"user:42"}
+    with app.app_context():
+        hub.send_to_user("42", tick(1))
+        assert ticks([sub.next("test:tick")]) == [("user:42", 1, 1)]
+        assert server.hub.drop_all(CloseCode.SLOW_CONSUMER, "slow consumer")
+        hub.send_to_user("42", tick(2))  # while away: replayed from the window
+        assert ticks([sub.next("test:tick")]) == [("user:42", 2, 2)]
+    assert sub.status is not None and sub.status["channels"]["user:42"]["recovered"] is True
+    assert sub.channels == ["user:42"]
+    sub.unsubscribe("user:42")
+    sub.next("channel:unsubscribed")
+    assert server.hub.drop_all(CloseCode.SLOW_CONSUMER, "slow consumer")  # granted again
+    sub.next("channel:unsubscribed", timeout=10)  # and left again
+    with app.app_context():
+        hub.send_to_user("42", tick(3))
+        hub.broadcast_event(tick(4))
+    assert ticks([sub.next("test:tick")]) == [(None, 1, 4)]

@@ -17,6 +17,11 @@ connection (``gap``), the session reports a :class:`Resync` for that channel: th
 must reload that channel's state. A first subscription is not a resync unless
 ``resync_on_first_connect`` (reason ``initial``).
 
+**Granted channels.** A channel the hub subscribes the connection to by itself (an identity's
+own ``user:<id>`` channel, its granted channels) is in ``connection:status`` without having
+been asked for: the session takes it on like one of its own (delivered, resumed with the next
+connection), unless the application left it, in which case it leaves it again.
+
 **Connect plan.** Channels go in the URL (``channels=`` and their ``since`` items) while it
 stays under ``max_target`` bytes (gunicorn refuses request lines over 4094 bytes); the others,
 and every channel with a subscription token (tokens never go in a URL), are subscribed with
@@ -210,6 +215,7 @@ class Session:
         self._wanted: dict[str, _Wanted] = {}
         self._positions: dict[str, Position] = {}
         self._answered: set[str] = set()  # channels the hub gave a position at least once
+        self._declined: set[str] = set()  # channels the application left
         # this connection's state
         self._connecting = False  # a connection is being made or is open (after connect_target)
         self._connected = False  # its connection:status arrived
@@ -263,6 +269,7 @@ class Session:
         check_channel(channel)
         if channel in self._wanted:
             return False
+        self._declined.discard(channel)
         self._wanted[channel] = _Wanted(token)
         if since is not None:
             self._positions[channel] = Position(since.epoch, since.seq)
@@ -275,6 +282,7 @@ class Session:
         if channel not in self._wanted:
             return False
         del self._wanted[channel]
+        self._declined.add(channel)
         self._positions.pop(channel, None)
         self._answered.discard(channel)
         pending = (CHANNEL_SUBSCRIBE, channel)
@@ -365,6 +373,21 @@ class Session:
             elif not isinstance(states, Mapping):  # a hub without channels ignored them
                 errors.append(self._drop(name, UNSUPPORTED, _NO_CHANNELS))
             # else: refused at connect; its channel:error follows
+        for name, value in states.items() if isinstance(states, Mapping) else ():
+            state = _state(value)
+            if name in self._in_url or state is None or not isinstance(name, str):
+                continue
+            if name in self._declined:  # the app left it: leave it again
+                self._joined.add(name)
+                self._queue.append((CHANNEL_UNSUBSCRIBE, name))
+                continue
+            if name not in self._wanted:  # granted by the hub (identity): kept, resumed
+                self._wanted[name] = _Wanted()
+            elif (CHANNEL_SUBSCRIBE, name) in self._queue:  # granted before it was asked for
+                self._queue.remove((CHANNEL_SUBSCRIBE, name))
+            self._join(name)
+            resyncs.append(self._apply(name, state))
+            out.append(Joined(name, self._positions.get(name)))
         return out + [r for r in resyncs if r is not None] + errors
 
     def _on_channel_frame(

@@ -397,7 +397,7 @@ class Subscriber:
                 and (match is None or match(item))
             )
 
-        what = f"a {type!r} event" if type else "an event"
+        what = f"{type!r} event" if type else "event"
         what += "" if channel == ANY_CHANNEL else f" on {channel or 'the default channel'}"
         item = self._take(wanted, timeout, what)
         assert isinstance(item, Event)
@@ -410,7 +410,7 @@ class Subscriber:
         :class:`SubscriberClosed` when the subscriber stopped for good on its own."""
         while True:
             try:
-                item = self._take(lambda _item: True, timeout, "an item")
+                item = self._take(lambda _item: True, timeout, "item")
             except TimeoutError:
                 return
             except SubscriberClosed:

@@ -54,6 +54,9 @@
  *   channel's state. A channel's first position is not a resync unless
  *   `resyncOnFirstConnect` (reason `initial`). Resyncs follow the `connection:status` (or
  *   `channel:subscribed`) listeners and come before any later event.
+ * - **Granted channels**: a channel the hub subscribes the connection to by itself (an
+ *   identity's own `user:<id>` channel, its granted ones) is taken on like the app's own
+ *   (dispatched, resumed), unless the app left it: then it is left again.
  * - **Errors** (`onError` and the `"error"` event, `{channel, code, message, retrying}`): the
  *   hub refused a channel (`channel:error`: `invalid`, `limit`, `forbidden`, `bad_token`,
  *   `token_expired` …) or unsubscribed it by itself (`revoked`): the channel is dropped
@@ -291,6 +294,7 @@ export class SidecarClient {
   /** @type {Map<string, Wanted>} */ #wanted = new Map();
   /** @type {Map<string, Position>} */ #positions = new Map();
   /** @type {Set<string>} */ #answered = new Set();
+  /** @type {Set<string>} */ #declined = new Set(); // channels the app left
   /** @type {Record<string, unknown> | null} */ #status = null;
   // this connection's state
   #connecting = false; // a connection is being made or is open
@@ -431,6 +435,7 @@ export class SidecarClient {
       throw new TypeError(`SidecarClient: not a channel name: ${JSON.stringify(channel)}`);
     }
     if (this.#wanted.has(channel)) return false;
+    this.#declined.delete(channel);
     const point = options.since === undefined ? undefined : SINCE_RE.exec(options.since);
     if (point === null) throw new TypeError(`SidecarClient: bad since ${options.since}`);
     this.#wanted.set(channel, { token: options.token, attempts: 0, notBefore: 0 });
@@ -452,6 +457,7 @@ export class SidecarClient {
    */
   unsubscribe(channel) {
     if (!this.#wanted.delete(channel)) return false;
+    this.#declined.add(channel);
     this.#positions.delete(channel);
     this.#answered.delete(channel);
     const pending = this.#queue.findIndex((o) => o.kind === "channel:subscribe" && o.name === channel);
@@ -802,6 +808,26 @@ export class SidecarClient {
       } else if (!states || typeof states !== "object") {
         errors.push(this.#dropInfo(name, "unsupported", "the hub did not answer for channels"));
       } // else refused at connect: its channel:error follows
+    }
+    // channels the hub subscribed this connection to by itself (an identity's own user:
+    // channel, its granted ones): kept and resumed like the app's own, unless the app left one
+    for (const [name, value] of states && typeof states === "object" ? Object.entries(states) : []) {
+      const state = stateOf(value);
+      if (this.#inUrl.includes(name) || !state) continue;
+      if (this.#declined.has(name)) {
+        this.#joined.add(name);
+        this.#queue.push({ kind: "channel:unsubscribe", name });
+        continue;
+      }
+      if (!this.#wanted.has(name)) {
+        this.#wanted.set(name, { token: undefined, attempts: 0, notBefore: 0 });
+      } else {
+        const queued = this.#queue.findIndex((o) => o.kind === "channel:subscribe" && o.name === name);
+        if (queued >= 0) this.#queue.splice(queued, 1); // granted before it was asked for
+      }
+      this.#join(name);
+      const resync = this.#apply(name, state);
+      if (resync) resyncs.push(resync);
     }
     this.#stats.connections += 1;
     clearTimeout(this.#stableTimer);
