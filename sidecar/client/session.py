@@ -378,7 +378,6 @@ class Session:
             if name in self._in_url or state is None or not isinstance(name, str):
                 continue
             if name in self._declined:  # the app left it: leave it again
-                self._joined.add(name)
                 self._queue.append((CHANNEL_UNSUBSCRIBE, name))
                 continue
             if name not in self._wanted:  # granted by the hub (identity): kept, resumed

@@ -815,7 +815,6 @@ export class SidecarClient {
       const state = stateOf(value);
       if (this.#inUrl.includes(name) || !state) continue;
       if (this.#declined.has(name)) {
-        this.#joined.add(name);
         this.#queue.push({ kind: "channel:unsubscribe", name });
         continue;
       }

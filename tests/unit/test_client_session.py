@@ -507,3 +507,35 @@ def test_the_url_budget_counts_bytes_and_keeps_the_order() -> None:
     assert exact.connect_target("/ws") == "/ws?channels=a:1"
     under = Session(["a:1"], max_target=len("/ws?channels=a:1") - 1)
     assert under.connect_target("/ws") == "/ws"
+
+
+def test_channels_the_hub_grants_by_itself() -> None:
+    session = Session(["a:1"], max_target=len("/ws?channels=a:1"))
+    session.subscribe("t:1", token="tok")  # by message (a token): the hub grants it first
+    session.connect_target("/ws")
+    status = json.loads(_status(a_1=("A", 0, False), user_42=("U", 3, False), t_1=("T", 1, False)))
+    status["payload"]["channels"]["x:1"] = {"epoch": "X"}  # no seq: not a grant
+    out = session.receive(json.dumps(status), 0.0)
+    joined = [o for o in out if isinstance(o, Joined)]
+    assert joined == [
+        Joined("a:1", Position("A", 0)),
+        Joined("user:42", Position("U", 3)),
+        Joined("t:1", Position("T", 1)),
+    ]
+    assert session.channels == ["a:1", "t:1", "user:42"] and "x:1" not in session.channels
+    assert _sent(session) == []  # t:1's subscribe is withdrawn: granted already
+    assert [o.seq for o in session.receive(_tick(4, "user:42"), 0.0)] == [4]
+    session.unsubscribe("user:42")
+    session.unsubscribe("t:1")
+    session.subscribe("t:1")  # back: no longer declined
+    assert _sent(session) == [
+        ("unsubscribe", "user:42"),
+        ("unsubscribe", "t:1"),
+        ("subscribe", "t:1"),
+    ]
+    session.connect_target("/ws")
+    again = _status(a_1=("A", 0, True), user_42=("U", 9, False), t_1=("T", 1, False))
+    out = session.receive(again, 0.0)
+    assert [o.channel for o in out if isinstance(o, Joined)] == ["a:1", "t:1"]
+    assert _sent(session) == [("unsubscribe", "user:42")]  # left again
+    assert session.receive(_tick(10, "user:42"), 0.0) == []
