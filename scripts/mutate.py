@@ -66,6 +66,10 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["sidecar/broker/relay.py"],
         ["tests/test_relay.py", "tests/unit/test_backoff.py"],
     ),
+    "client": (
+        ["sidecar/client/session.py", "sidecar/client/policy.py"],
+        ["tests/unit/test_client_session.py"],
+    ),
 }
 
 #: Groups whose tests mostly wait (on Redis): more mutants at once than cores. The relay's 4x

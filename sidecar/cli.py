@@ -112,8 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker-prefix", help="the broker's key prefix (SIDECAR_BROKER_PREFIX; sidecar)"
     )
     _client_options(publish)
-    tail = sub.add_parser("tail", help="connect and print events as they arrive")
-    tail.add_argument("--since", help="resume point <epoch>:<seq>")
+    tail = sub.add_parser(
+        "tail", help="print events as they arrive (reconnects and resumes; needs [client])"
+    )
+    tail.add_argument(
+        "--channel",
+        action="append",
+        metavar="NAME",
+        help="also join this named channel (repeatable)",
+    )
+    tail.add_argument(
+        "--since",
+        help="resume from <epoch>:<seq> (the default channel), with <channel>@<epoch>:<seq> "
+        "items for named ones, comma-separated",
+    )
     tail.add_argument("--json", action="store_true", help="print each raw JSON envelope")
     tail.add_argument("--count", type=int, help="exit after this many events")
     _client_options(tail)

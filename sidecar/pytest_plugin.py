@@ -7,45 +7,55 @@ Two fixtures, both factories, both cleaned up at teardown:
   ``127.0.0.1`` port 0 in the test process. It returns a :class:`ServedSidecar` with ``.url``,
   ``.ws_url``, ``.token`` and ``.hub``. At teardown every client gets close 1001 and every
   thread the server started is joined.
-* ``sidecar_client(server, since=None)`` returns a connected :class:`SidecarClient` (built on
-  websocket-client) with ``.status`` (the ``connection:status`` payload), ``.next(type=None,
-  timeout=5.0)``, ``.collect(n, timeout=5.0)``, ``.send(type, payload)`` and ``.close()``.
-  ``next(type)`` keeps the events of other types it passes over for later calls, in order;
-  its ``TimeoutError`` names the type; once the server has closed the connection, ``next`` and
-  ``collect`` raise :class:`ServerClosed` with the close code.
+* ``sidecar_client(server, channels=(), since=None, timeout=5.0, reconnect=False)`` returns
+  a connected :class:`SidecarClient` (a :class:`sidecar.client.Subscriber`, which needs
+  websocket-client: the ``client`` extra) with ``.status`` (the ``connection:status``
+  payload, ``status["channels"]`` for named channels), ``.next(type=None, timeout=5.0,
+  channel=…)``, ``.collect(n, timeout=5.0)``, ``.subscribe(channel, since=None)``,
+  ``.unsubscribe(channel)``, ``.send(type, payload)`` and ``.close()``. ``next(type)`` keeps
+  the events of other types it passes over for later calls, in order; its ``TimeoutError``
+  names the type; once the server has closed the connection, ``next`` and ``collect`` raise
+  :class:`ServerClosed` with the close code.
 
 One server per app: an app (its hub) already served, or whose hub was stopped with an earlier
 server, is refused with a ``RuntimeError`` saying so, instead of a second server whose stop
 stops the first one's hub.
 
 Every wait has a deadline. Threads: each served sidecar runs its server thread
-(``sidecar-test-http``) and the threads of :mod:`sidecar.server`; a client lives on the
-test's thread.
+(``sidecar-test-http``) and the threads of :mod:`sidecar.server`; each client, its
+subscriber's I/O thread (``sidecar-test-client``); the test calls them from its own thread.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 import time
 import weakref
-from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
+from .protocol import (
+    CHANNEL_ERROR,
+    CHANNEL_SUBSCRIBED,
+    CHANNEL_UNSUBSCRIBED,
+    CONNECTION_STATUS,
+    CloseCode,
+)
+
 if TYPE_CHECKING:
     from flask import Flask
 
+    from .client import SubscriberClosed
     from .core.hub import Hub
     from .server import Server
     from .web.state import SidecarState
 
 
-#: Events a client keeps back for later ``next()``/``collect()`` calls (the oldest go first).
-MAX_HELD = 10_000
+#: ``next(channel=…)``'s default: any channel.
+ANY = "*"
 #: The server of each app state being served (one at a time: see :func:`serve`).
 _SERVING: weakref.WeakKeyDictionary[Any, ServedSidecar] = weakref.WeakKeyDictionary()
 
@@ -160,105 +170,123 @@ def _check_servable(app: Flask) -> None:
 
 
 class SidecarClient:
-    """One WebSocket client of a served sidecar (what ``sidecar_client`` returns)."""
+    """One WebSocket client of a served sidecar (what ``sidecar_client`` returns), built on
+    :class:`sidecar.client.Subscriber`: connected and greeted when returned, with the
+    subscriber's dedupe, channel positions and keepalive.
 
-    def __init__(self, server: ServedSidecar, since: str | None = None, timeout: float = 5.0):
-        import websocket
+    By default it does not reconnect: a test sees a close as a close (:meth:`next` then
+    raises :class:`~sidecar.client.SubscriberClosed` with the close code, once the events that
+    came before are taken). ``reconnect=True`` makes it behave like a page: it reconnects and
+    resumes every channel by itself.
+    """
 
-        query = f"?since={since}" if since else ""
-        headers = [f"Authorization: Bearer {server.token}"] if server.token else []
-        self.ws = websocket.create_connection(
-            server.ws_url + query, header=headers, timeout=timeout, suppress_origin=True
+    def __init__(
+        self,
+        server: ServedSidecar,
+        channels: Iterable[str] = (),
+        since: str | None = None,
+        timeout: float = 5.0,
+        reconnect: bool = False,
+    ) -> None:
+        from .client import Subscriber
+
+        #: The underlying subscriber (``.positions()``, ``.stats``, ``.state`` …).
+        self.subscriber = Subscriber(
+            server.ws_url,
+            token=server.token,
+            channels=channels,
+            since=since,
+            reconnect=reconnect,
+            connect_timeout=timeout,
+            name="sidecar-test-client",
         )
-        #: Events passed over by ``next(type)``, for later calls (oldest first).
-        self._held: deque[dict[str, Any]] = deque(maxlen=MAX_HELD)
-        #: The server's close, once it came: every later receive raises it again.
-        self._closed: ServerClosed | None = None
-        first = self._receive(time.monotonic() + timeout)
-        if first.get("type") != "connection:status":
-            raise AssertionError(f"the first frame is not connection:status: {first}")
-        #: The ``connection:status`` payload: ``{status, epoch, seq, recovered}``.
-        self.status: dict[str, Any] = first["payload"]
+        try:
+            self.subscriber.wait_open(timeout)
+            self.subscriber.next(CONNECTION_STATUS, timeout=timeout)
+        except BaseException:
+            self.subscriber.close()
+            raise
 
-    def _receive(self, deadline: float) -> dict[str, Any]:
-        """The next event from the socket; ``TimeoutError`` at ``deadline``, or
-        :class:`ServerClosed` once the server has closed the connection."""
-        import websocket
+    @property
+    def status(self) -> dict[str, Any]:
+        """The last ``connection:status`` payload: ``{status, epoch, seq, recovered}``, and
+        ``channels`` (each named channel's ``{epoch, seq, recovered}``) when it named any."""
+        status = self.subscriber.status
+        assert status is not None
+        return status
 
-        while True:
-            if self._closed is not None:
-                raise self._closed
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("no event before the deadline")
-            self.ws.settimeout(remaining)
-            try:
-                opcode, data = self.ws.recv_data(control_frame=True)
-            except websocket.WebSocketTimeoutException:
-                raise TimeoutError("no event before the deadline") from None
-            except (websocket.WebSocketConnectionClosedException, OSError):
-                self._closed = ServerClosed(None)
-                continue
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
-                self._closed = ServerClosed(code, data[2:].decode(errors="replace"))
-                continue
-            if opcode == websocket.ABNF.OPCODE_TEXT:
-                event: dict[str, Any] = json.loads(data)
-                return event
-            if opcode == websocket.ABNF.OPCODE_BINARY:
-                raise AssertionError(f"the sidecar sent a binary frame: {data[:100]!r}")
+    def next(
+        self, type: str | None = None, timeout: float = 5.0, *, channel: str | None = ANY
+    ) -> dict[str, Any]:
+        """The next event (of ``type``, and of ``channel`` if given: ``None`` is the default
+        channel), as the envelope dict. Events of other types are kept for later calls.
 
-    def next(self, type: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
-        """The next event, or the next one of ``type``; ``TimeoutError`` naming it if none.
-
-        Events of other types are kept, in order, for later ``next()``/``collect()`` calls.
+        ``TimeoutError`` names what it waited for (and what was kept); once the server has
+        closed the connection (and the events before the close are taken),
+        :class:`ServerClosed` with the close code.
         """
-        for index, event in enumerate(self._held):
-            if type is None or event.get("type") == type:
-                del self._held[index]
-                return event
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                event = self._receive(deadline)
-            except TimeoutError:
-                raise TimeoutError(self._waited_for(type, timeout)) from None
-            if type is None or event.get("type") == type:
-                return event
-            self._held.append(event)
+        from .client import SubscriberClosed
 
-    def _waited_for(self, type: str | None, timeout: float) -> str:
-        wanted = "no event" if type is None else f"no {type!r} event"
-        if not self._held:
-            return f"{wanted} within {timeout:g} s"
-        kinds = Counter(str(event.get("type")) for event in self._held)
-        others = ", ".join(f"{name} x{n}" for name, n in kinds.most_common(5))
-        return f"{wanted} within {timeout:g} s; kept for later calls: {others}"
+        try:
+            return self.subscriber.next(type, channel=channel, timeout=timeout).to_dict()
+        except SubscriberClosed as exc:
+            raise _server_closed(exc) from None
 
     def collect(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """The next ``n`` events (those kept back by ``next(type)`` first), within ``timeout``."""
+        """The next ``n`` events (those kept back by ``next(type)`` first), within
+        ``timeout`` in all."""
         deadline = time.monotonic() + timeout
         got: list[dict[str, Any]] = []
-        while self._held and len(got) < n:
-            got.append(self._held.popleft())
         try:
             while len(got) < n:
-                got.append(self._receive(deadline))
+                got.append(self.next(timeout=max(0.0, deadline - time.monotonic())))
         except TimeoutError:
             raise TimeoutError(f"{len(got)} of {n} events within {timeout:g} s") from None
         return got
 
     def send(self, type: str, payload: dict[str, Any]) -> None:
-        """Send a client→server event ``{type, payload}``."""
-        self.ws.send(json.dumps({"type": type, "payload": payload}))
+        """Send a client→server event ``{type, payload}``; ``ConnectionError`` if not open."""
+        if not self.subscriber.send(type, payload):
+            raise ConnectionError(f"not sent: the connection is {self.subscriber.state}")
+
+    def subscribe(
+        self, channel: str, since: str | None = None, timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """Join ``channel`` (resuming from ``since``, ``<epoch>:<seq>``) and wait for the hub:
+        the ``channel:subscribed`` payload ``{channel, epoch, seq, recovered}``. Raises
+        :class:`~sidecar.client.ChannelRefused` (with the ``channel:error``) if refused."""
+        from .client import ChannelRefused
+
+        sub = self.subscriber
+        try:
+            sub.subscribe(channel, since=since, wait=timeout)
+        except ChannelRefused:
+            sub.next(CHANNEL_ERROR, match=_about(channel), timeout=timeout)
+            raise
+        return sub.next(CHANNEL_SUBSCRIBED, match=_about(channel), timeout=timeout).payload
+
+    def unsubscribe(self, channel: str, timeout: float = 5.0) -> None:
+        """Leave ``channel`` and wait for the hub's ``channel:unsubscribed``."""
+        if self.subscriber.unsubscribe(channel):
+            self.subscriber.next(CHANNEL_UNSUBSCRIBED, match=_about(channel), timeout=timeout)
 
     def close(self) -> None:
         """Close the connection (1000); idempotent."""
-        try:
-            self.ws.close(timeout=1.0)
-        except OSError:
-            pass
+        self.subscriber.close()
+
+
+def _server_closed(exc: SubscriberClosed) -> ServerClosed | SubscriberClosed:
+    """The subscriber's end as the plugin says it: :class:`ServerClosed` for a close by the
+    server (code ``None`` when the connection ended without a close frame)."""
+    if exc.code is None:
+        return exc  # refused, or closed by the test itself: as it is
+    code = None if exc.code == CloseCode.ABNORMAL else exc.code
+    reason = exc.reason.split(f"{exc.code}", 1)[-1].strip()
+    return ServerClosed(code, reason)
+
+
+def _about(channel: str) -> Callable[[Any], bool]:
+    return lambda event: event.payload.get("channel") == channel
 
 
 T = TypeVar("T")
@@ -286,5 +314,6 @@ def sidecar_server() -> Iterator[Callable[..., ServedSidecar]]:
 
 @pytest.fixture
 def sidecar_client() -> Iterator[Callable[..., SidecarClient]]:
-    """Factory: ``sidecar_client(server, since=None)`` → a connected :class:`SidecarClient`."""
+    """Factory: ``sidecar_client(server, channels=(), since=None, timeout=5.0,
+    reconnect=False)`` → a connected :class:`SidecarClient`."""
     yield from managed(SidecarClient, SidecarClient.close)

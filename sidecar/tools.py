@@ -1,6 +1,7 @@
 """``sidecar publish`` and ``sidecar tail``: developer tools talking to a running sidecar.
 
-Single-threaded (the main thread). URL and token come from options or ``SIDECAR_URL`` /
+The main thread runs them; ``sidecar tail`` is a :class:`sidecar.client.Subscriber` (its I/O
+thread reads; the main thread prints). URL and token come from options or ``SIDECAR_URL`` /
 ``SIDECAR_TOKEN`` (the token never from argv). ``sidecar publish --broker URL`` (or
 ``SIDECAR_BROKER``) publishes through Redis with a :class:`~sidecar.broker.Publisher`
 instead, with no HTTP and no running sidecar needed; either way it prints the envelope as
@@ -12,26 +13,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import urllib.error
 import urllib.request
 from datetime import datetime
-from typing import Any
-from urllib.parse import quote, urlsplit
-
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import (
-    CloseConnection,
-    Ping,
-    RejectConnection,
-    Request,
-    TextMessage,
-)
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from .config import broker_url_problem
+from .protocol import RESERVED_NAMESPACES
+
+if TYPE_CHECKING:
+    from .client import Resync
 
 DEFAULT_URL = "http://127.0.0.1:3008"
+#: How to install what ``sidecar tail`` needs.
+CLIENT_EXTRA = "pip install 'sidecar-hub[client]'"
 #: The exit status of a bad option or value (what argparse uses).
 BAD_USAGE = 2
 
@@ -167,71 +164,89 @@ def _publish_to_broker(
 
 
 def format_event(event: dict[str, Any]) -> str:
-    """One readable line: time, ``#seq``, type, compact payload."""
+    """One readable line: time, ``#seq`` (``channel#seq`` on a named channel), type, payload."""
     stamp = str(event.get("timestamp", ""))
     try:
         stamp = datetime.fromisoformat(stamp.replace("Z", "+00:00")).strftime("%H:%M:%S.%f")[:-3]
     except ValueError:
         pass
     seq = event.get("seq")
+    channel = event.get("channel")
     payload = json.dumps(event.get("payload"), ensure_ascii=False, separators=(",", ":"))
     number = f"#{seq}" if seq is not None else "-"
+    if isinstance(channel, str) and channel:
+        number = f"{channel}{number}"
     return f"{stamp}  {number:>7}  {event.get('type')}  {payload}"
 
 
-def tail(args: argparse.Namespace) -> int:
-    """Print events as they arrive until Ctrl-C, ``--count`` events, or the server closes.
+def format_resync(resync: Resync, as_json: bool) -> str:
+    """The line ``sidecar tail`` prints when events may have been missed."""
+    if as_json:
+        fields = {
+            "channel": resync.channel,
+            "reason": resync.reason,
+            "epoch": resync.epoch,
+            "seq": resync.seq,
+            "previousEpoch": resync.previous_epoch,
+            "previousSeq": resync.previous_seq,
+        }
+        return json.dumps({"resync": fields}, ensure_ascii=False)
+    where = resync.channel or "the default channel"
+    was = f"{resync.previous_epoch}:{resync.previous_seq}" if resync.previous_epoch else "-"
+    return (
+        f"-- resync ({resync.reason}) on {where}: now {resync.epoch}:{resync.seq}, was {was};"
+        " events may have been missed"
+    )
 
-    A small single-threaded wsproto client: it reads, answers pings and prints.
-    """
+
+def tail(args: argparse.Namespace) -> int:
+    """Print events as they arrive, reconnecting and resuming (every channel) after a drop,
+    with a resync line when the hub could not replay what was missed; until Ctrl-C,
+    ``--count`` events, or a close that ends the subscriber for good (exit 1)."""
     try:
-        base, token = urlsplit(_base_url(args)), _token()
+        from .client import ChannelError, Event, Resync, StateChange, Subscriber
+        from .client import SubscriberClosed as Closed
+    except ImportError as exc:  # pragma: no cover (the client extra is missing)
+        return _fail(f"sidecar tail needs the client extra ({CLIENT_EXTRA}): {exc}")
+    try:
+        base, token = _base_url(args), _token()
     except ValueError as exc:
         return _fail(str(exc), BAD_USAGE)
-    if base.scheme != "http":
-        return _fail("tail supports http:// sidecar URLs only")
-    target = "/ws" + ("?since=" + quote(args.since) if args.since else "")
-    headers = [(b"Authorization", f"Bearer {token}".encode())] if token else []
     try:
-        sock = socket.create_connection((base.hostname, base.port or 80), timeout=args.timeout)
-    except OSError as exc:
-        return _fail(f"cannot connect to {base.netloc}: {exc.strerror or exc}")
-    sock.settimeout(None)
-    ws = WSConnection(ConnectionType.CLIENT)
-    sock.sendall(
-        ws.send(
-            Request(
-                host=base.netloc, target=target, subprotocols=["sidecar.v1"], extra_headers=headers
-            )
+        sub = Subscriber(
+            base + "/ws",
+            token=token,
+            channels=args.channel or (),
+            since=args.since,
+            states=True,
+            connect_timeout=args.timeout,
+            start=False,
         )
-    )
+    except ValueError as exc:
+        return _fail(str(exc))
     seen = 0
     try:
-        while args.count is None or seen < args.count:
-            data = sock.recv(65536)
-            ws.receive_data(data or None)
-            for event in ws.events():
-                if isinstance(event, RejectConnection):
-                    return _fail(f"connection refused: HTTP {event.status_code}")
-                if isinstance(event, Ping):
-                    sock.sendall(ws.send(event.response()))
-                elif isinstance(event, CloseConnection):
-                    return _fail(f"connection closed: {event.code} {event.reason or ''}".strip())
-                elif isinstance(event, TextMessage):
-                    text = event.data
-                    try:
-                        parsed = json.loads(text)
-                    except ValueError:
-                        print(text, flush=True)
-                        continue
-                    print(text if args.json else format_event(parsed), flush=True)
-                    if parsed.get("type") != "connection:status":
-                        seen += 1
-        sock.sendall(ws.send(CloseConnection(code=1000)))
+        with sub:
+            for item in sub.events():
+                if isinstance(item, Event):
+                    raw = item.to_dict()
+                    print(json.dumps(raw, ensure_ascii=False) if args.json else format_event(raw))
+                    seen += item.type.partition(":")[0] not in RESERVED_NAMESPACES
+                elif isinstance(item, Resync):
+                    print(format_resync(item, args.json))
+                elif isinstance(item, ChannelError):
+                    _warn(f"channel {item.channel} refused: {item.code} {item.message}".strip())
+                elif isinstance(item, StateChange) and item.state == "reconnecting":
+                    _warn(f"{item.reason}; reconnecting in {item.delay or 0:.1f} s")
+                sys.stdout.flush()
+                if args.count is not None and seen >= args.count:
+                    return 0
+    except Closed as exc:
+        return _fail(exc.reason)
     except KeyboardInterrupt:
         pass
-    except OSError as exc:
-        return _fail(f"connection lost: {exc.strerror or exc}")
-    finally:
-        sock.close()
     return 0
+
+
+def _warn(message: str) -> None:
+    print(f"sidecar: {message}", file=sys.stderr, flush=True)

@@ -146,6 +146,15 @@ def persistent_redis() -> Iterator[Any]:
     yield from running(persistent=True)
 
 
+@pytest.fixture(scope="session")
+def npm_consumer(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The npm package packed and installed into a scratch Vite + TypeScript app, built
+    (``tests/npm_consumer.py``); once per session."""
+    from tests.npm_consumer import build
+
+    return build(tmp_path_factory.mktemp("npm-consumer"))
+
+
 @pytest.fixture
 def sidecar(sidecar_factory: Callable[..., RunningSidecar]) -> RunningSidecar:
     """A sidecar with default settings (token auth on, token ``TOKEN``)."""

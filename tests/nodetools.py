@@ -1,4 +1,5 @@
-"""The npm dev tools the tests run (json2ts, tsc): ``npm ci`` at the repo root installs them.
+"""The npm dev tools the tests run (json2ts, tsc, vite, publint, attw): ``npm ci`` at the repo
+root installs them; and the Electron example's own dependencies.
 
 Under ``CI=true`` a missing tool fails the test; elsewhere the test skips, saying so loudly.
 """
@@ -6,6 +7,7 @@ Under ``CI=true`` a missing tool fails the test; elsewhere the test skips, sayin
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 from tests.needs import unavailable
@@ -21,3 +23,28 @@ def node_tool(name: str) -> Path:
         return path
     reason = f"{path} is missing (or node is): run `npm ci` in {ROOT}; ./scripts/test does"
     unavailable(reason)
+
+
+ELECTRON = ROOT / "examples" / "electron"
+
+
+def electron_example() -> str:
+    """``node``, with ``examples/electron``'s dependencies installed (``npm ci --omit=dev``:
+    ws, and sidecar-hub-client linked from ``sidecar/static``) if they are missing."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        unavailable("node and npm are needed for examples/electron (Node >= 20)")
+    assert node is not None and npm is not None
+    installed = ELECTRON / "node_modules"
+    if not ((installed / "ws").is_dir() and (installed / "sidecar-hub-client").exists()):
+        result = subprocess.run(
+            [npm, "ci", "--omit=dev", "--no-audit", "--no-fund"],
+            cwd=ELECTRON,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            stdin=subprocess.DEVNULL,
+        )
+        if result.returncode != 0:
+            unavailable(f"npm ci failed in examples/electron:\n{result.stderr[-2000:]}")
+    return node

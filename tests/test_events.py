@@ -159,7 +159,7 @@ def _module_event_constants() -> dict[str, str]:
 
 def test_every_constant_is_catalogued_and_well_named() -> None:
     constants = _module_event_constants()
-    assert len(constants) == 18
+    assert len(constants) == 21
     assert set(constants.values()) == set(CATALOG)
     for name in CATALOG:
         assert EVENT_NAME_RE.fullmatch(name), name
@@ -204,8 +204,10 @@ def test_schema_field_types_follow_payload_typed_dicts() -> None:
         "epoch": {"type": "string"},
         "seq": {"type": "integer"},
         "recovered": {"type": "boolean"},
+        "channels": {"type": "object", "additionalProperties": {"$ref": "#/$defs/ChannelState"}},
     }
     assert status["required"] == ["status"]
+    assert set(defs["ChannelState"]["required"]) == {"epoch", "seq", "recovered"}
     changes = defs["StreamUpdatedPayload"]["properties"]["changes"]
     assert changes == {"type": "object", "additionalProperties": True}
     artifacts = defs["StreamPhaseChangedPayload"]["properties"]["artifacts"]

@@ -1,5 +1,6 @@
 """The runnable examples: ``examples/electron``'s Node test, with plain Node as Electron's
-main process (Electron itself cannot be downloaded here).
+main process (Electron itself cannot be downloaded here), the renderer's client (the npm
+package ``sidecar-hub-client``, installed from ``sidecar/static``) included.
 
 It runs twice: against ``scripts/serve`` and against the binary from ``scripts/build-binary``.
 ``npm ci`` installs the example's pinned ``ws`` when ``node_modules`` is missing. Under
@@ -9,13 +10,12 @@ It runs twice: against ``scripts/serve`` and against the binary from ``scripts/b
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 
 import pytest
 
 from tests.frozen import ROOT, built_binary
-from tests.needs import unavailable
+from tests.nodetools import electron_example
 
 ELECTRON = ROOT / "examples" / "electron"
 
@@ -23,22 +23,7 @@ ELECTRON = ROOT / "examples" / "electron"
 @pytest.fixture(scope="module")
 def node() -> str:
     """The ``node`` executable, with the example's dependencies installed."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        unavailable("node and npm are needed for examples/electron (Node >= 20)")
-    assert node is not None and npm is not None
-    if not (ELECTRON / "node_modules" / "ws").is_dir():
-        result = subprocess.run(
-            [npm, "ci", "--omit=dev", "--no-audit", "--no-fund"],
-            cwd=ELECTRON,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            stdin=subprocess.DEVNULL,
-        )
-        if result.returncode != 0:
-            unavailable(f"npm ci failed in examples/electron:\n{result.stderr[-2000:]}")
-    return node
+    return electron_example()
 
 
 @pytest.mark.timeout(120)
@@ -58,4 +43,4 @@ def test_electron_main_process_example(node: str, sidecar: str) -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "# fail 0" in result.stdout
-    assert "# pass 3" in result.stdout
+    assert "# pass 4" in result.stdout

@@ -16,6 +16,9 @@ from xml.etree import ElementTree
 
 import pytest
 
+from sidecar.client import ChannelRefused, SubscriberClosed
+from sidecar.envelope import new_event
+from sidecar.pytest_plugin import ServerClosed
 from tests.conftest import wait_for
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "flask-app"
@@ -54,9 +57,10 @@ def test_stop_closes_clients_with_1001_and_ends_every_thread(sidecar_server, sid
     client = sidecar_client(server)
     stopping = threading.Thread(target=server.stop)
     stopping.start()
-    opcode, data = client.ws.recv_data(control_frame=True)
-    assert opcode == 8 and int.from_bytes(data[:2], "big") == 1001
-    client.close()  # answers the close frame, as the fixture's teardown does
+    with pytest.raises(ServerClosed) as closed:  # not a JSON error: the close, named
+        client.next(timeout=5)
+    assert closed.value.code == 1001 and "1001" in str(closed.value)
+    client.close()
     stopping.join(10)
     assert not stopping.is_alive()
     wait_for(lambda: not (set(threading.enumerate()) - before), timeout=5)
@@ -132,3 +136,60 @@ def test_one_app_is_served_once_and_never_after_its_hub_stopped(sidecar_server, 
         sidecar_server(app)
     with pytest.raises(ValueError, match="has no EventHub"):
         sidecar_server(Flask("bare"))
+
+
+def test_events_before_a_close_are_still_there_then_the_close_is_named(
+    sidecar_server, sidecar_client
+):
+    server = sidecar_server()
+    client = sidecar_client(server)
+    server.hub.publish([new_event("app:last", {})])
+    assert server.hub.drop_all(4501, "not welcome")
+    wait_for(lambda: client.subscriber.state == "closed")
+    assert client.next()["type"] == "app:last"
+    with pytest.raises(ServerClosed) as closed:
+        client.next("app:more", timeout=5)
+    assert (closed.value.code, closed.value.reason) == (4501, "not welcome")
+
+
+def test_channels_subscribe_and_unsubscribe(sidecar_server, sidecar_client):
+    server = sidecar_server(max_channels=2)
+    server.hub.publish([new_event("app:tick", {"i": i}) for i in (1, 2)], "chat:c9")
+    client = sidecar_client(server, channels=["project:p1"])
+    assert set(client.status["channels"]) == {"project:p1"}
+    epoch = server.hub.position("chat:c9").epoch
+    answer = client.subscribe("chat:c9", since=f"{epoch}:1")
+    assert answer == {"channel": "chat:c9", "epoch": epoch, "seq": 2, "recovered": True}
+    replayed = client.next("app:tick", channel="chat:c9")
+    assert (replayed["seq"], replayed["payload"]) == (2, {"i": 2})
+    with pytest.raises(ChannelRefused) as refused:
+        client.subscribe("doc:1")
+    assert refused.value.error.code == "limit"
+    client.unsubscribe("chat:c9")
+    server.hub.publish([new_event("app:tick", {"i": 3})], "chat:c9")
+    server.hub.publish([new_event("app:tick", {"i": 4})], "project:p1")
+    event = client.next("app:tick")
+    assert (event["channel"], event["payload"]) == ("project:p1", {"i": 4})
+
+
+def test_a_reconnecting_client_resumes_by_itself(sidecar_server, sidecar_client):
+    server = sidecar_server()
+    client = sidecar_client(server, channels=["project:p1"], reconnect=True)
+    assert server.hub.drop_all(4008, "slow consumer")
+    server.hub.publish([new_event("app:tick", {"i": 1})], "project:p1")
+    assert client.next("app:tick")["seq"] == 1
+    assert client.status["recovered"] is True and client.subscriber.stats["connections"] == 2
+
+
+def test_a_refused_client_raises_with_the_status(sidecar_server, sidecar_client):
+    server = sidecar_server()
+    with pytest.raises(SubscriberClosed) as refused:
+        sidecar_client(ServedToken(server, "wrong-token-0123456789"))
+    assert refused.value.status == 401
+
+
+class ServedToken:
+    """``server`` as seen by a client that has the wrong token."""
+
+    def __init__(self, server, token):
+        self.ws_url, self.token = server.ws_url, token

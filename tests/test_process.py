@@ -11,7 +11,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -350,6 +351,71 @@ def test_cli_publish_and_tail_against_a_live_sidecar(child):
     assert "#1  stream:created" in lines[0] and '"name":"one"' in lines[0]
     assert "#2  stream:created" in lines[1]
     assert tail.returncode == 0
+
+
+def _publish(url: str, channel: str | None, *names: str) -> None:
+    for name in names:
+        body = {
+            "type": "stream:created",
+            "payload": {"projectId": "p", "streamId": "s", "name": name},
+        }
+        if channel:
+            body["channel"] = channel
+        request = urllib.request.Request(
+            f"{url}/api/v1/events",
+            data=json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            assert reply.status == 202
+
+
+def _lines(stream: Any, until: Callable[[str], bool], limit: int = 50) -> list[str]:
+    lines: list[str] = []
+    for _ in range(limit):
+        line = stream.readline()
+        assert line, f"tail ended early after {lines}"
+        lines.append(line.rstrip("\n"))
+        if until(lines[-1]):
+            return lines
+    raise AssertionError(f"not seen: {lines}")
+
+
+def test_cli_tail_since_resumes_across_a_restart_with_a_resync_line(child):
+    """``sidecar tail --since`` keeps going when the sidecar restarts: it reconnects, prints a
+    resync line for each channel (a new epoch: events may have been missed) and goes on."""
+    first = child()
+    _publish(first.ready["url"], None, "one", "two")
+    _publish(first.ready["url"], "project:p1", "three")
+    port = first.ready["port"]
+    env = _env(SIDECAR_TOKEN=TOKEN, SIDECAR_URL=first.ready["url"])
+    since = f"{first.ready['epoch']}:1"
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "tail", "--since", since, "--channel", "project:p1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert tail.stdout is not None and tail.stderr is not None
+        lines = _lines(tail.stdout, lambda line: '"name":"two"' in line)
+        assert "connection:status" in lines[0] and "#2  stream:created" in lines[-1]
+        first.stop()  # killed: the connection is cut
+        second = child("--port", str(port))
+        lines = _lines(tail.stdout, lambda line: "project:p1" in line and "resync" in line)
+        resyncs = [line for line in lines if line.startswith("-- resync")]
+        assert resyncs[0].startswith("-- resync (new-epoch) on the default channel: now")
+        assert f"was {first.ready['epoch']}:2" in resyncs[0]
+        assert resyncs[1].startswith("-- resync (new-epoch) on project:p1")
+        _publish(second.ready["url"], "project:p1", "four")
+        lines = _lines(tail.stdout, lambda line: '"name":"four"' in line)
+        assert "project:p1#1  stream:created" in lines[-1]
+        assert tail.poll() is None  # still running
+    finally:
+        tail.terminate()
+        _, err = tail.communicate(timeout=10)
+    assert "reconnecting in" in err
 
 
 def test_cli_publish_reports_validation_errors(child):

@@ -103,6 +103,7 @@ def test_generation_is_deterministic() -> None:
 # Arguments whose valid values are constrained beyond their type.
 _SPECIAL_ARGUMENTS: dict[str, list[Any]] = {
     "event_type": [events.ARTIFACT_CREATED, events.ARTIFACT_UPDATED],
+    "channels": [None, {}, {"project:p1": {"epoch": "h1", "seq": 7, "recovered": False}}],
 }
 
 
@@ -182,6 +183,36 @@ def test_schema_rejects_what_constructors_never_produce(validator: Any) -> None:
         {k: v for k, v in good.items() if k != "timestamp"},
     ):
         assert not validator.is_valid(bad), bad
+
+
+def test_the_hubs_channel_frames_validate(sidecar: Any, validator: Any) -> None:
+    """What a real hub sends with channels (the status's ``channels``, the ``channel:*``
+    answers, an event's ``channel``) is what the schema describes."""
+    from tests.conftest import recv_json
+
+    ws, status = sidecar.connect_ready("?channels=project:p1")
+    frames = [status]
+    for kind, channel in [
+        ("subscribe", "chat:c9"),
+        ("subscribe", "Bad"),
+        ("unsubscribe", "chat:c9"),
+    ]:
+        ws.send(json.dumps({"type": f"channel:{kind}", "payload": {"channel": channel}}))
+        frames.append(recv_json(ws))
+    sidecar.hub.publish([events.new_stream_created_event("p", "s", "n")], "project:p1")
+    frames.append(recv_json(ws))
+    assert [f["type"] for f in frames] == [
+        "connection:status",
+        "channel:subscribed",
+        "channel:error",
+        "channel:unsubscribed",
+        "stream:created",
+    ]
+    assert "channels" in frames[0]["payload"] and frames[-1]["channel"] == "project:p1"
+    for frame in frames:
+        errors = [e.message for e in validator.iter_errors(frame)]
+        assert not errors, (frame, errors)
+    assert not validator.is_valid({**frames[-1], "channel": "Not A Channel"})
 
 
 # -- the TypeScript declarations -------------------------------------------------------------

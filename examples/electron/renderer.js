@@ -1,9 +1,11 @@
-// Renderer (an ES module in a sandboxed page): connect with the client the sidecar serves.
-// Without the client, a bare socket works too:
-//   new WebSocket(ws, ["sidecar.v1", `auth.${token}`])
+// Renderer (an ES module in a sandboxed page): connect with the npm package sidecar-hub-client,
+// installed with the app. A page loaded with loadFile has no bundler to resolve the bare name
+// "sidecar-hub-client", so it imports the module file by its path (with a bundler such as
+// electron-vite: `import { SidecarClient } from "sidecar-hub-client"`). Either way the script
+// comes from the app itself: the CSP is `script-src 'self'`.
+import { SidecarClient } from "./node_modules/sidecar-hub-client/sidecar-client.js";
 
-const { url, ws, token } = await window.sidecar.connection();
-const { SidecarClient } = await import(`${url}/client/sidecar-client.js`);
+const { ws, token } = await window.sidecar.connection();
 
 const state = document.getElementById("state");
 const list = document.getElementById("events");
@@ -22,6 +24,6 @@ document.getElementById("publish").addEventListener("click", () => window.sideca
 
 function show(event) {
   const item = document.createElement("li");
-  item.textContent = `${event.seq ?? "-"} ${event.type} ${JSON.stringify(event.payload)}`;
+  item.textContent = `${event.channel ?? "-"} #${event.seq ?? "-"} ${event.type} ${JSON.stringify(event.payload)}`;
   list.prepend(item);
 }

@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 
 from sidecar.envelope import EVENT_NAME_RE
+from sidecar.protocol import CHANNEL_RE, MAX_CHANNEL_BYTES
 
 from .spec import CATALOG, Shape
 
@@ -151,7 +152,8 @@ def _payload_rule(event_type: str) -> dict[str, Any]:
 
 
 def json_schema() -> dict[str, Any]:
-    """A JSON Schema (draft 2020-12) for the wire envelope ``{type, payload, timestamp, seq?}``.
+    """A JSON Schema (draft 2020-12) for the wire envelope ``{type, payload, timestamp, seq?,
+    channel?}`` (``channel``: the named channel of an event; absent for the default one).
 
     ``dependentSchemas.type.allOf`` holds one ``if``/``then`` per catalogued type,
     constraining ``payload`` to its shape(s) (extra payload keys allowed); any other
@@ -176,6 +178,11 @@ def json_schema() -> dict[str, Any]:
             "payload": {"type": "object", "additionalProperties": True},
             "timestamp": {"type": "string", "format": "date-time", "pattern": _TIMESTAMP_PATTERN},
             "seq": {"type": "integer", "minimum": 0},
+            "channel": {
+                "type": "string",
+                "pattern": f"^{CHANNEL_RE.pattern}$",
+                "maxLength": MAX_CHANNEL_BYTES,
+            },
         },
         "required": ["payload", "timestamp", "type"],
         "additionalProperties": False,

@@ -18,6 +18,9 @@ from .names import (
     ARTIFACT_CREATED,
     ARTIFACT_DELETED,
     ARTIFACT_UPDATED,
+    CHANNEL_ERROR,
+    CHANNEL_SUBSCRIBED,
+    CHANNEL_UNSUBSCRIBED,
     CHAT_CANCEL,
     CHAT_ERROR,
     CHAT_SEND,
@@ -38,6 +41,10 @@ from .payloads import (
     ArtifactDeletedPayload,
     ArtifactEventPayload,
     ArtifactStreamPayload,
+    ChannelErrorPayload,
+    ChannelState,
+    ChannelSubscribedPayload,
+    ChannelUnsubscribedPayload,
     ChatCancelPayload,
     ChatErrorPayload,
     ChatSendPayload,
@@ -80,6 +87,9 @@ __all__ = [
     "new_artifact_deleted_event",
     "new_artifact_stream_event",
     "new_artifact_updated_event",
+    "new_channel_error_event",
+    "new_channel_subscribed_event",
+    "new_channel_unsubscribed_event",
     "new_chat_cancel_event",
     "new_chat_error_event",
     "new_chat_send_event",
@@ -104,8 +114,10 @@ def new_connection_status_event(
     epoch: str | None = None,
     seq: int | None = None,
     recovered: bool | None = None,
+    channels: Mapping[str, ChannelState] | None = None,
 ) -> Event:
-    """``connection:status``; ``epoch``/``seq``/``recovered`` are included only when not None."""
+    """``connection:status``; ``epoch``/``seq``/``recovered`` (the default channel) and
+    ``channels`` (the named ones) are included only when not None."""
     payload: ConnectionStatusPayload = {"status": status}
     if epoch is not None:
         payload["epoch"] = epoch
@@ -113,7 +125,35 @@ def new_connection_status_event(
         payload["seq"] = seq
     if recovered is not None:
         payload["recovered"] = recovered
+    if channels is not None:
+        payload["channels"] = {
+            name: {"epoch": state["epoch"], "seq": state["seq"], "recovered": state["recovered"]}
+            for name, state in channels.items()
+        }
     return new_event(CONNECTION_STATUS, payload)
+
+
+def new_channel_subscribed_event(channel: str, epoch: str, seq: int, recovered: bool) -> Event:
+    """``channel:subscribed``: ``channel`` is at ``seq`` of ``epoch``; ``recovered``."""
+    payload: ChannelSubscribedPayload = {
+        "channel": channel,
+        "epoch": epoch,
+        "seq": seq,
+        "recovered": recovered,
+    }
+    return new_event(CHANNEL_SUBSCRIBED, payload)
+
+
+def new_channel_unsubscribed_event(channel: str, reason: str) -> Event:
+    """``channel:unsubscribed``: nothing of ``channel`` follows (``client`` or ``revoked``)."""
+    payload: ChannelUnsubscribedPayload = {"channel": channel, "reason": reason}
+    return new_event(CHANNEL_UNSUBSCRIBED, payload)
+
+
+def new_channel_error_event(channel: str, code: str, message: str) -> Event:
+    """``channel:error``: a refused channel request (the connection stays open)."""
+    payload: ChannelErrorPayload = {"channel": channel, "code": code, "message": message}
+    return new_event(CHANNEL_ERROR, payload)
 
 
 def new_stream_created_event(project_id: str, stream_id: str, name: str) -> Event:

@@ -1,17 +1,26 @@
 """Event names: one constant per catalogued event type, ``namespace:kebab-case``.
 
-Pure values; no thread owns anything here. ``connection:status`` is defined once, in
-:mod:`sidecar.protocol` (the hub sends it), and re-exported here with the product events.
+Pure values; no thread owns anything here. ``connection:status`` and the ``channel:*``
+answers are defined once, in :mod:`sidecar.protocol` (the hub sends them), and re-exported
+here with the product events.
 """
 
 from __future__ import annotations
 
-from sidecar.protocol import CONNECTION_STATUS
+from sidecar.protocol import (
+    CHANNEL_ERROR,
+    CHANNEL_SUBSCRIBED,
+    CHANNEL_UNSUBSCRIBED,
+    CONNECTION_STATUS,
+)
 
 __all__ = [
     "ARTIFACT_CREATED",
     "ARTIFACT_DELETED",
     "ARTIFACT_UPDATED",
+    "CHANNEL_ERROR",
+    "CHANNEL_SUBSCRIBED",
+    "CHANNEL_UNSUBSCRIBED",
     "CHAT_CANCEL",
     "CHAT_ERROR",
     "CHAT_SEND",

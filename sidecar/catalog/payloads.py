@@ -18,6 +18,10 @@ __all__ = [
     "ArtifactDeletedPayload",
     "ArtifactEventPayload",
     "ArtifactStreamPayload",
+    "ChannelErrorPayload",
+    "ChannelState",
+    "ChannelSubscribedPayload",
+    "ChannelUnsubscribedPayload",
     "ChatCancelPayload",
     "ChatErrorPayload",
     "ChatSendPayload",
@@ -36,16 +40,58 @@ __all__ = [
 ]
 
 
+class ChannelState(TypedDict):
+    """Where a named channel stands, in ``connection:status``'s ``channels``.
+
+    ``epoch``: the channel's history; ``seq``: its last ``seq`` (the latest one); ``recovered``:
+    whether the resume asked for (``since``) is replayed (``false``: reload the channel).
+    """
+
+    epoch: str
+    seq: int
+    recovered: bool
+
+
 class ConnectionStatusPayload(TypedDict):
     """``connection:status``: sent to one client right after it connects.
 
-    ``epoch``/``seq``/``recovered`` are reserved for resumable sessions and omitted when unset.
+    ``epoch``/``seq``/``recovered`` describe the default channel (omitted by a hub without
+    resume); ``channels`` maps each named channel granted at connect to its state.
     """
 
     status: str
     epoch: NotRequired[str]
     seq: NotRequired[int]
     recovered: NotRequired[bool]
+    channels: NotRequired[dict[str, ChannelState]]
+
+
+class ChannelSubscribedPayload(TypedDict):
+    """``channel:subscribed``: the answer to a ``channel:subscribe``; the channel's replay
+    (if ``recovered``) and live events follow."""
+
+    channel: str
+    epoch: str
+    seq: int
+    recovered: bool
+
+
+class ChannelUnsubscribedPayload(TypedDict):
+    """``channel:unsubscribed``: nothing of ``channel`` follows. ``reason``: ``client`` (the
+    client asked) or ``revoked`` (the server decided)."""
+
+    channel: str
+    reason: str
+
+
+class ChannelErrorPayload(TypedDict):
+    """``channel:error``: a refused channel request; the connection stays open. ``code``:
+    ``invalid``, ``limit``, ``already_subscribed``, ``not_subscribed``, ``forbidden``,
+    ``bad_token``, ``token_expired``, ``unavailable``."""
+
+    channel: str
+    code: str
+    message: str
 
 
 class StreamCreatedPayload(TypedDict):

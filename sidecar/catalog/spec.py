@@ -57,6 +57,9 @@ CATALOG: Mapping[str, EventSpec] = types.MappingProxyType(
         for spec in sorted(
             [
                 _spec(n.CONNECTION_STATUS, "server", p.ConnectionStatusPayload),
+                _spec(n.CHANNEL_SUBSCRIBED, "server", p.ChannelSubscribedPayload),
+                _spec(n.CHANNEL_UNSUBSCRIBED, "server", p.ChannelUnsubscribedPayload),
+                _spec(n.CHANNEL_ERROR, "server", p.ChannelErrorPayload),
                 _spec(n.STREAM_CREATED, "server", p.StreamCreatedPayload),
                 _spec(n.STREAM_ARCHIVED, "server", p.StreamArchivedPayload),
                 _spec(n.STREAM_UPDATED, "server", p.StreamUpdatedPayload),

@@ -4,12 +4,14 @@
  *
  * The token is read from the address bar once, then removed from it (and from the history
  * entry) with `history.replaceState`; it stays in memory only. Everything from the wire is
- * rendered with `textContent`, never as HTML.
+ * rendered with `textContent`, never as HTML. The page joins the channels named in
+ * `?channels=a,b` and those typed into its "join" box; each event shows its channel, and the
+ * table filters by type and by channel.
  *
  * @module debug
  */
 
-import { SidecarClient } from "/client/sidecar-client.js";
+import { SidecarClient, isChannelName } from "/client/sidecar-client.js";
 
 const MAX_ROWS = 200;
 const MAX_PAYLOAD_CHARS = 2000;
@@ -30,6 +32,9 @@ function takeToken() {
 }
 
 const token = takeToken();
+const initialChannels = (new URL(location.href).searchParams.get("channels") ?? "")
+  .split(",")
+  .filter((name) => isChannelName(name));
 const authHeaders = token ? { Authorization: `Bearer ${token}` } : {};
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 
@@ -50,7 +55,20 @@ let shown = 0;
 /** @param {HTMLTableRowElement} row */
 function applyFilter(row) {
   const filter = /** @type {HTMLInputElement} */ ($("filter")).value.trim();
-  row.hidden = filter !== "" && !(row.dataset.type ?? "").includes(filter);
+  const channel = /** @type {HTMLSelectElement} */ ($("channel-filter")).value;
+  row.hidden =
+    (filter !== "" && !(row.dataset.type ?? "").includes(filter)) ||
+    (channel !== "*" && (row.dataset.channel ?? "") !== channel);
+}
+
+/** Offer `name` in the channel filter (once). @param {string} name */
+function offerChannel(name) {
+  const select = /** @type {HTMLSelectElement} */ ($("channel-filter"));
+  if ([...select.options].some((option) => option.value === name)) return;
+  const option = document.createElement("option");
+  option.value = name;
+  option.textContent = name;
+  select.append(option);
 }
 
 function updateCount() {
@@ -65,17 +83,21 @@ function addRow(event) {
   if (/** @type {HTMLInputElement} */ ($("pause")).checked) return;
   const row = document.createElement("tr");
   row.dataset.type = event.type;
+  row.dataset.channel = event.channel ?? "";
+  if (event.channel) offerChannel(event.channel);
   if (event.seq !== undefined) row.dataset.seq = String(event.seq);
   const namespace = event.type.split(":")[0];
   row.className = `ns-${namespace.replace(/[^a-z0-9-]/g, "")}`;
   const cells = [
     (event.timestamp ?? "").replace(/^.*T/, "").replace("Z", ""),
+    event.channel ?? "–",
     event.seq === undefined ? "–" : String(event.seq),
     event.type,
   ];
   for (const [index, text] of cells.entries()) {
     const cell = document.createElement("td");
-    cell.className = ["time", "seq", "type"][index];
+    cell.className = ["time", "channel", "seq", "type"][index];
+    cell.title = text;
     cell.textContent = text;
     row.append(cell);
   }
@@ -93,10 +115,12 @@ function addRow(event) {
   updateCount();
 }
 
-$("filter").addEventListener("input", () => {
+function refilter() {
   for (const row of $("events").children) applyFilter(/** @type {HTMLTableRowElement} */ (row));
   updateCount();
-});
+}
+$("filter").addEventListener("input", refilter);
+$("channel-filter").addEventListener("change", refilter);
 $("clear").addEventListener("click", () => {
   $("events").replaceChildren();
   updateCount();
@@ -121,11 +145,59 @@ $("ping").addEventListener("click", async () => {
 
 const client = new SidecarClient(wsUrl, {
   token,
+  channels: initialChannels,
   onResync: (info) => {
     $("resyncs").textContent = String(client.stats.resyncs);
-    note(`resync (${info.reason}): events may have been missed; an app would refetch now`);
+    const where = info.channel ?? "the default channel";
+    note(`resync (${info.reason}) on ${where}: events may have been missed; an app would refetch now`);
+  },
+  onError: (info) => {
+    note(`channel ${info.channel}: ${info.code} ${info.message}${info.retrying ? " (retrying)" : ""}`);
+    showChannels();
   },
 });
+
+/** The joined channels, each with a "leave" button. */
+function showChannels() {
+  const items = client.channels.map((name) => {
+    const item = document.createElement("li");
+    const label = document.createElement("span");
+    const leave = document.createElement("button");
+    label.textContent = name;
+    leave.type = "button";
+    leave.textContent = "leave";
+    leave.title = `unsubscribe from ${name}`;
+    leave.addEventListener("click", () => {
+      client.unsubscribe(name);
+      note(`left ${name}`);
+      showChannels();
+    });
+    item.append(label, leave);
+    offerChannel(name);
+    return item;
+  });
+  if (items.length === 0) {
+    const item = document.createElement("li");
+    item.className = "muted";
+    item.textContent = "the default channel only";
+    items.push(item);
+  }
+  $("channels").replaceChildren(...items);
+}
+
+$("join").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const input = /** @type {HTMLInputElement} */ ($("join-name"));
+  const name = input.value.trim();
+  if (!isChannelName(name)) {
+    note(`not a channel name: ${name} (namespace[:segment]…, e.g. project:p1)`);
+    return;
+  }
+  if (client.subscribe(name)) note(`joining ${name}`);
+  input.value = "";
+  showChannels();
+});
+showChannels();
 
 client.on("state", (change) => {
   const pill = $("state");

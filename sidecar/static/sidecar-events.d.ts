@@ -23,6 +23,7 @@ export type ArtifactUpdatedPayload = ArtifactEventPayload | ArtifactStreamPayloa
  * any other `namespace:kebab-case` type is app-specific, with any object payload.
  */
 export interface SidecarEnvelope {
+  channel?: string;
   payload: {
     [k: string]: unknown;
   };
@@ -71,6 +72,57 @@ export interface ArtifactStreamPayload {
 export interface ArtifactDeletedPayload {
   id: string;
   path: string;
+}
+/**
+ * `channel:error`: a refused channel request; the connection stays open. `code`:
+ * `invalid`, `limit`, `already_subscribed`, `not_subscribed`, `forbidden`,
+ * `bad_token`, `token_expired`, `unavailable`.
+ *
+ * This interface was referenced by `SidecarEnvelope`'s JSON-Schema
+ * via the `definition` "ChannelErrorPayload".
+ */
+export interface ChannelErrorPayload {
+  channel: string;
+  code: string;
+  message: string;
+}
+/**
+ * Where a named channel stands, in `connection:status`'s `channels`.
+ *
+ * `epoch`: the channel's history; `seq`: its last `seq` (the latest one); `recovered`:
+ * whether the resume asked for (`since`) is replayed (`false`: reload the channel).
+ *
+ * This interface was referenced by `SidecarEnvelope`'s JSON-Schema
+ * via the `definition` "ChannelState".
+ */
+export interface ChannelState {
+  epoch: string;
+  recovered: boolean;
+  seq: number;
+}
+/**
+ * `channel:subscribed`: the answer to a `channel:subscribe`; the channel's replay
+ * (if `recovered`) and live events follow.
+ *
+ * This interface was referenced by `SidecarEnvelope`'s JSON-Schema
+ * via the `definition` "ChannelSubscribedPayload".
+ */
+export interface ChannelSubscribedPayload {
+  channel: string;
+  epoch: string;
+  recovered: boolean;
+  seq: number;
+}
+/**
+ * `channel:unsubscribed`: nothing of `channel` follows. `reason`: `client` (the
+ * client asked) or `revoked` (the server decided).
+ *
+ * This interface was referenced by `SidecarEnvelope`'s JSON-Schema
+ * via the `definition` "ChannelUnsubscribedPayload".
+ */
+export interface ChannelUnsubscribedPayload {
+  channel: string;
+  reason: string;
 }
 /**
  * `chat:cancel` (client -> server): stop the reply in progress.
@@ -187,12 +239,16 @@ export interface ClientEventMap {
 /**
  * `connection:status`: sent to one client right after it connects.
  *
- * `epoch`/`seq`/`recovered` are reserved for resumable sessions and omitted when unset.
+ * `epoch`/`seq`/`recovered` describe the default channel (omitted by a hub without
+ * resume); `channels` maps each named channel granted at connect to its state.
  *
  * This interface was referenced by `SidecarEnvelope`'s JSON-Schema
  * via the `definition` "ConnectionStatusPayload".
  */
 export interface ConnectionStatusPayload {
+  channels?: {
+    [k: string]: ChannelState;
+  };
   epoch?: string;
   recovered?: boolean;
   seq?: number;
@@ -208,6 +264,9 @@ export interface EventMap {
   "artifact:created": ArtifactCreatedPayload;
   "artifact:deleted": ArtifactDeletedPayload;
   "artifact:updated": ArtifactUpdatedPayload;
+  "channel:error": ChannelErrorPayload;
+  "channel:subscribed": ChannelSubscribedPayload;
+  "channel:unsubscribed": ChannelUnsubscribedPayload;
   "chat:error": ChatErrorPayload;
   "chat:stream-end": ChatStreamEndPayload;
   "chat:stream-start": ChatStreamStartPayload;

@@ -138,8 +138,15 @@ class PageServer:
         self.thread.join(5)
 
 
+#: Files served at the root of the page servers besides ``pages/``.
+EXTRA_FILES = {
+    "/sidecar-client.js": STATIC_DIR / "sidecar-client.js",
+    "/client-vectors.json": Path(__file__).resolve().parents[1] / "data" / "client-vectors.json",
+}
+
+
 class _PageHandler(SimpleHTTPRequestHandler):
-    """Serves ``pages/`` plus ``/sidecar-client.js`` (a copy of the shipped module)."""
+    """Serves ``pages/`` plus ``/sidecar-client.js`` (the shipped module) and the vectors."""
 
     extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript"}
 
@@ -147,9 +154,8 @@ class _PageHandler(SimpleHTTPRequestHandler):
         super().__init__(*args, directory=str(PAGES_DIR), **kwargs)
 
     def translate_path(self, path: str) -> str:
-        if path.split("?", 1)[0] == "/sidecar-client.js":
-            return str(STATIC_DIR / "sidecar-client.js")
-        return super().translate_path(path)
+        extra = EXTRA_FILES.get(path.split("?", 1)[0])
+        return str(extra) if extra is not None else super().translate_path(path)
 
     def end_headers(self) -> None:
         self.send_header("Cache-Control", "no-store")
@@ -175,6 +181,66 @@ def page_server_factory() -> Iterator[Callable[[], PageServer]]:
     yield start
     for page_server in started:
         page_server.close()
+
+
+class _DirectoryHandler(SimpleHTTPRequestHandler):
+    """Serves one directory (symlinks followed, as a file:// page would), with extra headers."""
+
+    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript"}
+    headers_to_add: dict[str, str] = {}
+
+    def end_headers(self) -> None:
+        self.send_header("Cache-Control", "no-store")
+        for name, value in self.headers_to_add.items():
+            self.send_header(name, value)
+        super().end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def directory_server_factory() -> Iterator[Callable[..., PageServer]]:
+    """Serve a directory (``headers`` on every answer, e.g. a CSP); stopped at teardown."""
+    started: list[PageServer] = []
+
+    def start(directory: Path, headers: dict[str, str] | None = None) -> PageServer:
+        handler = type(
+            "Handler",
+            (_DirectoryHandler,),
+            {"headers_to_add": dict(headers or {})},
+        )
+
+        def make(*args: Any, **kwargs: Any) -> Any:
+            return handler(*args, directory=str(directory), **kwargs)
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), make)
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        started.append(PageServer(server, thread))
+        return started[-1]
+
+    yield start
+    for page_server in started:
+        page_server.close()
+
+
+@pytest.fixture
+def before_page_scripts(driver: Any) -> Iterator[Callable[[str], None]]:
+    """Run a script in every new document before its own scripts (CDP), for this test only:
+    what a preload script or Tauri's injected globals provide. A CSP does not apply to it."""
+    added: list[str] = []
+
+    def add(source: str) -> None:
+        answer = driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": source})
+        added.append(answer["identifier"])
+
+    yield add
+    for identifier in added:
+        driver.execute_cdp_cmd(
+            "Page.removeScriptToEvaluateOnNewDocument", {"identifier": identifier}
+        )
 
 
 # -- sidecars with the web routes ----------------------------------------------------------

@@ -188,6 +188,7 @@ def test_sidecar_restart_resyncs_and_keeps_receiving(
     rec = record(browser)
     assert rec["resyncs"] == [
         {
+            "channel": None,
             "reason": "new-epoch",
             "epoch": second.hub.epoch,
             "seq": 0,

@@ -1,15 +1,20 @@
 """sidecar-client.js against a fake WebSocket, inside Chromium (pages/client-unit.mjs).
 
 Covers what a correct server never shows: duplicates, seq gaps, every close-code class, the
-backoff schedule and its reset, ``online``, listener errors.
+backoff schedule and its reset, ``online``, listener errors; and every shared client vector
+(``tests/data/client-vectors.json``, also run by the Python client and in Node).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from tests.browser.conftest import PageServer
 from tests.browser.helpers import open_harness
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_client_unit_suite(browser: Any, page_server_factory: Any) -> None:
@@ -25,4 +30,7 @@ def test_client_unit_suite(browser: Any, page_server_factory: Any) -> None:
     )
     failures = [f"{r['name']}: {r['error']}" for r in results if not r["ok"]]
     assert not failures, "\n\n".join(failures)
-    assert len(results) >= 14, [r["name"] for r in results]
+    vectors = json.loads((ROOT / "tests" / "data" / "client-vectors.json").read_text())
+    names = [r["name"] for r in results]
+    assert len(names) >= 14 + 2 + len(vectors["scenarios"]), names
+    assert sum(name.startswith("vector: ") for name in names) == len(vectors["scenarios"])

@@ -49,7 +49,7 @@ def test_debug_page_renders_live_events(browser: Any, web_sidecar_factory: Any) 
     )
     rows = browser.execute_script(
         "return [...document.querySelectorAll('#events tr')]"
-        ".map(r => [r.dataset.type, r.dataset.seq ?? null, r.cells[3].textContent])"
+        ".map(r => [r.dataset.type, r.dataset.seq ?? null, r.cells[4].textContent])"
     )
     assert [r[0] for r in rows[:count]] == [
         "app:build-finished",
@@ -129,3 +129,82 @@ def test_debug_page_survives_a_sidecar_eviction(browser: Any, web_sidecar_factor
     assert seqs == list(range(20, 0, -1))
     notes = browser.execute_script("return document.getElementById('notes').textContent")
     assert "recovered true" in notes and "resync" not in notes
+
+
+def test_debug_page_shows_each_events_channel_and_filters_by_it(
+    browser: Any, web_sidecar_factory: Any
+) -> None:
+    """Channels from ``?channels=`` and from the join box; a channel column; the channel
+    filter; leaving a channel stops its rows."""
+    running = web_sidecar_factory()
+    hub = running.hub
+    browser.get(f"{running.url}/?token={TOKEN}&channels=project:p1")
+    wait_js(browser, "document.body.dataset.state === 'open'", what="the page to connect")
+    assert "token" not in browser.current_url and "channels=project" in browser.current_url
+    browser.execute_script(
+        "document.getElementById('join-name').value = 'chat:c9';"
+        "document.getElementById('join').requestSubmit();"
+    )
+    wait_js(
+        browser,
+        "document.querySelector('#events tr[data-type=\"channel:subscribed\"]')",
+        what="chat:c9 joined",
+    )
+    hub.publish([new_event("app:tick", {"i": 1})], "project:p1")
+    hub.publish([new_event("app:tick", {"i": 2})], "chat:c9")
+    hub.publish([new_event("app:tick", {"i": 3})], "doc:1")  # not joined
+    hub.publish([new_event("app:tick", {"i": 4})])
+    wait_js(
+        browser,
+        "document.querySelectorAll('#events tr[data-type=\"app:tick\"]').length === 3",
+        what="three ticks",
+    )
+    rows = browser.execute_script(
+        "return [...document.querySelectorAll('#events tr[data-type=\"app:tick\"]')]"
+        ".map(r => [r.cells[1].textContent, r.dataset.seq, r.cells[4].textContent])"
+    )
+    assert rows == [
+        ["\N{EN DASH}", "1", '{ "i": 4 }'],
+        ["chat:c9", "1", '{ "i": 2 }'],
+        ["project:p1", "1", '{ "i": 1 }'],
+    ]
+
+    def shown(channel: str) -> list[str]:
+        browser.execute_script(
+            "const s = document.getElementById('channel-filter');"
+            "s.value = arguments[0]; s.dispatchEvent(new Event('change'));",
+            channel,
+        )
+        return browser.execute_script(
+            "return [...document.querySelectorAll('#events tr[data-type=\"app:tick\"]')]"
+            ".filter(r => !r.hidden).map(r => r.cells[4].textContent)"
+        )
+
+    assert shown("chat:c9") == ['{ "i": 2 }']
+    assert shown("") == ['{ "i": 4 }']  # the default channel
+    assert shown("*") == ['{ "i": 4 }', '{ "i": 2 }', '{ "i": 1 }']
+    options = browser.execute_script(
+        "return [...document.getElementById('channel-filter').options].map(o => o.value)"
+    )
+    assert options == ["*", "", "project:p1", "chat:c9"]
+
+    browser.execute_script(
+        "[...document.querySelectorAll('#channels li')]"
+        ".find(li => li.textContent.startsWith('project:p1')).querySelector('button').click()"
+    )
+    wait_js(
+        browser,
+        "document.querySelector('#events tr[data-type=\"channel:unsubscribed\"]')",
+        what="project:p1 left",
+    )
+    hub.publish([new_event("app:tick", {"i": 5})], "project:p1")
+    hub.publish([new_event("app:tick", {"i": 6})])
+    wait_js(
+        browser,
+        "document.querySelectorAll('#events tr[data-type=\"app:tick\"]').length === 4",
+        what="the default channel's tick",
+    )
+    newest = "return document.querySelector('#events tr[data-type=\"app:tick\"]')"
+    assert browser.execute_script(newest + ".cells[4].textContent") == '{ "i": 6 }'
+    listed = browser.execute_script("return document.getElementById('channels').textContent")
+    assert "chat:c9" in listed and "project:p1" not in listed

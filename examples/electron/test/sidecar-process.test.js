@@ -95,6 +95,59 @@ test("spawn, ready line, connect, receive a published event, quit: the sidecar i
   }
 });
 
+test("the renderer's client, the npm package, receives events and outlives its sidecar", TIMEOUT, async (t) => {
+  // what renderer.js runs, in Node: sidecar-hub-client (resolved through its exports map)
+  // with ws as the WebSocket class, on a named channel and the default one
+  const { SidecarClient, SUBPROTOCOL } = await import("sidecar-hub-client");
+  assert.equal(SUBPROTOCOL, "sidecar.v1");
+  const sidecar = await startSidecar({ ...defaultCommand(), onLog: quiet });
+  t.after(() => sidecar.stop({ timeoutMs: 2000 }));
+  const { ready } = sidecar;
+  const seen = [];
+  const opened = [];
+  const client = new SidecarClient(ready.ws, {
+    getToken: async () => ready.token,
+    channels: ["project:p1"],
+    WebSocket,
+    backoff: { base: 20, cap: 100 },
+  });
+  t.after(() => client.close());
+  client.on("stream:created", (payload, event) => seen.push([event.channel ?? null, event.seq, payload.name]));
+  const lost = [];
+  client.on("state", ({ state, code }) => (state === "open" ? opened : lost).push(code));
+  await within(10000, "the client to open", until(() => opened.length === 1));
+  const publish = async (name, channel) => {
+    const body = { ...EVENT, payload: { ...EVENT.payload, name }, ...(channel ? { channel } : {}) };
+    const response = await fetch(`${ready.url}/api/v1/events`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${ready.token}`, "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+      signal: AbortSignal.timeout(5000),
+    });
+    assert.equal(response.status, 202);
+  };
+  await publish("one", "project:p1");
+  await publish("two");
+  await within(10000, "two events", until(() => seen.length === 2));
+  assert.deepEqual(seen, [["project:p1", 1, "one"], [null, 1, "two"]]);
+  assert.deepEqual(client.channels, ["project:p1"]);
+  // the sidecar goes away: 1001, then attempts that fail (ws reports each as an error event,
+  // which the client must absorb), and the client keeps trying until it is closed
+  await sidecar.stop({ timeoutMs: 5000 });
+  await within(10000, "a failed attempt", until(() => lost.includes(1006)));
+  assert.equal(lost[1], 1001);
+  client.close();
+  assert.equal(client.state, "closed");
+});
+
+/** Resolves once `predicate()` is true (checked every 10 ms). */
+function until(predicate) {
+  return new Promise((resolve) => {
+    const check = () => (predicate() ? resolve() : setTimeout(check, 10));
+    check();
+  });
+}
+
 test("a start-up failure rejects with the reason instead of hanging", TIMEOUT, async (t) => {
   const first = await startSidecar({ ...defaultCommand(), onLog: quiet });
   t.after(() => first.stop({ timeoutMs: 2000 }));

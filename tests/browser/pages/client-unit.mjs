@@ -2,96 +2,12 @@
  * Unit tests of sidecar-client.js against a fake WebSocket, run inside Chromium by
  * tests/browser/test_client_unit.py (the real-socket behaviour is tested there too).
  *
- * `runAll(mod)` takes the imported module and resolves to `[{name, ok, error}]`.
+ * `runAll(mod)` takes the imported module and resolves to `[{name, ok, error}]`; it also runs
+ * the shared vectors (`tests/data/client-vectors.json`, served as `/client-vectors.json`).
  */
 
-/** A scripted stand-in for the browser's WebSocket. */
-class FakeSocket {
-  /** @type {FakeSocket[]} */
-  static all = [];
-
-  /**
-   * @param {string} url
-   * @param {string[]} protocols
-   */
-  constructor(url, protocols) {
-    this.url = url;
-    this.protocols = protocols;
-    this.readyState = 0;
-    /** @type {string[]} */
-    this.sent = [];
-    this.closedWith = null;
-    FakeSocket.all.push(this);
-  }
-
-  open() {
-    this.readyState = 1;
-    this.onopen?.({});
-  }
-
-  /** @param {unknown} message */
-  deliver(message) {
-    this.onmessage?.({ data: typeof message === "string" ? message : JSON.stringify(message) });
-  }
-
-  /**
-   * @param {string} epoch
-   * @param {number} seq
-   * @param {boolean} recovered
-   */
-  status(epoch, seq, recovered = false) {
-    this.open();
-    this.deliver({
-      type: "connection:status",
-      payload: { status: "connected", epoch, seq, recovered },
-      timestamp: "2026-01-01T00:00:00Z",
-    });
-  }
-
-  /** @param {number} seq */
-  event(seq, type = "stream:updated") {
-    this.deliver({ type, payload: { i: seq }, timestamp: "2026-01-01T00:00:00Z", seq });
-  }
-
-  /** The server (or the network) ends the connection. */
-  drop(code = 1006, reason = "") {
-    this.readyState = 3;
-    this.onclose?.({ code, reason, wasClean: code !== 1006 });
-  }
-
-  /** @param {string} data */
-  send(data) {
-    this.sent.push(data);
-  }
-
-  close(code = 1005, reason = "") {
-    this.closedWith = { code, reason };
-    this.readyState = 3;
-  }
-}
-
-/**
- * @param {() => unknown} predicate
- * @param {string} what
- */
-async function until(predicate, what, timeout = 2000) {
-  const deadline = performance.now() + timeout;
-  while (!predicate()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 2));
-  }
-}
-
-/**
- * @param {unknown} actual
- * @param {unknown} expected
- * @param {string} what
- */
-function eq(actual, expected, what) {
-  const a = JSON.stringify(actual);
-  const e = JSON.stringify(expected);
-  if (a !== e) throw new Error(`${what}: expected ${e}, got ${a}`);
-}
+import { FakeSocket, eq, until } from "./fake-socket.mjs";
+import { vectorTests } from "./client-vectors.mjs";
 
 /** A client on a fresh fake, with everything it reports recorded. */
 function harness(mod, url = "ws://127.0.0.1:1/ws", options = {}) {
@@ -335,6 +251,77 @@ const tests = {
     eq(client.send("chat:cancel", { conversationId: "c" }), false, "after close");
   },
 
+  async "channel messages are paced under the rate limit"(mod) {
+    const names = ["a:1", "a:2", "a:3", "a:4", "a:5"];
+    const { client, socket } = harness(mod, undefined, {
+      channels: names,
+      maxUrlLength: 10, // nothing fits: every channel by message
+      channelRate: { limit: 2, window: 60 },
+    });
+    const ws = await socket(1);
+    eq(new URL(ws.url).search, "", "no channels in the URL");
+    const started = performance.now();
+    ws.status("E", 0);
+    eq(ws.sent.length, 2, "two at once");
+    await until(() => ws.sent.length === 5, "all five");
+    const elapsed = performance.now() - started;
+    if (elapsed < 100) throw new Error(`five messages in ${elapsed} ms: not paced`);
+    eq(ws.sent.map((m) => JSON.parse(m).payload.channel), names, "in order");
+    client.close();
+  },
+
+  async "subscription tokens: a value, a function, an async function, a failing hook"(mod) {
+    const errors = [];
+    const { client, socket } = harness(mod, undefined, { onError: (e) => errors.push(e) });
+    const ws = await socket(1);
+    ws.status("E", 0);
+    client.subscribe("user:1", { token: "t1" });
+    client.subscribe("user:2", { token: () => "t2" });
+    client.subscribe("user:3", {
+      token: () => {
+        throw new Error("no token");
+      },
+    });
+    client.subscribe("user:4", { token: async () => "t4" });
+    await until(() => ws.sent.length === 3, "three subscribes");
+    eq(
+      ws.sent.map((m) => JSON.parse(m).payload),
+      [
+        { channel: "user:1", token: "t1" },
+        { channel: "user:2", token: "t2" },
+        { channel: "user:4", token: "t4" },
+      ],
+      "payloads",
+    );
+    eq(errors.map((e) => [e.channel, e.code, e.retrying]), [["user:3", "token", false]], "errors");
+    eq(client.channels, ["user:1", "user:2", "user:4"], "channels");
+    client.close();
+  },
+
+  async "getToken runs before every attempt; a failure is an error and a retry"(mod) {
+    let calls = 0;
+    const errors = [];
+    const { client, rec, socket } = harness(mod, undefined, {
+      token: undefined,
+      getToken: async () => {
+        calls += 1;
+        if (calls === 2) throw new Error("expired");
+        return `tok${calls}`;
+      },
+      onError: (e) => errors.push(e),
+    });
+    const first = await socket(1);
+    eq(first.protocols, ["sidecar.v1", "auth.tok1"], "first token");
+    first.status("E", 0);
+    first.drop(4401, "identity expired");
+    const second = await socket(2); // the second call failed: one more backoff, a third call
+    eq(second.protocols, ["sidecar.v1", "auth.tok3"], "a fresh token");
+    eq(calls, 3, "calls");
+    eq(errors.map((e) => [e.channel, e.code, e.retrying]), [[null, "token", true]], "errors");
+    eq(rec.states.filter((s) => s.state === "reconnecting").map((s) => s.code), [4401, 1006], "states");
+    client.close();
+  },
+
   async "ignores frames that are not envelopes; tolerates a hub without seq"(mod) {
     const { client, rec, socket } = harness(mod);
     const ws = await socket(1);
@@ -367,7 +354,8 @@ const tests = {
  */
 export async function runAll(mod) {
   const results = [];
-  for (const [name, test] of Object.entries(tests)) {
+  const vectors = await (await fetch("/client-vectors.json", { cache: "no-store" })).json();
+  for (const [name, test] of [...Object.entries(tests), ...Object.entries(vectorTests(vectors))]) {
     try {
       await test(mod);
       results.push({ name, ok: true, error: null });
