@@ -185,3 +185,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if skip:
             where = "POSIX" if name == "posix_only" else "Windows"
             pytest.skip(f"{where} only: {reason}")
+
+
+#: Longest parameter shown in a test's ID. pytest puts the ID in ``PYTEST_CURRENT_TEST``, and
+#: Windows refuses an environment variable over 32,767 characters (a 100,000-byte fuzz value).
+MAX_ID_PARAM = 40
+
+
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """A long string or bytes parameter is shown by its start and length, not in full."""
+    if isinstance(val, str | bytes) and len(val) > MAX_ID_PARAM:
+        start = val[:24] if isinstance(val, str) else val[:24].decode("ascii", "backslashreplace")
+        return f"{start}...({len(val)})"
+    return None
