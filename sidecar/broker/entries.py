@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..core.stream import Position, Revocation
 from ..envelope import is_event_name, loads_strict
@@ -192,14 +192,22 @@ def _revocation(pos: int, fields: dict[bytes, bytes]) -> Revocation | Malformed:
 def check_envelope(data: bytes, seq: int, channel: str, max_bytes: int) -> Malformed | None:
     """Why ``data`` is not the envelope of event ``seq`` of ``channel`` as the hubs send it
     (``None``: it is)."""
-    if len(data) > max_bytes:
+    envelope = _decode(data, max_bytes)
+    return envelope if isinstance(envelope, Malformed) else _check(envelope, data, seq, channel)
+
+
+def _decode(data: bytes, max_bytes: int) -> dict[str, Any] | Malformed:
+    """``data`` as a JSON object (checked for its size before it is decoded), or why not."""
+    if len(data) > max_bytes:  # before decoding it: what a read holds stays bounded
         return Malformed.TOO_LARGE
     try:
         envelope = loads_strict(data)
     except (ValueError, RecursionError):
         return Malformed.NOT_JSON
-    if not isinstance(envelope, dict):
-        return Malformed.NOT_ENVELOPE
+    return envelope if isinstance(envelope, dict) else Malformed.NOT_ENVELOPE
+
+
+def _check(envelope: dict[str, Any], data: bytes, seq: int, channel: str) -> Malformed | None:
     kind = _type_problem(envelope.get("type"))
     if kind is not None:
         return kind
@@ -224,18 +232,13 @@ def parse_history(value: object, channel: str, epoch: str, max_bytes: int) -> En
     pos_text, space, data = value.partition(b" ")
     if not space or _SEQ_RE.fullmatch(pos_text) is None or int(pos_text) > MAX_SEQ:
         return Malformed.ID
-    if len(data) > max_bytes:  # before decoding it: what a resume holds stays bounded
-        return Malformed.TOO_LARGE
-    try:
-        envelope = loads_strict(data)
-    except (ValueError, RecursionError):
-        return Malformed.NOT_JSON
-    if not isinstance(envelope, dict):
-        return Malformed.NOT_ENVELOPE
+    envelope = _decode(data, max_bytes)
+    if isinstance(envelope, Malformed):
+        return envelope
     seq = envelope.get("seq")
     if type(seq) is not int or not 1 <= seq <= MAX_SEQ:
         return Malformed.SEQ_MISMATCH
-    problem = check_envelope(data, seq, channel, max_bytes)
+    problem = _check(envelope, data, seq, channel)
     if problem is not None:
         return problem
     return Entry(int(pos_text), channel, epoch, seq, data)
