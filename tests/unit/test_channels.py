@@ -370,3 +370,33 @@ def test_the_local_sequencer_numbers_nothing_it_could_not_hand_over() -> None:
     assert not sequencer.forget(P1, Position(position.epoch, 1))  # not where it is: kept
     assert sequencer.forget(P1, position)
     assert sequencer.heads([P1])[0].epoch != position.epoch
+
+
+class Broker:
+    """A sequencer that numbers nothing itself: events come back through ``Hub.deliver``."""
+
+    def publish_items(self, items: Any, idempotency_key: Any = None) -> list[int]:
+        raise AssertionError("not published in these tests")
+
+    def heads(self, channels: Any) -> list[Position]:
+        return [Position("e1", 5) for _channel in channels]
+
+    def revoke(self, user: str, channel: str) -> None:
+        raise AssertionError("not revoked in these tests")
+
+
+def test_a_channels_duplicate_is_dropped_counted_and_the_batch_goes_on(clock: FakeClock) -> None:
+    hub = Hub(clock=clock, sequencer=Broker(), ping_interval=0)
+    hub.start()
+    try:
+        client, transport = new_client()
+        hub.register(client, requests=[ChannelRequest(P1, origin=Position("e1", 5))])
+        items = [
+            Numbered(p, P1, "e1", s, with_seq(encode(tick(s)), s, P1)) for p, s in [(1, 4), (2, 6)]
+        ]
+        assert hub.deliver(hub.epoch, items, timeout=1.0)
+        sync(hub)
+        assert [m.get("seq") for m in transport.messages()[1:]] == [6]
+        assert hub.snapshot()["duplicates_dropped"] == 1
+    finally:
+        assert hub.stop()
