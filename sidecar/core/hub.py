@@ -838,36 +838,51 @@ class Hub:
             self._wake_waiters()
 
     def _offer_batch(self, batch: list[tuple[Channel, bytes]]) -> None:
-        """Hand each subscriber of the batch's channels its frames, in order, in one offer."""
+        """Hand each subscriber of the batch's channels its frames, in order, in one offer.
+
+        The work is one pass over the batch plus one offer per subscriber of its channels:
+        it follows the audience, never the number of channels or of connections.
+        """
         if not batch:
             return
-        channels = dict.fromkeys(channel for channel, _frame in batch)
+        grouped: dict[Channel, list[bytes]] = {}
+        for channel, frame in batch:
+            frames_of = grouped.get(channel)
+            if frames_of is None:
+                grouped[channel] = [frame]
+            else:
+                frames_of.append(frame)
         slow: list[Client] = []
-        deliveries = 0
-        if len(channels) == 1:
-            channel = batch[0][0]
-            blob = batch[0][1] if len(batch) == 1 else b"".join(f for _c, f in batch)
+        if len(grouped) == 1:
+            channel, frames_of = next(iter(grouped.items()))
+            blob = frames_of[0] if len(frames_of) == 1 else b"".join(frames_of)
             slow = [client for client in channel.subscribers if not client.offer(blob)]
-            deliveries = len(batch) * len(channel.subscribers)
+            deliveries = len(frames_of) * len(channel.subscribers)
         else:
-            deliveries = self._offer_merged(batch, list(channels), slow)
+            deliveries = self._offer_merged(batch, grouped, slow)
         for client in slow:
             self._evict(client)
         self.stats.broadcasts += len(batch)
         self.stats.deliveries += deliveries
 
     def _offer_merged(
-        self, batch: list[tuple[Channel, bytes]], channels: list[Channel], slow: list[Client]
+        self,
+        batch: list[tuple[Channel, bytes]],
+        grouped: dict[Channel, list[bytes]],
+        slow: list[Client],
     ) -> int:
-        """:meth:`_offer_batch` for a batch of several channels; returns the deliveries."""
-        blobs = {c: b"".join(f for ch, f in batch if ch is c) for c in channels}
-        sizes = {c: sum(1 for ch, _f in batch if ch is c) for c in channels}
+        """:meth:`_offer_batch` for a batch of several channels; returns the deliveries.
+
+        A client in one of them gets that channel's frames; one in several gets its frames
+        picked from the batch in stream order.
+        """
         owner: dict[Client, Channel] = {}
         several: set[Client] = set()
-        for channel in channels:
+        for channel in grouped:
             for client in channel.subscribers:
                 if owner.setdefault(client, channel) is not channel:
                     several.add(client)
+        blobs = {c: f[0] if len(f) == 1 else b"".join(f) for c, f in grouped.items()}
         deliveries = 0
         for client, channel in owner.items():
             if client in several:
@@ -875,7 +890,7 @@ class Hub:
                 deliveries += len(mine)
                 ok = client.offer(b"".join(mine))
             else:
-                deliveries += sizes[channel]
+                deliveries += len(grouped[channel])
                 ok = client.offer(blobs[channel])
             if not ok:
                 slow.append(client)
