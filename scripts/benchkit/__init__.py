@@ -27,25 +27,10 @@ Each phase reports the CPU used by the server (``/proc/PID/stat``) and by this p
 the measured window, and which side saturated its core: a figure limited by the load
 generator is only a lower bound for the server.
 
-``--broker`` runs each N in broker mode too (:mod:`benchkit.broker`), reported side by side;
-``--gunicorn`` under gunicorn with one worker and no broker (the same module).
-
-**Channels** (issue 18): ``--channels N:K`` adds a run of N subscribers spread over K named
-channels (subscriber ``i`` joins ``bench:(i mod K)`` with ``?channels=``; event ``e`` is
-published on ``bench:(e mod K)``), with the same phases: the fixed rate is K times ``--rate``
-(the deliveries per second of a broadcast), the maximum rate is window-bounded in the
-stream's order. Progress, losses and latency count, for each subscriber, only its channel's
-events; at least one subscriber per channel checks that every frame is of its channel and that
-the channel's ``seq`` is contiguous from the position ``connection:status`` gave.
-
-**Probe** (:mod:`benchkit.probe`, on unless ``--no-probe``): the server imports the bench's
-``sitecustomize``, which times every garbage collection (``gc.callbacks``) and answers on a
-unix socket; each phase (and the connect burst) reports the collections and their pauses,
-and the connect table the objects the collector tracks per connection. It works for any
-version of the sidecar, so ``--server-root DIR`` (another checkout, first on the server's
-``PYTHONPATH``) gives before/after numbers from one load generator in one sitting.
-
-Everything targets 127.0.0.1; every loop is bounded in count and in time (``--timeout``).
+``--broker`` (gunicorn -w 2 and Redis) and ``--gunicorn`` (one worker) run each N under
+gunicorn too (:mod:`benchkit.broker`); ``--channels N:K`` adds runs over named channels, and
+the probe reports garbage-collection pauses (:mod:`benchkit.sweep`). Everything targets
+127.0.0.1; every loop is bounded in count and in time (``--timeout``).
 
 Modules: procfs (``/proc``), server (the server under test), broker (the broker and gunicorn
 modes' server), probe (inside the server), publisher (HTTP POSTs), swarm

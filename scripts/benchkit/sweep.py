@@ -1,5 +1,21 @@
 """One client count of the sweep: start a server, connect N subscribers, run the phases, stop.
 
+**Channels** (issue 18): ``--channels N:K`` adds a run of N subscribers spread over K named
+channels (subscriber ``i`` joins ``bench:(i mod K)`` with ``?channels=``; event ``e`` is
+published on ``bench:(e mod K)``), with the same phases: the fixed rate is K times ``--rate``
+(the deliveries per second of a broadcast; at most ``--channel-max-rate``), the maximum rate
+is window-bounded in the stream's order. Progress, losses and latency count, for each
+subscriber, only its channel's events; at least one subscriber per channel checks that every
+frame is of its channel and that the channel's ``seq`` is contiguous from the position
+``connection:status`` gave.
+
+**Probe** (:mod:`benchkit.probe`, on unless ``--no-probe``): the server imports the bench's
+``sitecustomize``, which times every garbage collection (``gc.callbacks``) and answers on a
+unix socket; each phase (and the connect burst) reports the collections and their pauses,
+and the connect table the objects the collector tracks per connection. It works for any
+version of the sidecar, so ``--server-root DIR`` (another checkout, first on the server's
+``PYTHONPATH``) gives before/after numbers from one load generator in one sitting.
+
 Threads: runs in the bench's main thread.
 """
 
@@ -97,14 +113,18 @@ def tracked_per_connection(
     """Objects the garbage collector tracks, before and after connecting ``n`` clients."""
     if not before or not after or not n:
         return None
-    count0 = sum(sum(b.get("tracked") or [0]) for b in before.values())
-    count1 = sum(sum(a.get("tracked") or [0]) for a in after.values())
+
+    def count(snapshots: dict[int, dict[str, Any]]) -> int:  # frozen ones included
+        return sum(
+            sum(s.get("tracked") or [0]) + int(s.get("frozen") or 0) for s in snapshots.values()
+        )
+
     frozen = sum(int(a.get("frozen") or 0) for a in after.values())
     return {
-        "before": count0,
-        "after": count1,
+        "before": count(before),
+        "after": count(after),
         "frozen": frozen,
-        "per_connection": (count1 + frozen - count0) / n,
+        "per_connection": (count(after) - count(before)) / n,
     }
 
 
