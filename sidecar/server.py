@@ -603,6 +603,8 @@ def run(
     """
     server, state = make_server(config, app)
     state.ensure_started()
+    if state.config.gc_freeze:  # this process is ours: start-up objects are frozen now
+        state.hub.manage_gc()
     stop = threading.Event()
     received: list[int] = []
 

@@ -85,6 +85,7 @@ from .commands import (
     Unregister,
     Unsubscribe,
 )
+from .gcpolicy import GcPolicy
 from .identity import MAX_TOKEN_TTL
 from .resume import ChannelRequest, Entry, replay
 from .stream import (
@@ -195,6 +196,8 @@ class Hub:
         self._clock = clock
         self._broker = sequencer
         self._autostart = autostart
+        #: Whether the hub thread manages the garbage collector (:meth:`manage_gc`).
+        self._manage_gc = False
         self._reset_state()
         if sys.platform != "win32":  # Windows has no fork
             os.register_at_fork(after_in_child=_forked(weakref.ref(self)))
@@ -238,6 +241,8 @@ class Hub:
         self._refused = 0
         self._advanced = threading.Condition(threading.Lock())
         self._waiters = 0
+        #: The garbage-collection policy, once :meth:`manage_gc` (hub thread only).
+        self._gc: GcPolicy | None = None
         #: ``(deadline on the hub's clock, client id, client)`` of identities that expire.
         self._expiries: list[tuple[float, int, Client]] = []
         #: ``(user, channel)`` -> when it was revoked (Unix time); hub thread writes.
@@ -266,6 +271,8 @@ class Hub:
         """The hub loop; returns after :meth:`stop`. Call it directly only instead of start()."""
         self._running.set()
         try:
+            if self._manage_gc:
+                self._start_gc()
             self._loop()
         finally:
             self._running.clear()
@@ -290,6 +297,18 @@ class Hub:
         if self._running.is_set():
             self._inbox.put(Stop(code, reason))
         return self._stopped.wait(timeout) if self._thread is not None else True
+
+    def manage_gc(self) -> None:
+        """Let the hub thread keep long-lived objects out of full garbage collections
+        (:mod:`sidecar.core.gcpolicy`): for a process the sidecar owns (the CLI, a gunicorn
+        worker), or an app that wants it. Process-wide; idempotent; survives a fork."""
+        self._manage_gc = True
+        self.call(self._start_gc)
+
+    def _start_gc(self) -> None:
+        if self._gc is None:
+            self._gc = GcPolicy()
+            self._gc.start()
 
     @property
     def closed(self) -> bool:
@@ -370,6 +389,8 @@ class Hub:
             "channelHistoryBytes": channels.total_bytes,
             "channelsForgotten": channels.forgotten,
             "channelTrims": channels.trims,
+            "gcFreezes": 0 if self._gc is None else self._gc.freezes,
+            "gcFullCollections": 0 if self._gc is None else self._gc.full_collections,
         }
 
     # -- publishing (any thread, never blocks) --------------------------------------------
@@ -696,6 +717,8 @@ class Hub:
         while True:
             command, held = held, None
             if command is None:
+                if self._gc is not None and self._inbox.empty():
+                    self._gc.idle(self._count)  # nothing waits: the time to freeze or collect
                 wake = next_sweep if next_ping is None else min(next_ping, next_sweep)
                 if self._expiries:
                     wake = min(wake, self._expiries[0][0])
@@ -1003,6 +1026,8 @@ class Hub:
         self._clients.add(client)
         self._count = len(self._clients)
         self.stats.registered += 1
+        if self._gc is not None:
+            self._gc.joined_one()
         expires_at = client.identity.expires_at
         if expires_at is not None:
             deadline = self._clock() + (expires_at - time.time())
@@ -1099,6 +1124,8 @@ class Hub:
         client.gone = True
         self._count = len(self._clients)
         self.stats.unregistered += 1
+        if self._gc is not None:
+            self._gc.left_one()
         return True
 
     def _evict(self, client: Client) -> None:
@@ -1140,6 +1167,8 @@ class Hub:
             self._wake_waiters()
 
     def _close_all(self, code: int, reason: str) -> None:
+        if self._gc is not None:
+            self._gc.left += len(self._clients)
         for client in self._clients:
             client.gone = True
             client.channels.clear()

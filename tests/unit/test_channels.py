@@ -146,8 +146,13 @@ def _hub_lines_for_a_batch(make_hub: HubFactory, count: int) -> int:
         return tracer
 
     previous: list[Any] = []
+
+    def start() -> None:
+        previous.append(sys.gettrace())
+        sys.settrace(tracer)
+
     blocker = Blocker(hub)
-    assert hub.call(lambda: previous.append(sys.gettrace()) or sys.settrace(tracer))
+    assert hub.call(start)
     hub.publish_items([(name, encode(tick(i))) for i, name in enumerate(names)])
     blocker.release()
     assert hub.call(lambda: sys.settrace(previous[0] if previous else None))

@@ -151,7 +151,7 @@ def test_what_is_not_an_envelope_is_refused_naming_the_problem(
 
 #: What a JSON decoder gives and ``json_problem`` accepts: 64-bit ints, finite floats of every
 #: magnitude (Python writes some with an exponent), any text without lone surrogates.
-_texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+_texts = st.text(st.characters(blacklist_categories=["Cs"]), max_size=12)
 _scalars = (
     st.none()
     | st.booleans()
