@@ -220,6 +220,10 @@ class RequestHandler(WSGIRequestHandler):
     server: Server
     #: Whether the request became a WebSocket session.
     upgraded = False
+    #: The request stream's buffer (the head and a body are read through it). It lives as long
+    #: as the connection, a WebSocket's too (which reads its socket directly): 8 KiB by
+    #: default, a kilobyte here; a body larger than that is read straight into its bytes.
+    rbufsize = 1024
 
     @property
     def watchdog(self) -> RequestWatchdog:
