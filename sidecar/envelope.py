@@ -12,19 +12,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
-
-import msgspec
 
 #: ``namespace:kebab-case``, e.g. ``stream:phase-changed``; always matched against the whole
 #: string (``fullmatch``: ``$`` alone would accept a trailing newline).
 EVENT_NAME_RE = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*:[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-_FAST_ENCODER = msgspec.json.Encoder()
 #: Where msgspec's JSON differs from :data:`_ENCODER`'s: a float that Python writes with an
 #: exponent (``1e-05``, ``1e+16``), which msgspec writes without one or with another
 #: (``0.00001``, ``1e16``). Matched on msgspec's output (an exponent, or four zeros after a
@@ -108,8 +106,17 @@ def encode_decoded(event: Event) -> bytes:
     same bytes, several times faster (msgspec writes them, except where it would write a
     float otherwise than Python does)."""
     envelope = {"type": event.type, "payload": event.payload, "timestamp": event.timestamp}
-    data = _FAST_ENCODER.encode(envelope)
+    data = _fast_encoder()(envelope)
     return encode(event) if _NOT_LIKE_PYTHON.search(data) else data
+
+
+@cache
+def _fast_encoder() -> Callable[[object], bytes]:
+    """msgspec's JSON encoder, imported on first use (``import sidecar.envelope`` stays light:
+    gunicorn's master imports it through the configuration)."""
+    import msgspec
+
+    return msgspec.json.Encoder().encode
 
 
 def _no_constant(name: str) -> Any:

@@ -143,7 +143,8 @@ class BrokerServer(Server):
         super().__init__(args, max_clients, token=token, core=core)
 
     def command(self) -> list[str]:
-        threads = self.max_clients + 64  # one thread per WebSocket, however they split
+        # one thread per WebSocket, however they split; a worker keeps an eighth for HTTP
+        threads = self.max_clients * 8 // 7 + 64
         cmd = [sys.executable, "-m", "gunicorn", "-c", str(_READY_CONF)]
         cmd += ["--bind", f"{HOST}:{self.bind_port}", "-w", str(self.workers)]
         # gthread keeps (worker_connections - threads) idle HTTP connections alive

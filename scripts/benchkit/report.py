@@ -172,7 +172,7 @@ def evaluate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
         if group == "issue 24":
-            out.append(_gunicorn_memory(runs))
+            out += [_gunicorn_memory(runs, "rss"), _gunicorn_memory(runs, "pss")]
     return out + channel_targets(runs)
 
 
@@ -192,17 +192,18 @@ def _row(
     }
 
 
-def _gunicorn_memory(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """RSS with 1000 idle connections under gunicorn against the CLI's (issue 24)."""
+def _gunicorn_memory(runs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """RSS (or PSS: pages shared by the master and its worker counted once) with 1000 idle
+    connections under gunicorn against the CLI's (issue 24)."""
     cli, gun = find_run(runs, 1000), find_run(runs, 1000, "gunicorn")
     ratio = None
     note = "needs --gunicorn"
     if cli and gun:
-        a = (cli.get("memory") or {}).get("rss_idle_kib")
-        b = (gun.get("memory") or {}).get("rss_idle_kib")
+        a = (cli.get("memory") or {}).get(f"{kind}_idle_kib")
+        b = (gun.get("memory") or {}).get(f"{kind}_idle_kib")
         ratio = b / a if a and b else None
         note = "master + worker against the CLI" if ratio else ""
-    text = "RSS, 1000 idle, gunicorn / CLI"
+    text = f"{kind.upper()}, 1000 idle, gunicorn / CLI"
     return _row("issue 24", text, "<=", 1.2, "x", ratio, note)
 
 
@@ -432,6 +433,7 @@ CONNECT_COLUMNS = [
     "hs max ms",
     "RSS base MiB",
     "RSS idle MiB",
+    "PSS idle MiB",
     "KiB/conn idle",
     "threads idle",
     "RSS end MiB",
@@ -462,6 +464,7 @@ def _connect_table(runs: list[dict[str, Any]]) -> str:
                 fmt(cn.get("handshake_max_ms"), ".1f"),
                 _mib(mem.get("rss_base_kib")),
                 _mib(mem.get("rss_idle_kib")),
+                _mib(mem.get("pss_idle_kib")),
                 fmt(mem.get("kib_per_conn_idle"), ".1f"),
                 fmt(mem.get("threads_idle"), "d"),
                 _mib(mem.get("rss_end_kib")),

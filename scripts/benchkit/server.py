@@ -38,7 +38,7 @@ from typing import Any
 from sidecar.launcher import LaunchError, SidecarProcess
 
 from . import HOST, BenchError
-from .procfs import proc_cpu_seconds, proc_status
+from .procfs import proc_cpu_seconds, proc_pss_kib, proc_status
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 #: The directory whose ``sitecustomize`` the server imports (:mod:`benchkit.probe`).
@@ -212,10 +212,11 @@ class Server:
 
     # -- measuring --------------------------------------------------------------------------
     def status(self) -> dict[str, int]:
-        """RSS (KiB), peak RSS and thread count now, summed over :meth:`pids`."""
+        """RSS (KiB), peak RSS, PSS (KiB) and thread count now, summed over :meth:`pids`."""
         total: Counter[str] = Counter()
         for pid in self.pids():
             total.update(proc_status(pid))
+            total["Pss"] += proc_pss_kib(pid)
         return dict(total)
 
     def cpu(self) -> float:

@@ -95,8 +95,10 @@ def idle_memory(server: Server, swarm: Swarm, base: dict[str, int]) -> dict[str,
     live = len(swarm.live())
     return {
         "rss_base_kib": base["VmRSS"],
+        "pss_base_kib": base.get("Pss"),
         "threads_base": base["Threads"],
         "rss_idle_kib": idle["VmRSS"],
+        "pss_idle_kib": idle.get("Pss"),
         "threads_idle": idle["Threads"],
         "kib_per_conn_idle": (idle["VmRSS"] - base["VmRSS"]) / live if live else None,
     }
