@@ -117,8 +117,13 @@ class RequestWatchdog:
             if len(self._live) >= self.limit:
                 return False
             self._live[conn] = False
+            # Every deadline is now + the same timeout: a new one is never the earliest. The
+            # watchdog thread needs waking only when it waits with none due (one wake-up, not
+            # one per request: a publish is a connection of its own under Werkzeug).
+            idle = not self._heap
             heapq.heappush(self._heap, (time.monotonic() + self.timeout, id(conn), conn))
-            self._cond.notify()
+            if idle:
+                self._cond.notify()
             return True
 
     def responding(self, conn: socket.socket) -> bool:
