@@ -197,6 +197,11 @@ class Config:
     fast_path: bool = _opt(
         True, "the hub writes to clients with no backlog itself (off: always via the writer)"
     )
+    gc_freeze: bool = _opt(
+        True,
+        "keep long-lived objects out of full garbage collections (`gc.freeze` after start-up "
+        "and bursts of connections; the CLI and gunicorn workers)",
+    )
     auth: bool = _opt(True, "require the token (`--no-auth`: development only)")
     token: str | None = _opt(
         None, "the shared secret (generated per launch when unset)", flag=False, kind=str

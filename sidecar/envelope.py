@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 #: ``namespace:kebab-case``, e.g. ``stream:phase-changed``; always matched against the whole
@@ -22,6 +23,11 @@ from typing import Any
 EVENT_NAME_RE = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*:[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+#: Where msgspec's JSON differs from :data:`_ENCODER`'s: a float that Python writes with an
+#: exponent (``1e-05``, ``1e+16``), which msgspec writes without one or with another
+#: (``0.00001``, ``1e16``). Matched on msgspec's output (an exponent, or four zeros after a
+#: point); a string may match too, and then the slower encoder runs: never a different byte.
+_NOT_LIKE_PYTHON = re.compile(rb"[0-9][eE]|0\.0000")
 
 
 def rfc3339_utc(moment: datetime | None = None) -> str:
@@ -91,6 +97,26 @@ def as_event(value: EventLike) -> Event:
 def encode(event: Event) -> bytes:
     """Serialise ``event`` to compact UTF-8 JSON (an object ending in ``}``)."""
     return _ENCODER.encode(event.to_dict()).encode()
+
+
+def encode_decoded(event: Event) -> bytes:
+    """:func:`encode` for an event whose payload a JSON decoder produced and
+    :func:`~sidecar.catalog.validate.json_problem` accepted (``dict`` with ``str`` keys,
+    ``list``, ``str``, ``int`` within 64 bits, finite ``float``, ``bool``, ``None``): the
+    same bytes, several times faster (msgspec writes them, except where it would write a
+    float otherwise than Python does)."""
+    envelope = {"type": event.type, "payload": event.payload, "timestamp": event.timestamp}
+    data = _fast_encoder()(envelope)
+    return encode(event) if _NOT_LIKE_PYTHON.search(data) else data
+
+
+@cache
+def _fast_encoder() -> Callable[[object], bytes]:
+    """msgspec's JSON encoder, imported on first use (``import sidecar.envelope`` stays light:
+    gunicorn's master imports it through the configuration)."""
+    import msgspec
+
+    return msgspec.json.Encoder().encode
 
 
 def _no_constant(name: str) -> Any:

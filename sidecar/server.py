@@ -117,8 +117,13 @@ class RequestWatchdog:
             if len(self._live) >= self.limit:
                 return False
             self._live[conn] = False
+            # Every deadline is now + the same timeout: a new one is never the earliest. The
+            # watchdog thread needs waking only when it waits with none due (one wake-up, not
+            # one per request: a publish is a connection of its own under Werkzeug).
+            idle = not self._heap
             heapq.heappush(self._heap, (time.monotonic() + self.timeout, id(conn), conn))
-            self._cond.notify()
+            if idle:
+                self._cond.notify()
             return True
 
     def responding(self, conn: socket.socket) -> bool:
@@ -220,6 +225,10 @@ class RequestHandler(WSGIRequestHandler):
     server: Server
     #: Whether the request became a WebSocket session.
     upgraded = False
+    #: The request stream's buffer (the head and a body are read through it). It lives as long
+    #: as the connection, a WebSocket's too (which reads its socket directly): 8 KiB by
+    #: default, a kilobyte here; a body larger than that is read straight into its bytes.
+    rbufsize = 1024
 
     @property
     def watchdog(self) -> RequestWatchdog:
@@ -603,6 +612,8 @@ def run(
     """
     server, state = make_server(config, app)
     state.ensure_started()
+    if state.config.gc_freeze:  # this process is ours: start-up objects are frozen now
+        state.hub.manage_gc()
     stop = threading.Event()
     received: list[int] = []
 

@@ -45,6 +45,34 @@ def test_publish_one_event_broadcasts_it(sidecar):
     assert got["timestamp"] == answer["events"][0]["timestamp"]
 
 
+def test_the_202_lists_the_envelopes_byte_for_byte_as_subscribers_get_them(sidecar):
+    ws, _ = sidecar.connect_ready("?channels=room:r1")
+    wait_for(lambda: sidecar.hub.client_count() == 1)
+    payload = {"name": "caf\u00e9 \u2028", "small": 1e-05, "big": 1e16, "n": 2**63 - 1}
+    batch = [
+        {"type": "app:tick", "payload": payload},
+        {"type": "app:tick", "payload": {"i": 1}, "channel": "room:r1"},
+    ]
+    request = urllib.request.Request(
+        sidecar.url + "/api/v1/events", data=json.dumps(batch).encode(), method="POST"
+    )
+    request.add_header("Authorization", f"Bearer {sidecar.token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 202
+        body = response.read()
+    answer = json.loads(body)
+    compact = json.dumps(answer, ensure_ascii=False, separators=(",", ":")) + "\n"
+    assert body == compact.encode()  # compact UTF-8 JSON, keys in the envelope's order
+    assert answer["seqs"] == [1, 1] and answer["accepted"] == 2
+    got = [ws.recv_data()[1] for _ in batch]  # the frames' bytes, as sent
+    sent = [
+        json.dumps(e, ensure_ascii=False, separators=(",", ":")).encode() for e in answer["events"]
+    ]
+    assert got == sent
+    assert got[0].endswith(b',"seq":1}') and got[1].endswith(b',"seq":1,"channel":"room:r1"}')
+    assert b'"small":1e-05,"big":1e+16' in got[0]  # floats as Python writes them
+
+
 def test_publish_batch_keeps_order(sidecar):
     ws, _ = sidecar.connect_ready()
     wait_for(lambda: sidecar.hub.client_count() == 1)

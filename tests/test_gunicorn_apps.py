@@ -13,13 +13,15 @@ Issue 19's gunicorn traps, each made to work or refused with one clear line:
 * ``?token=`` in gunicorn's access log (the README's command with ``--access-logfile``) and
   error log: redacted;
 * gunicorn workers did not cap the allocator's arenas (499 MiB against the CLI's 97 MiB for the
-  same load): they do, counted with glibc's ``malloc_info``.
+  same load): they do, counted with glibc's ``malloc_info``;
+* like the CLI, a worker keeps long-lived objects out of full garbage collections (issue 24).
 
 The app is ``tests/gunicorn_app.py``.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -249,6 +251,24 @@ def test_gunicorn_workers_cap_the_allocators_arenas_as_the_cli_does(
     with urllib.request.urlopen(f"http://127.0.0.1:{served.port}/arenas", timeout=20) as answer:
         arenas = int(answer.read().decode().split(":")[1].strip(" }\n"))
     assert 0 < arenas <= 2, f"{arenas} malloc arenas after 16 threads allocated"
+
+
+@pytest.mark.parametrize("config", [PLAIN, OUR_CONFIG], ids=["plain", "ours"])
+def test_gunicorn_workers_keep_long_lived_objects_out_of_full_collections(
+    serve: Callable[..., Served], config: tuple[str, ...]
+) -> None:
+    served = serve(*config, "-w", "1").ready()
+    served.connect().close()  # the hub runs in this worker now
+
+    def freezes() -> int:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{served.port}/api/v1/hub",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return int(json.loads(answer.read())["hub"]["gcFreezes"])
+
+    assert wait_for(lambda: freezes() >= 1)  # as the CLI: start-up frozen (gc.freeze)
 
 
 # -- the rules, without a server -------------------------------------------------------------------

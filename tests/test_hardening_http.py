@@ -19,6 +19,7 @@ import json
 import os
 import re
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -276,3 +277,32 @@ def test_expect_100_continue_with_a_body_gets_one_100_then_the_answer(child):
         sock.sendall(body)
         reply = read_reply(sock, 3.0)
     assert Reply(raw=interim + reply.raw).statuses == [100, 202], interim + reply.raw
+
+
+def test_the_request_watchdog_is_woken_once_not_for_every_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sidecar import server as server_module
+
+    notified: list[object] = []
+
+    class Counting(threading.Condition):
+        def notify(self, n: int = 1) -> None:
+            notified.append(self)
+            super().notify(n)
+
+    monkeypatch.setattr(server_module.threading, "Condition", Counting)
+    watchdog = server_module.RequestWatchdog(timeout=0.2, limit=100)
+    pairs = [socket.socketpair() for _ in range(20)]
+    try:
+        assert all(watchdog.admit(ours) for ours, _theirs in pairs)
+        wakeups = [c for c in notified if c is watchdog._cond]
+        assert len(wakeups) == 1  # the first deadline wakes it; later ones never come first
+        for _ours, peer in pairs:  # and each still gets its 408 at its deadline
+            peer.settimeout(5)
+            assert peer.recv(64).startswith(b"HTTP/1.1 408")
+    finally:
+        watchdog.stop()
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import websocket
 
+from sidecar.core.gcpolicy import BURST
 from sidecar.launcher import DEFAULT_ARGV, SidecarProcess, child_env, launch
 from tests.conftest import TOKEN, recv_close, recv_json, wait_for
 
@@ -111,6 +112,32 @@ def test_sigterm_closes_every_client_with_1001_and_exits_0(child):
 
 
 @pytest.mark.posix_only("Popen.send_signal takes only CTRL_C_EVENT/CTRL_BREAK_EVENT on Windows")
+def _hub(c: Child) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"{c.ready['url']}/api/v1/hub", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return dict(json.loads(response.read())["hub"])
+
+
+def test_the_cli_freezes_start_up_and_each_burst_of_connections(child):
+    c = child()
+    assert wait_for(lambda: _hub(c)["gcFreezes"] == 1)  # start-up, out of full collections
+    clients = [c.connect() for _ in range(BURST)]
+    assert wait_for(lambda: _hub(c)["gcFreezes"] == 2)  # the burst, once the hub was idle
+    for ws in clients:
+        ws.close()
+
+
+def test_the_collector_is_left_alone_when_asked(child):
+    c = child("--no-gc-freeze")
+    clients = [c.connect() for _ in range(BURST)]
+    assert wait_for(lambda: _hub(c)["clients"] == BURST)
+    assert _hub(c)["gcFreezes"] == 0
+    for ws in clients:
+        ws.close()
+
+
 def test_sigint_exits_0(child):
     c = child()
     c.proc.send_signal(signal.SIGINT)

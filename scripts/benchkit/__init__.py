@@ -1,4 +1,4 @@
-"""Fan-out benchmark of the sidecar (issue 5): one command, numbers next to the targets.
+"""Fan-out benchmark of the sidecar (issues 5, 18, 24): one command, numbers next to the targets.
 
 ``scripts/bench`` runs :func:`benchkit.cli.main` with the repository's ``.venv``. For every
 client count N of the sweep it:
@@ -27,12 +27,13 @@ Each phase reports the CPU used by the server (``/proc/PID/stat``) and by this p
 the measured window, and which side saturated its core: a figure limited by the load
 generator is only a lower bound for the server.
 
-``--broker`` runs each N in broker mode too (:mod:`benchkit.broker`), reported side by side.
+``--broker`` (gunicorn -w 2 and Redis) and ``--gunicorn`` (one worker) run each N under
+gunicorn too (:mod:`benchkit.broker`); ``--channels N:K`` adds runs over named channels, and
+the probe reports garbage-collection pauses (:mod:`benchkit.sweep`). Everything targets
+127.0.0.1; every loop is bounded in count and in time (``--timeout``).
 
-Everything targets 127.0.0.1; every loop is bounded in count and in time (``--timeout``).
-
-Modules: procfs (``/proc``), server (the server under test), broker (the broker mode's
-server), publisher (HTTP POSTs), swarm
+Modules: procfs (``/proc``), server (the server under test), broker (the broker and gunicorn
+modes' server), probe (inside the server), publisher (HTTP POSTs), swarm
 (the subscribers, the epoll loop), phase (one measured phase), stats, report (targets, text),
 plot (the PNG), sweep (one client count), cli (options, the run). Threads: the main thread
 only (the launcher adds two reader threads per server, for its pipes); nothing is shared.

@@ -1,6 +1,8 @@
-"""The broker mode: gunicorn with ``--workers`` processes sharing one port, and a redis-server.
+"""The broker mode: gunicorn with ``--workers`` processes sharing one port, and a redis-server;
+and the gunicorn mode: one gunicorn worker, no broker (``--gunicorn``).
 
-:class:`BrokerServer` is the :class:`~benchkit.server.Server` seam's second implementation.
+:class:`BrokerServer` is the :class:`~benchkit.server.Server` seam's second implementation
+(``broker=False`` is the gunicorn mode: no Redis, one worker, everything else the same).
 Its ``start`` starts a ``redis-server`` (Debian's; a unix socket in the log directory, no
 persistence), then gunicorn with the shipped settings plus a ready line
 (:mod:`benchkit.gunicorn_ready`) and ``SIDECAR_BROKER`` pointing at that Redis, and waits
@@ -10,8 +12,8 @@ Both are pinned to the server's core, so the server side has one core in either 
 
 :meth:`BrokerServer.hub` sums the workers' counters (a request lands on any worker, so it
 asks until each has answered); :meth:`BrokerServer.sample`, called at every step of a
-phase, takes one relay-lag sample every :data:`LAG_EVERY` seconds: the broker's last seq
-minus the seq the answering worker has fanned out.
+phase, takes one relay-lag sample every :data:`LAG_EVERY` seconds: the broker's last stream
+position minus the position the answering worker has fanned out (events behind).
 
 Threads: the bench's main thread only.
 """
@@ -34,7 +36,7 @@ from sidecar.launcher import LaunchError, SidecarProcess
 
 from . import HOST, BenchError
 from .procfs import proc_cpu_seconds
-from .server import ROOT, Server
+from .server import Server
 
 #: Seconds between two relay-lag samples during a phase.
 LAG_EVERY = 0.2
@@ -84,6 +86,29 @@ class RedisProcess:
         """CPU seconds used so far."""
         return proc_cpu_seconds(self.process.pid) if self.process.poll() is None else 0.0
 
+    def memory(self) -> dict[str, int]:
+        """``used_memory`` (bytes) and the number of keys, or ``{}`` if Redis does not say."""
+        out: dict[str, int] = {}
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(2.0)
+                sock.connect(str(self.socket_path))
+                sock.sendall(b"INFO memory\r\nDBSIZE\r\n")
+                data = b""
+                while data.count(b"\r\n:") < 1 or not data.endswith(b"\r\n"):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+        except OSError:
+            return out
+        for line in data.decode(errors="replace").splitlines():
+            if line.startswith("used_memory:"):
+                out["used_memory"] = int(line.split(":", 1)[1])
+            elif line.startswith(":"):
+                out["keys"] = int(line[1:])
+        return out
+
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 5 s."""
         if self.process.poll() is None:
@@ -101,17 +126,27 @@ class BrokerServer(Server):
     kind = "broker"
 
     def __init__(
-        self, args: argparse.Namespace, max_clients: int, *, token: str, core: int | None
+        self,
+        args: argparse.Namespace,
+        max_clients: int,
+        *,
+        token: str,
+        core: int | None,
+        broker: bool = True,
     ) -> None:
         self.bind_port = _free_port()  # gunicorn cannot bind port 0 and say which it got
         self.redis: RedisProcess | None = None
         self.worker_pids: list[int] = []
+        self.broker = broker
+        self.kind = "broker" if broker else "gunicorn"
+        self.workers = args.workers if broker else 1
         super().__init__(args, max_clients, token=token, core=core)
 
     def command(self) -> list[str]:
-        threads = self.max_clients + 64  # one thread per WebSocket, however they split
+        # one thread per WebSocket, however they split; a worker keeps an eighth for HTTP
+        threads = self.max_clients * 8 // 7 + 64
         cmd = [sys.executable, "-m", "gunicorn", "-c", str(_READY_CONF)]
-        cmd += ["--bind", f"{HOST}:{self.bind_port}", "-w", str(self.args.workers)]
+        cmd += ["--bind", f"{HOST}:{self.bind_port}", "-w", str(self.workers)]
         # gthread keeps (worker_connections - threads) idle HTTP connections alive
         cmd += ["--threads", str(threads), "--worker-connections", str(threads + 64)]
         return [*cmd, "sidecar.wsgi:create_app()"]
@@ -134,12 +169,13 @@ class BrokerServer(Server):
 
     def start(self, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
-        self.redis = RedisProcess(Path(self.args.log_dir), self.pin)
-        self.redis.wait_ready(timeout)
+        if self.broker:
+            self.redis = RedisProcess(Path(self.args.log_dir), self.pin)
+            self.redis.wait_ready(timeout)
         self.process = SidecarProcess(
             self.command(),
             env=self.env(),
-            cwd=ROOT,
+            cwd=self.cwd,
             log_path=self.log_path,
             same_package=False,
             start_new_session=True,
@@ -175,9 +211,9 @@ class BrokerServer(Server):
     def workers_hub(self, deadline: float) -> dict[int, dict[str, Any]]:
         """``/api/v1/hub`` of each worker, by pid (asking until every one has answered)."""
         seen: dict[int, dict[str, Any]] = {}
-        while len(seen) < self.args.workers:
+        while len(seen) < self.workers:
             if time.monotonic() >= deadline:
-                raise BenchError(f"only {len(seen)} of {self.args.workers} workers answered")
+                raise BenchError(f"only {len(seen)} of {self.workers} workers answered")
             if self.poll() is not None:
                 raise BenchError(f"gunicorn exited with {self.poll()}")
             answer = self._get_hub(2.0)
@@ -200,7 +236,11 @@ class BrokerServer(Server):
         return total
 
     def extra_cpu(self) -> dict[str, float]:
-        return {"redis": self.redis.cpu() if self.redis is not None else 0.0}
+        return {"redis": self.redis.cpu()} if self.redis is not None else {}
+
+    def redis_memory(self) -> dict[str, int]:
+        """Redis's memory and keys (``{}`` without a broker)."""
+        return self.redis.memory() if self.redis is not None else {}
 
     def sample(self, now: float) -> None:
         if now < self._next_sample:
@@ -209,4 +249,5 @@ class BrokerServer(Server):
         answer = self._get_hub(1.0)
         relay, hub = answer.get("relay") or {}, answer.get("hub") or {}
         if relay and relay.get("epoch") == hub.get("epoch"):
-            self.lag_samples.append(max(0, int(relay["last_published_seq"]) - int(hub["seq"])))
+            done = hub.get("pos", hub["seq"])  # the stream position (channels: not a seq)
+            self.lag_samples.append(max(0, int(relay["last_published_seq"]) - int(done)))

@@ -45,6 +45,11 @@ def parser() -> argparse.ArgumentParser:
         "  scripts/bench --clients 1000 --modes max --batch 1 --publishers 4 --window 100\n"
         "                                        per-event POSTs: the fan-out path, uncoalesced\n"
         "  scripts/bench --profile /tmp/prof     py-spy samples of the server per phase\n"
+        "  scripts/bench --clients 1,10,100,300,1000 --channels 1000:1,1000:10,1000:100,"
+        "10000:10000 --gunicorn --broker\n"
+        "                                        the full matrix (docs/performance.md)\n"
+        "  scripts/bench --quick --server-root /tmp/before   the same load against another "
+        "checkout\n"
         "exit status: 0 done (targets may still be missed), 1 error, 3 timeout, 130 interrupted",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -56,7 +61,25 @@ def parser() -> argparse.ArgumentParser:
 def add_load_options(p: argparse.ArgumentParser) -> None:
     """Options of the load: client counts, phases, events, publishers, frames."""
     p.add_argument("--quick", action="store_true", help="a smoke run in under 60 s")
-    p.add_argument("--clients", help="comma-separated client counts (default 1,10,100,300,1000)")
+    p.add_argument(
+        "--clients",
+        help="comma-separated client counts on the default channel (default 1,10,100,300,1000; "
+        "'none': only the --channels runs)",
+    )
+    p.add_argument(
+        "--channels",
+        default="",
+        metavar="N:K,...",
+        help="channel runs: N subscribers spread over K named channels (bench:0 … bench:K-1, "
+        "subscriber i on bench:(i mod K)), events published round robin over them",
+    )
+    p.add_argument(
+        "--channel-max-rate",
+        type=float,
+        default=20_000.0,
+        help="the fixed-rate phase of a channel run publishes --rate x K events/s (the "
+        "deliveries per second of a broadcast), at most this many (20000)",
+    )
     p.add_argument("--modes", default="max,rate", help="phases to run: max, rate (default both)")
     p.add_argument(
         "--events", type=int, help="events in the as-fast-as-possible phase (default: auto)"
@@ -138,6 +161,23 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "--broker-only", action="store_true", help="run the broker mode only (implies --broker)"
     )
     p.add_argument(
+        "--gunicorn",
+        action="store_true",
+        help="also run each client count under gunicorn (one gthread worker, no broker)",
+    )
+    p.add_argument(
+        "--server-root",
+        metavar="DIR",
+        help="run the sidecar of another checkout (first on the server's PYTHONPATH, and "
+        "gunicorn's directory): a before/after comparison with the same load generator",
+    )
+    p.add_argument(
+        "--no-probe",
+        dest="probe",
+        action="store_false",
+        help="leave out the probe (garbage-collection pauses, tracked objects) in the server",
+    )
+    p.add_argument(
         "--workers", type=int, default=2, help="gunicorn worker processes in broker mode (2)"
     )
 
@@ -145,11 +185,18 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 def settle(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Check the options and fill in the defaults that depend on ``--quick``."""
     quick = args.quick
-    args.clients = [
-        int(x) for x in (args.clients or ("100,1000" if quick else "1,10,100,300,1000")).split(",")
-    ]
+    clients = args.clients or ("100,1000" if quick else "1,10,100,300,1000")
+    try:
+        args.clients = [] if clients == "none" else [int(x) for x in clients.split(",")]
+        args.channel_runs = [
+            tuple(int(v) for v in item.split(":", 1)) for item in args.channels.split(",") if item
+        ]
+    except ValueError:
+        p.error("--clients takes counts, --channels N:K pairs")
     if any(n < 1 for n in args.clients):
         p.error("--clients: counts must be positive")
+    if any(len(r) != 2 or r[0] < 1 or r[1] < 1 for r in args.channel_runs):
+        p.error("--channels: N:K with N and K at least 1")
     if args.batch < 1 or args.window < args.batch:
         p.error("--batch must be at least 1 and --window at least --batch")
     args.modes = {m.strip() for m in args.modes.split(",") if m.strip()}
@@ -165,9 +212,15 @@ def settle(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.workers < 1:
         p.error("--workers must be at least 1")
     args.servers = [] if args.broker_only else ["in-process"]
+    args.servers += ["gunicorn"] if args.gunicorn and not args.broker_only else []
     args.servers += ["broker"] if args.broker or args.broker_only else []
-    # the default time is per kind of server: both run for every client count
-    args.timeout = args.timeout or (58.0 if quick else 290.0) * len(args.servers)
+    args.runs = [(n, 0, kind) for n in args.clients for kind in args.servers]
+    args.runs += [(n, k, kind) for n, k in args.channel_runs for kind in args.servers]
+    if not args.runs:
+        p.error("nothing to run: give --clients or --channels")
+    # the default time is per run: a sweep of 5 counts took 290 s, of 2 (quick) 58 s
+    per_run = 29.0 if quick else 60.0
+    args.timeout = args.timeout or max(58.0, per_run * len(args.runs))
 
 
 @contextmanager
@@ -198,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    raise_nofile(max(args.clients) * 2 + 256)
+    raise_nofile(max(n for n, _k, _kind in args.runs) * 2 + 256)
     cores, pinning = pin(args)
     if args.nice:
         try:
@@ -244,6 +297,10 @@ def config(args: argparse.Namespace) -> dict[str, Any]:
     """The options as the report records them."""
     return {
         "clients": args.clients,
+        "channel_runs": args.channel_runs,
+        "channel_max_rate": args.channel_max_rate,
+        "server_root": args.server_root,
+        "probe": args.probe,
         "modes": sorted(args.modes),
         "frame_bytes": args.frame_bytes,
         "batch": args.batch,
@@ -290,15 +347,21 @@ def sweep(
     code = 0
     try:
         with watchdog(args.timeout + 20):
-            for n, kind in [(n, kind) for n in args.clients for kind in args.servers]:
+            for n, k, kind in args.runs:
                 if time.monotonic() >= deadline:
                     raise BenchTimeout("no time left for the next client count")
                 try:
-                    run = bench_clients(n, args, deadline, cores, progress, kind)
+                    run = bench_clients(n, args, deadline, cores, progress, kind, k)
                 except BenchError as exc:
                     if isinstance(exc, BenchTimeout):
                         raise
-                    failed = {"clients": n, "server": kind, "phases": {}, "error": str(exc)}
+                    failed = {
+                        "clients": n,
+                        "channels": k,
+                        "server": kind,
+                        "phases": {},
+                        "error": str(exc),
+                    }
                     report["runs"].append(failed)
                     progress(f"N={n}: {exc}")
                     status = "error"

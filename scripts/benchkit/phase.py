@@ -67,6 +67,8 @@ class Window:
     hub0: dict[str, Any] | None = None
     hub1: dict[str, Any] | None = None
     extra_cpu: dict[str, float] | None = None
+    gc0: dict[int, dict[str, Any]] | None = None
+    gc1: dict[int, dict[str, Any]] | None = None
 
 
 class PhaseRun:
@@ -98,15 +100,28 @@ class PhaseRun:
 
     # -- progress of the subscribers --------------------------------------------------------
     def progress_min(self) -> int:
-        """Events the slowest live subscriber has received in this phase."""
+        """How far the slowest live subscriber is: the most events ``P`` such that it has
+        every event of its channel among the first ``P`` published in this phase.
+
+        On the default channel that is the events it has received; in a channel run a
+        subscriber of channel ``k`` with ``r`` events has everything below ``k + r * K``.
+        """
         swarm = self.swarm
         if swarm.deaths != self.deaths_seen:
             self.deaths_seen = swarm.deaths
             self.live_now = [i for i in self.live_now if swarm.states[i] == OPEN]
         if not self.live_now:
             return NOBODY_LEFT
-        counts, base = swarm.counts, swarm.base
-        return min([counts[i] - base[i] for i in self.live_now])
+        counts, base, kmod = swarm.counts, swarm.base, swarm.kmod
+        if kmod == 1:
+            return min([counts[i] - base[i] for i in self.live_now])
+        chan = swarm.chan
+        return min([chan[i] + (counts[i] - base[i]) * kmod for i in self.live_now])
+
+    def expected_sum(self, events: int) -> int:
+        """Deliveries the first ``events`` events of this phase make (all subscribers)."""
+        expected = self.swarm.expected
+        return sum(expected(i, events) for i in self.clients)
 
     def live_sum(self) -> tuple[int, int]:
         """Events received in this phase by the live subscribers, and how many they are."""
@@ -115,9 +130,14 @@ class PhaseRun:
         return (swarm.total - self.total0) - swarm.dead_phase_sum, len(self.live_now)
 
     def everyone_has(self, events: int) -> bool:
-        """Whether every live subscriber has ``events`` events of this phase."""
+        """Whether every live subscriber has every event of its channel among the first
+        ``events`` of this phase."""
         total, nlive = self.live_sum()
-        return nlive == 0 or (total >= events * nlive and self.progress_min() >= events)
+        if nlive == 0:
+            return True
+        if self.swarm.kmod == 1 and total < events * nlive:
+            return False  # a cheap answer on the default channel
+        return self.progress_min() >= events
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -128,11 +148,13 @@ class PhaseRun:
         swarm.samples = []
         swarm.max_latency = 0
         swarm.last_rx_ns = 0
-        swarm.stride = max(1, (spec.events * len(self.clients)) // max(1, spec.samples))
+        deliveries = spec.events * len(self.clients) // swarm.kmod
+        swarm.stride = max(1, deliveries // max(1, spec.samples))
         swarm.countdown = 1 + secrets.randbelow(swarm.stride)
         for pub in swarm.publishers:
             pub.results.clear()
         self.window.hub0 = self.server.hub()
+        self.window.gc0 = self.server.gc_stats()
         self.server.lag_samples.clear()
         extra0 = self.server.extra_cpu()
         gc_was = gc.isenabled()
@@ -153,6 +175,7 @@ class PhaseRun:
             if gc_was:
                 gc.enable()
         self.window.hub1 = self.server.hub()
+        self.window.gc1 = self.server.gc_stats()
         return self.report()
 
     def _loop(self, cap_at: float) -> None:
@@ -247,6 +270,7 @@ class PhaseRun:
             **self._latency(),
             **self._cpu(received),
             **self._hub(),
+            "gc": gc_delta(self.window.gc0, self.window.gc1, self.t0_ns),
         }
 
     def _publishing(self) -> dict[str, Any]:
@@ -256,6 +280,8 @@ class PhaseRun:
         return {
             "mode": spec.mode,
             "clients": len(self.clients),
+            "channels": self.swarm.channels,
+            "audience": len(self.clients) / self.swarm.kmod,
             "events_planned": spec.events,
             "events_sent": self.published,
             "events_accepted": self.accepted,
@@ -272,22 +298,26 @@ class PhaseRun:
         """Events missing per reason, and the clients each reason affects."""
         losses: Counter[str] = Counter()
         lost_clients: Counter[str] = Counter()
+        expected = self.swarm.expected
         for i in self.clients:
-            short = self.accepted - progress[i]
+            short = expected(i, self.accepted) - progress[i]
+            if short < 0:
+                losses["more frames than its channel had (another channel's?)"] += short
+                lost_clients["more frames than its channel had (another channel's?)"] += 1
             if short <= 0:
                 continue
             reason = self.swarm.dead_reason.get(i) if self.swarm.states[i] == DEAD else None
             key = reason or "still connected, had not received everything (lagging)"
             losses[key] += short
             lost_clients[key] += 1
-        refused = self.published - self.accepted
+        refused = self.expected_sum(self.published) - self.expected_sum(self.accepted)
         if refused:
-            losses["refused by the publish API (not broadcast)"] += refused * len(self.clients)
+            losses["refused by the publish API (not broadcast)"] += refused
             lost_clients["refused by the publish API (not broadcast)"] += 0
         return losses, lost_clients
 
     def _delivery(self, progress: dict[int, int], received: int) -> dict[str, Any]:
-        expected = self.published * len(self.clients)
+        expected = self.expected_sum(self.published)
         losses, lost_clients = self._losses(progress)
         last_rx, first = self.swarm.last_rx_ns, self.first_post_ns
         span = (last_rx - first) / 1e9 if last_rx and first else 0
@@ -337,6 +367,7 @@ class PhaseRun:
             "gen_cpu_s": w.gen_cpu,
             "gen_cpu_util": gen_util,
             "cpu_us_per_delivery": w.srv_cpu * 1e6 / received if received else math.nan,
+            "cpu_us_per_event": w.srv_cpu * 1e6 / self.accepted if self.accepted else math.nan,
             "extra_cpu_us_per_delivery": {
                 k: v * 1e6 / received if received else math.nan
                 for k, v in (w.extra_cpu or {}).items()
@@ -367,3 +398,43 @@ class PhaseRun:
             "stopped_early": self.stopped_early,
             "integrity": dict(self.swarm.integrity),
         }
+
+
+def gc_delta(
+    before: dict[int, dict[str, Any]] | None, after: dict[int, dict[str, Any]] | None, t0_ns: int
+) -> dict[str, Any] | None:
+    """Garbage collections in the server between two probe snapshots (summed over its
+    processes): per generation the count, total and longest pause, the histogram, and every
+    pause of 1 ms or more (``ms``, and ``at_ms`` after the phase started)."""
+    if not before or not after:
+        return None
+    out: dict[str, Any] = {"count": [0, 0, 0], "total_ms": [0.0] * 3, "max_ms": [0.0] * 3}
+    hist: list[list[int]] = []
+    long: list[dict[str, Any]] = []
+    for pid, b1 in after.items():
+        b0 = before.get(pid)
+        if b0 is None:
+            continue
+        out["edges_us"] = b1["edges_us"]
+        for gen in range(3):
+            out["count"][gen] += b1["count"][gen] - b0["count"][gen]
+            out["total_ms"][gen] += (b1["total_ns"][gen] - b0["total_ns"][gen]) / 1e6
+            h = [x1 - x0 for x0, x1 in zip(b0["hist"][gen], b1["hist"][gen], strict=True)]
+            if len(hist) <= gen:
+                hist.append(h)
+            else:
+                hist[gen] = [a + b for a, b in zip(hist[gen], h, strict=True)]
+        since = b0["now_ns"]
+        long += [
+            {"at_ms": (end - t0_ns) / 1e6, "ms": ns / 1e6, "gen": gen, "pid": pid}
+            for end, ns, gen, _collected in b1["long"]
+            if end > since
+        ]
+        out["frozen"] = (out.get("frozen") or 0) + (b1.get("frozen") or 0)
+        out["threshold"] = b1["threshold"]
+    out["hist"] = hist
+    out["long"] = sorted(long, key=lambda x: x["at_ms"])
+    out["max_ms"] = [
+        max([x["ms"] for x in out["long"] if x["gen"] == gen], default=0.0) for gen in range(3)
+    ]
+    return out

@@ -26,6 +26,19 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def proc_pss_kib(pid: int) -> int:
+    """The proportional set size of process ``pid`` (KiB): its RSS with every page shared with
+    other processes counted in proportion (a forked worker shares its master's); 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def proc_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (all its threads, live and ended)."""
     with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:

@@ -46,8 +46,11 @@ class Publisher:
         port: int,
         token: str,
         frame_bytes: int,
+        channels: int = 0,
     ) -> None:
         self.ep = ep
+        #: K: event ``i`` goes to channel ``bench:(i mod K)``; 0: the default channel.
+        self.channels = channels
         self.by_fd = by_fd
         self.port = port
         self.head = (
@@ -62,14 +65,15 @@ class Publisher:
         self.current: tuple[int, int] | None = None  # (events, posted_ns)
         self.results: list[PostResult] = []
         self.connects = 0
-        self.pad = self._pad(frame_bytes)
+        self.pad = self._pad(frame_bytes, channels)
 
     @staticmethod
-    def _pad(frame_bytes: int) -> str:
+    def _pad(frame_bytes: int, channels: int = 0) -> str:
         """Padding that makes the server's frame about ``frame_bytes`` bytes long."""
+        tail = f',"channel":"bench:{channels - 1}"' if channels else ""
         sample = (
             f'{{"type":"{EVENT_TYPE}","payload":{{"t":{time.monotonic_ns()},"i":1000,"pad":""}},'
-            '"timestamp":"2026-01-01T00:00:00.123456Z","seq":100000}'
+            f'"timestamp":"2026-01-01T00:00:00.123456Z","seq":100000{tail}}}'
         )
         payload = frame_bytes - 4  # a 126..65535-byte payload has a 4-byte header
         return "x" * max(0, payload - len(sample))
@@ -100,12 +104,18 @@ class Publisher:
         self.inbuf.clear()
 
     def body(self, first: int, count: int, t_ns: int) -> bytes:
-        """A JSON array of ``count`` events stamped ``t_ns``, numbered from ``first``."""
+        """A JSON array of ``count`` events stamped ``t_ns``, numbered from ``first`` (event
+        ``i`` on channel ``bench:(i mod K)`` in a channel run)."""
         head = f'{{"type":"{EVENT_TYPE}","payload":{{"t":{t_ns},"i":'
-        tail = f',"pad":"{self.pad}"}}}}'
-        return (
-            "[" + ",".join([f"{head}{i}{tail}" for i in range(first, first + count)]) + "]"
-        ).encode()
+        tail = f',"pad":"{self.pad}"}}'
+        k = self.channels
+        if k:
+            items = [
+                f'{head}{i}{tail},"channel":"bench:{i % k}"}}' for i in range(first, first + count)
+            ]
+        else:
+            items = [f"{head}{i}{tail}}}" for i in range(first, first + count)]
+        return ("[" + ",".join(items) + "]").encode()
 
     def post(self, first: int, count: int) -> int:
         """Send ``count`` events (stamped now); returns the stamp. Call only when idle."""

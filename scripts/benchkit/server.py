@@ -25,6 +25,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,9 +38,11 @@ from typing import Any
 from sidecar.launcher import LaunchError, SidecarProcess
 
 from . import HOST, BenchError
-from .procfs import proc_cpu_seconds, proc_status
+from .procfs import proc_cpu_seconds, proc_pss_kib, proc_status
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+#: The directory whose ``sitecustomize`` the server imports (:mod:`benchkit.probe`).
+PROBE_DIR = Path(__file__).resolve().parent / "probe"
 
 #: Lines of the server's log counted in the report, by the text that marks them.
 LOG_MARKS = {
@@ -95,18 +98,54 @@ class Server:
         """CPU seconds so far of helper processes, reported apart (the broker mode's Redis)."""
         return {}
 
+    def redis_memory(self) -> dict[str, int]:
+        """A broker's memory and keys (the broker mode's Redis); ``{}`` without one."""
+        return {}
+
     def sample(self, now: float) -> None:
         """Called at every step of a phase's loop; a subclass may sample cheaply (at ``now``,
         ``time.monotonic()``) into :attr:`lag_samples`."""
 
     # -- the process ------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
-        """The server's environment: ours, with the token and without a port or host."""
+        """The server's environment: ours, with the token and without a port or host; the
+        probe (``--no-probe`` leaves it out) and ``--server-root`` first on the path."""
         env = dict(os.environ)
         env["SIDECAR_TOKEN"] = self.token
         env.pop("SIDECAR_PORT", None)
         env.pop("SIDECAR_HOST", None)
+        path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if self.args.server_root:
+            path.insert(0, str(Path(self.args.server_root).resolve()))
+        if self.args.probe:
+            path.insert(0, str(PROBE_DIR))
+            env["SIDECAR_BENCH_PROBE"] = str(self.args.log_dir)
+        if path:
+            env["PYTHONPATH"] = os.pathsep.join(path)
         return env
+
+    @property
+    def cwd(self) -> Path:
+        """Where the server runs: ``--server-root`` (gunicorn imports from its directory),
+        else this checkout."""
+        return Path(self.args.server_root).resolve() if self.args.server_root else ROOT
+
+    def gc_stats(self) -> dict[int, dict[str, Any]]:
+        """The probe's garbage-collection counters of each server process (``{}`` without)."""
+        if not self.args.probe:
+            return {}
+        out = {}
+        for pid in self.pids():
+            answer = probe(Path(self.args.log_dir), pid, "gc")
+            if answer:
+                out[pid] = answer
+        return out
+
+    def tracked_objects(self) -> dict[int, dict[str, Any]]:
+        """The probe's count of tracked objects in each server process (walks the heap)."""
+        if not self.args.probe:
+            return {}
+        return {pid: probe(Path(self.args.log_dir), pid, "objects") for pid in self.pids()}
 
     def pin(self) -> None:
         """Runs in the child before exec: every server thread inherits the core and nice."""
@@ -173,10 +212,11 @@ class Server:
 
     # -- measuring --------------------------------------------------------------------------
     def status(self) -> dict[str, int]:
-        """RSS (KiB), peak RSS and thread count now, summed over :meth:`pids`."""
+        """RSS (KiB), peak RSS, PSS (KiB) and thread count now, summed over :meth:`pids`."""
         total: Counter[str] = Counter()
         for pid in self.pids():
             total.update(proc_status(pid))
+            total["Pss"] += proc_pss_kib(pid)
         return dict(total)
 
     def cpu(self) -> float:
@@ -218,7 +258,9 @@ class SidecarServer(Server):
     def command(self) -> list[str]:
         args = self.args
         base = (
-            shlex.split(args.server_cmd) if args.server_cmd else [sys.executable, "-m", "sidecar"]
+            shlex.split(args.server_cmd)
+            if args.server_cmd
+            else [sys.executable, "-P", "-m", "sidecar"]
         )
         cmd = [*base, "--port", "0", "--max-clients", str(self.max_clients + 16)]
         if not args.server_cmd:
@@ -231,7 +273,7 @@ class SidecarServer(Server):
         self.process = SidecarProcess(
             self.cmd,
             env=self.env(),
-            cwd=ROOT,
+            cwd=self.cwd,
             log_path=self.log_path,
             same_package=False,  # cwd is the checkout; --server-cmd may run another one
             start_new_session=True,  # Ctrl-C reaches the bench only; it stops the server
@@ -257,7 +299,26 @@ def make_server(
         return SidecarServer(args, max_clients, token=token, core=core)
     from .broker import BrokerServer
 
-    return BrokerServer(args, max_clients, token=token, core=core)
+    return BrokerServer(args, max_clients, token=token, core=core, broker=kind == "broker")
+
+
+def probe(directory: Path, pid: int, command: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Ask the probe in process ``pid`` (:mod:`benchkit.probe`); ``{}`` if it does not answer."""
+    path = directory / f"probe-{pid}.sock"
+    data = b""
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(command.encode())
+            while not data.endswith(b"\n") and len(data) < 64 << 20:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                data += chunk
+        return dict(json.loads(data))
+    except (OSError, ValueError):
+        return {}
 
 
 @contextmanager

@@ -45,7 +45,10 @@ from .stats import percentile
 CONNECTING, UPGRADING, WAIT_STATUS, OPEN, DEAD = range(5)
 
 T_RE = re.compile(rb'"t":(\d+)')
-SEQ_RE = re.compile(rb'"seq":(\d+)')
+#: The tail of a numbered envelope: its ``seq``, and its ``channel`` when it has one.
+TAIL_RE = re.compile(rb'"seq":(\d+)(?:,"channel":"([^"]*)")?\}')
+#: The channels the subscribers of a channel run join: ``bench:0`` … ``bench:K-1``.
+CHANNEL_PREFIX = "bench:"
 #: The masking key of the frames a subscriber sends (close echoes and pongs).
 ZERO_KEY = bytes(4)
 
@@ -85,9 +88,15 @@ class Swarm:
         frame_bytes: int,
         publishers: int = 2,
         bufsize: int = 256 << 10,
+        channels: int = 0,
     ) -> None:
         self.port = port
         self.token = token
+        #: K: subscriber i joins ``bench:(i mod K)``; 0: every one on the default channel.
+        self.channels = channels
+        #: The stride of the round robin (1 for the default channel).
+        self.kmod = max(1, channels)
+        self.chan: list[int] = []  # each subscriber's channel index (0 on the default)
         self.ep = select.epoll()
         self.buf = bytearray(bufsize)
         self.mv = memoryview(self.buf)
@@ -121,7 +130,7 @@ class Swarm:
         self.last_rx_ns = 0
         self.pub_by_fd: dict[int, Publisher] = {}
         self.publishers = [
-            Publisher(self.ep, self.pub_by_fd, port, token, frame_bytes)
+            Publisher(self.ep, self.pub_by_fd, port, token, frame_bytes, channels)
             for _ in range(max(1, publishers))
         ]
 
@@ -225,23 +234,38 @@ class Swarm:
             self.ready += 1
             self.ready_ns[idx] = now
 
+    def channel_name(self, idx: int) -> bytes:
+        """The channel subscriber ``idx`` joined (``b""``: the default channel)."""
+        return f"{CHANNEL_PREFIX}{self.chan[idx]}".encode() if self.channels else b""
+
     def _status(self, idx: int, start: int, end: int) -> None:
+        """The ``connection:status`` frame: where the subscriber's channel starts."""
         frame = bytes(self.buf[start:end])
         if b'"connection:status"' not in frame:
             self.integrity["first frame is not connection:status"] += 1
             return
-        match = re.search(rb'"seq":(\d+)', frame)
+        if self.channels:  # the channel's own position, in the status's channel map
+            name = re.escape(self.channel_name(idx))
+            match = re.search(rb'"' + name + rb'":\{[^}]*"seq":(\d+)', frame)
+            if match is None:
+                self.integrity["channel missing from connection:status"] += 1
+        else:
+            match = re.search(rb'"seq":(\d+)', frame)
         self.last_seq[idx] = int(match.group(1)) if match else -1
 
     def _check_seq(self, idx: int, start: int, end: int, now: int) -> None:
-        m = SEQ_RE.search(self.buf, max(start, end - 32), end)
+        """The frame's channel is the subscriber's, and its ``seq`` follows the last one."""
+        m = TAIL_RE.search(self.buf, max(start, end - 96), end)
         if m is None:
             self.integrity["broadcast without seq"] += 1
+            return
+        if (m.group(2) or b"") != self.channel_name(idx):
+            self.integrity["event of a channel the subscriber is not in"] += 1
             return
         seq = int(m.group(1))
         last = self.last_seq[idx]
         if last >= 0 and seq != last + 1:
-            self.integrity["seq gap or reorder"] += 1
+            self.integrity["seq gap or reorder (per channel)"] += 1
         self.last_seq[idx] = seq
 
     def _control(self, idx: int, b0: int, b1: int, start: int, end: int) -> bool:
@@ -308,9 +332,11 @@ class Swarm:
         self.ready_ns.append(0)
         self.checked.append(False)
         self.last_seq.append(-1)
+        self.chan.append(idx % self.kmod)
         fd = sock.fileno()
         self.fd2idx[fd] = idx
-        self.hs[idx] += upgrade_request("/ws", f"{HOST}:{self.port}", token=self.token, key=key)
+        path = f"/ws?channels={self.channel_name(idx).decode()}" if self.channels else "/ws"
+        self.hs[idx] += upgrade_request(path, f"{HOST}:{self.port}", token=self.token, key=key)
         err = sock.connect_ex((HOST, self.port))
         if err not in (0, errno.EINPROGRESS):
             self.ep.register(fd, 0)
@@ -396,7 +422,8 @@ class Swarm:
             if self.ready_ns[i]
         )
         opened = [i for i in range(first, len(self.socks)) if self.states[i] == OPEN]
-        for i in opened[:checked]:
+        # at least one subscriber of each channel checks its seqs (the first K cover all)
+        for i in opened[: max(checked, min(self.channels, len(opened)))]:
             self.checked[i] = True
         return ConnectResult(
             clients=n,
@@ -420,6 +447,16 @@ class Swarm:
     def live(self) -> list[int]:
         """Indices of the open subscribers."""
         return [i for i, state in enumerate(self.states) if state == OPEN]
+
+    def expected(self, idx: int, events: int) -> int:
+        """Events of subscriber ``idx``'s channel among the first ``events`` published
+        (event ``e`` goes to channel ``e mod K``)."""
+        k = self.chan[idx]
+        return 0 if events <= k else (events - k + self.kmod - 1) // self.kmod
+
+    def audience(self) -> float:
+        """Subscribers per event, on average (N / K; N on the default channel)."""
+        return len(self.socks) / self.kmod
 
     def settle(self, seconds: float) -> None:
         """Keep serving the sockets for ``seconds`` (answers pings, notices closes)."""

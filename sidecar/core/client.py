@@ -4,11 +4,11 @@ Threads and what they own
     * **hub thread**: the only producer. It calls :meth:`Client.offer` (fast path or queue,
       keepalive pings included) and :meth:`Client.abort`; it owns ``_enqueued`` /
       ``_enqueued_bytes``, ``ping_sent_at``, ``gone`` and ``channels``.
-    * **writer thread** (``sidecar-writer-N``), started the first time the client has a
-      backlog (an idle or keeping-up client never needs one): drains the queue, writing
-      everything queued in one go; closes gracefully when asked. Owns ``_dequeued`` /
-      ``_dequeued_bytes``. ``_writer_lock`` guards starting it (the hub thread and a closing
-      thread may race).
+    * **writer thread** (``sidecar-writer-N``), started (with its queue) the first time the
+      client has a backlog (an idle or keeping-up client never needs either): drains the
+      queue, writing everything queued in one go; closes gracefully when asked. Owns
+      ``_dequeued`` / ``_dequeued_bytes``. ``_writer_lock`` guards starting it (the hub
+      thread and a closing thread may race).
     * **request thread** (the WSGI server's): runs :meth:`Client.read_loop`, then
       :meth:`Client.finish`.
     * the transport's own reader thread: see :mod:`sidecar.core.connection`.
@@ -108,8 +108,9 @@ class Client:
         self.max_pending_bytes = config.max_pending_bytes
         self.fast_path = config.fast_path
         # offer() admits at most queue_size items (and max_pending_bytes); one more slot is
-        # for the _STOP marker of request_close().
-        self._queue: queue.Queue[Data | object] = queue.Queue(maxsize=self.queue_size + 1)
+        # for the _STOP marker of request_close(). Made with the writer thread: a client that
+        # keeps up never has either (a queue is 4 locks and 4 deques).
+        self._queue: queue.Queue[Data | object] | None = None
         self._enqueued = 0
         self._enqueued_bytes = 0
         self._dequeued = 0
@@ -151,13 +152,11 @@ class Client:
         ):
             return False
         try:
-            self._queue.put_nowait(data)
+            (self._queue or self._start_writer()).put_nowait(data)
         except queue.Full:  # only with a _STOP marker queued: the client is closing anyway
             return False
         self._enqueued += 1
         self._enqueued_bytes += size
-        if self._writer is None:
-            self._start_writer()
         return True
 
     def backlog(self) -> int:
@@ -200,7 +199,7 @@ class Client:
     def _wake_writer(self) -> bool:
         """Put the stop marker in the queue if a writer runs; whether one does."""
         with self._writer_lock:  # a writer being started is published under this lock
-            if self._writer is None:
+            if self._queue is None:  # made with the writer, under this lock
                 return False
         try:
             self._queue.put_nowait(_STOP)
@@ -208,18 +207,24 @@ class Client:
             pass
         return True
 
-    def _start_writer(self) -> None:
+    def _start_writer(self) -> queue.Queue[Data | object]:
+        """Start the writer thread (and make its queue) unless it runs; the queue."""
         with self._writer_lock:
-            if self._writer is None:
+            if self._queue is None:
+                self._queue = queue.Queue(maxsize=self.queue_size + 1)
                 thread = threading.Thread(
-                    target=self._write_loop, name=f"sidecar-writer-{self.id}", daemon=True
+                    target=self._write_loop,
+                    args=(self._queue,),
+                    name=f"sidecar-writer-{self.id}",
+                    daemon=True,
                 )
                 thread.start()
                 self._writer = thread  # published once started: others may join it at once
+            return self._queue
 
     # -- writer thread -------------------------------------------------------------------
-    def _write_loop(self) -> None:
-        get, get_nowait = self._queue.get, self._queue.get_nowait
+    def _write_loop(self, items_queue: queue.Queue[Data | object]) -> None:
+        get, get_nowait = items_queue.get, items_queue.get_nowait
         try:
             closing = False
             while not closing:

@@ -85,6 +85,7 @@ from .commands import (
     Unregister,
     Unsubscribe,
 )
+from .gcpolicy import GcPolicy
 from .identity import MAX_TOKEN_TTL
 from .resume import ChannelRequest, Entry, replay
 from .stream import (
@@ -195,6 +196,8 @@ class Hub:
         self._clock = clock
         self._broker = sequencer
         self._autostart = autostart
+        #: Whether the hub thread manages the garbage collector (:meth:`manage_gc`).
+        self._manage_gc = False
         self._reset_state()
         if sys.platform != "win32":  # Windows has no fork
             os.register_at_fork(after_in_child=_forked(weakref.ref(self)))
@@ -238,6 +241,8 @@ class Hub:
         self._refused = 0
         self._advanced = threading.Condition(threading.Lock())
         self._waiters = 0
+        #: The garbage-collection policy, once :meth:`manage_gc` (hub thread only).
+        self._gc: GcPolicy | None = None
         #: ``(deadline on the hub's clock, client id, client)`` of identities that expire.
         self._expiries: list[tuple[float, int, Client]] = []
         #: ``(user, channel)`` -> when it was revoked (Unix time); hub thread writes.
@@ -266,6 +271,8 @@ class Hub:
         """The hub loop; returns after :meth:`stop`. Call it directly only instead of start()."""
         self._running.set()
         try:
+            if self._manage_gc:
+                self._start_gc()
             self._loop()
         finally:
             self._running.clear()
@@ -290,6 +297,18 @@ class Hub:
         if self._running.is_set():
             self._inbox.put(Stop(code, reason))
         return self._stopped.wait(timeout) if self._thread is not None else True
+
+    def manage_gc(self) -> None:
+        """Let the hub thread keep long-lived objects out of full garbage collections
+        (:mod:`sidecar.core.gcpolicy`): for a process the sidecar owns (the CLI, a gunicorn
+        worker), or an app that wants it. Process-wide; idempotent; survives a fork."""
+        self._manage_gc = True
+        self.call(self._start_gc)
+
+    def _start_gc(self) -> None:
+        if self._gc is None:
+            self._gc = GcPolicy()
+            self._gc.start()
 
     @property
     def closed(self) -> bool:
@@ -370,6 +389,8 @@ class Hub:
             "channelHistoryBytes": channels.total_bytes,
             "channelsForgotten": channels.forgotten,
             "channelTrims": channels.trims,
+            "gcFreezes": 0 if self._gc is None else self._gc.freezes,
+            "gcFullCollections": 0 if self._gc is None else self._gc.full_collections,
         }
 
     # -- publishing (any thread, never blocks) --------------------------------------------
@@ -696,6 +717,8 @@ class Hub:
         while True:
             command, held = held, None
             if command is None:
+                if self._gc is not None and self._inbox.empty():
+                    self._gc.idle(self._count)  # nothing waits: the time to freeze or collect
                 wake = next_sweep if next_ping is None else min(next_ping, next_sweep)
                 if self._expiries:
                     wake = min(wake, self._expiries[0][0])
@@ -838,36 +861,51 @@ class Hub:
             self._wake_waiters()
 
     def _offer_batch(self, batch: list[tuple[Channel, bytes]]) -> None:
-        """Hand each subscriber of the batch's channels its frames, in order, in one offer."""
+        """Hand each subscriber of the batch's channels its frames, in order, in one offer.
+
+        The work is one pass over the batch plus one offer per subscriber of its channels:
+        it follows the audience, never the number of channels or of connections.
+        """
         if not batch:
             return
-        channels = dict.fromkeys(channel for channel, _frame in batch)
+        grouped: dict[Channel, list[bytes]] = {}
+        for channel, frame in batch:
+            frames_of = grouped.get(channel)
+            if frames_of is None:
+                grouped[channel] = [frame]
+            else:
+                frames_of.append(frame)
         slow: list[Client] = []
-        deliveries = 0
-        if len(channels) == 1:
-            channel = batch[0][0]
-            blob = batch[0][1] if len(batch) == 1 else b"".join(f for _c, f in batch)
+        if len(grouped) == 1:
+            channel, frames_of = next(iter(grouped.items()))
+            blob = frames_of[0] if len(frames_of) == 1 else b"".join(frames_of)
             slow = [client for client in channel.subscribers if not client.offer(blob)]
-            deliveries = len(batch) * len(channel.subscribers)
+            deliveries = len(frames_of) * len(channel.subscribers)
         else:
-            deliveries = self._offer_merged(batch, list(channels), slow)
+            deliveries = self._offer_merged(batch, grouped, slow)
         for client in slow:
             self._evict(client)
         self.stats.broadcasts += len(batch)
         self.stats.deliveries += deliveries
 
     def _offer_merged(
-        self, batch: list[tuple[Channel, bytes]], channels: list[Channel], slow: list[Client]
+        self,
+        batch: list[tuple[Channel, bytes]],
+        grouped: dict[Channel, list[bytes]],
+        slow: list[Client],
     ) -> int:
-        """:meth:`_offer_batch` for a batch of several channels; returns the deliveries."""
-        blobs = {c: b"".join(f for ch, f in batch if ch is c) for c in channels}
-        sizes = {c: sum(1 for ch, _f in batch if ch is c) for c in channels}
+        """:meth:`_offer_batch` for a batch of several channels; returns the deliveries.
+
+        A client in one of them gets that channel's frames; one in several gets its frames
+        picked from the batch in stream order.
+        """
         owner: dict[Client, Channel] = {}
         several: set[Client] = set()
-        for channel in channels:
+        for channel in grouped:
             for client in channel.subscribers:
                 if owner.setdefault(client, channel) is not channel:
                     several.add(client)
+        blobs = {c: f[0] if len(f) == 1 else b"".join(f) for c, f in grouped.items()}
         deliveries = 0
         for client, channel in owner.items():
             if client in several:
@@ -875,7 +913,7 @@ class Hub:
                 deliveries += len(mine)
                 ok = client.offer(b"".join(mine))
             else:
-                deliveries += sizes[channel]
+                deliveries += len(grouped[channel])
                 ok = client.offer(blobs[channel])
             if not ok:
                 slow.append(client)
@@ -988,6 +1026,8 @@ class Hub:
         self._clients.add(client)
         self._count = len(self._clients)
         self.stats.registered += 1
+        if self._gc is not None:
+            self._gc.joined_one()
         expires_at = client.identity.expires_at
         if expires_at is not None:
             deadline = self._clock() + (expires_at - time.time())
@@ -1084,6 +1124,8 @@ class Hub:
         client.gone = True
         self._count = len(self._clients)
         self.stats.unregistered += 1
+        if self._gc is not None:
+            self._gc.left_one()
         return True
 
     def _evict(self, client: Client) -> None:
@@ -1125,6 +1167,8 @@ class Hub:
             self._wake_waiters()
 
     def _close_all(self, code: int, reason: str) -> None:
+        if self._gc is not None:
+            self._gc.left += len(self._clients)
         for client in self._clients:
             client.gone = True
             client.channels.clear()

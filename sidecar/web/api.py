@@ -29,9 +29,9 @@ from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .. import logs
-from ..catalog import Publication, PublishError, parse_publish_body
+from ..catalog import PublishError, parse_publish_body
 from ..core.hub import PublishRefused
-from ..envelope import encode
+from ..envelope import encode_decoded, with_seq
 from ..protocol import IdempotencyKeyReused, PublishOutcomeUnknown, check_idempotency_key
 from .guards import check_token
 from .state import SidecarState
@@ -103,7 +103,7 @@ def _publish(state: SidecarState) -> Response:
     except PublishError as exc:
         return error(exc.status, exc.message)
     try:
-        items = [(event.channel, encode(event)) for event in events]
+        items = [(event.channel, encode_decoded(event)) for event in events]
         seqs = state.hub.publish_items(items, idempotency_key=key)
     except PublishOutcomeUnknown as exc:
         retry = "retry with the same Idempotency-Key"
@@ -118,16 +118,19 @@ def _publish(state: SidecarState) -> Response:
         return error(413, str(exc))
     if seqs.duplicate:  # published before, by a request with this key
         return _json(202, {"accepted": len(seqs), "seqs": list(seqs), "duplicate": True})
-    out = [_envelope(event, seq) for event, seq in zip(events, seqs, strict=True)]
-    return _json(202, {"accepted": len(out), "seqs": seqs, "events": out})
+    return _accepted(items, seqs)
 
 
-def _envelope(event: Publication, seq: int) -> dict[str, Any]:
-    """The envelope as broadcast: with its ``seq``, and its ``channel`` if it has one."""
-    out = {**event.to_dict(), "seq": seq}
-    if event.channel:
-        out["channel"] = event.channel
-    return out
+def _accepted(items: list[tuple[str, bytes]], seqs: list[int]) -> Response:
+    """The 202: ``{"accepted", "seqs", "events"}``, each event the envelope as broadcast
+    (with its ``seq``, and its ``channel`` if it has one), as :func:`_json` writes it: the
+    encoded envelopes are spliced in, not decoded and encoded again."""
+    events = b",".join(
+        with_seq(data, seq, channel) for (channel, data), seq in zip(items, seqs, strict=True)
+    )
+    numbers = b",".join(b"%d" % seq for seq in seqs)
+    body = b'{"accepted":%d,"seqs":[%s],"events":[%s]}\n' % (len(seqs), numbers, events)
+    return Response(body, status=202, mimetype="application/json")
 
 
 def _counters(state: SidecarState) -> dict[str, Any]:

@@ -57,7 +57,8 @@ class ChannelMessages:
     def __init__(self, state: SidecarState, clock: Callable[[], float]) -> None:
         self.state = state
         self._clock = clock
-        self._recent: deque[float] = deque(maxlen=RATE_LIMIT)
+        #: When its last channel messages came (made with the first: most sessions send none).
+        self._recent: deque[float] | None = None
 
     def handle(self, client: Client, event: dict[str, Any]) -> None:
         """Act on one ``channel:*`` message (``Close`` for a client over the rate limit)."""
@@ -102,6 +103,8 @@ class ChannelMessages:
     def _count(self, client: Client) -> None:
         now = self._clock()
         recent = self._recent
+        if recent is None:
+            recent = self._recent = deque(maxlen=RATE_LIMIT)
         if len(recent) == RATE_LIMIT and now - recent[0] < RATE_WINDOW:
             reason = f"more than {RATE_LIMIT} channel messages a second"
             log.info("client %s: closing with 1008 (%s)", client.id, reason)

@@ -26,6 +26,8 @@ a method of the worker), which any thread may read.
 * **Memory.** The allocator's arenas are capped as the CLI caps them
   (:func:`sidecar.platform.tune_malloc`), at ``init_app`` (before the worker's threads take
   arenas of their own; in the master with ``--preload``), and again when the hub starts.
+* **Garbage collection.** As in the CLI, the hub thread keeps long-lived objects out of full
+  collections (:mod:`sidecar.core.gcpolicy`; ``--no-gc-freeze`` turns it off).
 
 Threads: :func:`adopt` runs once per process (``SidecarState.ensure_started``, under its start
 lock); the watcher thread only reads the worker's flag and stops the hub.
@@ -153,6 +155,8 @@ def adopt(state: SidecarState, worker: Worker, *, hooked: bool) -> None:
             worker.threads,
         )
     tune_malloc()
+    if state.config.gc_freeze:
+        state.hub.manage_gc()
     if not hooked:
         threading.Thread(
             target=_close_on_exit, args=(state, worker), name="sidecar-worker-exit", daemon=True

@@ -294,9 +294,21 @@ def envelope_handler(state: SidecarState, dispatch: EventHandler | None) -> Mess
     that is not an object with a string ``type``, is logged (at most one line per client and
     interval) and ignored, as in the Go original. Called once per session.
     """
+    return _EnvelopePolicy(state, dispatch)
 
-    def complain(client: Client, kind: str, text: str) -> None:
-        suppressed = state.log_limit.check((client.id, kind))
+
+class _EnvelopePolicy:
+    """:func:`envelope_handler`'s handler: one small object per session (no closures)."""
+
+    __slots__ = ("channels", "dispatch", "state")
+
+    def __init__(self, state: SidecarState, dispatch: EventHandler | None) -> None:
+        self.state = state
+        self.dispatch = dispatch
+        self.channels = ChannelMessages(state, time.monotonic)
+
+    def complain(self, client: Client, kind: str, text: str) -> None:
+        suppressed = self.state.log_limit.check((client.id, kind))
         if suppressed is not None:
             more = f" ({suppressed} more not logged)" if suppressed else ""
             log.warning(
@@ -307,32 +319,29 @@ def envelope_handler(state: SidecarState, dispatch: EventHandler | None) -> Mess
                 extra={"client": client.id, "reason": kind},
             )
 
-    channels = ChannelMessages(state, time.monotonic)
-
-    def on_message(client: Client, message: str | bytes) -> None:
+    def __call__(self, client: Client, message: str | bytes) -> None:
         if isinstance(message, bytes | bytearray):
             raise Close(CloseCode.UNSUPPORTED_DATA, "binary messages are not supported")
         try:
             event = json.loads(message)
         except ValueError as exc:
-            complain(client, "malformed", f"malformed JSON: {exc}")
+            self.complain(client, "malformed", f"malformed JSON: {exc}")
             return
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            complain(client, "not-envelope", "JSON that is not an event envelope")
+            self.complain(client, "not-envelope", "JSON that is not an event envelope")
             return
         namespace = event["type"].partition(":")[0]
         if namespace == "channel":
-            channels.handle(client, event)
+            self.channels.handle(client, event)
             return
         if namespace in RESERVED_NAMESPACES:
-            complain(client, "reserved", f"{printable_type(event['type'])} (the hub's own)")
+            self.complain(client, "reserved", f"{printable_type(event['type'])} (the hub's own)")
             return
-        if dispatch is None:
-            complain(client, "unhandled", f"{printable_type(event['type'])} (no message handler)")
+        if self.dispatch is None:
+            what = f"{printable_type(event['type'])} (no message handler)"
+            self.complain(client, "unhandled", what)
             return
-        dispatch(client, event)
-
-    return on_message
+        self.dispatch(client, event)
 
 
 def printable_type(name: str) -> str:

@@ -6,12 +6,16 @@ every join is a real registration or subscription, so what is checked is what a 
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
+from types import FrameType
 from typing import Any
 
 import pytest
 
 from sidecar import frames
+from sidecar.core import hub as hub_module
 from sidecar.core.channels import Channels, Verdict
 from sidecar.core.hub import Hub
 from sidecar.core.resume import ChannelRequest
@@ -26,7 +30,7 @@ from sidecar.core.stream import (
 )
 from sidecar.envelope import encode, with_seq
 from sidecar.protocol import PublishRefused, Since
-from tests.unit.conftest import HubFactory, sync
+from tests.unit.conftest import Blocker, HubFactory, sync
 from tests.unit.fakes import FakeClock, FakeTransport, new_client, tick
 
 P1, C9 = "project:p1", "chat:c9"
@@ -123,6 +127,47 @@ def test_fan_out_work_follows_the_audience(make_hub: HubFactory) -> None:
     assert hub.snapshot()["deliveries"] - deliveries == 3
     assert [t.try_sends for t in others] == before  # nobody else was even offered it
     assert all(events(t) == [(P1, 1, 1)] for t in listeners)
+
+
+def _hub_lines_for_a_batch(make_hub: HubFactory, count: int) -> int:
+    """Lines of :mod:`sidecar.core` the hub thread runs to fan out one batch of ``count``
+    events, each on its own channel with one subscriber (counted with a line tracer)."""
+    hub = make_hub()
+    names = [f"room:r{i}" for i in range(count)]
+    for name in names:
+        join(hub, name, default=False)
+    core = os.path.dirname(hub_module.__file__)
+    counted = [0]
+
+    def tracer(frame: FrameType, event: str, _arg: object) -> Any:
+        if not frame.f_code.co_filename.startswith(core):
+            return None
+        counted[0] += event == "line"
+        return tracer
+
+    previous: list[Any] = []
+
+    def start() -> None:
+        previous.append(sys.gettrace())
+        sys.settrace(tracer)
+
+    blocker = Blocker(hub)
+    assert hub.call(start)
+    hub.publish_items([(name, encode(tick(i))) for i, name in enumerate(names)])
+    blocker.release()
+    assert hub.call(lambda: sys.settrace(previous[0] if previous else None))
+    sync(hub)
+    assert hub.snapshot()["deliveries"] == count  # one batch reached every subscriber
+    return counted[0]
+
+
+def test_a_batch_over_many_channels_costs_work_in_proportion_to_its_size(
+    make_hub: HubFactory,
+) -> None:
+    # fan-out follows the audience: 4x the events over 4x the channels is about 4x the work
+    # (the grouping of a batch by channel once scanned the whole batch for each channel)
+    small, large = (_hub_lines_for_a_batch(make_hub, count) for count in (32, 128))
+    assert large <= 5 * small
 
 
 # -- subscribe and unsubscribe after connect --------------------------------------------------

@@ -7,11 +7,14 @@ import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.envelope import (
     Event,
     as_event,
     encode,
+    encode_decoded,
     is_event_name,
     new_event,
     rfc3339_utc,
@@ -142,3 +145,46 @@ def test_what_is_not_an_envelope_is_refused_naming_the_problem(
     with pytest.raises(error) as caught:
         as_event(value)  # type: ignore[arg-type]
     assert text in str(caught.value)
+
+
+# -- the fast encoder of decoded payloads -------------------------------------------------------
+
+#: What a JSON decoder gives and ``json_problem`` accepts: 64-bit ints, finite floats of every
+#: magnitude (Python writes some with an exponent), any text without lone surrogates.
+_texts = st.text(st.characters(blacklist_categories=["Cs"]), max_size=12)
+_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.floats(min_value=-1e-3, max_value=1e-3)
+    | _texts
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_texts, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(_texts, _values, max_size=5))
+def test_a_decoded_payload_encodes_to_the_same_bytes_either_way(payload: dict[str, object]) -> None:
+    event = Event("x:y", payload, "2026-01-02T03:04:05Z")
+    assert encode_decoded(event) == encode(event)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1e-05, 6.447425192009365e-05, 9.9e-05, 1e16, 1.2345678901234568e17, 1e22, -1.5e300, 5e-324],
+)
+def test_floats_python_writes_with_an_exponent_keep_pythons_form(value: float) -> None:
+    event = Event("x:y", {"v": [value, "\u00e9"]}, "2026-01-02T03:04:05Z")
+    assert encode_decoded(event) == encode(event)
+    assert repr(value).encode() in encode_decoded(event)
+
+
+@pytest.mark.parametrize("value", [0.0001, 1e15, 0.5, -0.0, 100.0, 2**63 - 1, "1e5", "0.00001"])
+def test_other_values_encode_alike(value: object) -> None:
+    event = Event("x:y", {"v": value, "w": "caf\u00e9 \u2028 \x1f"}, "2026-01-02T03:04:05Z")
+    assert encode_decoded(event) == encode(event)
