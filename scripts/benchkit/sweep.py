@@ -183,8 +183,9 @@ def measure(
     objects0 = server.tracked_objects()
     progress(f"{tag}: connecting ({args.handshakes} handshakes in flight)")
     gc0, t0 = server.gc_stats(), time.monotonic_ns()
-    conn = swarm.connect(n, args.handshakes, deadline, checked=args.checked)
-    run["connect"] = conn.__dict__
+    with profiler(args.profile, server, f"n{n}-connect", gen_core) as prof:
+        conn = swarm.connect(n, args.handshakes, deadline, checked=args.checked)
+    run["connect"] = conn.__dict__ | ({"profile": prof} if prof else {})
     if conn.connected < n:
         progress(f"{tag}: only {conn.connected} of {n} connected: {conn.failed}")
     run["memory"] = idle_memory(server, swarm, base)
