@@ -1,0 +1,77 @@
+"""``scripts/bench --stages`` (issue 24 §2): every stage measured, in JSON, with tiny counts.
+
+The mode starts a real server, a hub, loopback connections and a drain process: the test runs
+it as a user would (the entry point, a subprocess) with few connections and short repetitions,
+and checks that each stage reports a positive cost, and that bad options get a one-line
+answer before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = [sys.executable, str(ROOT / "scripts" / "bench.py")]
+TINY = ["--stages", "--stage-clients", "3,5", "--stage-reps", "2", "--stage-seconds", "0.002"]
+
+pytestmark = pytest.mark.posix_only("the bench uses epoll, /proc and MSG_DONTWAIT")
+
+
+def stages_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["stage"]: row for row in report["stages"]}
+
+
+def test_stages_reports_every_stage_with_a_positive_cost() -> None:
+    done = subprocess.run(
+        [*BENCH, *TINY, "--json"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["status"] == "complete"
+    rows = stages_of(report)
+    expected = [f"http: POST of {n}" for n in ("1 event", "2 events", "10 events")]
+    expected += ["codec: parse + validate, 1-event body", "codec: parse + validate, 10-event"]
+    expected += ["codec: encode the envelope"]
+    for batch in ("1 event", "2 events", "10 events, 10 channels"):
+        expected += [f"hub: publish_items, {batch}", f"hub thread, no clients, {batch}"]
+    for m in (3, 5):
+        expected += [f"offer: bare sock.send, M={m}", f"offer: Client.offer, M={m}"]
+        expected += [f"fan-out: hub thread, 2 events, M={m}"]
+        expected += [f"fan-out: hub thread, 10 events, 10 channels, M={m}"]
+    for name in expected:
+        matches = [row for stage, row in rows.items() if stage.startswith(name)]
+        assert len(matches) == 1, f"{name!r} missing from {sorted(rows)}"
+        row = matches[0]
+        figures = [row[k] for k in ("us_per_batch", "us_per_event", "us_per_client")]
+        assert any(f is not None and f > 0 for f in figures), row
+        assert len(row["samples"]) == 2, row
+    assert len(rows) == len(expected)
+    predicted = {p["clients"]: p for p in report["predicted"]}
+    assert sorted(predicted) == [3, 5]
+    assert all(p["us_per_delivery"] > 0 for p in predicted.values())
+    assert "fan-out: hub thread, 2 events, M=5" in done.stderr  # the table, beside the JSON
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--stage-clients", "0"],
+        ["--stage-clients", "ten"],
+        ["--stage-reps", "0"],
+        ["--stage-seconds", "0"],
+    ],
+)
+def test_stages_refuses_bad_options_in_one_line(bad: list[str]) -> None:
+    done = subprocess.run(
+        [*BENCH, "--stages", *bad], capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("scripts/bench: error: --stage-")
