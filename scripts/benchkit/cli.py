@@ -45,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
         "  scripts/bench --clients 1000 --modes max --batch 1 --publishers 4 --window 100\n"
         "                                        per-event POSTs: the fan-out path, uncoalesced\n"
         "  scripts/bench --profile /tmp/prof     py-spy samples of the server per phase\n"
+        "  scripts/bench --stages                CPU per stage of publish -> fan-out (< 60 s)\n"
         "  scripts/bench --clients 1,10,100,300,1000 --channels 1000:1,1000:10,1000:100,"
         "10000:10000 --gunicorn --broker\n"
         "                                        the full matrix (docs/performance.md)\n"

@@ -1,43 +1,40 @@
 """``scripts/bench --stages``: the cost of each stage of the publish → fan-out path (issue 24 §2).
 
-The sweep measures the server end to end; this mode takes the path from a received publish to
-the last ``send`` apart and times each stage on its own, in one process, with real loopback TCP
-sockets. Each figure is the median of ``--stage-reps`` repetitions of about ``--stage-seconds``
-of work each; every loop is bounded in count and in time.
+The sweep measures the server end to end; this mode times each stage of the path from a
+received publish to the last ``send`` on its own, in one process, with real loopback TCP. Each
+figure is the median of ``--stage-reps`` repetitions of ``--stage-seconds`` of work; every loop
+is bounded in count and in time.
 
-1. **http**: a real ``python -m sidecar`` (no subscribers, no probe) pinned to the first core;
-   this process posts 1, 2 and 10 events per ``POST /api/v1/events``, one request at a time,
-   from the second core. The server's CPU per request comes from ``/proc`` (10 ms ticks: its
-   repetitions last 20 times longer). Werkzeug answers ``Connection: close``: every POST is a
-   new connection, so a request is accept + request thread + parse + validate + encode +
-   hand-off + 202 + close.
-2. **codec**: :func:`sidecar.catalog.parse_publish_body` (what the API calls) on a one-event
-   and a ten-event body, per event; and :func:`sidecar.envelope.encode_decoded` (the envelope
-   encoding the API does next) alone.
-3. **hub**: a :class:`~sidecar.core.hub.Hub` with no clients. The caller's CPU in
-   ``publish_items`` (sequencing, the inbox ``put``, the wake-up) and the hub thread's CPU
-   (its clock, ``pthread_getcpuclockid``) per batch: the wake-up, the stream tracker, the
-   frame, the history. The next batch goes once the hub counted this one (polled, so the hub
-   thread never has to notify anyone).
-4. **offer**: M loopback TCP connections whose far ends a child process drains
-   (:mod:`benchkit.drain`, on the second core, so the send buffers never fill and no GIL is
-   shared) and a blob of two ~200-byte frames: (a) a bare loop of
-   ``sock.send(blob, MSG_DONTWAIT)`` (the kernel's share of a loopback send and the least
-   Python), (b) :meth:`Client.offer` over M clients on
-   :class:`~sidecar.core.connection.Connection` objects, as the hub calls it; (b) - (a) is
-   the Python overhead per client.
-5. **fan-out**: the hub thread's CPU per batch with M registered clients, less the same batch
-   with none (stage 3), per client: two events on the default channel (one offer of both
-   frames per client), and ten events over ten channels with the clients spread over them (the
-   several-channel path, one frame per client).
+1. **http**: server CPU (``/proc``, 10 ms ticks: these repetitions last 20 times longer) per
+   ``POST /api/v1/events`` of 1, 2 and 10 events to a real ``python -m sidecar`` (no
+   subscribers, no probe) on the first core, posted one at a time from the second. Werkzeug
+   answers ``Connection: close``: each POST is a new connection, so this is accept + request
+   thread + parse + validate + encode + hand-off + 202 + close.
+2. **codec**: :func:`sidecar.catalog.parse_publish_body` (what the API calls) per event, on 1-
+   and 10-event bodies; :func:`sidecar.envelope.encode_decoded` (what it does next) alone.
+3. **hub**: a :class:`~sidecar.core.hub.Hub` with no clients, per batch: the caller's CPU in
+   ``publish_items`` (sequencing, inbox ``put``, wake-up) and the hub thread's (its CPU clock:
+   wake-up, tracker, frame, history). The next batch goes once the hub counted this one
+   (polled: the hub never has to notify anyone).
+4. **offer**: M loopback connections whose far ends a child process drains
+   (:mod:`benchkit.drain`, second core: the send buffers never fill, no GIL is shared), a blob
+   of two ~200-byte frames: (a) a bare ``sock.send(blob, MSG_DONTWAIT)`` loop (the kernel's
+   share and the least Python), (b) :meth:`Client.offer` over clients on
+   :class:`~sidecar.core.connection.Connection` objects; (b) - (a) is Python's overhead.
+5. **fan-out**: the hub thread's CPU per batch with M registered clients less the same batch
+   with none (stage 3), per client: 2 events on the default channel, and 10 events over 10
+   channels with the clients spread over them (the several-channel path).
 
-The in-process stages run on the first core (where the server runs in the sweep), pinned. The
-prediction: a server at N clients and R events/s in POSTs of 2 events costs, per POST, the
-http stage of 2 events plus N times the fan-out per client; per delivery, that over 2N. It is
-printed next to what ``scripts/bench --clients 100 --modes rate`` measures.
+Stages 3 and 5 also run the 2-event batch paced, one every 10 ms like the sweep's fixed rate
+(fewest clients only): caches then cool between batches, as in a server at 200 events/s.
+In-process stages run pinned to the first core; CPU is each thread's own clock (user and
+system, with a loopback send's softirq work done in its context). The prediction at N clients,
+200 ev/s in 2-event POSTs: per POST the http stage of 2 events plus N times the fan-out per
+client; per delivery that over 2N, the ``srv µs/deliv`` of ``scripts/bench --clients 100
+--modes rate``.
 
-Threads: the main thread; the hubs' threads while a hub stage runs. The drain and the server
-are child processes, always stopped.
+Threads: the main thread, and a hub's thread while one runs. The drain and the server are
+child processes, always stopped.
 """
 
 from __future__ import annotations
@@ -84,6 +81,8 @@ HTTP_FACTOR = 20
 HTTP_SIZES = (1, 2, 10)
 #: Most calls in one repetition of an in-process stage.
 MAX_CALLS = 1 << 20
+#: Seconds between two paced batches (the sweep's fixed rate: a POST every 10 ms).
+PACE = 0.010
 #: Channels of the several-channel fan-out.
 FANOUT_CHANNELS = 10
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
@@ -283,23 +282,38 @@ def registered(hub: Hub, count: int) -> bool:
     return hub.client_count() == count
 
 
-def hub_batches(
-    hub: Hub, items: list[tuple[str, bytes]], reps: int, seconds: float, deadline: float
-) -> HubCost:
-    """Publish ``items`` as one batch at a time, each once the hub has handled the one before."""
+@dataclass
+class Batch:
+    """What one publish hands the hub, and how often (``pace`` s apart; 0: back to back)."""
+
+    label: str
+    items: list[tuple[str, bytes]]
+    pace: float = 0.0
+
+
+def hub_batches(hub: Hub, batch: Batch, reps: int, seconds: float, deadline: float) -> HubCost:
+    """Publish ``batch`` one at a time, each once the hub has handled the one before (and,
+    paced, once ``batch.pace`` has passed since the one before: caches cool down between
+    batches as they do at a fixed rate)."""
     clock = hub_thread_clock()
     stats = hub.stats
+    items = batch.items
+    least = 20 if batch.pace else 10
+    ticker = threading.Event()  # never set: its wait is the pace
     callers, hubs = [], []
     for rep in range(reps + 1):  # the first one warms up
         caller_ns, batches = 0, 0
         hub0, wall = time.clock_gettime_ns(clock), time.monotonic()
-        while batches < 10 or (time.monotonic() - wall < seconds and batches < MAX_CALLS):
+        while batches < least or (time.monotonic() - wall < seconds and batches < MAX_CALLS):
+            due = time.monotonic() + batch.pace
             target = stats.broadcasts + len(items)
             start = time.thread_time_ns()
             hub.publish_items(items)
             caller_ns += time.thread_time_ns() - start
             poll(partial(counted, stats, target), deadline, "a batch")
             batches += 1
+            if batch.pace:
+                ticker.wait(max(0.0, due - time.monotonic()))
         if rep:
             hubs.append((time.clock_gettime_ns(clock) - hub0) / batches / 1000)
             callers.append(caller_ns / batches / 1000)
@@ -318,15 +332,16 @@ def running_hub() -> Iterator[Hub]:
 
 
 def hub_stage(
-    args: argparse.Namespace, batches: dict[str, list[tuple[str, bytes]]], deadline: float
+    args: argparse.Namespace, batches: list[Batch], deadline: float
 ) -> tuple[list[Row], dict[str, HubCost]]:
     """Each batch through a hub with no clients: the hand-off and the hub thread's share."""
     rows, costs = [], {}
-    for label, items in batches.items():
+    for batch in batches:
+        label = batch.label
         with running_hub() as hub:
-            cost = hub_batches(hub, items, args.stage_reps, args.stage_seconds, deadline)
+            cost = hub_batches(hub, batch, args.stage_reps, args.stage_seconds, deadline)
         costs[label] = cost
-        n = len(items)
+        n = len(batch.items)
         rows.append(
             Row(
                 f"hub: publish_items, {label}",
@@ -501,16 +516,20 @@ def offer_stage(
 def fanout_stage(
     args: argparse.Namespace,
     socks: list[socket.socket],
-    batches: dict[str, list[tuple[str, bytes]]],
+    batches: list[Batch],
     bare: dict[str, HubCost],
     deadline: float,
 ) -> tuple[list[Row], dict[tuple[str, int], float]]:
-    """The hub thread per batch with M subscribers, less the same without, per client."""
+    """The hub thread per batch with M subscribers, less the same without, per client (a
+    paced batch with the fewest clients only: the fixed rate's case)."""
     rows, per_client = [], {}
     config = Config()
-    for label, items in batches.items():
-        channels = sorted({name for name, _data in items})
+    for batch in batches:
+        label = batch.label
+        channels = sorted({name for name, _data in batch.items})
         for m in args.stage_clients:
+            if batch.pace and m != min(args.stage_clients):
+                continue
             with running_hub() as hub:
                 clients = new_clients(socks[:m], config)
                 for i, client in enumerate(clients):
@@ -519,7 +538,7 @@ def fanout_stage(
                         raise BenchError("stages: the hub refused a client")
                 poll(partial(registered, hub, m), deadline, "registering the clients")
                 settled(socks[:m], deadline)()
-                cost = hub_batches(hub, items, args.stage_reps, args.stage_seconds, deadline)
+                cost = hub_batches(hub, batch, args.stage_reps, args.stage_seconds, deadline)
                 evicted = hub.stats.evicted
             extra = [(h - bare[label].hub) / m for h in cost.hub_samples]
             per_client[(label, m)] = median(extra)
@@ -537,9 +556,7 @@ def fanout_stage(
 
 
 # -- the run ----------------------------------------------------------------------------------
-def workload(
-    frame_bytes: int,
-) -> tuple[dict[int, bytes], dict[str, list[tuple[str, bytes]]], bytes]:
+def workload(frame_bytes: int) -> tuple[dict[int, bytes], list[Batch], bytes]:
     """The publish bodies (1 and 10 events, as the sweep posts them), the hub's batches and
     the blob of two frames a client is offered."""
     with select.epoll() as ep:
@@ -547,28 +564,33 @@ def workload(
         stamp = time.monotonic_ns()
         bodies = {n: pub.body(0, n, stamp) for n in (1, 10)}
     data = encode_decoded(parse_publish_body(bodies[1], max_event_bytes=1 << 20)[0])
-    batches = {
-        "1 event": [(DEFAULT_CHANNEL, data)],
-        "2 events": [(DEFAULT_CHANNEL, data)] * 2,
-        f"{FANOUT_CHANNELS} events, {FANOUT_CHANNELS} channels": [
-            (f"bench:{j}", data) for j in range(FANOUT_CHANNELS)
-        ],
-    }
+    two = [(DEFAULT_CHANNEL, data)] * 2
+    batches = [
+        Batch("1 event", [(DEFAULT_CHANNEL, data)]),
+        Batch("2 events", two),
+        Batch(f"2 events every {PACE * 1000:.0f} ms", two, pace=PACE),
+        Batch(
+            f"{FANOUT_CHANNELS} events, {FANOUT_CHANNELS} channels",
+            [(f"bench:{j}", data) for j in range(FANOUT_CHANNELS)],
+        ),
+    ]
     blob = b"".join(frames.text_frame(with_seq(data, seq)) for seq in (100_000, 100_001))
     return bodies, batches, blob
 
 
 def predict(rows: list[Row], fanout: dict[tuple[str, int], float]) -> list[dict[str, Any]]:
-    """CPU per delivery at N clients, 200 ev/s in POSTs of 2 events, from the stages."""
+    """CPU per delivery at N clients, 200 ev/s in POSTs of 2 events, from the stages: the
+    http stage of 2 events plus N times the fan-out per client (back to back, and paced)."""
     http = next((r.per_batch for r in rows if r.stage == "http: POST of 2 events"), None)
     out = []
     for (label, n), per_client in sorted(fanout.items(), key=lambda kv: kv[0][1]):
-        if label != "2 events" or http is None:
+        if not label.startswith("2 events") or http is None:
             continue
         per_post = http + n * per_client
         out.append(
             {
                 "clients": n,
+                "fan_out": label,
                 "events_per_post": 2,
                 "us_per_post": per_post,
                 "us_per_delivery": per_post / (2 * n),
@@ -605,7 +627,7 @@ def run(
             progress(f"stages: offers to {max(args.stage_clients)} drained connections")
             rows += offer_stage(args, socks, blob, deadline)
             progress("stages: fan-out from the hub thread")
-            fan = {k: v for k, v in batches.items() if k != "1 event"}
+            fan = [b for b in batches if b.label != "1 event"]
             fan_rows, fanout = fanout_stage(args, socks, fan, bare, deadline)
             rows += fan_rows
     except BenchTimeout as exc:
@@ -643,7 +665,8 @@ def render(report: dict[str, Any]) -> str:
     lines.append("")
     for p in report["predicted"]:
         lines.append(
-            f"predicted at N={p['clients']}, 200 ev/s in POSTs of 2 events: "
+            f"predicted at N={p['clients']}, 200 ev/s in POSTs of 2 events (fan-out of "
+            f"{p['fan_out']}): "
             f"{p['us_per_post']:.0f} µs per POST, {p['us_per_delivery']:.2f} µs CPU per "
             f"delivery ({p['http_share']:.0%} of it the HTTP request)"
         )
