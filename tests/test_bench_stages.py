@@ -36,6 +36,7 @@ def test_stages_reports_every_stage_with_a_positive_cost() -> None:
     assert report["status"] == "complete"
     rows = stages_of(report)
     expected = [f"http: POST of {n}" for n in ("1 event", "2 events", "10 events")]
+    expected += ["http: POST of 2 events every 10 ms"]
     expected += ["codec: parse + validate, 1-event body", "codec: parse + validate, 10-event body"]
     expected += ["codec: encode the envelope"]
     for batch in ("1 event", "2 events", "2 events every 10 ms", "10 events, 10 channels"):

@@ -25,7 +25,7 @@ is bounded in count and in time.
    with none (stage 3), per client: 2 events on the default channel, and 10 events over 10
    channels with the clients spread over them (the several-channel path).
 
-Stages 3 and 5 also run the 2-event batch paced, one every 10 ms like the sweep's fixed rate
+Stages 1, 3, 5 also run 2-event batches paced, one every 10 ms like the sweep's fixed rate
 (fewest clients only): caches then cool between batches, as in a server at 200 events/s.
 In-process stages run pinned to the first core; CPU is each thread's own clock (user and
 system, with a loopback send's softirq work done in its context). The prediction at N clients,
@@ -77,12 +77,13 @@ from .server import SidecarServer
 Progress = Callable[[str], None]
 #: The http stage's repetitions last this many times ``--stage-seconds`` (CPU in 10 ms ticks).
 HTTP_FACTOR = 20
-#: Events per POST in the http stage (2: the sweep's fixed rate, 200 ev/s in 10 ms ticks).
-HTTP_SIZES = (1, 2, 10)
 #: Most calls in one repetition of an in-process stage.
 MAX_CALLS = 1 << 20
 #: Seconds between two paced batches (the sweep's fixed rate: a POST every 10 ms).
 PACE = 0.010
+#: ``(events per POST, seconds between POSTs)`` of the http stage: 2 every 10 ms is the sweep's
+#: fixed rate (200 events/s, a POST every 10 ms); 0: back to back.
+HTTP_RUNS = ((1, 0.0), (2, 0.0), (10, 0.0), (2, PACE))
 #: Channels of the several-channel fan-out.
 FANOUT_CHANNELS = 10
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
@@ -167,7 +168,8 @@ def poll(predicate: Callable[[], bool], deadline: float, what: str) -> None:
 def http_stage(
     args: argparse.Namespace, cores: tuple[int | None, int | None], deadline: float
 ) -> list[Row]:
-    """Server CPU per POST of 1, 2 and 10 events (a real server, no subscribers)."""
+    """Server CPU per POST of 1, 2 and 10 events back to back, and of 2 every 10 ms (a real
+    server, no subscribers)."""
     server = SidecarServer(args, 16, token=secrets.token_urlsafe(24), core=cores[0])
     server.start(min(30.0, deadline - time.monotonic()))
     ep = select.epoll()
@@ -175,25 +177,30 @@ def http_stage(
     pub = Publisher(ep, by_fd, server.port, server.token, args.frame_bytes)
     rows = []
     try:
-        for size in HTTP_SIZES:
+        for size, pace in HTTP_RUNS:
             for _ in range(10):  # warm-up: code paths, the allocator
                 post(pub, ep, by_fd, size, deadline)
+            # paced: fewer POSTs per second, so longer repetitions (and at most 3 of them)
+            seconds = args.stage_seconds * HTTP_FACTOR * (3 if pace else 1)
+            reps = min(args.stage_reps, 3) if pace else args.stage_reps
             samples, walls = [], []
-            for _ in range(args.stage_reps):
+            for _ in range(reps):
                 cpu, wall, n = server.cpu(), time.monotonic(), 0
-                while n < 5 or time.monotonic() - wall < args.stage_seconds * HTTP_FACTOR:
-                    post(pub, ep, by_fd, size, deadline)
+                while n < 5 or time.monotonic() - wall < seconds:
+                    post(pub, ep, by_fd, size, deadline, pace)
                     n += 1
                 samples.append((server.cpu() - cpu) * 1e6 / n)
                 walls.append((time.monotonic() - wall) * 1e6 / n)
-            per_post = median(samples)
+            label = f"{size} event{'s' * (size > 1)}" + (
+                f" every {pace * 1000:.0f} ms" * bool(pace)
+            )
+            how = f"one each {pace * 1000:.0f} ms" if pace else f"round trip {median(walls):.0f} µs"
             rows.append(
                 Row(
-                    f"http: POST of {size} event{'s' * (size > 1)}",
-                    per_batch=per_post,
-                    per_event=per_post / size,
-                    note=f"server CPU, /proc ticks; a new connection each (Connection: close); "
-                    f"round trip {median(walls):.0f} µs",
+                    f"http: POST of {label}",
+                    per_batch=median(samples),
+                    per_event=median(samples) / size,
+                    note=f"server CPU (/proc ticks); a new connection each; {how}",
                     samples=samples,
                 )
             )
@@ -205,9 +212,16 @@ def http_stage(
 
 
 def post(
-    pub: Publisher, ep: select.epoll, by_fd: dict[int, Publisher], size: int, deadline: float
+    pub: Publisher,
+    ep: select.epoll,
+    by_fd: dict[int, Publisher],
+    size: int,
+    deadline: float,
+    pace: float = 0.0,
 ) -> None:
-    """One POST of ``size`` events, answered 202, within ``deadline``."""
+    """One POST of ``size`` events, answered 202, within ``deadline``; with ``pace``, returns
+    ``pace`` seconds after it was sent (or at once if the answer took longer)."""
+    due = time.monotonic() + pace
     pub.post(0, size)
     while not pub.idle:
         if time.monotonic() >= deadline:
@@ -219,6 +233,8 @@ def post(
     result = pub.results.pop()
     if result.status != 202 or result.accepted != size:
         raise BenchError(f"stages: POST answered {result.status}: {result.error}")
+    if pace:
+        threading.Event().wait(max(0.0, min(due, deadline) - time.monotonic()))  # the pace
 
 
 # -- 2. codec ---------------------------------------------------------------------------------
@@ -580,10 +596,12 @@ def workload(frame_bytes: int) -> tuple[dict[int, bytes], list[Batch], bytes]:
 
 def predict(rows: list[Row], fanout: dict[tuple[str, int], float]) -> list[dict[str, Any]]:
     """CPU per delivery at N clients, 200 ev/s in POSTs of 2 events, from the stages: the
-    http stage of 2 events plus N times the fan-out per client (back to back, and paced)."""
-    http = next((r.per_batch for r in rows if r.stage == "http: POST of 2 events"), None)
+    http stage of 2 events plus N times the fan-out per client (from the stages run back to
+    back, and from those paced)."""
+    https = {r.stage: r.per_batch for r in rows}
     out = []
     for (label, n), per_client in sorted(fanout.items(), key=lambda kv: kv[0][1]):
+        http = https.get(f"http: POST of {label}")
         if not label.startswith("2 events") or http is None:
             continue
         per_post = http + n * per_client
@@ -665,8 +683,8 @@ def render(report: dict[str, Any]) -> str:
     lines.append("")
     for p in report["predicted"]:
         lines.append(
-            f"predicted at N={p['clients']}, 200 ev/s in POSTs of 2 events (fan-out of "
-            f"{p['fan_out']}): "
+            f"predicted at N={p['clients']}, 200 ev/s in POSTs of 2 events, from stages "
+            f"{'paced' if 'every' in p['fan_out'] else 'back to back'}: "
             f"{p['us_per_post']:.0f} µs per POST, {p['us_per_delivery']:.2f} µs CPU per "
             f"delivery ({p['http_share']:.0%} of it the HTTP request)"
         )
