@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,22 @@ def test_stages_reports_every_stage_with_a_positive_cost() -> None:
     assert predicted == [(3, "2 events"), (3, "2 events every 10 ms"), (5, "2 events")]
     assert all(p["us_per_delivery"] > 0 for p in report["predicted"])
     assert "fan-out: hub thread, 2 events, M=5" in done.stderr  # the table, beside the JSON
+
+
+def test_stages_ends_at_its_timeout_with_what_it_measured() -> None:
+    started = time.monotonic()
+    done = subprocess.run(
+        [*BENCH, *TINY, "--stage-seconds", "0.05", "--timeout", "3", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert time.monotonic() - started < 30
+    report = json.loads(done.stdout)
+    assert report["status"].startswith("timed out")
+    assert "status: timed out" in done.stderr
 
 
 @pytest.mark.parametrize(

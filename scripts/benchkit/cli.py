@@ -367,15 +367,9 @@ def run_stages(
     else:
         print(text)
     status = report["status"]
-    return (
-        0
-        if status == "complete"
-        else 3
-        if status.startswith("timed out")
-        else 130
-        if (status == "interrupted")
-        else 1
-    )
+    if status.startswith("timed out"):
+        return 3
+    return {"complete": 0, "interrupted": 130}.get(status, 1)
 
 
 def stage_config(args: argparse.Namespace) -> dict[str, Any]:

@@ -648,10 +648,9 @@ def run(
             fan = [b for b in batches if b.label != "1 event"]
             fan_rows, fanout = fanout_stage(args, socks, fan, bare, deadline)
             rows += fan_rows
-    except BenchTimeout as exc:
-        out["status"] = f"timed out ({exc})"
-    except BenchError as exc:
-        out["status"] = f"error ({exc})"
+    except BenchError as exc:  # a server that could not start in the time left: a timeout too
+        late = isinstance(exc, BenchTimeout) or time.monotonic() >= deadline
+        out["status"] = f"{'timed out' if late else 'error'} ({exc})"
     except KeyboardInterrupt:
         out["status"] = "interrupted"
     out["predicted"] = predict(rows, fanout)
