@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = [sys.executable, str(ROOT / "scripts" / "bench.py")]
-TINY = ["--stages", "--stage-clients", "3,5", "--stage-reps", "2", "--stage-seconds", "0.002"]
+TINY = ["--stages", "--stage-clients", "3,5", "--stage-reps", "2", "--stage-seconds", "0.005"]
 
 pytestmark = pytest.mark.posix_only("the bench uses epoll, /proc and MSG_DONTWAIT")
 
@@ -38,8 +38,8 @@ def test_stages_reports_every_stage_with_a_positive_cost() -> None:
     rows = stages_of(report)
     expected = [f"http: POST of {n}" for n in ("1 event", "2 events", "10 events")]
     expected += ["http: POST of 2 events every 10 ms"]
-    expected += ["codec: parse + validate, 1-event body", "codec: parse + validate, 10-event body"]
-    expected += ["codec: encode the envelope"]
+    expected += [f"codec: parse + validate, {n}-event body" for n in (1, 2, 10)]
+    expected += ["codec: encode the envelope", "http: the rest of a POST of 2 events"]
     for batch in ("1 event", "2 events", "2 events every 10 ms", "10 events, 10 channels"):
         expected += [f"hub: publish_items, {batch}", f"hub thread, no clients, {batch}"]
     for m in (3, 5):
@@ -52,7 +52,7 @@ def test_stages_reports_every_stage_with_a_positive_cost() -> None:
         row = rows[name]
         figures = [row[k] for k in ("us_per_batch", "us_per_event", "us_per_client")]
         assert any(f is not None and f > 0 for f in figures), row
-        assert len(row["samples"]) == 2, row
+        assert len(row["samples"]) == (0 if row["derived"] else 2), row
     assert len(rows) == len(expected)
     predicted = sorted((p["clients"], p["fan_out"]) for p in report["predicted"])
     assert predicted == [(3, "2 events"), (3, "2 events every 10 ms"), (5, "2 events")]

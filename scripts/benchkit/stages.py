@@ -100,6 +100,8 @@ class Row:
     note: str = ""
     #: The repetitions' figures (µs per the row's unit), the median's source.
     samples: list[float] = field(default_factory=list)
+    #: Computed from other rows, not measured.
+    derived: bool = False
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -109,6 +111,7 @@ class Row:
             "us_per_client": self.per_client,
             "note": self.note,
             "samples": [round(s, 3) for s in self.samples],
+            "derived": self.derived,
         }
 
 
@@ -242,7 +245,7 @@ def codec_stage(args: argparse.Namespace, bodies: dict[int, bytes]) -> list[Row]
     """Validation (parse_publish_body) per event, and the envelope encoding alone."""
     limit = Config().max_event_bytes
     rows = []
-    for size in (1, 10):
+    for size in (1, 2, 10):
         body = bodies[size]
         parse = partial(parse_publish_body, body, max_event_bytes=limit, max_batch=MAX_BATCH)
         samples = per_call_us(parse, args.stage_reps, args.stage_seconds)
@@ -578,7 +581,7 @@ def workload(frame_bytes: int) -> tuple[dict[int, bytes], list[Batch], bytes]:
     with select.epoll() as ep:
         pub = Publisher(ep, {}, 0, "-", frame_bytes)
         stamp = time.monotonic_ns()
-        bodies = {n: pub.body(0, n, stamp) for n in (1, 10)}
+        bodies = {n: pub.body(0, n, stamp) for n in (1, 2, 10)}
     data = encode_decoded(parse_publish_body(bodies[1], max_event_bytes=1 << 20)[0])
     two = [(DEFAULT_CHANNEL, data)] * 2
     batches = [
@@ -592,6 +595,31 @@ def workload(frame_bytes: int) -> tuple[dict[int, bytes], list[Batch], bytes]:
     ]
     blob = b"".join(frames.text_frame(with_seq(data, seq)) for seq in (100_000, 100_001))
     return bodies, batches, blob
+
+
+def the_rest(rows: list[Row]) -> Row | None:
+    """What a 2-event POST costs beyond validation, encoding and the hub (back to back): the
+    HTTP server's share (accept, the request thread, Werkzeug, Flask, the 202, the close)."""
+    known = {r.stage: r for r in rows}
+    parts = [
+        "codec: parse + validate, 2-event body",
+        "hub: publish_items, 2 events",
+        "hub thread, no clients, 2 events",
+    ]
+    http = known.get("http: POST of 2 events")
+    encode = known.get("codec: encode the envelope")
+    if http is None or encode is None or any(p not in known for p in parts):
+        return None
+    assert http.per_batch is not None and encode.per_event is not None
+    rest = http.per_batch - 2 * encode.per_event
+    rest -= sum(known[p].per_batch or 0.0 for p in parts)
+    return Row(
+        "http: the rest of a POST of 2 events",
+        per_batch=rest,
+        per_event=rest / 2,
+        note="derived: the POST less parse, 2 encodes, the hub (accept, thread, Werkzeug, Flask)",
+        derived=True,
+    )
 
 
 def predict(rows: list[Row], fanout: dict[tuple[str, int], float]) -> list[dict[str, Any]]:
@@ -640,6 +668,8 @@ def run(
         progress("stages: hub hand-off, no clients")
         hub_rows, bare = hub_stage(args, batches, deadline)
         rows += hub_rows
+        rest = the_rest(rows)
+        rows += [rest] if rest is not None else []
         seconds = max(5.0, deadline - time.monotonic())
         with drained(max(args.stage_clients), cores[1], seconds) as socks:
             progress(f"stages: offers to {max(args.stage_clients)} drained connections")
