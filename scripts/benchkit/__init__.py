@@ -32,11 +32,11 @@ gunicorn too (:mod:`benchkit.broker`); ``--channels N:K`` adds runs over named c
 the probe reports garbage-collection pauses (:mod:`benchkit.sweep`). Everything targets
 127.0.0.1; every loop is bounded in count and in time (``--timeout``).
 
-Modules: procfs (``/proc``), server (the server under test), broker (the broker and gunicorn
-modes' server), probe (inside the server), publisher (HTTP POSTs), swarm
-(the subscribers, the epoll loop), phase (one measured phase), stats, report (targets, text),
-plot (the PNG), sweep (one client count), cli (options, the run). Threads: the main thread
-only (the launcher adds two reader threads per server, for its pipes); nothing is shared.
+Modules: procfs, server (the server under test), broker (the broker and gunicorn modes'
+server), probe (in the server), publisher (POSTs), swarm (the subscribers, the epoll loop),
+phase, stats, report, plot, sweep (one client count), stages and drain (``--stages``), cli.
+Threads: the main thread only (the launcher adds two reader threads per server, for its
+pipes); nothing is shared.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import BenchError, BenchTimeout
+from . import BenchError, BenchTimeout, stages
 from .plot import plot
 from .procfs import machine, machine_busy, raise_nofile, self_cpu_seconds
 from .report import evaluate, render
@@ -45,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
         "  scripts/bench --clients 1000 --modes max --batch 1 --publishers 4 --window 100\n"
         "                                        per-event POSTs: the fan-out path, uncoalesced\n"
         "  scripts/bench --profile /tmp/prof     py-spy samples of the server per phase\n"
+        "  scripts/bench --stages                CPU per stage of publish -> fan-out (< 60 s)\n"
         "  scripts/bench --clients 1,10,100,300,1000 --channels 1000:1,1000:10,1000:100,"
         "10000:10000 --gunicorn --broker\n"
         "                                        the full matrix (docs/performance.md)\n"
@@ -55,7 +56,34 @@ def parser() -> argparse.ArgumentParser:
     )
     add_load_options(p)
     add_run_options(p)
+    add_stage_options(p)
     return p
+
+
+def add_stage_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``--stages`` (:mod:`benchkit.stages`)."""
+    p.add_argument(
+        "--stages",
+        action="store_true",
+        help="instead of the sweep: the CPU cost of each stage of the publish -> fan-out path "
+        "(HTTP request, validation and encoding, hub hand-off, per-client offer), < 60 s",
+    )
+    p.add_argument(
+        "--stage-clients",
+        default="100,1000",
+        metavar="M,...",
+        help="--stages: connections of the offer and fan-out stages (100,1000)",
+    )
+    p.add_argument(
+        "--stage-reps", type=int, default=5, help="--stages: repetitions of each stage (5)"
+    )
+    p.add_argument(
+        "--stage-seconds",
+        type=float,
+        default=0.05,
+        help="--stages: seconds of work in one repetition (0.05; the HTTP stage's last 20x as "
+        "long: the server's CPU is read in 10 ms ticks)",
+    )
 
 
 def add_load_options(p: argparse.ArgumentParser) -> None:
@@ -185,6 +213,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 def settle(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Check the options and fill in the defaults that depend on ``--quick``."""
     quick = args.quick
+    if args.stages:
+        settle_stages(p, args)
     clients = args.clients or ("100,1000" if quick else "1,10,100,300,1000")
     try:
         args.clients = [] if clients == "none" else [int(x) for x in clients.split(",")]
@@ -221,6 +251,20 @@ def settle(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     # the default time is per run: a sweep of 5 counts took 290 s, of 2 (quick) 58 s
     per_run = 29.0 if quick else 60.0
     args.timeout = args.timeout or max(58.0, per_run * len(args.runs))
+
+
+def settle_stages(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Check the ``--stages`` options; its run takes 58 s at most unless ``--timeout``."""
+    try:
+        args.stage_clients = [int(x) for x in args.stage_clients.split(",") if x]
+    except ValueError:
+        p.error("--stage-clients takes counts")
+    if not args.stage_clients or any(n < 1 or n > 10_000 for n in args.stage_clients):
+        p.error("--stage-clients: counts from 1 to 10000")
+    if not 1 <= args.stage_reps <= 100 or not 0 < args.stage_seconds <= 10:
+        p.error("--stage-reps: 1 to 100; --stage-seconds: above 0, at most 10")
+    args.timeout = args.timeout or 58.0
+    args.probe = False  # the probe's collection callbacks would count as the server's CPU
 
 
 @contextmanager
@@ -262,6 +306,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         pinning += f", both at nice {args.nice}"
     log_dir = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
     args.log_dir = str(log_dir)
+    if args.stages:
+        code = run_stages(args, cores, pinning, started, progress)
+    else:
+        code = run_sweep(args, cores, pinning, started, progress)
+    if args.keep_logs or code:
+        progress(f"server logs kept in {log_dir}")
+    else:
+        for path in log_dir.iterdir():
+            path.unlink()
+        log_dir.rmdir()
+    return code
+
+
+def run_sweep(
+    args: argparse.Namespace,
+    cores: tuple[int | None, int | None],
+    pinning: str,
+    started: float,
+    progress: Progress,
+) -> int:
+    """The sweep and its report (text, JSON, plot); the exit code."""
     report: dict[str, Any] = {"machine": machine(pinning), "config": config(args), "runs": []}
     preflight(report, progress)
     gen0 = self_cpu_seconds()
@@ -270,16 +335,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["elapsed_s"] = time.monotonic() - started
     report["gen_cpu_s"] = self_cpu_seconds() - gen0
     report["targets"] = evaluate(report["runs"])
-    report["log_dir"] = str(log_dir)
+    report["log_dir"] = args.log_dir
     plot_code = output(report, args, progress)
-    code = code or plot_code
-    if args.keep_logs or code:
-        progress(f"server logs kept in {log_dir}")
+    return code or plot_code
+
+
+def run_stages(
+    args: argparse.Namespace,
+    cores: tuple[int | None, int | None],
+    pinning: str,
+    started: float,
+    progress: Progress,
+) -> int:
+    """``--stages`` (:mod:`benchkit.stages`) and its report; the exit code."""
+    if cores[0] is not None:
+        pinning = (
+            f"server and in-process stages on core {cores[0]}, "
+            f"publisher and drain on core {cores[1]}"
+        )
+    report: dict[str, Any] = {"machine": machine(pinning), "config": stage_config(args)}
+    preflight(report, progress)
+    with watchdog(args.timeout + 20):
+        report.update(stages.run(args, cores, started + args.timeout, progress))
+    report["machine"]["loadavg_end"] = os.getloadavg()
+    report["elapsed_s"] = time.monotonic() - started
+    text = stages.render(report)
+    if args.json:
+        print(text, file=sys.stderr)
+        json.dump(stages.as_json(report), sys.stdout, indent=2, default=str)
+        print()
     else:
-        for path in log_dir.iterdir():
-            path.unlink()
-        log_dir.rmdir()
-    return code
+        print(text)
+    status = report["status"]
+    if status.startswith("timed out"):
+        return 3
+    return {"complete": 0, "interrupted": 130}.get(status, 1)
+
+
+def stage_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--stages`` options as the report records them."""
+    return {
+        "clients": args.stage_clients,
+        "reps": args.stage_reps,
+        "seconds": args.stage_seconds,
+        "frame_bytes": args.frame_bytes,
+        "timeout": args.timeout,
+        "server_cmd": args.server_cmd,
+        "server_args": args.server_arg or [],
+        "server_root": args.server_root,
+    }
 
 
 def pin(args: argparse.Namespace) -> tuple[tuple[int | None, int | None], str]:
