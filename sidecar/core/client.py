@@ -35,7 +35,7 @@ from typing import Protocol
 from ..config import Config
 from ..platform import SHUTDOWN_WAKES_READERS
 from ..protocol import CloseCode
-from .connection import Data, Ended, MessageTooBig, SendResult, iter_data
+from .connection import DEAD, PARTIAL, SENT, Data, Ended, MessageTooBig, SendResult, iter_data
 from .identity import SUPERUSER, Identity
 
 log = logging.getLogger("sidecar.client")
@@ -140,9 +140,9 @@ class Client:
             return True  # closing: nothing more goes out after what is queued
         if self.fast_path and self._enqueued == self._dequeued:
             result = self.conn.try_send(data)
-            if result is SendResult.SENT or result is SendResult.DEAD:
+            if result is SENT or result is DEAD:
                 return True  # a dead transport: the reader thread sees it and the session ends
-            if result is SendResult.PARTIAL:
+            if result is PARTIAL:
                 data = _FLUSH  # the tail waits in the transport; wake the writer to flush it
         size = len(data) if isinstance(data, bytes) else sum(map(len, data))
         backlog = self._enqueued - self._dequeued
