@@ -7,8 +7,11 @@ Threads and what they own
       tracker and :class:`HubStats`. It builds each event's frame once, records it in its
       channel's window and hands the same bytes to every subscriber (:meth:`Client.offer`).
       It never blocks on a client: a client whose queue is full is dropped (4008). It also
-      keeps clients alive: every ``ping_interval`` it pings each client with no ping
-      outstanding and drops one silent for ``ping_timeout`` seconds since its ping (1011).
+      keeps clients alive: every ``ping_interval`` after it registered it pings each client
+      with no ping outstanding and drops one silent for ``ping_timeout`` seconds since its
+      ping (1011). Each client keeps its own phase (``_ping_due``, in registration order):
+      pinging everyone at one instant made every reader thread wake for its pong at once,
+      a stall of seconds for the whole process at 10,000 connections.
     * **any thread** calls the public API; everything reaches the hub thread through the
       inbox (a ``queue.Queue`` of :mod:`sidecar.core.commands`). ``_pending_lock`` guards
       ``_pending`` (events in the inbox) and ``_refused``. Publishing never blocks and is
@@ -45,7 +48,7 @@ import sys
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -245,6 +248,10 @@ class Hub:
         self._gc: GcPolicy | None = None
         #: ``(deadline on the hub's clock, client id, client)`` of identities that expire.
         self._expiries: list[tuple[float, int, Client]] = []
+        #: ``(when its next ping is due, client)``, oldest first: appended at registration and
+        #: after each check with ``now + ping_interval``, so it stays sorted; gone clients
+        #: are dropped as they come up. Hub thread only.
+        self._ping_due: deque[tuple[float, Client]] = deque()
         #: ``(user, channel)`` -> when it was revoked (Unix time); hub thread writes.
         self._revoked: OrderedDict[tuple[str, str], float] = OrderedDict()
 
@@ -709,8 +716,7 @@ class Hub:
     # -- hub thread ------------------------------------------------------------------------
     def _loop(self) -> None:
         get, clock = self._inbox.get, self._clock
-        interval = self.ping_interval if self.ping_interval > 0 else None
-        next_ping = clock() + interval if interval else None
+        due = self._ping_due
         sweep_every = min(_SWEEP_INTERVAL, max(self._channels.ttl / 4, 0.001))
         next_sweep = clock() + sweep_every
         held: Command | None = None  # a command taken while collecting a batch
@@ -719,7 +725,7 @@ class Hub:
             if command is None:
                 if self._gc is not None and self._inbox.empty():
                     self._gc.idle(self._count)  # nothing waits: the time to freeze or collect
-                wake = next_sweep if next_ping is None else min(next_ping, next_sweep)
+                wake = next_sweep if not due else min(due[0][0], next_sweep)
                 if self._expiries:
                     wake = min(wake, self._expiries[0][0])
                 try:
@@ -727,9 +733,8 @@ class Hub:
                 except queue.Empty:
                     command = None
             now = clock()
-            if next_ping is not None and now >= next_ping:
-                self._keepalive()
-                next_ping = clock() + self.ping_interval
+            if due and now >= due[0][0]:
+                self._keepalive(now)
             if now >= next_sweep:
                 self._channels.sweep()
                 next_sweep = now + sweep_every
@@ -939,17 +944,25 @@ class Hub:
         with self._advanced:
             self._advanced.notify_all()
 
-    def _keepalive(self) -> None:
-        """Ping every client with no ping outstanding; drop those silent for ``ping_timeout``."""
-        now = self._clock()
+    def _keepalive(self, now: float) -> None:
+        """Check each client whose turn has come: ping it if it has no ping outstanding, drop
+        it if it has been silent for ``ping_timeout`` since its ping; its next turn is one
+        interval later."""
+        due, interval = self._ping_due, self.ping_interval
         silent, slow = [], []
-        for client in self._clients:
+        while due and due[0][0] <= now:
+            client = due.popleft()[1]
+            if client.gone:
+                continue
             sent = client.ping_sent_at
             if sent is not None and client.conn.last_received < sent:
                 if now - sent >= self.ping_timeout:
                     silent.append(client)
-                continue  # its ping is still outstanding
+                else:  # its ping is still outstanding: looked at again in one interval
+                    due.append((now + interval, client))
+                continue
             client.ping_sent_at = now
+            due.append((now + interval, client))
             if not client.offer(_PING_FRAME):
                 slow.append(client)
         for client in silent:
@@ -1026,6 +1039,8 @@ class Hub:
         self._clients.add(client)
         self._count = len(self._clients)
         self.stats.registered += 1
+        if self.ping_interval > 0:
+            self._ping_due.append((self._clock() + self.ping_interval, client))
         if self._gc is not None:
             self._gc.joined_one()
         expires_at = client.identity.expires_at

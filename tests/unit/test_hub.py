@@ -273,6 +273,44 @@ def test_the_first_ping_goes_out_after_one_interval_not_before(
     assert transport.frames()[-1].payload == b""
 
 
+def test_each_client_is_pinged_one_interval_after_it_came_not_all_at_once(
+    make_hub: HubFactory, clock: FakeClock
+) -> None:
+    """Pinging every client at one instant woke every reader thread for its pong at once:
+    seconds of stall at 10,000 connections. Each client keeps the phase it came with."""
+    hub = make_hub(ping_interval=10)
+    early = joined(hub, clock)
+    clock.advance(4)
+    late = joined(hub, clock)
+    clock.advance(6)  # 10 s after the first, 6 s after the second
+    sync(hub)
+    assert (pings(early), pings(late)) == (1, 0)
+    early.last_received = clock.now  # its pong
+    clock.advance(3.9)
+    sync(hub)
+    assert (pings(early), pings(late)) == (1, 0)
+    clock.advance(0.1)  # 10 s after the second
+    sync(hub)
+    assert (pings(early), pings(late)) == (1, 1)
+    clock.advance(6)  # 20 s after the first: its second ping, not the second's
+    sync(hub)
+    assert (pings(early), pings(late)) == (2, 1)
+
+
+def test_a_client_that_left_is_never_pinged_and_the_others_keep_their_turn(
+    make_hub: HubFactory, clock: FakeClock
+) -> None:
+    hub = make_hub(ping_interval=10)
+    client, leaving = new_client(clock)
+    assert hub.register(client)
+    staying = joined(hub, clock)
+    hub.unregister(client)
+    sync(hub)
+    clock.advance(10)
+    sync(hub)
+    assert (pings(leaving), pings(staying)) == (0, 1)
+
+
 def test_a_silent_peer_is_dropped_with_1011_at_the_timeout_not_before(
     make_hub: HubFactory, clock: FakeClock
 ) -> None:
