@@ -479,8 +479,8 @@ class Connection:
         """See :meth:`GuardedSocket.linger`."""
         self.socket.linger(timeout)
 
-    def receive(self, timeout: float) -> bytes | str | None:
-        """The next message from the peer, or ``None`` after ``timeout``.
+    def receive(self, timeout: float | None) -> bytes | str | None:
+        """The next message from the peer, or ``None`` after ``timeout`` (``None``: no limit).
 
         Raises :class:`Ended` once the reader thread has ended (the peer closed, the socket
         died, the library closed for a protocol error or its own limit: its close frame is

@@ -249,9 +249,10 @@ class Hub:
         #: ``(deadline on the hub's clock, client id, client)`` of identities that expire.
         self._expiries: list[tuple[float, int, Client]] = []
         #: ``(when its next ping is due, client)``, oldest first: appended at registration and
-        #: after each check with ``now + ping_interval``, so it stays sorted; gone clients
-        #: are dropped as they come up. Hub thread only.
-        self._ping_due: deque[tuple[float, Client]] = deque()
+        #: after each check with ``now + ping_interval``, so it stays sorted. A weak reference:
+        #: a client that left is freed at once, its entry dropped when it comes up (or when
+        #: entries outnumber clients twice over). Hub thread only.
+        self._ping_due: deque[tuple[float, weakref.ref[Client]]] = deque()
         #: ``(user, channel)`` -> when it was revoked (Unix time); hub thread writes.
         self._revoked: OrderedDict[tuple[str, str], float] = OrderedDict()
 
@@ -951,18 +952,19 @@ class Hub:
         due, interval = self._ping_due, self.ping_interval
         silent, slow = [], []
         while due and due[0][0] <= now:
-            client = due.popleft()[1]
-            if client.gone:
+            ref = due.popleft()[1]
+            client = ref()
+            if client is None or client.gone:
                 continue
             sent = client.ping_sent_at
             if sent is not None and client.conn.last_received < sent:
                 if now - sent >= self.ping_timeout:
                     silent.append(client)
                 else:  # its ping is still outstanding: looked at again in one interval
-                    due.append((now + interval, client))
+                    due.append((now + interval, ref))
                 continue
             client.ping_sent_at = now
-            due.append((now + interval, client))
+            due.append((now + interval, ref))
             if not client.offer(_PING_FRAME):
                 slow.append(client)
         for client in silent:
@@ -1040,7 +1042,12 @@ class Hub:
         self._count = len(self._clients)
         self.stats.registered += 1
         if self.ping_interval > 0:
-            self._ping_due.append((self._clock() + self.ping_interval, client))
+            due = self._ping_due
+            due.append((self._clock() + self.ping_interval, weakref.ref(client)))
+            if len(due) > 2 * self._count + 64:  # entries of clients that left, in place
+                kept = [e for e in due if (c := e[1]()) is not None and not c.gone]
+                due.clear()
+                due.extend(kept)
         if self._gc is not None:
             self._gc.joined_one()
         expires_at = client.identity.expires_at

@@ -71,7 +71,7 @@ class FakeTransport:
         self.reader_done = True
         self.joins: list[float] = []
         #: The timeout of each :meth:`receive`.
-        self.receives: list[float] = []
+        self.receives: list[float | None] = []
         self.lingered: list[float] = []
         self._cond = threading.Condition()
 
@@ -115,7 +115,7 @@ class FakeTransport:
     def linger(self, timeout: float) -> None:
         self.lingered.append(timeout)
 
-    def receive(self, timeout: float) -> bytes | str | None:
+    def receive(self, timeout: float | None) -> bytes | str | None:
         self.receives.append(timeout)
         try:
             item = self.incoming.get(timeout=timeout)

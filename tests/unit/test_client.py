@@ -426,11 +426,13 @@ def test_the_read_loop_polls_and_goes_on_after_a_quiet_poll() -> None:
     assert set(transport.receives) == {0.25}
 
 
-def test_the_read_loop_polls_every_five_seconds_by_default() -> None:
+def test_the_read_loop_waits_with_no_timeout_by_default() -> None:
+    """An idle connection's request thread never wakes (a 5 s poll woke 2,000 threads a
+    second at 10,000 connections)."""
     client, transport = new_client()
     transport.incoming.put(Ended())
     client.read_loop(lambda c, m: None)
-    assert transport.receives == [5.0]
+    assert transport.receives == [None]
 
 
 def test_a_close_on_the_request_thread_carries_its_reason() -> None:
