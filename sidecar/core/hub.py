@@ -783,6 +783,7 @@ class Hub:
             case Call(fn=fn):
                 self._call(fn)
             case Reset(epoch=epoch, pos=pos, seq=seq, reason=reason):
+                self._tracker.restart(epoch, pos)
                 self._restart(epoch, pos, seq, reason)
             case DropAll(code=code, reason=reason, abrupt=abrupt):
                 for client in list(self._clients):
@@ -1171,7 +1172,10 @@ class Hub:
         return True
 
     def _restart(self, epoch: str, pos: int, seq: int, reason: str) -> None:
-        """The stream goes on from ``(epoch, pos)`` with the default channel at ``seq``."""
+        """The stream goes on from ``(epoch, pos)`` with the default channel at ``seq``: every
+        client resumes (4001). The tracker is the caller's: a :class:`Restart` step has moved
+        it past the events that follow already (moving it back made the next batch a gap and
+        reset everyone a second time)."""
         if self._clients:
             log.warning(
                 "stream continuity broke (%s): closing %d clients with %d so they resume",
@@ -1181,7 +1185,6 @@ class Hub:
             )
         self.stats.reset_drops += len(self._clients)
         self._close_all(CloseCode.RESUME, "events may have been missed: resume")
-        self._tracker.restart(epoch, pos)
         self._channels.clear_named()
         self._channels.restart(self._channels.default, Position(epoch, seq))
         self.stats.resets += 1
