@@ -46,6 +46,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
             "sidecar/core/channels.py",
             "sidecar/core/stream.py",
             "sidecar/core/resume.py",
+            "sidecar/core/gcpolicy.py",
         ],
         ["tests/unit"],
     ),
@@ -63,8 +64,8 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["tests/unit/test_catalog.py", "tests/test_publish.py", "tests/test_events.py"],
     ),
     "relay": (
-        ["sidecar/broker/relay.py"],
-        ["tests/test_relay.py", "tests/unit/test_backoff.py"],
+        ["sidecar/broker/relay.py", "sidecar/broker/entries.py"],
+        ["tests/test_relay.py", "tests/unit/test_backoff.py", "tests/unit/test_entries.py"],
     ),
     "client": (
         ["sidecar/client/session.py", "sidecar/client/policy.py"],

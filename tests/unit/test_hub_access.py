@@ -391,3 +391,16 @@ def test_a_resume_in_a_broker_hub_recovers_from_its_window(brokered: Any) -> Non
     sync(hub)
     assert transport.messages()[0]["payload"]["channels"][P1]["recovered"] is True
     assert got(transport) == [("app:tick", (P1, 7))]
+
+
+def test_a_broker_hub_behind_another_epoch_of_the_channel_does_not_recover(
+    brokered: Any,
+) -> None:
+    hub = brokered()
+    deliver(hub, event(1, 6), event(2, 7))
+    transport = FakeTransport()
+    request = ChannelRequest(P1, Since("e1", 6), origin=Position("e2", 3))  # the broker moved on
+    assert hub.register(Client(transport, remote="test"), requests=[request])
+    sync(hub)
+    assert transport.messages()[0]["payload"]["channels"][P1]["recovered"] is False
+    assert got(transport) == [] and hub.snapshot()["unrecovered_resumes"] == 1

@@ -275,8 +275,8 @@ def test_a_backfill_stops_where_the_broker_ends() -> None:
 
 
 def cost(since: int | None, *, backfill: int = 0, origin: bool = False, size: int = 1000) -> int:
-    """A window of 11..20 (100 bytes each), ``backfill`` events of 7 bytes read."""
-    view = View(Position("e", 20), span=(11, 20, 1000))
+    """A window of 11..20 (1005 bytes: 100.5 each), ``backfill`` events of 7 bytes read."""
+    view = View(Position("e", 20), span=(11, 20, 1005))
     items = tuple(Numbered(s, P1, "e", s, b"x" * 7) for s in range(backfill))
     request = ChannelRequest(
         P1,
@@ -289,18 +289,19 @@ def cost(since: int | None, *, backfill: int = 0, origin: bool = False, size: in
 
 def test_the_cost_of_a_replay_from_the_window() -> None:
     assert cost(None) == 0
-    assert cost(15) == 500
-    assert cost(10) == cost(3) == 1000  # the whole window, no more without a head
+    assert cost(15) == 502  # whole bytes
+    assert cost(10) == cost(3) == 1005  # the whole window, no more without a head
     assert cost(20) == cost(25) == 0
 
 
 def test_the_cost_of_a_replay_beyond_the_window() -> None:
-    assert cost(10, origin=True) == 1000  # the window starts right after
-    assert cost(9, origin=True) == 1100
-    assert cost(5, origin=True) == 1500
-    assert cost(5, origin=True, size=3) == 1300  # never more than the history holds
-    assert cost(5, origin=True, backfill=2) == 1014  # read already: its own size
+    assert cost(10, origin=True) == 1005  # the window starts right after
+    assert cost(9, origin=True) == 1105  # one more, at the window's average (whole bytes)
+    assert cost(5, origin=True) == 1505
+    assert cost(5, origin=True, size=3) == 1305  # never more than the history holds
+    assert cost(5, origin=True, backfill=2) == 1019  # read already: its own size
     assert cost(20, backfill=2) == 0  # nothing after the window's end is replayed
+    assert all(isinstance(cost(s, origin=True), int) for s in (3, 9, 15))
 
 
 def test_the_cost_without_a_usable_window_is_the_backfill() -> None:
