@@ -17,7 +17,7 @@ from sidecar.core.connection import SendResult
 from sidecar.core.hub import Hub
 from sidecar.core.resume import ChannelRequest
 from sidecar.core.stream import Numbered, Position
-from sidecar.envelope import encode, with_seq
+from sidecar.envelope import Event, encode, with_seq
 from sidecar.protocol import ChannelErrorCode, CloseCode, PublishRefused, Since
 from tests.unit.conftest import HubFactory, sync
 from tests.unit.fakes import FakeClock, FakeTransport, tick
@@ -303,3 +303,77 @@ def test_a_drop_is_logged_with_the_client_its_peer_and_the_close(
         "code": CloseCode.SLOW_CONSUMER,
         "reason": "slow consumer",
     }
+
+
+# -- registration ---------------------------------------------------------------------------------
+
+
+def test_notices_follow_the_status_and_come_before_the_replay(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    hub.publish([tick(1)])
+    sync(hub)
+    transport = FakeTransport()
+    notice = Event("app:notice", {"n": 1})
+    assert hub.register(Client(transport, remote="test"), Since(hub.epoch, 0), notices=[notice])
+    sync(hub)
+    assert [m["type"] for m in transport.messages()] == [
+        "connection:status",
+        "app:notice",
+        "app:tick",
+    ]
+
+
+def test_a_client_registered_without_greeting_still_gets_its_channels_events(
+    make_hub: HubFactory,
+) -> None:
+    hub = make_hub()
+    hub.publish([tick(0)], P1)  # the channel is known
+    sync(hub)
+    transport = FakeTransport()
+    requests = [ChannelRequest(""), ChannelRequest(P1)]
+    assert hub.register(Client(transport, remote="test"), requests=requests, greet=False)
+    sync(hub)
+    hub.publish([tick(1)], P1)
+    hub.publish([tick(2)])
+    sync(hub)
+    assert [(m.get("channel"), m["seq"]) for m in transport.messages()] == [(P1, 2), (None, 1)]
+
+
+def test_a_client_off_the_default_channel_is_told_it_did_not_recover_it(
+    make_hub: HubFactory,
+) -> None:
+    hub = make_hub()
+    transport = FakeTransport()
+    assert hub.register(Client(transport, remote="test"), requests=[ChannelRequest(P1)])
+    sync(hub)
+    assert transport.messages()[0]["payload"]["recovered"] is False
+
+
+def test_a_broker_hub_refuses_one_channel_of_a_join_and_grants_the_next(clock: FakeClock) -> None:
+    hub = Hub(clock=clock, sequencer=Broker(), ping_interval=0, max_channel_states=1)
+    hub.start()
+    try:
+        origin = Position("e1", 0)
+        join_first = [ChannelRequest("a:1", origin=origin)]
+        assert hub.register(Client(FakeTransport(), remote="test"), requests=join_first)
+        transport = FakeTransport()
+        requests = [ChannelRequest("b:1", origin=origin), ChannelRequest("a:1", origin=origin)]
+        assert hub.register(Client(transport, remote="test"), requests=requests)
+        sync(hub)
+        status, refusal = transport.messages()
+        assert list(status["payload"]["channels"]) == ["a:1"]
+        assert refusal["payload"]["channel"] == "b:1"
+    finally:
+        assert hub.stop()
+
+
+def test_the_snapshot_reports_the_stream_position_and_the_cuts(make_hub: HubFactory) -> None:
+    hub = make_hub(history_bytes=2000, history_total_bytes=2000)
+    snapshot = hub.snapshot()
+    assert (snapshot["pos"], snapshot["channelTrims"], snapshot["gcFullCollections"]) == (0, 0, 0)
+    hub.publish([tick(i) for i in range(40)], P1)
+    hub.publish([tick(i) for i in range(40)], C9)
+    sync(hub)
+    snapshot = hub.snapshot()
+    assert snapshot["pos"] == 80 and snapshot["channelTrims"] >= 1
+    assert snapshot["channelHistoryBytes"] <= 2000
