@@ -52,7 +52,7 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     ),
     "identity": (
         ["sidecar/core/identity.py", "sidecar/web/access.py"],
-        ["tests/unit/test_identity.py", "tests/test_identity.py"],
+        ["tests/unit/test_identity.py", "tests/unit/test_access.py", "tests/test_identity.py"],
     ),
     "wire": (
         ["sidecar/frames.py", "sidecar/envelope.py"],
