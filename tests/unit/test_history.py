@@ -112,5 +112,6 @@ def test_a_channels_window_is_cut_by_seq_whatever_the_positions() -> None:
     history = History(10, 1000)
     for seq, pos in ((7, 2), (8, 3), (9, 4)):
         history.append(seq, frame(seq), pos)
+    assert history.span == (7, 9, 30)
     assert history.entries_after(7) == ((3, frame(8)), (4, frame(9)))
     assert history.entries_after(9) == () and history.entries_after(5) is None
