@@ -108,6 +108,7 @@ def mutmut_config(modules: list[str], tests: list[str]) -> str:
             "[tool.mutmut]",
             'source_paths = ["sidecar"]',
             f"only_mutate = {json.dumps(modules)}",
+            'also_copy = ["examples"]',  # beside tests/ in mutmut's copy of the tree
             f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
             # a hang is cut by pytest-timeout (a failure: killed); CPU loops by mutmut's limit
             'pytest_add_cli_args = ["-p", "no:cacheprovider", "-o", "timeout=10"]',
@@ -124,8 +125,8 @@ def prepare(group: str, work: Path, fresh: bool) -> Path:
     if fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "browser")
-    for tree in ("sidecar", "tests"):
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "browser", "node_modules")
+    for tree in ("sidecar", "tests", "examples"):  # (tests/test_identity.py serves an example)
         if (work / tree).exists():
             shutil.rmtree(work / tree)
         shutil.copytree(ROOT / tree, work / tree, ignore=ignore)
