@@ -269,3 +269,16 @@ def test_a_hook_failure_line_names_no_more_than_its_kind(
     identify(app, access)
     access.check(ALICE, "team:blue")  # another hook: its own line, not suppressed
     assert len(lines(caplog)) == 2
+
+
+def test_a_sub_channel_of_a_users_channel_is_that_users_whatever_the_token(
+    access: Access,
+) -> None:
+    access.bind_secret("app-secret")
+    tokens = access.tokens()
+    assert tokens is not None
+    token = tokens.issue("bob", ["user:alice:inbox"], 60)
+    bob = Identity("bob")
+    forbidden = ChannelErrorCode.FORBIDDEN
+    assert access.check_token(bob, "user:alice:inbox", token, never) == forbidden
+    assert access.check_token(ALICE, "user:alice:inbox", None, never) is None

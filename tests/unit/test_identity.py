@@ -222,3 +222,35 @@ def test_the_longest_ttl_is_an_hour_and_a_key_is_needed(tokens: SubscriptionToke
     assert tokens.issue("alice", ["team:red"], ttl=MAX_TOKEN_TTL)
     with pytest.raises(ValueError):
         SubscriptionTokens(b"")
+
+
+def test_tokens_are_unpadded_url_safe_text_and_every_one_issued_checks(
+    tokens: SubscriptionTokens,
+) -> None:
+    # bodies of every length modulo 3 (padded or not before the padding is cut)
+    issued = [tokens.issue(f"user{i}", [f"team:{'x' * (i % 7)}a"], ttl=60) for i in range(300)]
+    alphabet = set("0123456789-_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    assert all(set(t[3:]) <= alphabet | {"."} for t in issued)
+    assert {len(t.split(".")[1]) % 4 for t in issued} == {0, 2, 3}
+    for i, token in enumerate(issued):
+        assert tokens.check(token, f"user{i}", f"team:{'x' * (i % 7)}a") is None
+
+
+def signed(tokens: SubscriptionTokens, count: int, last: int) -> str:
+    """An authentic token (signed with the key, as issue() would sign it) of ``count``
+    channels of 62 characters and one of ``2 + last``."""
+    names = [f"c:{i:060d}" for i in range(count)] + ["c:" + "b" * last]
+    claims = {"c": names, "exp": 2_000_000, "iat": 1_000_000, "u": "al"}
+    body = base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode())
+    text = body.rstrip(b"=").decode()
+    signature = base64.urlsafe_b64encode(tokens._sign(text)).rstrip(b"=").decode()
+    return f"v1.{text}.{signature}"
+
+
+def test_an_authentic_token_over_the_length_bound_is_refused(tokens: SubscriptionTokens) -> None:
+    # (no token is exactly 4096 characters long: 3 + 4k+{0,2,3} + 1 + 43 is never 4k)
+    by_length = {len(signed(tokens, n, m)): (n, m) for n in range(40, 50) for m in range(1, 65)}
+    under = signed(tokens, *by_length[max(k for k in by_length if k <= MAX_TOKEN_LENGTH)])
+    over = signed(tokens, *by_length[min(k for k in by_length if k > MAX_TOKEN_LENGTH)])
+    assert tokens.read(under) is not None
+    assert tokens.read(over) is None
