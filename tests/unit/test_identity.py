@@ -254,3 +254,12 @@ def test_an_authentic_token_over_the_length_bound_is_refused(tokens: Subscriptio
     over = signed(tokens, *by_length[min(k for k in by_length if k > MAX_TOKEN_LENGTH)])
     assert tokens.read(under) is not None
     assert tokens.read(over) is None
+
+
+def test_a_token_may_live_under_a_second_and_refusals_say_why(tokens: SubscriptionTokens) -> None:
+    token = tokens.issue("alice", ["team:red"], ttl=0.5)  # rounded up to a whole second
+    assert tokens.check(token, "alice", "team:red") is None
+    with pytest.raises(ValueError, match="at least one channel"):
+        tokens.issue("alice", [], 60)
+    with pytest.raises(ValueError, match="ttl must be more than 0 and at most 3600 seconds"):
+        tokens.issue("alice", ["team:red"], 0)
