@@ -57,10 +57,13 @@ def test_the_shared_token_is_the_superuser_whatever_the_hook(app: Flask, access:
     assert identify(app, access, Authorization=f"Bearer {TOKEN}") is SUPERUSER
 
 
-def test_without_a_hook_the_token_is_required(app: Flask, access: Access) -> None:
+def test_without_a_hook_the_token_is_required(
+    app: Flask, access: Access, caplog: pytest.LogCaptureFixture
+) -> None:
     refused = identify(app, access)
     assert refused.status == 401
     assert identify(app, access, Authorization="Bearer wrong").status == 401
+    assert lines(caplog) == []  # no hook: nothing failed
 
 
 def test_the_hook_identifies_everyone_else(app: Flask, access: Access) -> None:
@@ -282,3 +285,40 @@ def test_a_sub_channel_of_a_users_channel_is_that_users_whatever_the_token(
     forbidden = ChannelErrorCode.FORBIDDEN
     assert access.check_token(bob, "user:alice:inbox", token, never) == forbidden
     assert access.check_token(ALICE, "user:alice:inbox", None, never) is None
+
+
+def test_one_line_per_interval_for_the_authenticate_hook_whatever_its_failure(
+    app: Flask, access: Access, caplog: pytest.LogCaptureFixture
+) -> None:
+    failures: list[Any] = [ValueError("down"), {"user": "alice"}]
+
+    def authenticate(_request: Any) -> Any:
+        failure = failures.pop(0)
+        if isinstance(failure, Exception):
+            raise failure
+        return failure
+
+    access.authenticate = authenticate
+    assert identify(app, access) is UNAUTHORIZED
+    assert identify(app, access) is UNAUTHORIZED
+    assert lines(caplog) == ["the authenticate hook raised ValueError('down'): refused"]
+    failures[:] = [{"user": "bob"}, ValueError("again")]
+    assert identify(app, access) is UNAUTHORIZED
+    assert identify(app, access) is UNAUTHORIZED
+    assert len(lines(caplog)) == 1
+
+
+def test_an_identity_expiring_this_very_second_is_refused(
+    app: Flask, access: Access, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from sidecar.web import access as access_module
+
+    monkeypatch.setattr(access_module, "time", SimpleNamespace(time=lambda: 1_700_000_000.0))
+    now = Identity("alice", expires_at=1_700_000_000.0)
+    later = Identity("alice", expires_at=1_700_000_000.5)
+    access.authenticate = lambda _request: now
+    assert identify(app, access) is UNAUTHORIZED
+    access.authenticate = lambda _request: later
+    assert identify(app, access) is later

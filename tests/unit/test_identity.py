@@ -263,3 +263,30 @@ def test_a_token_may_live_under_a_second_and_refusals_say_why(tokens: Subscripti
         tokens.issue("alice", [], 60)
     with pytest.raises(ValueError, match="ttl must be more than 0 and at most 3600 seconds"):
         tokens.issue("alice", ["team:red"], 0)
+
+
+def test_a_token_issued_today_is_the_same_text_tomorrow() -> None:
+    # a pinned vector: tokens handed to pages before an upgrade stay valid after it, and
+    # every worker of a deployment reads the others' (the key derivation, the claims' JSON)
+    tokens = SubscriptionTokens("secret-key", clock=lambda: 1_700_000_000.0)
+    token = tokens.issue("alice", ["team:red", "a:b"], ttl=60)
+    assert token == PINNED
+
+
+#: Computed apart from the code: HMAC-SHA256 keyed by HMAC-SHA256(secret, TOKEN_PURPOSE) over
+#: ``v1.`` + the unpadded base64url of the compact, key-sorted JSON claims.
+PINNED = (
+    "v1.eyJjIjpbImE6YiIsInRlYW06cmVkIl0sImV4cCI6MTcwMDAwMDA2MCwiaWF0IjoxNzAwMDAwMDAwLCJ1Ijoi"
+    "YWxpY2UifQ.PiORy3UVOnNo7nOTMX-IsbiaW7W1ZYk-IaSaFMmvnAw"
+)
+
+
+def test_what_cannot_be_made_says_why(tokens: SubscriptionTokens) -> None:
+    with pytest.raises(ValueError, match="a sequence of channel names, not one string"):
+        Identity("alice", channels="team:red")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="expires_at must be a Unix time"):
+        Identity("alice", expires_at=float("inf"))
+    with pytest.raises(ValueError, match=r"need a secret \(the app's SECRET_KEY\)"):
+        SubscriptionTokens("")
+    with pytest.raises(ValueError, match="too many channels for one token"):
+        tokens.issue("alice", [f"team:{i:060d}" for i in range(100)], 60)
