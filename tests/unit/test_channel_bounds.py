@@ -8,6 +8,7 @@ counters ``/api/v1/hub`` reports (``channelHistoryBytes``, ``channelsForgotten``
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sidecar.core.channels import EVICTION_SCAN, Channel, Channels, Verdict
@@ -204,3 +205,32 @@ def test_a_window_cut_to_a_size_frees_the_oldest() -> None:
     assert held(a) == (4, 5) and a.window.total_bytes == 20
     assert a.window.trim_to(20) == 0 and a.window.trim_to(0) == 20
     assert held(a) is None and a.window.trim_to(0) == 0
+
+
+def test_each_cut_is_counted_and_logged(caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG, "sidecar.hub")
+    channels = make()
+    fill(channels, "", 10)
+    fill(channels, "a:1", 40)
+    fill(channels, "b:1", 51)  # the first cut: to 400 bytes each (900 in all)
+    fill(channels, "c:1", 21)  # 1110: the second
+    assert channels.trims == 2
+    lines = [r.getMessage() for r in caplog.records if r.name == "sidecar.hub"]
+    assert lines[0] == "windows cut to 400 bytes each (900 in all)"
+    assert len(lines) == 2
+
+
+def test_two_windows_alike_are_cut_alike_down_to_the_last() -> None:
+    channels = make()
+    quiet = fill(channels, "", 50)
+    busy = fill(channels, "a:1", 51)  # 1010: both cut to 450 bytes
+    assert (held(busy), held(quiet)) == ((7, 51), (6, 50))
+    assert channels.total_bytes == 900
+
+
+def test_one_sweep_forgets_every_idle_channel_at_once(clock: FakeClock) -> None:
+    channels = make(clock)
+    for name in ("a:1", "b:1", "c:1"):
+        fill(channels, name, 1)
+    clock.advance(60)
+    assert channels.sweep() == 3 and len(channels) == 0

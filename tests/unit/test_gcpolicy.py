@@ -184,3 +184,20 @@ def test_a_hub_asked_before_it_starts_manages_the_collector_once_it_runs(
         assert hub.snapshot()["gcFreezes"] == 1
     finally:
         assert hub.stop()
+
+
+def test_departures_and_clients_closed_by_a_reset_add_up_to_churn(
+    make_hub: HubFactory, recorder: Recorder
+) -> None:
+    hub = make_hub()
+    hub.manage_gc()
+    clients = _connect(hub, CHURN)
+    sync(hub)
+    wait_until(lambda: hub.snapshot()["gcFreezes"] >= 2)
+    for client in clients[: CHURN // 2]:
+        hub.unregister(client)  # half leave on their own
+    sync(hub)
+    assert hub.snapshot()["gcFullCollections"] == 0
+    hub.reset("another-epoch", 0, "test")  # the other half are closed: as many as CHURN
+    sync(hub)
+    wait_until(lambda: hub.snapshot()["gcFullCollections"] == 1)

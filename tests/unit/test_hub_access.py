@@ -65,6 +65,7 @@ def test_a_revoked_user_leaves_the_channel_at_that_point_of_the_stream(
 ) -> None:
     hub = make_hub()
     _alice, seen = join(hub, P1, C9, user="alice")
+    _tab, second = join(hub, P1, user="alice")  # another tab of hers
     _bob, other = join(hub, P1, user="bob")
     hub.publish([tick(1)], P1)
     before = time.time()
@@ -75,7 +76,8 @@ def test_a_revoked_user_leaves_the_channel_at_that_point_of_the_stream(
     unsubscribed = ("channel:unsubscribed", {"channel": P1, "reason": "revoked"})
     assert got(seen) == [("app:tick", (P1, 1)), unsubscribed, ("app:tick", (C9, 1))]
     assert got(other) == [("app:tick", (P1, 1)), ("app:tick", (P1, 2))]
-    assert hub.snapshot()["revoked"] == 1
+    assert got(second) == [("app:tick", (P1, 1)), unsubscribed]
+    assert hub.snapshot()["revoked"] == 2
     when = hub.revoked_at("alice", P1)
     assert when is not None and before <= when <= time.time()
     assert hub.revoked_at("bob", P1) is None and hub.revoked_at("alice", C9) is None
@@ -418,3 +420,15 @@ def test_expiries_of_clients_that_left_are_dropped_and_the_rest_still_expire(
     sync(hub)
     assert closes(stays) == [CloseCode.IDENTITY_EXPIRED] and closes(also) == []
     assert hub.snapshot()["expired"] == 1
+
+
+def test_an_expiry_is_logged_with_its_cause_and_comes_at_its_very_deadline(
+    make_hub: HubFactory, clock: FakeClock, wall: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = make_hub()
+    client, transport = join(hub, user="a", expires_at=wall[0] + 30)
+    clock.advance(30)  # exactly the deadline (whole numbers: exact)
+    sync(hub)
+    assert closes(transport) == [CloseCode.IDENTITY_EXPIRED]
+    line = f"client {client.id} (test) dropped: its identity expired, close 4401"
+    assert line in [r.getMessage() for r in caplog.records if r.name == "sidecar.hub"]

@@ -19,8 +19,8 @@ from sidecar.core.resume import ChannelRequest
 from sidecar.core.stream import Numbered, Position
 from sidecar.envelope import Event, encode, with_seq
 from sidecar.protocol import ChannelErrorCode, CloseCode, PublishRefused, Since
-from tests.unit.conftest import HubFactory, sync
-from tests.unit.fakes import FakeClock, FakeTransport, tick
+from tests.unit.conftest import Blocker, HubFactory, sync
+from tests.unit.fakes import PATIENCE, FakeClock, FakeTransport, tick
 
 P1, C9 = "project:p1", "chat:c9"
 
@@ -201,7 +201,7 @@ def test_broadcasts_go_to_the_channel_they_name(make_hub: HubFactory) -> None:
 
 def test_broadcast_data_naming_its_own_channel_is_refused(make_hub: HubFactory) -> None:
     hub = make_hub()
-    with pytest.raises(ValueError, match="must not carry channel"):
+    with pytest.raises(ValueError, match=r"^broadcast data must not carry channel: pass channel=$"):
         hub.broadcast(b'{"type":"app:raw","channel":"a:1","payload":{}}')
 
 
@@ -377,3 +377,93 @@ def test_the_snapshot_reports_the_stream_position_and_the_cuts(make_hub: HubFact
     snapshot = hub.snapshot()
     assert snapshot["pos"] == 80 and snapshot["channelTrims"] >= 1
     assert snapshot["channelHistoryBytes"] <= 2000
+
+
+def test_a_resume_of_channels_of_different_rates_replays_in_publish_order(
+    make_hub: HubFactory,
+) -> None:
+    hub = make_hub()
+    p1, c9 = hub.position(P1).epoch, hub.position(C9).epoch
+    for i, channel in enumerate((P1, P1, P1, C9, P1)):
+        hub.publish([tick(i)], channel)
+    transport = FakeTransport()
+    requests = [ChannelRequest(P1, Since(p1, 0)), ChannelRequest(C9, Since(c9, 0))]
+    assert hub.register(Client(transport, remote="test"), requests=requests)
+    sync(hub)
+    order = [(m["channel"], m["payload"]["i"]) for m in transport.messages()[1:]]
+    assert order == [(P1, 0), (P1, 1), (P1, 2), (C9, 3), (P1, 4)]
+
+
+def test_a_client_on_one_channel_of_a_batch_gets_both_of_its_frames(make_hub: HubFactory) -> None:
+    hub = make_hub()
+    _a, on_p1 = join(hub, P1)
+    _b, on_c9 = join(hub, C9)
+    hub.publish_items([(P1, encode(tick(1))), (C9, encode(tick(2))), (P1, encode(tick(3)))])
+    sync(hub)
+    assert got(on_p1) == [("app:tick", (P1, 1)), ("app:tick", (P1, 2))]
+    assert got(on_c9) == [("app:tick", (C9, 1))]
+
+
+def test_a_gap_in_the_default_channel_closes_its_subscribers_and_says_so(
+    brokered: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = brokered
+    epoch = hub.epoch
+    _client, transport = join(hub)
+    assert hub.deliver(epoch, [event(1, 1, "", epoch), event(2, 3, "", epoch)], timeout=1.0)
+    sync(hub)
+    assert [c for c, _r, _b in transport.closes] == [CloseCode.RESUME]
+    line = f"channel (default) broke at {epoch}:3: closing 1 subscribers with 4001 so they resume"
+    assert line in [r.getMessage() for r in caplog.records]
+    assert hub.deliver(epoch, [event(3, 5, "", epoch)], timeout=1.0)  # and again
+    sync(hub)
+    assert hub.snapshot()["channel_resets"] == 2
+
+
+def test_events_before_a_broken_channel_in_one_batch_still_go_out(brokered: Hub) -> None:
+    hub = brokered
+    origin = Position("e1", 0)
+    on_c9 = FakeTransport()
+    assert hub.register(Client(on_c9, remote="test"), requests=[ChannelRequest(C9, origin=origin)])
+    assert hub.register(
+        Client(FakeTransport(), remote="t"), requests=[ChannelRequest(P1, origin=origin)]
+    )
+    sync(hub)
+    items = [event(1, 1, C9, "e1"), event(2, 2, P1, "e1")]  # P1 skips its 1: it breaks
+    assert hub.deliver(hub.epoch, items, timeout=1.0)
+    sync(hub)
+    assert [(m["channel"], m["seq"]) for m in on_c9.messages()[1:]] == [(C9, 1)]
+
+
+def test_every_duplicate_of_a_channel_is_counted(brokered: Hub) -> None:
+    hub = brokered
+    items = [event(1, 1, P1, "e1"), event(2, 2, P1, "e1")]
+    assert hub.deliver(hub.epoch, items, timeout=1.0)
+    again = [event(3, 1, P1, "e1"), event(4, 2, P1, "e1"), event(5, 3, P1, "e1")]
+    assert hub.deliver(hub.epoch, again, timeout=1.0)
+    sync(hub)
+    assert hub.snapshot()["duplicates_dropped"] == 2
+    assert hub.channel_position(P1) == Position("e1", 3)
+
+
+def test_a_broker_hub_sends_the_notices_of_a_registration(brokered: Hub) -> None:
+    transport = FakeTransport()
+    notice = Event("app:notice", {"n": 1})
+    assert brokered.register(Client(transport, remote="test"), notices=[notice])
+    sync(brokered)
+    assert [m["type"] for m in transport.messages()] == ["connection:status", "app:notice"]
+
+
+def test_a_client_still_waiting_to_register_when_the_hub_stops_is_told_why(
+    clock: FakeClock,
+) -> None:
+    hub = Hub(clock=clock, ping_interval=0)
+    hub.start()
+    blocker = Blocker(hub)
+    assert not hub.stop(timeout=0)  # the stop waits behind the blocker
+    transport = FakeTransport()
+    assert hub.register(Client(transport, remote="test"))  # queued after the stop
+    blocker.release()
+    assert hub.stop(timeout=PATIENCE)
+    transport.wait_closed()
+    assert transport.closes[0][:2] == (CloseCode.GOING_AWAY, "server shutting down")

@@ -19,6 +19,7 @@ from sidecar.core.stream import Numbered, Position
 from sidecar.protocol import Since
 
 P1, C9 = "project:p1", "chat:c9"
+KNOWN = (P1, C9, "x:1")
 
 
 class Broker:
@@ -62,7 +63,8 @@ class Trimmed(Broker):
 
 
 class View:
-    """A hub seen from a request thread: one position and window span for every channel."""
+    """A hub seen from a request thread: one position and window span for each channel it
+    knows (those of these tests), nothing for any other."""
 
     def __init__(
         self, position: Position | None = None, span: tuple[int, int, int] | None = None
@@ -73,10 +75,10 @@ class View:
         self.on_wait = lambda _timeout: None
 
     def channel_position(self, channel: str) -> Position | None:
-        return self.position
+        return self.position if channel in KNOWN else None
 
     def window_span(self, channel: str = "") -> tuple[int, int, int] | None:
-        return self.span
+        return self.span if channel in KNOWN else None
 
     def wait_for(self, channel: str, epoch: str, seq: int, timeout: float) -> bool:
         self.waits.append((channel, epoch, seq, timeout))
@@ -131,10 +133,11 @@ def test_locating_nothing_asks_the_broker_nothing() -> None:
     assert broker.head_calls == []
 
 
-def test_a_hub_behind_what_the_client_saw_is_waited_for(now: list[float]) -> None:
+@pytest.mark.parametrize("saw", [6, 9])
+def test_a_hub_behind_what_the_client_saw_is_waited_for(now: list[float], saw: int) -> None:
     broker, view = Broker(last=9), View(Position("e", 4))
-    resume.locate(view, broker, [ChannelRequest(P1, Since("e", 6))], timeout=0.5)
-    assert view.waits == [(P1, "e", 6, 0.5)]
+    resume.locate(view, broker, [ChannelRequest(P1, Since("e", saw))], timeout=0.5)
+    assert view.waits == [(P1, "e", saw, 0.5)]
 
 
 @pytest.mark.parametrize(
@@ -220,6 +223,13 @@ def test_the_history_size_caps_the_overlap_too() -> None:
     broker = Broker(last=1000)
     view = View(Position("e", 1000), span=(701, 1000, 300))
     assert backfill(view, broker, 690, size=5) == list(range(691, 696))
+    assert backfill(View(), broker, 690, size=1) == [691]  # a history of one event
+
+
+def test_the_byte_bound_holds_over_every_page_read() -> None:
+    broker = Broker(last=1000, size=2)  # pages of 512 bytes, then what is left
+    assert backfill(View(), broker, 100, size=700, max_bytes=2 * 512 + 10) == []
+    assert [read[4] for read in broker.reads] == [1034, 522, 10]
 
 
 @pytest.mark.parametrize(
@@ -296,6 +306,7 @@ def test_the_cost_of_a_replay_from_the_window() -> None:
 
 def test_the_cost_of_a_replay_beyond_the_window() -> None:
     assert cost(10, origin=True) == 1005  # the window starts right after
+    assert cost(11, origin=True) == 904  # inside the window: nothing more
     assert cost(9, origin=True) == 1105  # one more, at the window's average (whole bytes)
     assert cost(5, origin=True) == 1505
     assert cost(5, origin=True, size=3) == 1305  # never more than the history holds
