@@ -46,12 +46,13 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
             "sidecar/core/channels.py",
             "sidecar/core/stream.py",
             "sidecar/core/resume.py",
+            "sidecar/core/gcpolicy.py",
         ],
         ["tests/unit"],
     ),
     "identity": (
         ["sidecar/core/identity.py", "sidecar/web/access.py"],
-        ["tests/unit/test_identity.py", "tests/test_identity.py"],
+        ["tests/unit/test_identity.py", "tests/unit/test_access.py", "tests/test_identity.py"],
     ),
     "wire": (
         ["sidecar/frames.py", "sidecar/envelope.py"],
@@ -63,8 +64,8 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["tests/unit/test_catalog.py", "tests/test_publish.py", "tests/test_events.py"],
     ),
     "relay": (
-        ["sidecar/broker/relay.py"],
-        ["tests/test_relay.py", "tests/unit/test_backoff.py"],
+        ["sidecar/broker/relay.py", "sidecar/broker/entries.py"],
+        ["tests/test_relay.py", "tests/unit/test_backoff.py", "tests/unit/test_entries.py"],
     ),
     "client": (
         ["sidecar/client/session.py", "sidecar/client/policy.py"],
@@ -107,6 +108,7 @@ def mutmut_config(modules: list[str], tests: list[str]) -> str:
             "[tool.mutmut]",
             'source_paths = ["sidecar"]',
             f"only_mutate = {json.dumps(modules)}",
+            'also_copy = ["examples"]',  # beside tests/ in mutmut's copy of the tree
             f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
             # a hang is cut by pytest-timeout (a failure: killed); CPU loops by mutmut's limit
             'pytest_add_cli_args = ["-p", "no:cacheprovider", "-o", "timeout=10"]',
@@ -123,8 +125,8 @@ def prepare(group: str, work: Path, fresh: bool) -> Path:
     if fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "browser")
-    for tree in ("sidecar", "tests"):
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "browser", "node_modules")
+    for tree in ("sidecar", "tests", "examples"):  # (tests/test_identity.py serves an example)
         if (work / tree).exists():
             shutil.rmtree(work / tree)
         shutil.copytree(ROOT / tree, work / tree, ignore=ignore)

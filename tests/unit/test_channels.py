@@ -445,3 +445,11 @@ def test_a_channels_duplicate_is_dropped_counted_and_the_batch_goes_on(clock: Fa
         assert hub.snapshot()["duplicates_dropped"] == 1
     finally:
         assert hub.stop()
+
+
+def test_after_a_restart_the_tracker_takes_what_follows_in_the_new_epoch() -> None:
+    tracker = StreamTracker("e")
+    tracker.take("e", [item(1, 1)])
+    assert tracker.take("f", [item(5, 5, epoch="f")])[0] == Restart("f", 4, "new epoch")
+    assert tracker.take("f", [item(6, 6, epoch="f")]) == [Take((item(6, 6, epoch="f"),))]
+    assert (tracker.epoch, tracker.pos) == ("f", 6)

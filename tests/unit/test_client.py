@@ -480,3 +480,29 @@ def test_finish_gives_up_on_a_writer_that_never_ends() -> None:
     stuck.set()
     assert 1.0 <= elapsed < 1.5  # the close timeout, then one more second after the shutdown
     assert transport.shutdowns == 1
+
+
+@pytest.mark.parametrize(
+    ("failure", "fields"),
+    [
+        (Close(4000, "go away"), {"code": 4000, "reason": "go away"}),
+        (MessageTooBig(13, 12), {"code": CloseCode.TOO_BIG, "reason": None}),
+    ],
+)
+def test_a_close_from_the_read_loop_is_logged_with_the_client_and_code(
+    failure: Exception, fields: dict[str, object], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, transport = new_client()
+    if isinstance(failure, MessageTooBig):
+        transport.incoming.put(failure)
+    else:
+        transport.incoming.put("x")
+
+    def handler(_client: Client, _message: str | bytes) -> None:
+        raise failure
+
+    caplog.set_level(logging.INFO, "sidecar.client")
+    client.read_loop(handler, poll=0.01)
+    [record] = [r for r in caplog.records if r.name == "sidecar.client"]
+    found = {key: getattr(record, key, None) for key in ("client", "code", "reason")}
+    assert found == {"client": client.id, **fields}

@@ -660,3 +660,42 @@ def test_on_windows_abort_shuts_down_without_a_close_frame(make_wire: WireFactor
     assert time.monotonic() - started < 0.5
     assert peer.to_eof() == []
     assert not wire.conn.is_open and wire.conn.try_send(SMALL) is SendResult.BUSY
+
+
+class Quiet:
+    """The library's ``Server`` when its wait ended with no message (a wake-up, a timeout)."""
+
+    def receive(self, timeout: float | None = None) -> bytes | str | None:
+        return None
+
+
+def test_receive_ends_once_the_reader_thread_has_ended_even_if_the_library_says_nothing() -> None:
+    from sidecar.core.connection import Connection
+
+    ours, theirs = socket_pair()
+    conn = Connection(ours, write_deadline=1, max_message_size=10)
+    conn.attach(Quiet())
+    assert conn.receive(timeout=0.01) is None  # no reader has ended: only a poll
+    thread = conn.reader_thread(lambda: None)  # its loop returned (the library stopped)
+    thread.start()
+    assert conn.join_reader(PATIENCE)
+    with pytest.raises(Ended):
+        conn.receive(timeout=0.01)
+    ours.close()
+    theirs.close()
+
+
+def test_join_reader_waits_no_longer_than_it_is_given() -> None:
+    from sidecar.core.connection import Connection
+
+    ours, theirs = socket_pair()
+    conn = Connection(ours, write_deadline=1, max_message_size=10)
+    release = threading.Event()
+    conn.reader_thread(lambda: release.wait(2 * PATIENCE)).start()
+    started = time.monotonic()
+    assert not conn.join_reader(0.05)
+    assert time.monotonic() - started < 0.5
+    release.set()
+    assert conn.join_reader(PATIENCE)
+    ours.close()
+    theirs.close()

@@ -169,3 +169,35 @@ def test_clients_closed_by_a_stream_reset_count_as_churn(
     sync(hub)
     wait_until(lambda: hub.snapshot()["gcFullCollections"] == 1)
     assert hub.client_count() == 0
+
+
+def test_a_hub_asked_before_it_starts_manages_the_collector_once_it_runs(
+    recorder: Recorder,
+) -> None:
+    hub = Hub(ping_interval=0)
+    hub.manage_gc()  # not running yet: nothing to ask the hub thread
+    assert recorder.take() == []
+    hub.start()
+    try:
+        sync(hub)
+        assert recorder.take() == ["freeze", "collect2"]
+        assert hub.snapshot()["gcFreezes"] == 1
+    finally:
+        assert hub.stop()
+
+
+def test_departures_and_clients_closed_by_a_reset_add_up_to_churn(
+    make_hub: HubFactory, recorder: Recorder
+) -> None:
+    hub = make_hub()
+    hub.manage_gc()
+    clients = _connect(hub, CHURN)
+    sync(hub)
+    wait_until(lambda: hub.snapshot()["gcFreezes"] >= 2)
+    for client in clients[: CHURN // 2]:
+        hub.unregister(client)  # half leave on their own
+    sync(hub)
+    assert hub.snapshot()["gcFullCollections"] == 0
+    hub.reset("another-epoch", 0, "test")  # the other half are closed: as many as CHURN
+    sync(hub)
+    wait_until(lambda: hub.snapshot()["gcFullCollections"] == 1)

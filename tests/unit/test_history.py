@@ -104,3 +104,24 @@ def test_commands_are_frozen_and_slotted() -> None:
     assert register.notices == () and request.backfill == () and request.origin is None
     item = Numbered(1, "", "e", 1, b"a")
     assert commands.Deliver("e", (item,)) == commands.Deliver("e", (item,))
+
+
+def test_a_channels_window_is_cut_by_seq_whatever_the_positions() -> None:
+    # a named channel's events sit at positions of the whole stream, which may be behind its
+    # seqs (its epoch began before this stream's): the replay still goes by seq
+    history = History(10, 1000)
+    for seq, pos in ((7, 2), (8, 3), (9, 4)):
+        history.append(seq, frame(seq), pos)
+    assert history.span == (7, 9, 30)
+    assert history.entries_after(7) == ((3, frame(8)), (4, frame(9)))
+    assert history.entries_after(9) == () and history.entries_after(5) is None
+
+
+def test_without_a_position_an_event_is_placed_at_its_seq() -> None:
+    history = filled(History(10, 1000), 1, 3)
+    assert history.entries_after(1) == ((2, frame(2)), (3, frame(3)))
+
+
+def test_a_window_that_keeps_nothing_counts_no_bytes() -> None:
+    assert History(0, 1000).append(1, frame(1)) == 0
+    assert History(10, 0).append(1, frame(1)) == 0

@@ -222,3 +222,75 @@ def test_the_longest_ttl_is_an_hour_and_a_key_is_needed(tokens: SubscriptionToke
     assert tokens.issue("alice", ["team:red"], ttl=MAX_TOKEN_TTL)
     with pytest.raises(ValueError):
         SubscriptionTokens(b"")
+
+
+def test_tokens_are_unpadded_url_safe_text_and_every_one_issued_checks(
+    tokens: SubscriptionTokens,
+) -> None:
+    # bodies of every length modulo 3 (padded or not before the padding is cut)
+    issued = [tokens.issue(f"user{i}", [f"team:{'x' * (i % 7)}a"], ttl=60) for i in range(300)]
+    alphabet = set("0123456789-_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    assert all(set(t[3:]) <= alphabet | {"."} for t in issued)
+    assert {len(t.split(".")[1]) % 4 for t in issued} == {0, 2, 3}
+    for i, token in enumerate(issued):
+        assert tokens.check(token, f"user{i}", f"team:{'x' * (i % 7)}a") is None
+
+
+def signed(tokens: SubscriptionTokens, count: int, last: int) -> str:
+    """An authentic token (signed with the key, as issue() would sign it) of ``count``
+    channels of 62 characters and one of ``2 + last``."""
+    names = [f"c:{i:060d}" for i in range(count)] + ["c:" + "b" * last]
+    claims = {"c": names, "exp": 2_000_000, "iat": 1_000_000, "u": "al"}
+    body = base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode())
+    text = body.rstrip(b"=").decode()
+    signature = base64.urlsafe_b64encode(tokens._sign(text)).rstrip(b"=").decode()
+    return f"v1.{text}.{signature}"
+
+
+def test_an_authentic_token_over_the_length_bound_is_refused(tokens: SubscriptionTokens) -> None:
+    # (no token is exactly 4096 characters long: 3 + 4k+{0,2,3} + 1 + 43 is never 4k)
+    by_length = {len(signed(tokens, n, m)): (n, m) for n in range(40, 50) for m in range(1, 65)}
+    under = signed(tokens, *by_length[max(k for k in by_length if k <= MAX_TOKEN_LENGTH)])
+    over = signed(tokens, *by_length[min(k for k in by_length if k > MAX_TOKEN_LENGTH)])
+    assert tokens.read(under) is not None
+    assert tokens.read(over) is None
+
+
+def test_a_token_may_live_under_a_second_and_refusals_say_why(tokens: SubscriptionTokens) -> None:
+    token = tokens.issue("alice", ["team:red"], ttl=0.5)  # rounded up to a whole second
+    assert tokens.check(token, "alice", "team:red") is None
+    with pytest.raises(ValueError, match=r"^a subscription token names at least one channel$"):
+        tokens.issue("alice", [], 60)
+    with pytest.raises(ValueError, match="ttl must be more than 0 and at most 3600 seconds"):
+        tokens.issue("alice", ["team:red"], 0)
+
+
+def test_a_token_issued_today_is_the_same_text_tomorrow() -> None:
+    # a pinned vector: tokens handed to pages before an upgrade stay valid after it, and
+    # every worker of a deployment reads the others' (the key derivation, the claims' JSON)
+    tokens = SubscriptionTokens("secret-key", clock=lambda: 1_700_000_000.0)
+    token = tokens.issue("alice", ["team:red", "a:b"], ttl=60)
+    assert token == PINNED
+
+
+#: Computed apart from the code: HMAC-SHA256 keyed by HMAC-SHA256(secret, TOKEN_PURPOSE) over
+#: ``v1.`` + the unpadded base64url of the compact, key-sorted JSON claims.
+PINNED = (
+    "v1.eyJjIjpbImE6YiIsInRlYW06cmVkIl0sImV4cCI6MTcwMDAwMDA2MCwiaWF0IjoxNzAwMDAwMDAwLCJ1Ijoi"
+    "YWxpY2UifQ.PiORy3UVOnNo7nOTMX-IsbiaW7W1ZYk-IaSaFMmvnAw"
+)
+
+
+def test_what_cannot_be_made_says_why(tokens: SubscriptionTokens) -> None:
+    with pytest.raises(
+        ValueError, match=r"^Identity\.channels is a sequence of channel names, not one string$"
+    ):
+        Identity("alice", channels="team:red")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="expires_at must be a Unix time"):
+        Identity("alice", expires_at=float("inf"))
+    with pytest.raises(
+        ValueError, match=r"^subscription tokens need a secret \(the app's SECRET_KEY\)$"
+    ):
+        SubscriptionTokens("")
+    with pytest.raises(ValueError, match=r"^too many channels for one token$"):
+        tokens.issue("alice", [f"team:{i:060d}" for i in range(100)], 60)
