@@ -201,3 +201,44 @@ def test_departures_and_clients_closed_by_a_reset_add_up_to_churn(
     hub.reset("another-epoch", 0, "test")  # the other half are closed: as many as CHURN
     sync(hub)
     wait_until(lambda: hub.snapshot()["gcFullCollections"] == 1)
+
+
+def test_each_full_collection_is_timed_counted_and_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    from types import SimpleNamespace
+
+    ticks = iter([10.0, 10.025, 20.0, 20.5])
+    monkeypatch.setattr(gcpolicy, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    caplog.set_level(logging.DEBUG, "sidecar.hub")
+    gc = Recorder()
+    policy = GcPolicy(gc)
+    assert policy.last_full_ms == 0.0
+    for _ in range(CHURN):
+        policy.left_one()
+    policy.idle(0)
+    assert (policy.full_collections, policy.last_full_ms) == (1, pytest.approx(25.0))
+    for _ in range(CHURN - 1):  # departures are counted afresh: one short of churn
+        policy.left_one()
+    policy.idle(0)
+    assert policy.full_collections == 1
+    policy.left_one()
+    policy.idle(0)
+    assert policy.full_collections == 2
+    lines = [r.getMessage() for r in caplog.records if r.name == "sidecar.hub"]
+    assert lines[0] == "full collection after churn: 0 objects freed in 25.0 ms; 1 frozen"
+    assert policy.last_full_ms == pytest.approx(500.0)
+
+
+def test_a_burst_is_a_whole_quarter_of_those_frozen() -> None:
+    gc = Recorder()
+    policy = GcPolicy(gc)
+    for _ in range(1001):
+        policy.joined_one()
+    policy.idle(1001)  # frozen with 1001 clients: a quarter is 250
+    gc.take()
+    for _ in range(250):
+        policy.joined_one()
+    policy.idle(1251)
+    assert gc.take() == ["collect1", "freeze", "collect2"]
