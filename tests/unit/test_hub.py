@@ -330,6 +330,27 @@ def test_a_client_that_left_is_freed_before_its_ping_turn(
     assert gone() is None
 
 
+def test_the_turns_of_many_short_sessions_are_compacted_and_the_others_keep_theirs(
+    make_hub: HubFactory, clock: FakeClock
+) -> None:
+    """100 sessions come and go within an interval (the turns are compacted once they
+    outnumber the clients); the one that stays is still pinged on time, the others never."""
+    hub = make_hub(ping_interval=10)
+    staying = joined(hub, clock)
+    gone = []
+    for _ in range(100):
+        client, transport = new_client(clock)
+        assert hub.register(client)
+        hub.unregister(client)
+        gone.append(transport)
+    late = joined(hub, clock)  # registered after the compaction: its turn is kept too
+    clock.advance(10)
+    sync(hub)
+    assert (pings(staying), pings(late)) == (1, 1)
+    assert not any(pings(t) for t in gone)
+    assert hub.snapshot()["clients"] == 2
+
+
 def test_a_silent_peer_is_dropped_with_1011_at_the_timeout_not_before(
     make_hub: HubFactory, clock: FakeClock
 ) -> None:
