@@ -111,7 +111,6 @@ def test_sigterm_closes_every_client_with_1001_and_exits_0(child):
     assert c.wait(3) == 0
 
 
-@pytest.mark.posix_only("Popen.send_signal takes only CTRL_C_EVENT/CTRL_BREAK_EVENT on Windows")
 def _hub(c: Child) -> dict[str, Any]:
     request = urllib.request.Request(
         f"{c.ready['url']}/api/v1/hub", headers={"Authorization": f"Bearer {TOKEN}"}
@@ -138,6 +137,7 @@ def test_the_collector_is_left_alone_when_asked(child):
         ws.close()
 
 
+@pytest.mark.posix_only("Popen.send_signal takes only CTRL_C_EVENT/CTRL_BREAK_EVENT on Windows")
 def test_sigint_exits_0(child):
     c = child()
     c.proc.send_signal(signal.SIGINT)
