@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 
+from sidecar.core.client import Client
 from sidecar.core.hub import Hub
-from tests.unit.fakes import PATIENCE, FakeClock
+from sidecar.core.identity import Identity
+from sidecar.core.resume import ChannelRequest
+from tests.unit.fakes import PATIENCE, FakeClock, FakeTransport
 from tests.unit.wire import Peer, Wire, open_wire
 
 HubFactory = Callable[..., Hub]
@@ -85,3 +88,27 @@ def make_wire() -> Iterator[WireFactory]:
         wire.end()
         peer.sock.close()
         wire.raw.close()
+
+
+def join(
+    hub: Hub, *channels: str, user: str | None = None, expires_at: float | None = None
+) -> tuple[Client, FakeTransport]:
+    """Register a client of ``user`` on the default channel and ``channels``."""
+    transport = FakeTransport()
+    identity = Identity(user=user, expires_at=expires_at)
+    client = Client(transport, remote="test", identity=identity)
+    requests = [ChannelRequest("")] + [ChannelRequest(name) for name in channels]
+    assert hub.register(client, requests=requests)
+    sync(hub)
+    return client, transport
+
+
+def got(transport: FakeTransport) -> list[tuple[str, Any]]:
+    """``(type, channel and seq or payload)`` of every frame after the status."""
+    out: list[tuple[str, Any]] = []
+    for message in transport.messages()[1:]:
+        if "seq" in message:
+            out.append((message["type"], (message.get("channel"), message["seq"])))
+        else:
+            out.append((message["type"], message["payload"]))
+    return out

@@ -18,39 +18,15 @@ from sidecar.core import hub as hub_module
 from sidecar.core.client import Client
 from sidecar.core.connection import SendResult
 from sidecar.core.hub import Hub
-from sidecar.core.identity import MAX_TOKEN_TTL, Identity
+from sidecar.core.identity import MAX_TOKEN_TTL
 from sidecar.core.resume import ChannelRequest
 from sidecar.core.stream import Delivered, LocalSequencer, Numbered, Position, Revocation
 from sidecar.envelope import encode, with_seq
 from sidecar.protocol import ChannelErrorCode, CloseCode, PublishRefused, Since
-from tests.unit.conftest import HubFactory, sync
+from tests.unit.conftest import HubFactory, got, join, sync
 from tests.unit.fakes import FakeClock, FakeTransport, tick
 
 P1, C9 = "project:p1", "chat:c9"
-
-
-def join(
-    hub: Hub, *channels: str, user: str | None = None, expires_at: float | None = None
-) -> tuple[Client, FakeTransport]:
-    """Register a client of ``user`` on the default channel and ``channels``."""
-    transport = FakeTransport()
-    identity = Identity(user=user, expires_at=expires_at)
-    client = Client(transport, remote="test", identity=identity)
-    requests = [ChannelRequest("")] + [ChannelRequest(name) for name in channels]
-    assert hub.register(client, requests=requests)
-    sync(hub)
-    return client, transport
-
-
-def got(transport: FakeTransport) -> list[tuple[str, Any]]:
-    """``(type, channel and seq or payload)`` of every frame after the status."""
-    out: list[tuple[str, Any]] = []
-    for message in transport.messages()[1:]:
-        if "seq" in message:
-            out.append((message["type"], (message.get("channel"), message["seq"])))
-        else:
-            out.append((message["type"], message["payload"]))
-    return out
 
 
 def closes(transport: FakeTransport) -> list[int]:

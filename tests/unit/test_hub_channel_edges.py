@@ -19,33 +19,10 @@ from sidecar.core.resume import ChannelRequest
 from sidecar.core.stream import Numbered, Position
 from sidecar.envelope import Event, encode, with_seq
 from sidecar.protocol import ChannelErrorCode, CloseCode, PublishRefused, Since
-from tests.unit.conftest import Blocker, HubFactory, sync
+from tests.unit.conftest import Blocker, HubFactory, got, join, sync
 from tests.unit.fakes import PATIENCE, FakeClock, FakeTransport, tick
 
 P1, C9 = "project:p1", "chat:c9"
-
-
-def join(hub: Hub, *channels: str, **config: Any) -> tuple[Client, FakeTransport]:
-    """Register a client on the default channel and ``channels``."""
-    transport = FakeTransport()
-    client = Client(transport, remote="test")
-    for key, value in config.items():
-        setattr(client, key, value)
-    requests = [ChannelRequest("")] + [ChannelRequest(name) for name in channels]
-    assert hub.register(client, requests=requests)
-    sync(hub)
-    return client, transport
-
-
-def got(transport: FakeTransport) -> list[tuple[str, Any]]:
-    """``(type, (channel, seq) or payload)`` of every frame after the status."""
-    out: list[tuple[str, Any]] = []
-    for message in transport.messages()[1:]:
-        if "seq" in message:
-            out.append((message["type"], (message.get("channel"), message["seq"])))
-        else:
-            out.append((message["type"], message["payload"]))
-    return out
 
 
 def stall(client: Client, transport: FakeTransport) -> None:
