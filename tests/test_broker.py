@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import sidecar.broker.redis
 from sidecar.broker import BrokerOutcomeUnknown, BrokerUnavailable
 from sidecar.broker.publisher import Publisher
 from sidecar.broker.redis import MAX_BATCH, POSITION_TTL, RedisBroker
@@ -163,6 +164,18 @@ def test_importing_the_package_does_not_import_redis() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+@pytest.fixture(params=["hiredis", "redis-py"])
+def packer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Who packs the broker's commands: hiredis's C packer (the redis extra installs it) or
+    redis-py's own (without hiredis)."""
+    if request.param == "redis-py":
+        monkeypatch.setattr(sidecar.broker.redis, "_pack_command", None)
+    elif sidecar.broker.redis._pack_command is None:
+        pytest.skip("hiredis is not installed")
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("packer")
 def test_publish_assigns_seqs_and_stores_the_spliced_envelope(
     server: RedisServer, make_broker: Callable[..., RedisBroker]
 ) -> None:
@@ -414,6 +427,7 @@ def test_concurrent_publishers_on_channels_give_two_relays_one_order_and_dense_s
         assert page == got  # a resume anywhere reads exactly what the relays delivered
 
 
+@pytest.mark.usefixtures("packer")
 def test_publish_falls_back_on_noscript(
     server: RedisServer, make_broker: Callable[..., RedisBroker]
 ) -> None:

@@ -249,7 +249,9 @@ def test_entries_in_a_row_are_delivered_read_count_at_a_time(
     ]
     assert [read[-1] for read in reads if read[0] == "XREAD"] == ["10-0", "12-0"]  # (a read
     # is logged when it returns at once: from 13-0 it blocks, and the round comes after it)
-    assert {command[0] for command in redis.sent()} == {"CLIENT", "XREAD", "HMGET"}
+    # (and each round the positions script, loaded by the first round, which Redis lacked)
+    commands = {command[0] for command in redis.sent()}
+    assert commands == {"CLIENT", "XREAD", "HMGET", "EVALSHA", "SCRIPT"}
     assert sink.resets == [] and (relay.epoch, relay.last) == ("e1", 13)
 
 
@@ -361,7 +363,8 @@ def test_lost_data_starts_a_new_epoch_on_the_relays_own_connection(
     epoch = redis.epoch()
     assert epoch != "e1"
     assert sink.resets == [(epoch, 0, "epoch changed from e1 (Redis lost its data)")]
-    scripts = [command for command in redis.sent() if command[0] == "EVALSHA"]
+    positions = RedisBroker.positions_script.sha  # (run with every read: not a publish)
+    scripts = [c for c in redis.sent() if c[0] == "EVALSHA" and c[1] != positions]
     # no named channel and no item in it: its last argument is m, the number of channels, 0
     assert scripts and all(command[-1] == "0" for command in scripts), scripts
     assert not [command for command in redis.sent("sidecar") if command[0] == "EVALSHA"]
@@ -839,15 +842,20 @@ def test_a_well_formed_entry_whose_seq_does_not_follow_its_channel_is_never_deli
     ],
     ids=["ahead", "far-ahead", "at", "behind", "other-epoch", "none", "bad-seq", "bad-epoch"],
 )
+@pytest.mark.parametrize("loaded", [True, False], ids=["script", "no-script"])
 def test_a_named_event_beyond_its_channels_position_is_ahead_even_first_seen(
     redis: Redis,
     make_relay: Callable[..., Relay],
     position: dict[str, Any],
     entry: tuple[str, int],
     kind: str | None,
+    loaded: bool,
 ) -> None:
     # the relay knows nothing of project:p1 yet; its ch: key, read after the entry, says
-    # which seqs a publish gave it
+    # which seqs a publish gave it: read by the positions script in the round's pipeline
+    # or, when Redis lacks the script (a restart), by the relay itself in that round
+    if loaded:
+        redis.client.script_load(RedisBroker.positions_script.text)
     sink = Sink()
     relay = make_relay(sink)
     if position:
@@ -865,9 +873,34 @@ def test_a_named_event_beyond_its_channels_position_is_ahead_even_first_seen(
     assert relay.stats.malformed == {kind: 1} and sink.items == []
     rounds = redis.rounds()
     wait_until(lambda: redis.rounds() >= rounds + 2)
-    # one extra read per round only while named events are read: none when idle
+    # never a round trip of its own for the positions once Redis has the script
     reads = [c[1] for c in redis.sent() if c[0] == "HMGET"]
-    assert reads.count(position_key(P1)) == 1 and reads.count(META) == redis.rounds() >= 3
+    assert reads.count(position_key(P1)) == (not loaded) and reads.count(META) == redis.rounds()
+    scripts = [c for c in redis.sent() if c[:2] == ["EVALSHA", RedisBroker.positions_script.sha]]
+    assert len(scripts) == redis.rounds() >= 3
+
+
+def test_a_channel_the_positions_script_did_not_see_is_read_by_the_relay(
+    redis: Redis, make_relay: Callable[..., Relay]
+) -> None:
+    # a trim between the XREAD and the script, or a script not ours, leaves a channel out of
+    # its answer: the relay reads that channel's position itself, never takes it unchecked
+    relay = make_relay(Sink())
+    redis.client.hset(position_key(P1), mapping={"epoch": "E1", "seq": 8})
+    redis.client.hset(position_key(C9), mapping={"epoch": "E9", "seq": 3})
+    read = [
+        (b"11-0", event_fields(envelope(9, P1), 9, P1, "E1")),
+        (b"12-0", event_fields(envelope(4, C9), 4, C9, "E9")),
+    ]
+    raw = [(i, {k.encode(): str(v).encode() for k, v in f.items()}) for i, f in read]
+    answer = [C9.encode(), b"E9", b"3"]
+    positions = relay._positions(raw, answer)
+    assert {name: tuple(p) if p else None for name, p in positions.items()} == {
+        P1: ("E1", 8),
+        C9: ("E9", 3),
+    }
+    hmgets = [c[1] for c in redis.sent() if c[0] == "HMGET"]
+    assert hmgets == [position_key(P1)]  # (C9's came with the answer)
 
 
 def test_the_seqs_checked_are_those_delivered_not_those_read_and_refused(

@@ -342,7 +342,8 @@ def profiler(directory: str | None, server: Server, label: str, core: int | None
             os.sched_setaffinity(0, {core})
 
     spy_cmd = [spy, "record", "--pid", str(server.pid), "--format", "raw", "--gil"]
-    spy_cmd += ["--nonblocking", "--rate", "250", "--output", path]
+    # (--subprocesses: gunicorn's workers, in broker and --gunicorn runs)
+    spy_cmd += ["--subprocesses", "--nonblocking", "--rate", "250", "--output", path]
     proc = subprocess.Popen(
         spy_cmd,
         stdin=subprocess.DEVNULL,

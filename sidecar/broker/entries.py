@@ -21,9 +21,11 @@ the ``redis`` client library.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, NamedTuple
+
+import msgspec
 
 from ..core.stream import Position, Revocation
 from ..envelope import is_event_name, loads_strict
@@ -84,8 +86,7 @@ class Malformed(StrEnum):
     OUT_OF_ORDER = "out-of-order"
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """An event to fan out: its position, channel (``""``: the default), the channel's epoch
     (``""`` for the default channel: the stream's), ``seq``, and envelope (the frame's text)."""
 
@@ -150,28 +151,39 @@ def parse_entry(entry_id: bytes, fields: object, max_bytes: int) -> Entry | Revo
     if match is None or match[2] != b"0" or not 1 <= int(match[1]) <= MAX_SEQ:
         return Malformed.ID
     pos = int(match[1])
-    if not isinstance(fields, dict) or not all(isinstance(v, bytes) for v in fields.values()):
+    if not isinstance(fields, dict) or not all(type(v) is bytes for v in fields.values()):
         return Malformed.FIELDS
-    keys = frozenset(fields)
+    keys = fields.keys()
     if keys == _REVOKE_FIELDS:
         return _revocation(pos, fields)
-    if keys not in (_DEFAULT_FIELDS, _NAMED_FIELDS):
+    named = keys == _NAMED_FIELDS
+    if not named and keys != _DEFAULT_FIELDS:
         return Malformed.FIELDS
     seq_text = fields[b"s"]
     if _SEQ_RE.fullmatch(seq_text) is None or int(seq_text) > MAX_SEQ:
         return Malformed.FIELDS
     channel, epoch = "", ""
-    if keys == _NAMED_FIELDS:
-        named = _text(fields[b"c"])
-        epoch_text = fields[b"e"]
-        if not is_channel_name(named) or _EPOCH_RE.fullmatch(epoch_text) is None:
+    if named:
+        checked = _channel_and_epoch(fields[b"c"], fields[b"e"])
+        if checked is None:
             return Malformed.FIELDS
-        assert named is not None
-        channel, epoch = named, epoch_text.decode()
-    problem = check_envelope(fields[b"d"], int(seq_text), channel, max_bytes)
+        channel, epoch = checked
+    seq = int(seq_text)
+    problem = check_envelope(fields[b"d"], seq, channel, max_bytes)
     if problem is not None:
         return problem
-    return Entry(pos, channel, epoch, int(seq_text), fields[b"d"])
+    return Entry(pos, channel, epoch, seq, fields[b"d"])
+
+
+@lru_cache(maxsize=4096)
+def _channel_and_epoch(name: bytes, epoch: bytes) -> tuple[str, str] | None:
+    """A named event's ``c`` and ``e`` fields as text, or ``None`` unless they are a channel
+    name and an epoch (a stream repeats the same few pairs: bounded memo, thread-safe)."""
+    channel = _text(name)
+    if not is_channel_name(channel) or _EPOCH_RE.fullmatch(epoch) is None:
+        return None
+    assert channel is not None
+    return channel, epoch.decode()
 
 
 def _text(value: bytes) -> str | None:
@@ -200,11 +212,46 @@ def _decode(data: bytes, max_bytes: int) -> dict[str, Any] | Malformed:
     """``data`` as a JSON object (checked for its size before it is decoded), or why not."""
     if len(data) > max_bytes:  # before decoding it: what a read holds stays bounded
         return Malformed.TOO_LARGE
-    try:
-        envelope = loads_strict(data)
-    except (ValueError, RecursionError):
-        return Malformed.NOT_JSON
+    envelope = _decode_compact(data)
+    if envelope is None:  # not compact JSON that msgspec proves strict: the exact check
+        try:
+            envelope = loads_strict(data)
+        except (ValueError, RecursionError):
+            return Malformed.NOT_JSON
     return envelope if isinstance(envelope, dict) else Malformed.NOT_ENVELOPE
+
+
+_DECODE = msgspec.json.Decoder()
+_DECODE_TOP = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def _decode_compact(data: bytes) -> Any:
+    """``data`` decoded, when it is a compact JSON object without a repeated top-level key
+    (what publish.lua's callers write): what :func:`~sidecar.envelope.loads_strict` returns
+    for it, at a third of the cost; ``None`` for anything else (which ``loads_strict`` then
+    decides).
+
+    msgspec refuses what ``loads_strict`` refuses but a repeated key (``NaN``, ``Infinity``,
+    bytes that are not UTF-8 …), and keeps the last of repeated keys. The top level read with
+    its values left raw proves none repeats: with no whitespace and no escaped key, the keys,
+    values and separators it holds add up to every byte of ``data`` only if no pair was
+    dropped (an escape or a space only ever makes the sum fall short: then ``None``).
+    """
+    try:
+        value = _DECODE.decode(data)
+        if not isinstance(value, dict):
+            return None
+        top = _DECODE_TOP.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if not value:
+        return value if data == b"{}" else None
+    keys = "".join(top)
+    if not keys.isascii():  # (a key's bytes then differ from its length: the exact check)
+        return None
+    # '{' + '"k":v' joined by ',' + '}': 2 + (n - 1) + the keys, their quotes and colons
+    size = 1 + 4 * len(top) + len(keys) + sum(map(len, top.values()))
+    return value if size == len(data) and len(top) == len(value) else None
 
 
 def _check(envelope: dict[str, Any], data: bytes, seq: int, channel: str) -> Malformed | None:
@@ -245,6 +292,17 @@ def parse_history(value: object, channel: str, epoch: str, max_bytes: int) -> En
 
 
 def _type_problem(name: object) -> Malformed | None:
+    if type(name) is str and len(name) <= 128:  # (a stream repeats the same few types)
+        return _str_type_problem(name)
+    return _any_type_problem(name)
+
+
+@lru_cache(maxsize=1024)
+def _str_type_problem(name: str) -> Malformed | None:
+    return _any_type_problem(name)
+
+
+def _any_type_problem(name: object) -> Malformed | None:
     if not is_event_name(name):
         return Malformed.NOT_ENVELOPE
     try:

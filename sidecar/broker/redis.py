@@ -47,7 +47,7 @@ import logging
 import math
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -74,6 +74,15 @@ from ..protocol import (
 from . import BrokerOutcomeUnknown, BrokerUnavailable, Sink
 from .entries import Entry, Head, parse_history
 from .relay import Relay, RelayStats
+
+#: hiredis's command packer (C), when hiredis is installed (the redis extra); else redis-py's.
+_pack_command: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _c_pack_command
+except ImportError:
+    _pack_command = None
+else:
+    _pack_command = _c_pack_command
 
 __all__ = ["MAX_BATCH", "RedisBroker", "RelayStats", "redact"]
 
@@ -103,6 +112,7 @@ class _Script:
 
 _PUBLISH = _Script("publish.lua")
 _READ = _Script("read.lua")
+_POSITIONS = _Script("positions.lua")
 #: ``maxmemory-policy`` values that never evict the broker's keys (they have no TTL).
 SAFE_POLICIES = frozenset({"noeviction"})
 #: Policies that evict only keys with a TTL: named channels' positions and histories.
@@ -170,6 +180,9 @@ class RedisBroker:
     Redis like the history size; ``None`` uses the recorded one, as outside publishers do).
     """
 
+    #: The relay's script reading the positions of the named channels it has just read.
+    positions_script = _POSITIONS
+
     def __init__(
         self,
         url: str,
@@ -210,6 +223,8 @@ class RedisBroker:
         self.keys = f"{prefix}:{KEY_VERSION}:"
         self.meta_key = f"{self.keys}meta"
         self.stream_key = f"{self.keys}stream"
+        #: A named channel's position key is this and its name.
+        self.position_prefix = f"{self.keys}ch:"
         self._client = self.connect(timeout, "sidecar")
         self._lock = threading.Lock()
         self._relay: Relay | None = None  # guarded by _lock
@@ -248,7 +263,7 @@ class RedisBroker:
 
     def position_key(self, channel: str) -> str:
         """The key of ``channel``'s position (the stream's meta for the default channel)."""
-        return f"{self.keys}ch:{channel}" if channel else self.meta_key
+        return f"{self.position_prefix}{channel}" if channel else self.meta_key
 
     def publish(
         self, encoded: Sequence[bytes], idempotency_key: str | None = None
@@ -389,7 +404,10 @@ class RedisBroker:
 
     def _send(self, conn: Any, *command: Any) -> None:
         try:
-            conn.send_command(*command)
+            if _pack_command is None:
+                conn.send_command(*command)
+            else:  # (a publish's many arguments: redis-py's packer encodes each in Python)
+                conn.send_packed_command([_pack_command(command)])
         except redis.RedisError as exc:  # a command sent in part is never run
             conn.disconnect()
             raise BrokerUnavailable(self.describe(exc)) from exc

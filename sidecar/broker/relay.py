@@ -3,11 +3,12 @@
 The stream holds every channel's events (and revocations) in one order: entry IDs are global
 positions ``<pos>-0``. Each round pipelines ``XREAD BLOCK`` (after the cursor, ``COUNT
 read_count``) with ``HMGET`` of the meta's epoch, last position and default seq, on the
-relay's own connection; Redis runs them back to back, so the epoch read after the entries
-tells whether they are still of the relay's epoch (an epoch never comes back), and the
-position and seq read after them are at least those ``publish.lua`` gave them. Events of
-named channels add one round trip: their channels' positions (``ch:`` keys), read after them
-too. Then:
+relay's own connection, and with ``positions.lua``, which reads the positions (``ch:`` keys)
+of the named channels of the same entries; Redis runs them in that order, so the epoch read
+after the entries tells whether they are still of the relay's epoch (an epoch never comes
+back), and the positions and seqs read after them are at least those ``publish.lua`` gave
+them. One round trip a round: only a channel the script did not see (Redis had lost the
+script, or a trim took entries in between) costs one more, for its position. Then:
 
 * another epoch (Redis lost its data, or was flushed): :meth:`Sink.reset` to the head;
 * the stream is input: an entry :func:`~sidecar.broker.entries.parse_entry` refuses, whose
@@ -226,8 +227,10 @@ class Relay:
             self._client.connection_pool.disconnect()
             self._update(running=False, connected=False)
 
-    def _read(self) -> tuple[list[RawEntry], Head]:
-        """One round trip: the entries after the cursor, then the stream's head.
+    def _read(self) -> tuple[list[RawEntry], Head, Any]:
+        """One round trip: the entries after the cursor, then the stream's head, then the
+        positions of the named channels of those entries (``positions.lua``'s answer, or
+        the error in its place).
 
         A meta hash that is missing or not as publish.lua writes it, or a read refused (a key
         of another type), runs the script on the relay's own connection: it starts a new
@@ -242,46 +245,67 @@ class Relay:
             block=max(1, int(broker.block * 1000)),
         )
         pipe.hmget(broker.meta_key, ["epoch", "pos", "seq"])
-        reply, meta = pipe.execute(raise_on_error=False)
+        first = f"{self.cursor[0]}-{self.cursor[1] + 1}"  # (the XREAD reads after the cursor)
+        script, prefix = broker.positions_script, broker.position_prefix
+        pipe.evalsha(script.sha, 1, broker.stream_key, first, broker.read_count, prefix)
+        reply, meta, positions = pipe.execute(raise_on_error=False)
         head = None if isinstance(meta, Exception) else parse_head(*meta)
         if head is None or isinstance(reply, Exception):
             now = broker.stream_head(self._client)
             if isinstance(reply, Exception) and now.epoch == self.epoch:
                 raise reply
-            return [], now
+            return [], now, []
         if isinstance(reply, dict):  # RESP3: {stream: [entries]}
             groups = [entries for value in reply.values() for entries in value]
         else:  # RESP2: [[stream, entries]]
             groups = [entries for _stream, entries in reply]
-        return [entry for entries in groups for entry in entries], head
+        return [entry for entries in groups for entry in entries], head, positions
 
-    def _positions(self, entries: list[RawEntry]) -> dict[str, Position]:
-        """The position of each named channel whose events ``entries`` hold, read after them
-        (one round trip, none without such an event): at least every seq publish.lua gave
-        those events, in the channel's epoch. Channels without a readable position are left
-        out (their events are taken as they come)."""
+    def _positions(self, entries: list[RawEntry], answer: Any) -> dict[str, Position | None]:
+        """The position of each named channel whose events ``entries`` hold, read after them:
+        at least every seq publish.lua gave those events, in the channel's epoch; ``None``
+        for a channel without a readable position (its events are taken as they come).
+
+        ``answer`` is what ``positions.lua`` returned in the round's pipeline (the error in
+        its place when it failed): the positions of the channels of the entries it read
+        after the XREAD. A channel it does not name (Redis had lost the script, or a trim
+        took entries in between) is read here, in one more round trip.
+        """
+        found = self._answered(answer)
         names: dict[str, None] = {}
         for _entry_id, fields in entries:
             name = fields.get(b"c") if isinstance(fields, dict) and b"d" in fields else None
             if not isinstance(name, bytes) or len(name) > MAX_CHANNEL_BYTES:
                 continue
             text = name.decode("latin-1")  # (any byte: is_channel_name takes ASCII only)
-            if is_channel_name(text):
+            if text not in found and is_channel_name(text):
                 names[text] = None
         if not names:
-            return {}
+            return found
         pipe = self._client.pipeline(transaction=False)
         for name in names:
             pipe.hmget(self._broker.position_key(name), ["epoch", "seq"])
-        found = {}
         for name, (epoch, seq) in zip(names, pipe.execute(), strict=True):
-            position = parse_position(epoch, seq)
-            if position is not None:
-                found[name] = position
+            found[name] = parse_position(epoch, seq)
+        return found
+
+    def _answered(self, answer: Any) -> dict[str, Position | None]:
+        """``positions.lua``'s answer by channel (``None``: the channel has no readable
+        position). Redis without the script loaded gets it loaded for the next round."""
+        if isinstance(answer, redis.exceptions.NoScriptError):
+            self._client.script_load(self._broker.positions_script.text)
+            return {}
+        if not isinstance(answer, list) or len(answer) % 3:
+            return {}  # (an error: the entries' read failed too, or a script not ours)
+        found: dict[str, Position | None] = {}
+        for i in range(0, len(answer), 3):
+            name = answer[i]
+            if isinstance(name, bytes):
+                found[name.decode("latin-1")] = parse_position(answer[i + 1], answer[i + 2])
         return found
 
     def _round(self) -> None:
-        entries, head = self._read()
+        entries, head, answer = self._read()
         self._update(last_published_seq=head.pos)
         if head.epoch != self.epoch:
             why = f"epoch changed from {self.epoch} (Redis lost its data)"
@@ -293,7 +317,7 @@ class Relay:
         batch: list[Delivered] = []
         taken: dict[str, tuple[str, int]] = {}  # each channel's last event in the batch
         cursor = self.cursor
-        heads = self._positions(entries)
+        heads = self._positions(entries, answer) if entries else {}
         for entry_id, fields in entries:
             position = entry_position(entry_id)
             expected = self.last + len(batch) + 1  # (never more: the cursor is past it)
@@ -321,7 +345,7 @@ class Relay:
         entry_id: bytes,
         fields: Any,
         head: Head,
-        heads: Mapping[str, Position],
+        heads: Mapping[str, Position | None],
         expected: int,
         taken: Mapping[str, tuple[str, int]],
     ) -> Entry | Revocation | Malformed:

@@ -11,6 +11,7 @@ nothing a hub publishes is skipped by a relay or a resume.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidecar.broker import entries
 from sidecar.broker.entries import (
     MAX_SEQ,
     Entry,
@@ -548,3 +550,111 @@ def test_every_event_a_hub_publishes_on_any_channel_is_one_the_relay_accepts(
         assert parse_entry(entry_id, fields, hub.max_event_bytes) == expected
         stored = parse_history(history, channel, EPOCH, hub.max_event_bytes)
         assert stored == Entry(n, channel, EPOCH, seq, fields[b"d"])
+
+
+# -- the fast decode: what loads_strict decides, at a fraction of the cost ----------------------
+
+
+def _strict(data: bytes) -> Any:
+    """What the exact check makes of ``data``: its value, or ``Malformed.NOT_JSON``."""
+    try:
+        return loads_strict(data)
+    except (ValueError, RecursionError):
+        return Malformed.NOT_JSON
+
+
+DECODED: list[bytes] = [
+    GOOD,
+    NAMED,
+    b"{}",
+    b"{ }",
+    b'{"type":"a:b","seq":1}',
+    b'{"type":"a:b","type":"c:d","seq":1}',  # a repeated key, compact: the sizes tell
+    b'{"a":1,"a":1}',
+    b'{"a":{},"b":[],"a":"x"}',
+    b'{"\\u0061":1,"a":2}',  # the same key once escaped
+    b'{"\\u0061":1}',
+    b'{"a": 1}',  # not compact
+    b' {"a":1}',
+    b'{"\xc3\xa9":1,"\xc3\xa9":2}',  # a repeated key that is not ASCII
+    b'{"\xc3\xa9":1}',
+    b'{"a":"\xff"}',  # not UTF-8
+    b'{"a":NaN}',
+    b'{"a":[1,{"b":Infinity}]}',
+    b'{"a":1e400}',
+    b'{"a":123456789012345678901234567890}',
+    b'{"a":"\\ud800"}',
+    b'{"a":{"b":1,"b":2}}',  # repeated below the top level: not loads_strict's concern
+    b"[1,2]",
+    b'"text"',
+    b"",
+    b"{",
+    b'{"a":1}x',
+    b'\xff\xfe{\x00"\x00a\x00"\x00:\x001\x00}\x00',  # UTF-16
+]
+
+
+@pytest.mark.parametrize("data", DECODED)
+def test_an_envelope_decodes_as_the_exact_check_decides(data: bytes) -> None:
+    expected = _strict(data)
+    got = entries._decode(data, LIMIT)
+    if isinstance(expected, dict):
+        assert got == expected
+    else:
+        not_json = expected is Malformed.NOT_JSON
+        assert got is (Malformed.NOT_JSON if not_json else Malformed.NOT_ENVELOPE)
+
+
+@pytest.mark.parametrize(
+    "data", [GOOD, NAMED, b"{}", b'{"type":"a:b","seq":1}', b'{"a":{"b":1,"b":2},"c":[]}']
+)
+def test_compact_json_without_a_repeated_key_takes_the_fast_path(data: bytes) -> None:
+    assert entries._decode_compact(data) == json.loads(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"a":1,"a":2}', b'{"a": 1}', b'{"\\u0061":1}', b'{"\xc3\xa9":1}', b"[1]", b'{"a":NaN}'],
+)
+def test_anything_else_is_left_to_the_exact_check(data: bytes) -> None:
+    assert entries._decode_compact(data) is None
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@st.composite
+def _objects(draw: st.DrawFn) -> bytes:
+    """A JSON object's text: compact or not, perhaps with a key repeated, an escaped key or a
+    byte changed."""
+    pairs: list[tuple[str, Any]] = draw(st.lists(st.tuples(st.text(max_size=4), _json), max_size=5))
+    repeat: bool = draw(st.booleans())
+    if pairs and repeat:
+        key: str = draw(st.sampled_from(pairs))[0]
+        pairs.append((key, draw(_json)))  # a repeated key
+    ascii_only = draw(st.booleans())
+    separators = draw(st.sampled_from([(",", ":"), (", ", ": "), (",", ": ")]))
+    dump = functools.partial(json.dumps, ensure_ascii=ascii_only)
+    parts = [dump(k) + separators[1] + dump(v) for k, v in pairs]
+    data = ("{" + separators[0].join(parts) + "}").encode()
+    if data and draw(st.integers(0, 9)) == 0:  # now and then, one byte anything
+        i = draw(st.integers(0, len(data) - 1))
+        data = data[:i] + bytes([draw(st.integers(0, 255))]) + data[i + 1 :]
+    return data
+
+
+@settings(max_examples=1000, deadline=None)
+@given(data=_objects())
+def test_any_object_decodes_as_the_exact_check_decides(data: bytes) -> None:
+    expected = _strict(data)
+    fast = entries._decode_compact(data)
+    if fast is not None:  # the fast path only ever answers what the exact check would
+        assert isinstance(expected, dict) and fast == expected
+    got = entries._decode(data, LIMIT)
+    assert got == expected if isinstance(expected, dict) else isinstance(got, Malformed)
