@@ -22,14 +22,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from logging import WARNING
 from typing import Any
 
 import pytest
+from redis.exceptions import ResponseError
 
 from sidecar.broker.entries import Entry, Malformed, parse_entry
 from sidecar.broker.redis import RedisBroker
-from sidecar.broker.relay import Relay, RelayStats
+from sidecar.broker.relay import LOG_INTERVAL, ChannelSeqs, Relay, RelayStats
 from sidecar.core.stream import Delivered, Numbered, Revocation
+from sidecar.logs import LogLimiter
 from tests.conftest import wait_for
 from tests.redis_server import RedisServer
 from tests.stream_entries import (
@@ -691,6 +694,78 @@ def test_an_entry_between_events_is_skipped_counted_and_logged_and_the_relay_goe
     ]
 
 
+ID_WHY = "its ID is not <pos>-0 (written by something other than a publish)"
+AHEAD_WHY = "its position or seq is beyond the last one assigned (no publish wrote it)"
+
+
+def test_each_malformed_entry_is_counted_and_each_kind_logged_once_an_interval(
+    redis: Redis, make_relay: Callable[..., Relay], caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = Sink()
+    relay = make_relay(sink)
+    redis.write(11, 11)
+    xadd(redis, "11-1", {"x": "1"})  # (IDs not <pos>-0 take no position: no gap)
+    xadd(redis, "11-2", {"x": "2"})
+    xadd(redis, "12-0", event_fields(envelope(12), 12))  # beyond the head (11): ahead
+    relay.start()
+    wait_until(lambda: relay.stats.malformed == {"id": 2, "ahead": 1})
+    assert sink.resets == [] and relay.stats.failed_attempts == 0
+    assert skipped_lines(caplog) == [  # one line for each kind, not for each entry
+        f"relay: skipped stream entry 11-1: {ID_WHY}",
+        f"relay: skipped stream entry 12-0: {AHEAD_WHY}",
+    ]
+
+
+def test_a_kinds_next_line_after_the_interval_says_how_many_were_not_logged(
+    redis: Redis, make_relay: Callable[..., Relay], caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = Sink()
+    relay = make_relay(sink)
+    times = iter([0.0, 1.0, 2.0, LOG_INTERVAL + 1])  # the limiter's clock, one tick a check
+    relay._log_limit = LogLimiter(LOG_INTERVAL, clock=lambda: next(times))
+    redis.write(11, 11)
+    for n in (1, 2, 3, 4):
+        xadd(redis, f"11-{n}", {"x": str(n)})
+    relay.start()
+    wait_until(lambda: relay.stats.malformed == {"id": 4})
+    assert skipped_lines(caplog) == [
+        f"relay: skipped stream entry 11-1: {ID_WHY}",
+        f"relay: skipped stream entry 11-4: {ID_WHY} (2 more since the last line)",
+    ]
+
+
+def test_a_relay_whose_reads_are_refused_fails_its_rounds_with_backoff_never_spins(
+    redis: Redis, make_relay: Callable[..., Relay], caplog: pytest.LogCaptureFixture
+) -> None:
+    # an ACL that lets the relay's user run the scripts but not XREAD: Redis answers every
+    # read with an error while the stream's epoch stays: each round fails and waits
+    redis.client.acl_setuser(
+        "no-xread", enabled=True, passwords=["+pw"], keys=["~*"], commands=["+@all", "-xread"]
+    )
+    sink = Sink()
+    relay = make_relay(sink, url=f"unix://no-xread:pw@{redis.server.socket_path}?db=0")
+    relay.start()
+    wait_until(lambda: relay.stats.failed_attempts >= 3)
+    stats = relay.stats
+    assert stats.outages == 1 and not stats.connected and stats.reconnects == 0
+    assert sink.resets == [] and sink.delivered == []
+    lines = [r for r in caplog.records if r.name == "sidecar.broker" and r.levelno >= WARNING]
+    assert len(lines) == 1  # the outage's one line
+    redis.client.acl_deluser("no-xread")
+
+
+def test_the_seqs_of_a_channel_follow_within_a_batch_and_across_batches() -> None:
+    seqs = ChannelSeqs()
+    seqs.record({P1: ("E1", 1)})
+    second = Entry(12, P1, "E1", 2, b"{}")
+    third = Entry(13, P1, "E1", 3, b"{}")
+    assert seqs.follows(second, {})  # after the last one delivered
+    assert seqs.follows(third, {P1: ("E1", 2)})  # after the last one taken in this batch
+    assert not seqs.follows(third, {})
+    assert seqs.follows(Entry(14, P1, "E2", 1, b"{}"), {P1: ("E1", 2)})  # a new epoch: 1
+    assert not seqs.follows(Entry(14, P1, "E2", 2, b"{}"), {P1: ("E1", 2)})
+
+
 @pytest.mark.parametrize(
     "fields", [{"x": "y"}, {"s": 12}, {"d": envelope(12)}], ids=["no-d-no-s", "no-d", "no-s"]
 )
@@ -880,27 +955,68 @@ def test_a_named_event_beyond_its_channels_position_is_ahead_even_first_seen(
     assert len(scripts) == redis.rounds() >= 3
 
 
+LONGEST = "doc:" + "x" * 64 + ":" + "y" * 59  # a channel name of the most bytes: 128
+
+
+@pytest.mark.parametrize(
+    ("answer", "answered"),
+    [
+        ([C9.encode(), b"E9", b"3", b"doc:9", b"D9", b"5"], {C9, "doc:9"}),
+        ([], set()),  # (a trim took every entry in between)
+        ([b"x"], set()),  # not an answer of the script
+        (ResponseError("BUSY Redis is busy running a script"), set()),
+    ],
+    ids=["two-answered", "none-answered", "malformed", "error"],
+)
 def test_a_channel_the_positions_script_did_not_see_is_read_by_the_relay(
-    redis: Redis, make_relay: Callable[..., Relay]
+    redis: Redis, make_relay: Callable[..., Relay], answer: Any, answered: set[str]
 ) -> None:
-    # a trim between the XREAD and the script, or a script not ours, leaves a channel out of
-    # its answer: the relay reads that channel's position itself, never takes it unchecked
+    # a trim between the XREAD and the script, a script not ours or one that failed leaves
+    # channels out of its answer: the relay reads their positions itself, never takes them
+    # unchecked; the entries before a named one that name none change nothing
     relay = make_relay(Sink())
-    redis.client.hset(position_key(P1), mapping={"epoch": "E1", "seq": 8})
-    redis.client.hset(position_key(C9), mapping={"epoch": "E9", "seq": 3})
+    heads = [(P1, "E1", 8), (C9, "E9", 3), ("doc:9", "D9", 5), (LONGEST, "L", 2)]
+    for channel, epoch, seq in heads:
+        redis.client.hset(position_key(channel), mapping={"epoch": epoch, "seq": seq})
     read = [
-        (b"11-0", event_fields(envelope(9, P1), 9, P1, "E1")),
-        (b"12-0", event_fields(envelope(4, C9), 4, C9, "E9")),
+        (b"11-0", event_fields(envelope(12), 12)),  # the default channel: no position to read
+        (b"12-0", revoke_fields("alice", "team:red")),  # a revocation: none either
+        (b"13-0", event_fields(envelope(9, P1), 9, P1, "E1")),
+        (b"14-0", event_fields(envelope(4, C9), 4, C9, "E9")),
+        (b"15-0", event_fields(envelope(6, "doc:9"), 6, "doc:9", "D9")),
+        (b"16-0", event_fields(envelope(3, LONGEST), 3, LONGEST, "L")),
     ]
     raw = [(i, {k.encode(): str(v).encode() for k, v in f.items()}) for i, f in read]
-    answer = [C9.encode(), b"E9", b"3"]
     positions = relay._positions(raw, answer)
     assert {name: tuple(p) if p else None for name, p in positions.items()} == {
         P1: ("E1", 8),
         C9: ("E9", 3),
+        "doc:9": ("D9", 5),
+        LONGEST: ("L", 2),
     }
-    hmgets = [c[1] for c in redis.sent() if c[0] == "HMGET"]
-    assert hmgets == [position_key(P1)]  # (C9's came with the answer)
+    hmgets = [c[1][:100] for c in redis.sent() if c[0] == "HMGET"]  # (the slow log cuts at 128)
+    expected = [P1, C9, "doc:9", LONGEST]
+    assert hmgets == [position_key(c)[:100] for c in expected if c not in answered]
+
+
+def test_the_positions_script_reads_the_entries_after_the_cursor(
+    redis: Redis, make_relay: Callable[..., Relay]
+) -> None:
+    # a relay that starts late in a long stream: the script reads the same entries as its
+    # XREAD (after the cursor), not the stream's first ones; so no position read of its own
+    redis.client.script_load(RedisBroker.positions_script.text)
+    sink = Sink()
+    relay = make_relay(sink, ("e1", 300), read_count=8)
+    old = [(n, event_fields(envelope(n, C9), n, C9, "E9")) for n in range(1, 301)]
+    for start in range(0, 300, 100):
+        redis.write_at(300, *old[start : start + 100])
+    redis.client.hset(position_key(C9), mapping={"epoch": "E9", "seq": 300})
+    redis.client.hset(position_key(P1), mapping={"epoch": "E1", "seq": 1})
+    redis.write_at(301, (301, event_fields(envelope(1, P1), 1, P1, "E1")))
+    relay.start()
+    sink.wait(lambda s: len(s.items) == 1)
+    assert sink.resets == [] and relay.stats.malformed == {}
+    assert [c for c in redis.sent() if c[0] == "HMGET" and c[1] != META] == []
 
 
 def test_the_seqs_checked_are_those_delivered_not_those_read_and_refused(
@@ -1017,6 +1133,7 @@ def test_a_foreign_entry_is_healed_by_the_next_publish_in_a_new_epoch(
 @pytest.mark.parametrize(
     "damage",
     [
+        # (the relay's own XREAD is refused: the script's new epoch answers it, no outage)
         lambda r: r.client.set(STREAM, "a string"),
         lambda r: r.client.set(META, "a string"),
         lambda r: r.client.hset(META, "pos", "twelve"),
@@ -1029,8 +1146,12 @@ def test_a_foreign_entry_is_healed_by_the_next_publish_in_a_new_epoch(
          "no-seq"],
 )  # fmt: skip
 def test_keys_the_relay_cannot_read_as_ours_start_a_new_epoch_never_an_endless_outage(
-    redis: Redis, make_relay: Callable[..., Relay], damage: Callable[[Redis], object]
+    redis: Redis,
+    make_relay: Callable[..., Relay],
+    damage: Callable[[Redis], object],
+    request: pytest.FixtureRequest,
 ) -> None:
+    stream_damaged = request.node.callspec.id == "stream-of-another-type"
     sink = Sink()
     relay = make_relay(sink)
     relay.start()
@@ -1045,4 +1166,6 @@ def test_keys_the_relay_cannot_read_as_ours_start_a_new_epoch_never_an_endless_o
     redis.write(1, 1)
     sink.wait(lambda s: s.delivered)
     assert sink.delivered == [(epoch, entries(1))]
-    assert relay.stats.resets == 1 and relay.stats.outages <= 1
+    assert relay.stats.resets == 1
+    # a refused read with a new epoch behind it is a reset, not an outage
+    assert relay.stats.outages == 0 if stream_damaged else relay.stats.outages <= 1

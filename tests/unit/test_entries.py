@@ -386,7 +386,7 @@ def test_the_head_is_read_as_publish_lua_checks_it(
 def test_entry_positions() -> None:
     assert entry_position(b"12-0") == (12, 0)
     assert entry_position(b"1796526106415-3") == (1796526106415, 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a stream entry ID: b'12'"):
         entry_position(b"12")
 
 
@@ -658,3 +658,29 @@ def test_any_object_decodes_as_the_exact_check_decides(data: bytes) -> None:
         assert isinstance(expected, dict) and fast == expected
     got = entries._decode(data, LIMIT)
     assert got == expected if isinstance(expected, dict) else isinstance(got, Malformed)
+
+
+def test_what_publishers_write_never_needs_the_exact_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the point of the fast path: every entry a hub or Publisher writes is decided by it
+    calls: list[bytes] = []
+
+    def exact(data: bytes) -> Any:
+        calls.append(data)
+        return loads_strict(data)
+
+    monkeypatch.setattr(entries, "loads_strict", exact)
+    assert isinstance(parse_entry(b"5-0", named(), LIMIT), Entry)
+    assert isinstance(parse_entry(b"5-0", d(GOOD), LIMIT), Entry)
+    assert calls == []
+    assert entries._decode(b'{"a": 1}', LIMIT) == {"a": 1}  # not compact: the exact check
+    assert calls == [b'{"a": 1}']
+
+
+def test_a_type_of_any_length_is_checked_as_the_hub_checks_it() -> None:
+    # event types have no length limit: a long one (past what the check memoises) is an event
+    long_type = "app:" + "-".join(["x"] * 150)
+    data = with_seq(encode(Event(long_type, {}, "2026-01-01T00:00:00Z")), 12)
+    assert parse_entry(b"5-0", d(data), LIMIT) == Entry(5, "", "", 12, data)
+    reserved = with_seq(encode(Event("app:x", {}, "2026-01-01T00:00:00Z")), 12)
+    reserved = reserved.replace(b'"app:x"', b'"connection:' + b"-".join([b"x"] * 150) + b'"')
+    assert parse_entry(b"5-0", d(reserved), LIMIT) == Malformed.RESERVED_TYPE
