@@ -32,6 +32,7 @@ from sidecar.protocol import (
     Since,
 )
 from tests.conftest import wait_for
+from tests.needs import unavailable
 from tests.redis_server import RedisServer, free_port
 from tests.stream_entries import (
     META,
@@ -171,7 +172,7 @@ def packer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     if request.param == "redis-py":
         monkeypatch.setattr(sidecar.broker.redis, "_pack_command", None)
     elif sidecar.broker.redis._pack_command is None:
-        pytest.skip("hiredis is not installed")
+        unavailable("the hiredis package is not installed (pip install -e '.[test]')")
     return str(request.param)
 
 

@@ -670,6 +670,10 @@ def xadd(redis: Redis, entry_id: str, fields: dict[str, Any], head: int | None =
     pipe.execute()
 
 
+ID_WHY = "its ID is not <pos>-0 (written by something other than a publish)"
+AHEAD_WHY = "its position or seq is beyond the last one assigned (no publish wrote it)"
+
+
 def skipped_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "skipped stream entry" in r.getMessage()]
 
@@ -688,14 +692,7 @@ def test_an_entry_between_events_is_skipped_counted_and_logged_and_the_relay_goe
     assert [item for _e, items in sink.delivered for item in items] == entries(11, 12)
     assert sink.resets == [] and relay.stats.malformed == {"id": 1}
     assert relay.stats.failed_attempts == 0 and relay.stats.outages == 0
-    assert skipped_lines(caplog) == [
-        "relay: skipped stream entry 11-1: its ID is not <pos>-0 (written by something other"
-        " than a publish)"
-    ]
-
-
-ID_WHY = "its ID is not <pos>-0 (written by something other than a publish)"
-AHEAD_WHY = "its position or seq is beyond the last one assigned (no publish wrote it)"
+    assert skipped_lines(caplog) == [f"relay: skipped stream entry 11-1: {ID_WHY}"]
 
 
 def test_each_malformed_entry_is_counted_and_each_kind_logged_once_an_interval(

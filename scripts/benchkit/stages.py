@@ -103,6 +103,13 @@ class Row:
     #: Computed from other rows, not measured.
     derived: bool = False
 
+    @classmethod
+    def per_batch_of(cls, stage: str, samples: list[float], size: int, note: str) -> Row:
+        """A row measured a batch of ``size`` events at a time: the median per batch and per
+        event."""
+        mid = median(samples)
+        return cls(stage, per_batch=mid, per_event=mid / size, note=note, samples=samples)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "stage": self.stage,
@@ -198,15 +205,8 @@ def http_stage(
                 f" every {pace * 1000:.0f} ms" * bool(pace)
             )
             how = f"one each {pace * 1000:.0f} ms" if pace else f"round trip {median(walls):.0f} µs"
-            rows.append(
-                Row(
-                    f"http: POST of {label}",
-                    per_batch=median(samples),
-                    per_event=median(samples) / size,
-                    note=f"server CPU (/proc ticks); a new connection each; {how}",
-                    samples=samples,
-                )
-            )
+            note = f"server CPU (/proc ticks); a new connection each; {how}"
+            rows.append(Row.per_batch_of(f"http: POST of {label}", samples, size, note))
     finally:
         pub.close()
         ep.close()
@@ -249,15 +249,9 @@ def codec_stage(args: argparse.Namespace, bodies: dict[int, bytes]) -> list[Row]
         body = bodies[size]
         parse = partial(parse_publish_body, body, max_event_bytes=limit, max_batch=MAX_BATCH)
         samples = per_call_us(parse, args.stage_reps, args.stage_seconds)
-        rows.append(
-            Row(
-                f"codec: parse + validate, {size}-event body",
-                per_batch=median(samples),
-                per_event=median(samples) / size,
-                note=f"parse_publish_body, {len(body)} bytes",
-                samples=samples,
-            )
-        )
+        stage = f"codec: parse + validate, {size}-event body"
+        note = f"parse_publish_body, {len(body)} bytes"
+        rows.append(Row.per_batch_of(stage, samples, size, note))
     event = parse_publish_body(bodies[1], max_event_bytes=limit)[0]
     samples = per_call_us(lambda: encode_decoded(event), args.stage_reps, args.stage_seconds)
     size = len(encode_decoded(event))

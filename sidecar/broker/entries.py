@@ -297,11 +297,6 @@ def _type_problem(name: object) -> Malformed | None:
     return _any_type_problem(name)
 
 
-@lru_cache(maxsize=1024)
-def _str_type_problem(name: str) -> Malformed | None:
-    return _any_type_problem(name)
-
-
 def _any_type_problem(name: object) -> Malformed | None:
     if not is_event_name(name):
         return Malformed.NOT_ENVELOPE
@@ -310,3 +305,7 @@ def _any_type_problem(name: object) -> Malformed | None:
     except ValueError:
         return Malformed.RESERVED_TYPE
     return None
+
+
+#: :func:`_any_type_problem` of a type name, memoised (bounded, thread-safe).
+_str_type_problem = lru_cache(maxsize=1024)(_any_type_problem)
